@@ -1,0 +1,129 @@
+use strata_sst::TableId;
+
+/// What a caller can do about an error: the classification every protocol
+/// maps to its own status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or violates the schema.
+    InvalidArgument,
+    TableNotFound,
+    DatabaseNotFound,
+    AlreadyExists,
+    /// Temporarily unable to serve; retry later.
+    Unavailable,
+    /// A bug or an unexpected storage failure.
+    Internal,
+    /// Valid, but not supported.
+    Unsupported,
+}
+
+/// Errors of engine operations, named for the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Table not found: {name}")]
+    TableNotFound { name: String },
+
+    #[error("Table already exists: {name}")]
+    TableExists { name: String },
+
+    #[error("Database not found: {name}")]
+    DatabaseNotFound { name: String },
+
+    #[error("Database already exists: {name}")]
+    DatabaseExists { name: String },
+
+    #[error("Invalid table schema: {0}")]
+    InvalidSchema(String),
+
+    #[error("Invalid table option {key}: {reason}")]
+    InvalidOption { key: String, reason: String },
+
+    #[error("Invalid write to table {table}: {reason}")]
+    InvalidWrite { table: String, reason: String },
+
+    #[error("Unsupported: {0}")]
+    Unsupported(String),
+
+    #[error("WAL {op} failed: {source}")]
+    Wal {
+        op: &'static str,
+        #[source]
+        source: Box<strata_wal::Error>,
+    },
+
+    #[error("WAL append failed: {reason}")]
+    WalAppend { reason: String, retryable: bool },
+
+    #[error("SST {op} failed for table {table}: {source}")]
+    Sst {
+        op: &'static str,
+        table: TableId,
+        #[source]
+        source: Box<strata_sst::Error>,
+    },
+
+    #[error("object store {op} of {path} failed: {source}")]
+    ObjectStore {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: Box<object_store::Error>,
+    },
+
+    #[error("manifest of table {table} is invalid: {reason}")]
+    Manifest { table: TableId, reason: String },
+
+    #[error("catalog is invalid: {0}")]
+    Catalog(String),
+
+    #[error("WAL record is invalid: {0}")]
+    Codec(String),
+
+    #[error("arrow error while {op}: {source}")]
+    Arrow {
+        op: &'static str,
+        #[source]
+        source: Box<arrow::error::ArrowError>,
+    },
+
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::TableNotFound { .. } => ErrorKind::TableNotFound,
+            Error::DatabaseNotFound { .. } => ErrorKind::DatabaseNotFound,
+            Error::TableExists { .. } | Error::DatabaseExists { .. } => ErrorKind::AlreadyExists,
+            Error::InvalidSchema(_) | Error::InvalidOption { .. } | Error::InvalidWrite { .. } => {
+                ErrorKind::InvalidArgument
+            }
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Wal { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
+            Error::WalAppend {
+                retryable: true, ..
+            } => ErrorKind::Unavailable,
+            Error::Sst { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
+            Error::ObjectStore { .. } | Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::Wal { .. }
+            | Error::WalAppend { .. }
+            | Error::Sst { .. }
+            | Error::Manifest { .. }
+            | Error::Catalog(_)
+            | Error::Codec(_)
+            | Error::Arrow { .. }
+            | Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// Whether the same request may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,35 @@
+//! Strata's table engine.
+//!
+//! Position in the data flow: the server hands this crate validated Arrow
+//! batches; the engine appends them to the shard's WAL (through
+//! `strata_wal::Wal`), applies them to columnar memtables and acknowledges.
+//! Memtables flush to Parquet SSTs (through `strata_sst`) in the object store,
+//! and each flush commits a manifest edit recording the new SSTs and the WAL
+//! offset below which the table's rows are durable in SSTs. On open, each
+//! shard replays its WAL above the smallest flushed offset of its tables.
+//! Queries reach the engine through [`provider::StrataTableProvider`], a
+//! DataFusion `TableProvider` that merges memtables and SSTs.
+//!
+//! Main types: [`Engine`] (catalog plus shards), [`shard::Shard`] (one WAL
+//! region, group commit, replay), [`table::Table`] (schema, version,
+//! flush), [`memtable::Memtable`], [`manifest::Manifest`].
+
+pub mod catalog;
+pub mod codec;
+pub mod context;
+mod engine;
+mod error;
+pub mod flush;
+pub mod manifest;
+pub mod memtable;
+pub mod metrics;
+pub mod options;
+pub mod provider;
+pub mod schema;
+pub mod shard;
+pub mod sort;
+pub mod table;
+
+pub use context::EngineConfig;
+pub use engine::{Engine, STANDALONE_EPOCH, STANDALONE_SHARD};
+pub use error::{Error, ErrorKind, Result};

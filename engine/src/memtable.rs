@@ -1,0 +1,147 @@
+//! The memtable: columnar, append-only chunks of rows in the storage schema
+//! (user columns plus `__seq`). Inserts append an Arrow batch; sorting and
+//! deduplication happen at flush and, for queries, at scan time.
+
+use std::{
+    sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
+    time::Instant,
+};
+
+use arrow::{compute::concat_batches, datatypes::SchemaRef, record_batch::RecordBatch};
+use parking_lot::Mutex;
+use strata_sst::TimeRange;
+
+use crate::{Error, Result};
+
+/// Small chunks at the tail are merged once this many accumulate.
+const MERGE_TAIL_CHUNKS: usize = 32;
+/// A chunk with fewer rows than this counts as small.
+const SMALL_CHUNK_ROWS: usize = 4096;
+
+/// One memtable of one table.
+#[derive(Debug)]
+pub struct Memtable {
+    schema: SchemaRef,
+    chunks: Mutex<Vec<RecordBatch>>,
+    bytes: AtomicUsize,
+    rows: AtomicUsize,
+    min_offset: AtomicU64,
+    max_offset: AtomicU64,
+    min_ts: AtomicI64,
+    max_ts: AtomicI64,
+    created: Instant,
+    first_write: Mutex<Option<Instant>>,
+}
+
+impl Memtable {
+    pub fn new(schema: SchemaRef) -> Self {
+        Self {
+            schema,
+            chunks: Mutex::new(Vec::new()),
+            bytes: AtomicUsize::new(0),
+            rows: AtomicUsize::new(0),
+            min_offset: AtomicU64::new(u64::MAX),
+            max_offset: AtomicU64::new(0),
+            min_ts: AtomicI64::new(i64::MAX),
+            max_ts: AtomicI64::new(i64::MIN),
+            created: Instant::now(),
+            first_write: Mutex::new(None),
+        }
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// Appends rows written at WAL `offset` (already in the storage schema,
+    /// with `__seq` filled in), whose timestamps span `time_range`.
+    pub fn insert(&self, batch: RecordBatch, offset: u64, time_range: TimeRange) -> Result<()> {
+        if batch.schema().fields() != self.schema.fields() {
+            return Err(Error::Internal(
+                "memtable insert with a mismatched schema".to_string(),
+            ));
+        }
+        let size = batch.get_array_memory_size();
+        let rows = batch.num_rows();
+        {
+            let mut chunks = self.chunks.lock();
+            chunks.push(batch);
+            let small_tail = chunks
+                .iter()
+                .rev()
+                .take_while(|c| c.num_rows() < SMALL_CHUNK_ROWS)
+                .count();
+            if small_tail >= MERGE_TAIL_CHUNKS {
+                let start = chunks.len() - small_tail;
+                let merged = concat_batches(&self.schema, &chunks[start..]).map_err(|source| {
+                    Error::Arrow {
+                        op: "merging memtable chunks",
+                        source: Box::new(source),
+                    }
+                })?;
+                chunks.truncate(start);
+                chunks.push(merged);
+            }
+        }
+        self.first_write.lock().get_or_insert_with(Instant::now);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.rows.fetch_add(rows, Ordering::Relaxed);
+        self.min_offset.fetch_min(offset, Ordering::AcqRel);
+        self.max_offset.fetch_max(offset, Ordering::AcqRel);
+        self.min_ts.fetch_min(time_range.start, Ordering::AcqRel);
+        self.max_ts
+            .fetch_max(time_range.end.saturating_sub(1), Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// The chunks as they are now; later inserts do not change the result.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        self.chunks.lock().clone()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.load(Ordering::Acquire) == 0
+    }
+
+    /// Approximate memory held, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    /// The smallest WAL offset of any row, if any.
+    pub fn min_offset(&self) -> Option<u64> {
+        let v = self.min_offset.load(Ordering::Acquire);
+        (v != u64::MAX).then_some(v)
+    }
+
+    /// The largest WAL offset of any row, if any.
+    pub fn max_offset(&self) -> Option<u64> {
+        (!self.is_empty()).then(|| self.max_offset.load(Ordering::Acquire))
+    }
+
+    /// The timestamps of its rows, if any.
+    pub fn time_range(&self) -> Option<TimeRange> {
+        (!self.is_empty()).then(|| {
+            TimeRange::new(
+                self.min_ts.load(Ordering::Acquire),
+                self.max_ts.load(Ordering::Acquire).saturating_add(1),
+            )
+        })
+    }
+
+    /// How long ago the first row arrived.
+    pub fn age(&self) -> std::time::Duration {
+        self.first_write
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+}

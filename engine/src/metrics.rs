@@ -1,0 +1,86 @@
+//! Engine metrics, registered in the process-wide Prometheus registry that
+//! the server exposes on `/metrics`.
+
+use std::sync::LazyLock;
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+
+// Metric names and help texts below are static and valid, so construction
+// cannot fail; registration fails only on a duplicate name, which LazyLock
+// rules out.
+#[allow(clippy::expect_used)]
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(c.clone()));
+    c
+}
+
+#[allow(clippy::expect_used)]
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(g.clone()));
+    g
+}
+
+#[allow(clippy::expect_used)]
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(h.clone()));
+    h
+}
+
+pub static ROWS_WRITTEN: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_rows_written_total",
+        "Rows acknowledged by the write path",
+    )
+});
+pub static WRITE_BATCHES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_write_batches_total", "Write batches acknowledged"));
+pub static WAL_GROUP_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_wal_group_commits_total",
+        "WAL group commits (one fsync or produce each)",
+    )
+});
+pub static WAL_RECORDS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_wal_records_total", "WAL records appended"));
+pub static WAL_REPLAYED_RECORDS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_wal_replayed_records_total",
+        "WAL records replayed at startup",
+    )
+});
+pub static FLUSHES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_flushes_total", "Memtable flushes completed"));
+pub static FLUSH_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_flush_bytes_total",
+        "Bytes of SSTs written by flushes",
+    )
+});
+pub static FLUSH_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_flush_failures_total",
+        "Memtable flushes that failed and will be retried",
+    )
+});
+pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_flush_duration_seconds",
+        "Time to flush one memtable",
+        vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    )
+});
+pub static WAL_APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_wal_append_duration_seconds",
+        "Time of one WAL group commit",
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ],
+    )
+});
+pub static MEMTABLE_BYTES: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("strata_memtable_bytes", "Bytes held in memtables"));

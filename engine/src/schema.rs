@@ -1,0 +1,361 @@
+//! Table schemas: one `TIMESTAMP KEY` column, `TAG` columns and fields.
+//!
+//! The primary key is (tags…, timestamp) unless the table declares an
+//! explicit `PRIMARY KEY`, which must include the timestamp key. Rows are
+//! sorted by the primary key in SSTs, and in `OVERWRITE` mode the newest
+//! write of a primary key wins.
+
+use std::{fmt, sync::Arc};
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+use strata_sst::SEQ_COLUMN;
+
+use crate::{Error, Result};
+
+/// The column types Strata stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ColumnType {
+    Timestamp,
+    Double,
+    Float,
+    Int64,
+    Int32,
+    Int16,
+    Int8,
+    UInt64,
+    UInt32,
+    UInt16,
+    UInt8,
+    Boolean,
+    String,
+    Varbinary,
+}
+
+impl ColumnType {
+    /// Parses a SQL type name, case-insensitively. Accepts HoraeDB's names and
+    /// the common SQL synonyms.
+    pub fn from_sql_name(name: &str) -> Option<Self> {
+        let t = match name.to_ascii_lowercase().as_str() {
+            "timestamp" => ColumnType::Timestamp,
+            "double" | "float64" | "double precision" => ColumnType::Double,
+            "float" | "float32" | "real" => ColumnType::Float,
+            "bigint" | "int64" => ColumnType::Int64,
+            "int" | "integer" | "int32" => ColumnType::Int32,
+            "smallint" | "int16" => ColumnType::Int16,
+            "tinyint" | "int8" => ColumnType::Int8,
+            "uint64" | "bigint unsigned" => ColumnType::UInt64,
+            "uint32" | "int unsigned" => ColumnType::UInt32,
+            "uint16" | "smallint unsigned" => ColumnType::UInt16,
+            "uint8" | "tinyint unsigned" => ColumnType::UInt8,
+            "boolean" | "bool" => ColumnType::Boolean,
+            "string" | "varchar" | "text" => ColumnType::String,
+            "varbinary" | "binary" | "bytes" | "bytea" => ColumnType::Varbinary,
+            _ => return None,
+        };
+        Some(t)
+    }
+
+    /// The canonical SQL name, as `DESCRIBE` and `SHOW CREATE TABLE` print it.
+    pub fn sql_name(&self) -> &'static str {
+        match self {
+            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::Double => "DOUBLE",
+            ColumnType::Float => "FLOAT",
+            ColumnType::Int64 => "BIGINT",
+            ColumnType::Int32 => "INT",
+            ColumnType::Int16 => "SMALLINT",
+            ColumnType::Int8 => "TINYINT",
+            ColumnType::UInt64 => "UINT64",
+            ColumnType::UInt32 => "UINT32",
+            ColumnType::UInt16 => "UINT16",
+            ColumnType::UInt8 => "UINT8",
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::String => "STRING",
+            ColumnType::Varbinary => "VARBINARY",
+        }
+    }
+
+    pub fn to_arrow(&self) -> DataType {
+        match self {
+            ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Millisecond, None),
+            ColumnType::Double => DataType::Float64,
+            ColumnType::Float => DataType::Float32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int16 => DataType::Int16,
+            ColumnType::Int8 => DataType::Int8,
+            ColumnType::UInt64 => DataType::UInt64,
+            ColumnType::UInt32 => DataType::UInt32,
+            ColumnType::UInt16 => DataType::UInt16,
+            ColumnType::UInt8 => DataType::UInt8,
+            ColumnType::Boolean => DataType::Boolean,
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Varbinary => DataType::Binary,
+        }
+    }
+
+    /// Whether the type may be part of a primary key (floats may not: their
+    /// equality is not a good identity).
+    pub fn is_key_type(&self) -> bool {
+        !matches!(self, ColumnType::Double | ColumnType::Float)
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sql_name())
+    }
+}
+
+/// One column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSchema {
+    pub name: String,
+    pub column_type: ColumnType,
+    pub is_tag: bool,
+    pub nullable: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub comment: String,
+}
+
+/// The schema of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSchema {
+    pub columns: Vec<ColumnSchema>,
+    /// Index of the `TIMESTAMP KEY` column.
+    pub timestamp_index: usize,
+    /// Indices of the primary key columns, in key order.
+    pub primary_key: Vec<usize>,
+    /// Bumped by every schema change.
+    pub version: u32,
+}
+
+impl TableSchema {
+    /// Builds and validates a schema. `primary_key` names the key columns; when
+    /// empty the key is (tags…, timestamp).
+    pub fn try_new(
+        columns: Vec<ColumnSchema>,
+        timestamp_key: &str,
+        primary_key: &[String],
+    ) -> Result<Self> {
+        if columns.is_empty() {
+            return Err(Error::InvalidSchema(
+                "a table needs at least one column".into(),
+            ));
+        }
+        for (i, c) in columns.iter().enumerate() {
+            if c.name.is_empty() {
+                return Err(Error::InvalidSchema(
+                    "column names must not be empty".into(),
+                ));
+            }
+            if c.name == SEQ_COLUMN {
+                return Err(Error::InvalidSchema(format!(
+                    "column name {SEQ_COLUMN} is reserved"
+                )));
+            }
+            if columns[..i].iter().any(|o| o.name == c.name) {
+                return Err(Error::InvalidSchema(format!("duplicate column {}", c.name)));
+            }
+            if c.is_tag && !c.column_type.is_key_type() {
+                return Err(Error::InvalidSchema(format!(
+                    "tag column {} cannot be of type {}",
+                    c.name, c.column_type
+                )));
+            }
+        }
+        let timestamp_index = columns
+            .iter()
+            .position(|c| c.name == timestamp_key)
+            .ok_or_else(|| {
+                Error::InvalidSchema(format!(
+                    "timestamp key column {timestamp_key} is not defined"
+                ))
+            })?;
+        if columns[timestamp_index].column_type != ColumnType::Timestamp {
+            return Err(Error::InvalidSchema(format!(
+                "timestamp key column {timestamp_key} must be of type TIMESTAMP, not {}",
+                columns[timestamp_index].column_type
+            )));
+        }
+        if columns[timestamp_index].is_tag {
+            return Err(Error::InvalidSchema(format!(
+                "timestamp key column {timestamp_key} cannot be a tag"
+            )));
+        }
+        let mut columns = columns;
+        columns[timestamp_index].nullable = false;
+
+        let primary_key = if primary_key.is_empty() {
+            let mut key: Vec<usize> = columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_tag)
+                .map(|(i, _)| i)
+                .collect();
+            key.push(timestamp_index);
+            key
+        } else {
+            let mut key = Vec::with_capacity(primary_key.len());
+            for name in primary_key {
+                let idx = columns
+                    .iter()
+                    .position(|c| &c.name == name)
+                    .ok_or_else(|| {
+                        Error::InvalidSchema(format!("primary key column {name} is not defined"))
+                    })?;
+                if key.contains(&idx) {
+                    return Err(Error::InvalidSchema(format!(
+                        "primary key column {name} is listed twice"
+                    )));
+                }
+                if !columns[idx].column_type.is_key_type() {
+                    return Err(Error::InvalidSchema(format!(
+                        "primary key column {name} cannot be of type {}",
+                        columns[idx].column_type
+                    )));
+                }
+                key.push(idx);
+            }
+            if !key.contains(&timestamp_index) {
+                return Err(Error::InvalidSchema(format!(
+                    "the primary key must include the timestamp key {timestamp_key}"
+                )));
+            }
+            key
+        };
+        Ok(Self {
+            columns,
+            timestamp_index,
+            primary_key,
+            version: 1,
+        })
+    }
+
+    pub fn timestamp_column(&self) -> &ColumnSchema {
+        &self.columns[self.timestamp_index]
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnSchema> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn is_primary_key(&self, idx: usize) -> bool {
+        self.primary_key.contains(&idx)
+    }
+
+    pub fn tag_names(&self) -> Vec<String> {
+        self.columns
+            .iter()
+            .filter(|c| c.is_tag)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    pub fn primary_key_names(&self) -> Vec<String> {
+        self.primary_key
+            .iter()
+            .map(|&i| self.columns[i].name.clone())
+            .collect()
+    }
+
+    /// The Arrow schema users see.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.column_type.to_arrow(), c.nullable))
+                .collect::<Vec<_>>(),
+        ))
+    }
+
+    /// The Arrow schema of memtables and SSTs: the user columns followed by
+    /// the hidden `__seq` column.
+    pub fn storage_schema(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .columns
+            .iter()
+            .map(|c| Field::new(&c.name, c.column_type.to_arrow(), c.nullable))
+            .collect();
+        fields.push(Field::new(SEQ_COLUMN, DataType::UInt64, false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The index of `__seq` in [`Self::storage_schema`].
+    pub fn seq_index(&self) -> usize {
+        self.columns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn col(name: &str, t: ColumnType, tag: bool) -> ColumnSchema {
+        ColumnSchema {
+            name: name.into(),
+            column_type: t,
+            is_tag: tag,
+            nullable: true,
+            comment: String::new(),
+        }
+    }
+
+    #[test]
+    fn default_primary_key_is_tags_then_timestamp() {
+        let s = TableSchema::try_new(
+            vec![
+                col("ts", ColumnType::Timestamp, false),
+                col("host", ColumnType::String, true),
+                col("v", ColumnType::Double, false),
+                col("dc", ColumnType::String, true),
+            ],
+            "ts",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.primary_key_names(), vec!["host", "dc", "ts"]);
+        assert!(!s.timestamp_column().nullable);
+        assert_eq!(s.storage_schema().fields().len(), 5);
+    }
+
+    #[test]
+    fn invalid_schemas_are_refused_with_reasons() {
+        let err =
+            TableSchema::try_new(vec![col("v", ColumnType::Double, false)], "ts", &[]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("timestamp key column ts is not defined"),
+            "{err}"
+        );
+        let err = TableSchema::try_new(
+            vec![
+                col("ts", ColumnType::Timestamp, false),
+                col("v", ColumnType::Double, true),
+            ],
+            "ts",
+            &[],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("tag column v"), "{err}");
+        let err = TableSchema::try_new(
+            vec![
+                col("ts", ColumnType::Timestamp, false),
+                col("k", ColumnType::String, false),
+            ],
+            "ts",
+            &["k".to_string()],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("must include the timestamp key"),
+            "{err}"
+        );
+    }
+}

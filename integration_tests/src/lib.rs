@@ -1,0 +1,265 @@
+//! The harness for end-to-end tests: real `strata` processes on loopback
+//! ports and temporary directories, and helpers to drive them.
+//!
+//! Every process a test starts is owned by a [`StrataProcess`]; dropping it
+//! kills that process (by its pid, never by name).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod slt;
+
+use std::{
+    net::{SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// The `strata` binary: `$STRATA_BIN`, or the one built next to this test.
+pub fn strata_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("STRATA_BIN") {
+        return PathBuf::from(p);
+    }
+    // Test executables live in target/<profile>/deps; the binary one level up.
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("strata");
+    assert!(
+        bin.exists(),
+        "the strata binary is not built at {}; run `cargo build --bin strata` or set STRATA_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr")
+}
+
+/// One `strata standalone` process.
+pub struct StrataProcess {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl StrataProcess {
+    /// Starts `strata standalone` on `data_dir` with fresh ports and waits
+    /// until it serves.
+    pub async fn start(data_dir: &Path) -> Self {
+        Self::start_with_env(data_dir, Vec::new()).await
+    }
+
+    pub async fn start_with_env(data_dir: &Path, env: Vec<(String, String)>) -> Self {
+        let mut p = Self {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            grpc: free_addr(),
+            http: free_addr(),
+            log: data_dir.with_extension("log"),
+            env,
+        };
+        p.spawn().await;
+        p
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let mut cmd = Command::new(strata_binary());
+        cmd.arg("standalone")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--grpc-addr")
+            .arg(self.grpc.to_string())
+            .arg("--http-addr")
+            .arg(self.http.to_string())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            // A fixed parallelism keeps plans the same on any machine.
+            .env("STRATA_QUERY__THREADS", "2");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn strata");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(120)).await;
+    }
+
+    /// Polls `/health` until it answers 200.
+    async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "strata exited during startup with {status}; log:\n{}",
+                        self.log_tail()
+                    );
+                }
+            }
+            if http_get(self.http, "/health")
+                .await
+                .is_some_and(|(code, _)| code == 200)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "strata did not become ready in {timeout:?}; log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.grpc.to_string()
+    }
+
+    pub async fn client(&self) -> strata_client::Client {
+        strata_client::Client::connect(&self.endpoint())
+            .await
+            .expect("connect to strata")
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM (a clean shutdown) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+
+    /// Starts the process again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the process first");
+        self.spawn().await;
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for StrataProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 request; returns (status, body).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Option<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut resp))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None).await
+}
+
+/// Formats every row of `batches` as strings (NULL for nulls).
+pub fn rows_as_strings(batches: &[arrow::record_batch::RecordBatch]) -> Vec<Vec<String>> {
+    use arrow::util::display::{ArrayFormatter, FormatOptions};
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<ArrayFormatter<'_>> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &opts).expect("formatter"))
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+/// Runs a query and returns its rows as strings.
+pub async fn query(client: &strata_client::Client, sql: &str) -> Vec<Vec<String>> {
+    match client.sql("", sql).await {
+        Ok(strata_client::SqlOutput::Rows(batches)) => rows_as_strings(&batches),
+        Ok(other) => panic!("expected rows from {sql}, got {other:?}"),
+        Err(e) => panic!("{sql} failed: {e}"),
+    }
+}
+
+/// Runs a statement that returns no rows.
+pub async fn exec(client: &strata_client::Client, sql: &str) {
+    if let Err(e) = client.sql("", sql).await {
+        panic!("{sql} failed: {e}");
+    }
+}

@@ -1,0 +1,133 @@
+//! Running sqllogictest files against a real Strata process over gRPC.
+
+use async_trait::async_trait;
+use sqllogictest::{DBOutput, DefaultColumnType};
+use strata_client::{Client, SqlOutput};
+
+/// A sqllogictest connection: the gRPC client plus the current database.
+pub struct StrataDb {
+    client: Client,
+    database: String,
+}
+
+impl StrataDb {
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            database: "public".to_string(),
+        }
+    }
+}
+
+fn is_explain(batches: &[arrow::record_batch::RecordBatch]) -> bool {
+    batches.first().is_some_and(|b| {
+        let s = b.schema();
+        s.fields().len() == 2 && s.field(0).name() == "plan_type" && s.field(1).name() == "plan"
+    })
+}
+
+/// EXPLAIN output, one row per plan line, numbered, with indentation shown
+/// as dashes (DataFusion's sqllogictest convention), so plans diff well.
+fn explain_rows(batches: &[arrow::record_batch::RecordBatch]) -> DBOutput<DefaultColumnType> {
+    let mut rows = Vec::new();
+    for row in crate::rows_as_strings(batches) {
+        rows.push(vec![row[0].clone()]);
+        for (i, line) in row[1].lines().filter(|l| !l.trim().is_empty()).enumerate() {
+            let indent = line.len() - line.trim_start().len();
+            let line = mask_sst_ids(line.trim_start());
+            rows.push(vec![format!("{:02}){}{}", i + 1, "-".repeat(indent), line)]);
+        }
+    }
+    DBOutput::Rows {
+        types: vec![DefaultColumnType::Text],
+        rows,
+    }
+}
+
+/// SST file names are random ids; plans show them as `<id>`.
+fn mask_sst_ids(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut rest = line;
+    while let Some(i) = rest.find("/sst/") {
+        out.push_str(&rest[..i + 5]);
+        rest = &rest[i + 5..];
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits > 0 && rest[digits..].starts_with(".parquet") {
+            out.push_str("<id>");
+            rest = &rest[digits..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn column_type(t: &arrow::datatypes::DataType) -> DefaultColumnType {
+    use arrow::datatypes::DataType::*;
+    match t {
+        Int8 | Int16 | Int32 | Int64 | UInt8 | UInt16 | UInt32 | UInt64 => {
+            DefaultColumnType::Integer
+        }
+        Float16 | Float32 | Float64 | Decimal128(..) | Decimal256(..) => {
+            DefaultColumnType::FloatingPoint
+        }
+        _ => DefaultColumnType::Text,
+    }
+}
+
+#[async_trait]
+impl sqllogictest::AsyncDB for StrataDb {
+    type Error = strata_client::Error;
+    type ColumnType = DefaultColumnType;
+
+    async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Self::Error> {
+        let out = self.client.sql(&self.database, sql).await?;
+        let trimmed = sql.trim().trim_end_matches(';');
+        let mut words = trimmed.split_whitespace();
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("use")) {
+            if let Some(db) = words.next() {
+                self.database = if db.starts_with(['`', '"']) {
+                    db.trim_matches(['`', '"']).to_string()
+                } else {
+                    db.to_lowercase()
+                };
+            }
+        }
+        Ok(match out {
+            SqlOutput::AffectedRows(n) => DBOutput::StatementComplete(u64::from(n)),
+            SqlOutput::Rows(batches) if is_explain(&batches) => explain_rows(&batches),
+            SqlOutput::Rows(batches) => {
+                let types = batches
+                    .first()
+                    .map(|b| {
+                        b.schema()
+                            .fields()
+                            .iter()
+                            .map(|f| column_type(f.data_type()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let rows = crate::rows_as_strings(&batches)
+                    .into_iter()
+                    .map(|r| {
+                        r.into_iter()
+                            .map(|v| {
+                                if v.is_empty() {
+                                    "(empty)".to_string()
+                                } else {
+                                    v
+                                }
+                            })
+                            .collect()
+                    })
+                    .collect();
+                DBOutput::Rows { types, rows }
+            }
+        })
+    }
+
+    async fn shutdown(&mut self) {}
+
+    fn engine_name(&self) -> &str {
+        "strata"
+    }
+}

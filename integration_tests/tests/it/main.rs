@@ -1,0 +1,10 @@
+//! End-to-end tests against real `strata` processes. One test binary with
+//! many modules keeps link time down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_input;
+mod cli;
+mod crash;
+mod horaedb_python;
+mod persistence;
+mod sqllogic;

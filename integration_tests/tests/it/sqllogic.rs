@@ -1,0 +1,45 @@
+//! Runs every `integration_tests/slt/*.slt` file against its own fresh
+//! `strata standalone` process, through the gRPC client.
+
+use std::path::PathBuf;
+
+use strata_integration_tests::{slt::StrataDb, StrataProcess};
+
+fn slt_files() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("slt dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "slt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .slt files in {}", dir.display());
+    files
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files_pass_against_standalone() {
+    let mut failures = Vec::new();
+    for file in slt_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = StrataProcess::start(&dir.path().join("data")).await;
+        let client = server.client().await;
+        let mut runner = sqllogictest::Runner::new(move || {
+            let client = client.clone();
+            async move { Ok(StrataDb::new(client)) }
+        });
+        if let Err(e) = runner.run_file_async(&file).await {
+            failures.push(format!(
+                "{}:\n{e}\nserver log:\n{}",
+                file.display(),
+                server.log_tail()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}

@@ -1,0 +1,276 @@
+//! Configuration: a TOML file, then `STRATA_…` environment variables, then
+//! command-line flags, each overriding the one before. Every key has a
+//! default, so an empty file (or none) is a valid configuration.
+//!
+//! Environment variables name a key by its path, sections separated by a
+//! double underscore: `STRATA_SERVER__GRPC_ADDR=127.0.0.1:9000` sets
+//! `[server] grpc_addr`. Values are read as TOML scalars when they parse as
+//! one (`true`, `42`), as strings otherwise.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+use strata_engine::EngineConfig;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub query: QueryConfig,
+    pub engine: EngineConfig,
+    pub wal: WalConfig,
+    pub object_store: ObjectStoreConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// gRPC (StorageService) listen address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// The address `Route` tells clients to use; defaults to `grpc_addr`.
+    pub advertise_addr: Option<SocketAddr>,
+    /// Where local data lives (WAL and SSTs in standalone mode).
+    pub data_dir: PathBuf,
+    /// Create a table on the first gRPC write to it.
+    pub auto_create_table: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8831)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 5440)),
+            advertise_addr: None,
+            data_dir: PathBuf::from("./strata-data"),
+            auto_create_table: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Threads of the query runtime, and DataFusion's target partitions;
+    /// 0 means one per CPU.
+    pub threads: usize,
+}
+
+/// Where the WAL lives.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+pub enum WalConfig {
+    /// Segment files on local disk.
+    Local {
+        /// Defaults to `{data_dir}/wal`.
+        #[serde(default)]
+        dir: Option<PathBuf>,
+        /// A new segment file starts after this many bytes.
+        #[serde(default = "default_segment_size")]
+        segment_size: u64,
+    },
+}
+
+fn default_segment_size() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig::Local {
+            dir: None,
+            segment_size: default_segment_size(),
+        }
+    }
+}
+
+/// Where SSTs and manifests live.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ObjectStoreConfig {
+    /// A directory on the local filesystem.
+    Local {
+        /// Defaults to `{data_dir}/store`.
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+}
+
+impl Default for ObjectStoreConfig {
+    fn default() -> Self {
+        ObjectStoreConfig::Local { root: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `strata_engine=debug,info`.
+    /// `RUST_LOG` takes precedence when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_string(),
+        }
+    }
+}
+
+const ENV_PREFIX: &str = "STRATA_";
+
+/// Reads a scalar the way a TOML file would spell it, else as a string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .filter(|v| !v.is_table() && !v.is_array())
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()))
+}
+
+fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<()> {
+    match path {
+        [] => Ok(()),
+        [key] => {
+            table.insert(key.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => {
+            let entry = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => set_path(t, rest, value),
+                _ => Err(Error::InvalidArgument(format!(
+                    "configuration key {first} is not a section"
+                ))),
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads `file` (if any), then applies environment overrides from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "cannot read config file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "config file {} is not valid TOML: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        overrides.sort();
+        for (key, raw) in overrides {
+            let path: Vec<String> = key[ENV_PREFIX.len()..]
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect();
+            set_path(&mut table, &path, env_value(&raw))?;
+        }
+        let source = file.map_or("defaults".to_string(), |p| p.display().to_string());
+        toml::Value::Table(table).try_into::<Config>().map_err(|e| {
+            Error::InvalidArgument(format!(
+                "invalid configuration ({source} and STRATA_ variables): {e}"
+            ))
+        })
+    }
+
+    pub fn wal_dir(&self) -> PathBuf {
+        match &self.wal {
+            WalConfig::Local { dir: Some(d), .. } => d.clone(),
+            WalConfig::Local { dir: None, .. } => self.server.data_dir.join("wal"),
+        }
+    }
+
+    pub fn store_root(&self) -> PathBuf {
+        match &self.object_store {
+            ObjectStoreConfig::Local { root: Some(r) } => r.clone(),
+            ObjectStoreConfig::Local { root: None } => self.server.data_dir.join("store"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn env_overrides_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\ngrpc_addr = \"127.0.0.1:1\"\n[engine]\nmax_concurrent_flushes = 3\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            vec![
+                (
+                    "STRATA_SERVER__GRPC_ADDR".to_string(),
+                    "127.0.0.1:2".to_string(),
+                ),
+                (
+                    "STRATA_SERVER__AUTO_CREATE_TABLE".to_string(),
+                    "false".to_string(),
+                ),
+                ("UNRELATED".to_string(), "x".to_string()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.grpc_addr.port(), 2);
+        assert!(!cfg.server.auto_create_table);
+        assert_eq!(cfg.engine.max_concurrent_flushes, 3);
+        assert_eq!(cfg.server.http_addr.port(), 5440);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\ngrpc_adr = \"127.0.0.1:1\"\n").unwrap();
+        let err = Config::load(Some(&path), vec![]).unwrap_err().to_string();
+        assert!(err.contains("grpc_adr"), "{err}");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path), vec![])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen > 0, "no example configs found in {}", dir.display());
+    }
+}

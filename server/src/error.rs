@@ -1,0 +1,154 @@
+//! The server's errors, and how each maps onto what clients act on: an
+//! [`ErrorKind`](strata_engine::ErrorKind), an HTTP-style status code (as
+//! HoraeDB's clients expect in response headers), and whether to retry.
+
+use datafusion::error::DataFusionError;
+use strata_engine::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("SQL parse error at line {line}, column {column}: {message}")]
+    Parse {
+        message: String,
+        line: u64,
+        column: u64,
+    },
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    #[error("{0}")]
+    Unsupported(String),
+
+    #[error(transparent)]
+    Engine(#[from] strata_engine::Error),
+
+    #[error("{message}")]
+    Query { kind: ErrorKind, message: String },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Parse { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::Engine(e) => e.kind(),
+            Error::Query { kind, .. } => *kind,
+            Error::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// The HTTP-style code used in gRPC response headers and HTTP responses.
+    pub fn status_code(&self) -> u16 {
+        match self.kind() {
+            ErrorKind::InvalidArgument | ErrorKind::Unsupported => 400,
+            ErrorKind::TableNotFound | ErrorKind::DatabaseNotFound => 404,
+            ErrorKind::AlreadyExists => 409,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::Internal => 500,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.kind() == ErrorKind::Unavailable
+    }
+}
+
+/// Extracts the table name from DataFusion's "table '…' not found".
+fn missing_table(message: &str) -> Option<String> {
+    let rest = message.split("table '").nth(1)?;
+    let name = rest.split("' not found").next()?;
+    if !rest.contains("' not found") {
+        return None;
+    }
+    Some(name.rsplit('.').next().unwrap_or(name).to_string())
+}
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        // Unwrap context layers to the error that actually happened.
+        let root = e.find_root();
+        match root {
+            DataFusionError::External(inner) => {
+                if let Some(engine) = inner.downcast_ref::<strata_engine::Error>() {
+                    return Error::Query {
+                        kind: engine.kind(),
+                        message: engine.to_string(),
+                    };
+                }
+                Error::Query {
+                    kind: ErrorKind::Internal,
+                    message: inner.to_string(),
+                }
+            }
+            DataFusionError::SQL(parse, _) => Error::Query {
+                kind: ErrorKind::InvalidArgument,
+                message: format!("SQL parse error: {parse}"),
+            },
+            DataFusionError::Plan(msg) => match missing_table(msg) {
+                Some(name) => Error::Query {
+                    kind: ErrorKind::TableNotFound,
+                    message: format!("Table not found: {name}"),
+                },
+                None => Error::Query {
+                    kind: ErrorKind::InvalidArgument,
+                    message: format!("Invalid query: {msg}"),
+                },
+            },
+            DataFusionError::SchemaError(..) => Error::Query {
+                kind: ErrorKind::InvalidArgument,
+                message: format!("Invalid query: {root}"),
+            },
+            DataFusionError::NotImplemented(msg) => Error::Query {
+                kind: ErrorKind::Unsupported,
+                message: format!("Unsupported: {msg}"),
+            },
+            DataFusionError::ArrowError(arrow, _) => {
+                let kind = match arrow.as_ref() {
+                    arrow::error::ArrowError::CastError(_)
+                    | arrow::error::ArrowError::ParseError(_)
+                    | arrow::error::ArrowError::InvalidArgumentError(_)
+                    | arrow::error::ArrowError::DivideByZero
+                    | arrow::error::ArrowError::ArithmeticOverflow(_)
+                    | arrow::error::ArrowError::ComputeError(_) => ErrorKind::InvalidArgument,
+                    _ => ErrorKind::Internal,
+                };
+                Error::Query {
+                    kind,
+                    message: root.to_string(),
+                }
+            }
+            DataFusionError::ResourcesExhausted(_) => Error::Query {
+                kind: ErrorKind::Unavailable,
+                message: root.to_string(),
+            },
+            DataFusionError::Execution(msg) => Error::Query {
+                kind: ErrorKind::InvalidArgument,
+                message: format!("Execution error: {msg}"),
+            },
+            _ => Error::Query {
+                kind: ErrorKind::Internal,
+                message: root.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tables_are_recognised() {
+        assert_eq!(
+            missing_table("table 'strata.public.nope' not found"),
+            Some("nope".to_string())
+        );
+        assert_eq!(missing_table("no field named x"), None);
+    }
+}

@@ -1,0 +1,290 @@
+//! The gRPC `StorageService`, wire-compatible with HoraeDB's for Route,
+//! Write, StreamWrite, SqlQuery and StreamSqlQuery.
+//!
+//! Errors are reported the way HoraeDB's SDKs expect: a normal gRPC response
+//! whose header carries an HTTP-style `code` and a message, plus Strata's
+//! typed `kind` and `retryable` extensions. A malformed request never takes
+//! the server down; it gets a 400.
+
+pub mod payload;
+pub mod write;
+
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+
+use futures::{Stream, StreamExt};
+use strata_engine::{catalog::DEFAULT_DATABASE, Engine, ErrorKind};
+use strata_proto::{
+    common::{ErrorKind as PbKind, ResponseHeader},
+    storage::{
+        sql_query_response::Output as PbOutput, storage_service_server::StorageService, Endpoint,
+        RequestContext, Route, RouteRequest, RouteResponse, ShardRole, SqlQueryRequest,
+        SqlQueryResponse, WriteRequest, WriteResponse,
+    },
+};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    error::{Error, Result},
+    metrics,
+    sql::{Output, QueryEngine},
+};
+
+/// Rows per response message of `StreamSqlQuery`.
+const STREAM_CHUNK_ROWS: usize = 8192;
+
+pub fn ok_header() -> ResponseHeader {
+    ResponseHeader {
+        code: 200,
+        ..Default::default()
+    }
+}
+
+pub fn error_header(e: &Error) -> ResponseHeader {
+    let kind = match e.kind() {
+        ErrorKind::InvalidArgument => PbKind::InvalidArgument,
+        ErrorKind::TableNotFound => PbKind::TableNotFound,
+        ErrorKind::DatabaseNotFound => PbKind::DatabaseNotFound,
+        ErrorKind::AlreadyExists => PbKind::AlreadyExists,
+        ErrorKind::Unavailable => PbKind::Unavailable,
+        ErrorKind::Internal => PbKind::Internal,
+        ErrorKind::Unsupported => PbKind::Unsupported,
+    };
+    ResponseHeader {
+        code: u32::from(e.status_code()),
+        error: e.to_string(),
+        kind: kind as i32,
+        retryable: e.is_retryable(),
+    }
+}
+
+fn database(ctx: &Option<RequestContext>) -> String {
+    ctx.as_ref()
+        .map(|c| c.database.clone())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string())
+}
+
+/// The gRPC service of one instance.
+#[derive(Clone)]
+pub struct StorageServiceImpl {
+    query: QueryEngine,
+    /// The address clients are told to use for this node.
+    advertise: SocketAddr,
+    auto_create_table: bool,
+}
+
+impl StorageServiceImpl {
+    pub fn new(query: QueryEngine, advertise: SocketAddr, auto_create_table: bool) -> Self {
+        Self {
+            query,
+            advertise,
+            auto_create_table,
+        }
+    }
+
+    fn engine(&self) -> &Arc<Engine> {
+        self.query.engine()
+    }
+
+    /// Writes every table of one request; returns the rows written.
+    async fn write_request(&self, req: WriteRequest) -> Result<u32> {
+        let db = database(&req.context);
+        if !self.engine().database_exists(&db) {
+            return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
+        }
+        // Convert everything first so that a bad table fails the request
+        // before anything is written.
+        let mut batches = Vec::with_capacity(req.table_requests.len());
+        for table_req in &req.table_requests {
+            if table_req.table.is_empty() {
+                return Err(Error::InvalidArgument("a write names no table".to_string()));
+            }
+            let table = match self.engine().table(&db, &table_req.table) {
+                Ok(t) => t,
+                Err(strata_engine::Error::TableNotFound { .. }) if self.auto_create_table => {
+                    let schema = write::schema_for_new_table(table_req)?;
+                    let options = Default::default();
+                    self.engine()
+                        .create_table(&db, &table_req.table, schema, options, true)
+                        .await?;
+                    self.engine().table(&db, &table_req.table)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let batch = write::to_batch(&table, table_req)?;
+            batches.push((table, batch));
+        }
+        let mut written = 0usize;
+        for (table, batch) in batches {
+            written += table.write(batch).await?;
+        }
+        Ok(u32::try_from(written).unwrap_or(u32::MAX))
+    }
+
+    async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
+        let db = database(&req.context);
+        self.query.execute(&db, &req.sql).await
+    }
+}
+
+fn sql_response(output: Output) -> Result<SqlQueryResponse> {
+    let output = match output {
+        Output::AffectedRows(n) => PbOutput::AffectedRows(u32::try_from(n).unwrap_or(u32::MAX)),
+        Output::Rows { schema, batches } => PbOutput::Arrow(payload::encode(&schema, &batches)?),
+    };
+    Ok(SqlQueryResponse {
+        header: Some(ok_header()),
+        output: Some(output),
+    })
+}
+
+fn error_sql_response(e: &Error) -> SqlQueryResponse {
+    SqlQueryResponse {
+        header: Some(error_header(e)),
+        output: None,
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<SqlQueryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl StorageService for StorageServiceImpl {
+    async fn route(
+        &self,
+        request: Request<RouteRequest>,
+    ) -> Result<Response<RouteResponse>, Status> {
+        let req = request.into_inner();
+        // Standalone: this node serves every table, and every table lives on
+        // shard 0, whose version never changes.
+        let routes = req
+            .tables
+            .into_iter()
+            .map(|table| Route {
+                table,
+                endpoint: Some(Endpoint {
+                    ip: self.advertise.ip().to_string(),
+                    port: u32::from(self.advertise.port()),
+                }),
+                shard_id: strata_engine::STANDALONE_SHARD.0,
+                shard_version: 1,
+                role: ShardRole::Leader as i32,
+            })
+            .collect();
+        Ok(Response::new(RouteResponse {
+            header: Some(ok_header()),
+            routes,
+        }))
+    }
+
+    async fn write(
+        &self,
+        request: Request<WriteRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let result = self.write_request(req).await;
+        metrics::observe_request("grpc_write", started, result.is_ok());
+        Ok(Response::new(match result {
+            Ok(success) => WriteResponse {
+                header: Some(ok_header()),
+                success,
+                failed: 0,
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "write failed");
+                WriteResponse {
+                    header: Some(error_header(&e)),
+                    success: 0,
+                    failed: 0,
+                }
+            }
+        }))
+    }
+
+    async fn stream_write(
+        &self,
+        request: Request<Streaming<WriteRequest>>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut success = 0u32;
+        while let Some(req) = stream.next().await {
+            let req = req?;
+            match self.write_request(req).await {
+                Ok(n) => success = success.saturating_add(n),
+                Err(e) => {
+                    return Ok(Response::new(WriteResponse {
+                        header: Some(error_header(&e)),
+                        success,
+                        failed: 0,
+                    }))
+                }
+            }
+        }
+        Ok(Response::new(WriteResponse {
+            header: Some(ok_header()),
+            success,
+            failed: 0,
+        }))
+    }
+
+    async fn sql_query(
+        &self,
+        request: Request<SqlQueryRequest>,
+    ) -> Result<Response<SqlQueryResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let result = self.sql(&req).await.and_then(sql_response);
+        metrics::observe_request("grpc_sql", started, result.is_ok());
+        Ok(Response::new(match result {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::debug!(error = %e, sql = %req.sql, "query failed");
+                error_sql_response(&e)
+            }
+        }))
+    }
+
+    type StreamSqlQueryStream = ResponseStream;
+
+    async fn stream_sql_query(
+        &self,
+        request: Request<SqlQueryRequest>,
+    ) -> Result<Response<Self::StreamSqlQueryStream>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let result = self.sql(&req).await;
+        metrics::observe_request("grpc_stream_sql", started, result.is_ok());
+        let responses: Vec<Result<SqlQueryResponse, Status>> = match result {
+            Err(e) => vec![Ok(error_sql_response(&e))],
+            Ok(Output::AffectedRows(n)) => {
+                vec![sql_response(Output::AffectedRows(n)).or_else(|e| Ok(error_sql_response(&e)))]
+            }
+            Ok(Output::Rows { schema, batches }) => {
+                let mut out = Vec::new();
+                let mut chunk = Vec::new();
+                let mut rows = 0;
+                for batch in batches {
+                    rows += batch.num_rows();
+                    chunk.push(batch);
+                    if rows >= STREAM_CHUNK_ROWS {
+                        out.push(std::mem::take(&mut chunk));
+                        rows = 0;
+                    }
+                }
+                if !chunk.is_empty() || out.is_empty() {
+                    out.push(chunk);
+                }
+                out.into_iter()
+                    .map(|batches| {
+                        Ok(sql_response(Output::Rows {
+                            schema: schema.clone(),
+                            batches,
+                        })
+                        .unwrap_or_else(|e| error_sql_response(&e)))
+                    })
+                    .collect()
+            }
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter(responses))))
+    }
+}

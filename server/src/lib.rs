@@ -1,0 +1,15 @@
+//! The Strata instance: protocols, the SQL front end, and the `strata`
+//! binary's subcommands.
+//!
+//! Position in the data flow: the top. Requests arrive over gRPC
+//! ([`grpc`], HoraeDB-compatible `StorageService`) or HTTP ([`http`]); SQL is
+//! parsed and planned by [`sql`] (Strata's DDL here, queries by DataFusion);
+//! rows are handed to `strata_engine`, which owns the WAL, memtables and SSTs.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod sql;
+pub mod standalone;

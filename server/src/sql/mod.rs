@@ -1,0 +1,194 @@
+//! The SQL front end.
+//!
+//! Strata's own statements (DDL with `TAG` and `TIMESTAMP KEY`, `SHOW`,
+//! `DESCRIBE`, `USE`, databases) are parsed here; everything else (queries,
+//! `INSERT`, `EXPLAIN [ANALYZE]`) is planned and run by DataFusion over the
+//! engine's table providers. Query execution runs on a dedicated runtime so
+//! that heavy scans do not stall the network I/O threads.
+
+mod catalog;
+mod coercion;
+pub mod create_table;
+mod insert_check;
+mod statements;
+pub mod tokens;
+
+use std::{future::Future, sync::Arc};
+
+use arrow::{
+    array::{AsArray, RecordBatch},
+    datatypes::{SchemaRef, UInt64Type},
+};
+use datafusion::{
+    dataframe::DataFrame,
+    execution::{
+        context::SQLOptions,
+        session_state::{SessionState, SessionStateBuilder},
+    },
+    logical_expr::LogicalPlan,
+    optimizer::analyzer::{
+        resolve_grouping_function::ResolveGroupingFunction, type_coercion::TypeCoercion,
+    },
+    prelude::{SessionConfig, SessionContext},
+};
+use strata_client::split::split_statements;
+use strata_engine::{catalog::DEFAULT_DATABASE, Engine};
+
+pub use self::catalog::CATALOG_NAME;
+use crate::error::{Error, Result};
+
+/// The result of one statement.
+#[derive(Debug)]
+pub enum Output {
+    AffectedRows(u64),
+    Rows {
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    },
+}
+
+/// Runs SQL against the engine.
+#[derive(Clone)]
+pub struct QueryEngine {
+    engine: Arc<Engine>,
+    ctx: SessionContext,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Aborts the spawned task when dropped, so a cancelled request stops its
+/// query.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl QueryEngine {
+    /// `runtime` runs query execution; it should be separate from the one
+    /// serving network I/O.
+    pub fn new(
+        engine: Arc<Engine>,
+        runtime: tokio::runtime::Handle,
+        target_partitions: usize,
+    ) -> Self {
+        let mut config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        if target_partitions > 0 {
+            config = config.with_target_partitions(target_partitions);
+        }
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .with_analyzer_rules(vec![
+                Arc::new(ResolveGroupingFunction::new()),
+                Arc::new(coercion::IntegerAsTimestamp),
+                Arc::new(TypeCoercion::new()),
+            ])
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_catalog(
+            CATALOG_NAME,
+            Arc::new(catalog::StrataCatalog::new(engine.clone())),
+        );
+        ctx.runtime_env()
+            .register_object_store(engine.object_store_url().as_ref(), engine.object_store());
+        Self {
+            engine,
+            ctx,
+            runtime,
+        }
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// A session whose unqualified table names resolve in `database`.
+    fn session(&self, database: &str) -> SessionState {
+        let mut state = self.ctx.state();
+        state.config_mut().options_mut().catalog.default_schema = database.to_string();
+        state
+    }
+
+    /// Runs `fut` on the query runtime; dropping the returned future cancels it.
+    async fn on_query_runtime<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        let mut task = AbortOnDrop(self.runtime.spawn(fut));
+        match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Internal(format!("query task failed: {e}"))),
+        }
+    }
+
+    /// Runs every statement in `sql` in order and returns the last one's
+    /// output. `USE db` changes the database for the statements after it.
+    pub async fn execute(&self, database: &str, sql: &str) -> Result<Output> {
+        let database = if database.is_empty() {
+            DEFAULT_DATABASE
+        } else {
+            database
+        };
+        let statements = split_statements(sql);
+        if statements.is_empty() {
+            return Err(Error::InvalidArgument("empty SQL statement".to_string()));
+        }
+        let mut current = database.to_string();
+        let mut last = Output::AffectedRows(0);
+        for stmt in statements {
+            if let Some(db) = statements::parse_use(&stmt)? {
+                if !self.engine.database_exists(&db) {
+                    return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
+                }
+                current = db;
+                last = Output::AffectedRows(0);
+                continue;
+            }
+            last = self.execute_one(&current, &stmt).await?;
+        }
+        Ok(last)
+    }
+
+    async fn execute_one(&self, database: &str, sql: &str) -> Result<Output> {
+        if let Some(output) = statements::try_execute(&self.engine, database, sql).await? {
+            return Ok(output);
+        }
+        let state = self.session(database);
+        let engine = self.engine.clone();
+        let database = database.to_string();
+        let sql = sql.to_string();
+        self.on_query_runtime(async move {
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect)?;
+            insert_check::check(&statement, &engine, &database)?;
+            let plan = state.statement_to_plan(statement).await?;
+            SQLOptions::new()
+                .with_allow_ddl(false)
+                .with_allow_statements(false)
+                .verify_plan(&plan)
+                .map_err(|e| Error::Unsupported(format!("{e}; Strata runs its own DDL")))?;
+            let is_dml = matches!(plan, LogicalPlan::Dml(_));
+            let df = DataFrame::new(state, plan);
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            if is_dml {
+                let count = batches
+                    .first()
+                    .and_then(|b| {
+                        b.column(0)
+                            .as_primitive_opt::<UInt64Type>()
+                            .map(|c| c.value(0))
+                    })
+                    .unwrap_or(0);
+                return Ok(Output::AffectedRows(count));
+            }
+            Ok(Output::Rows { schema, batches })
+        })
+        .await
+    }
+}

@@ -1,0 +1,239 @@
+//! Strata's own statements: DDL, `SHOW`, `DESCRIBE`, `USE`, `EXISTS TABLE`,
+//! `FLUSH TABLE`.
+
+use std::sync::Arc;
+
+use arrow::{
+    array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt8Array},
+    datatypes::{Field, Schema},
+};
+use strata_engine::Engine;
+
+use super::{create_table, tokens::Cursor, Output};
+use crate::error::{Error, Result};
+
+/// `USE db` → `Some(db)`.
+pub fn parse_use(sql: &str) -> Result<Option<String>> {
+    let mut c = Cursor::new(sql)?;
+    if !c.eat_keyword("use") {
+        return Ok(None);
+    }
+    let db = c.identifier("database")?;
+    c.expect_end()?;
+    Ok(Some(db))
+}
+
+fn rows(columns: Vec<(&str, ArrayRef)>) -> Result<Output> {
+    let schema = Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(name, array)| Field::new(*name, array.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        columns.into_iter().map(|(_, a)| a).collect(),
+    )
+    .map_err(|e| Error::Internal(format!("building a result: {e}")))?;
+    Ok(Output::Rows {
+        schema,
+        batches: vec![batch],
+    })
+}
+
+fn strings(values: Vec<String>) -> ArrayRef {
+    Arc::new(StringArray::from(values))
+}
+
+/// Matches a SQL `LIKE` pattern (`%` and `_`).
+fn like(pattern: &str, s: &str) -> bool {
+    fn go(p: &[char], s: &[char]) -> bool {
+        match p.first() {
+            None => s.is_empty(),
+            Some('%') => (0..=s.len()).any(|i| go(&p[1..], &s[i..])),
+            Some('_') => !s.is_empty() && go(&p[1..], &s[1..]),
+            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let s: Vec<char> = s.chars().collect();
+    go(&p, &s)
+}
+
+/// Runs `sql` when it is one of Strata's own statements; `Ok(None)` means
+/// DataFusion should run it.
+pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<Option<Output>> {
+    let mut c = Cursor::new(sql)?;
+    let resolve = |db: Option<String>| db.unwrap_or_else(|| database.to_string());
+
+    if c.peek_keyword("create") && c.peek_keyword_nth(1, "table") {
+        let ct = create_table::parse(sql)?;
+        let db = resolve(ct.database);
+        engine
+            .create_table(&db, &ct.name, ct.schema, ct.options, ct.if_not_exists)
+            .await?;
+        return Ok(Some(Output::AffectedRows(0)));
+    }
+    if c.peek_keyword("create")
+        && (c.peek_keyword_nth(1, "database") || c.peek_keyword_nth(1, "schema"))
+    {
+        c.advance();
+        c.advance();
+        let if_not_exists = c.eat_keywords(&["if", "not", "exists"]);
+        let name = c.identifier("database")?;
+        c.expect_end()?;
+        engine.create_database(&name, if_not_exists).await?;
+        return Ok(Some(Output::AffectedRows(0)));
+    }
+    if c.eat_keyword("drop") {
+        if c.eat_keyword("table") {
+            let if_exists = c.eat_keywords(&["if", "exists"]);
+            let (db, name) = c.object_name("table")?;
+            c.expect_end()?;
+            engine.drop_table(&resolve(db), &name, if_exists).await?;
+            return Ok(Some(Output::AffectedRows(0)));
+        }
+        if c.eat_keyword("database") || c.eat_keyword("schema") {
+            let if_exists = c.eat_keywords(&["if", "exists"]);
+            let name = c.identifier("database")?;
+            c.expect_end()?;
+            engine.drop_database(&name, if_exists).await?;
+            return Ok(Some(Output::AffectedRows(0)));
+        }
+        return Err(c.error("expected TABLE or DATABASE after DROP"));
+    }
+    if c.eat_keyword("show") {
+        if c.eat_keyword("tables") {
+            let mut db = database.to_string();
+            if c.eat_keyword("from") || c.eat_keyword("in") {
+                db = c.identifier("database")?;
+            }
+            let pattern = if c.eat_keyword("like") {
+                Some(c.value()?)
+            } else {
+                None
+            };
+            c.expect_end()?;
+            if !engine.database_exists(&db) {
+                return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
+            }
+            let names: Vec<String> = engine
+                .tables(&db)
+                .iter()
+                .map(|t| t.name().to_string())
+                .filter(|n| pattern.as_deref().is_none_or(|p| like(p, n)))
+                .collect();
+            return rows(vec![("Tables", strings(names))]).map(Some);
+        }
+        if c.eat_keyword("databases") || c.eat_keyword("schemas") {
+            c.expect_end()?;
+            return rows(vec![("Databases", strings(engine.databases()))]).map(Some);
+        }
+        if c.eat_keywords(&["create", "table"]) {
+            let (db, name) = c.object_name("table")?;
+            c.expect_end()?;
+            let table = engine.table(&resolve(db), &name)?;
+            let ddl =
+                create_table::show_create(table.name(), table.schema(), &table.entry().options);
+            return rows(vec![
+                ("Table", strings(vec![table.name().to_string()])),
+                ("Create Table", strings(vec![ddl])),
+            ])
+            .map(Some);
+        }
+        // Other SHOW statements (SHOW COLUMNS, SHOW ALL…) go to DataFusion.
+        return Ok(None);
+    }
+    if c.peek_keyword("describe") || c.peek_keyword("desc") {
+        c.advance();
+        c.eat_keyword("table");
+        let (db, name) = c.object_name("table")?;
+        c.expect_end()?;
+        let table = engine.table(&resolve(db), &name)?;
+        let schema = table.schema();
+        let cols = &schema.columns;
+        return rows(vec![
+            (
+                "name",
+                strings(cols.iter().map(|c| c.name.clone()).collect()),
+            ),
+            (
+                "type",
+                strings(
+                    cols.iter()
+                        .map(|c| c.column_type.sql_name().to_string())
+                        .collect(),
+                ),
+            ),
+            (
+                "is_primary",
+                Arc::new(BooleanArray::from(
+                    (0..cols.len())
+                        .map(|i| schema.is_primary_key(i))
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "is_nullable",
+                Arc::new(BooleanArray::from(
+                    cols.iter().map(|c| c.nullable).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "is_tag",
+                Arc::new(BooleanArray::from(
+                    cols.iter().map(|c| c.is_tag).collect::<Vec<_>>(),
+                )),
+            ),
+            (
+                "is_timestamp_key",
+                Arc::new(BooleanArray::from(
+                    (0..cols.len())
+                        .map(|i| i == schema.timestamp_index)
+                        .collect::<Vec<_>>(),
+                )),
+            ),
+        ])
+        .map(Some);
+    }
+    if c.peek_keyword("exists") && c.peek_keyword_nth(1, "table") {
+        c.advance();
+        c.advance();
+        let (db, name) = c.object_name("table")?;
+        c.expect_end()?;
+        let exists = engine.table(&resolve(db), &name).is_ok();
+        let result: ArrayRef = Arc::new(UInt8Array::from(vec![u8::from(exists)]));
+        return rows(vec![("result", result)]).map(Some);
+    }
+    if c.eat_keywords(&["flush", "table"]) {
+        let (db, name) = c.object_name("table")?;
+        c.expect_end()?;
+        let table = engine.table(&resolve(db), &name)?;
+        engine.flush_table(&table).await?;
+        return Ok(Some(Output::AffectedRows(0)));
+    }
+    if c.peek_keyword("use") {
+        return Err(Error::Internal(
+            "USE is handled before statement dispatch".into(),
+        ));
+    }
+    // `ALTER TABLE` arrives with the schema-change work; say so clearly.
+    if c.peek_keyword("alter") {
+        return Err(Error::Unsupported(
+            "ALTER TABLE is not supported yet".into(),
+        ));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::like;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like("cpu%", "cpu_usage"));
+        assert!(like("c_u", "cpu"));
+        assert!(!like("cpu", "cpu2"));
+    }
+}

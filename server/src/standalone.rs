@@ -1,0 +1,163 @@
+//! `strata standalone`: every role in one process, with the WAL and SSTs on
+//! local disk and the catalog inside the process.
+
+use std::{future::IntoFuture, sync::Arc, time::Duration};
+
+use object_store::{local::LocalFileSystem, ObjectStore};
+use strata_engine::Engine;
+use strata_proto::storage::storage_service_server::StorageServiceServer;
+use strata_wal::{
+    local::{LocalWal, LocalWalOptions},
+    Wal,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{Config, WalConfig},
+    error::{Error, Result},
+    grpc::StorageServiceImpl,
+    http,
+    sql::QueryEngine,
+};
+
+/// The largest gRPC message accepted or sent.
+const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
+fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::Internal(format!("{what}: {e}"))
+}
+
+/// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// Runs standalone Strata until a shutdown signal.
+pub async fn run(config: Config) -> Result<()> {
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(startup("creating the data directory"))?;
+    let root = config.store_root();
+    std::fs::create_dir_all(&root).map_err(startup("creating the object store directory"))?;
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(|e| {
+            Error::Internal(format!(
+                "opening the object store at {}: {e}",
+                root.display()
+            ))
+        })?);
+    let WalConfig::Local { segment_size, .. } = &config.wal;
+    let wal_dir = config.wal_dir().join("shard-0");
+    let wal: Arc<dyn Wal> = Arc::new(
+        LocalWal::open(
+            &wal_dir,
+            LocalWalOptions {
+                segment_size: *segment_size,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("opening the WAL at {}: {e}", wal_dir.display())))?,
+    );
+
+    // Bind before the (possibly long) recovery so that a port conflict is
+    // reported at once.
+    let grpc_listener = TcpListener::bind(config.server.grpc_addr)
+        .await
+        .map_err(|e| {
+            Error::Internal(format!("binding gRPC to {}: {e}", config.server.grpc_addr))
+        })?;
+    let http_listener = TcpListener::bind(config.server.http_addr)
+        .await
+        .map_err(|e| {
+            Error::Internal(format!("binding HTTP to {}: {e}", config.server.http_addr))
+        })?;
+
+    let engine = Engine::open(config.engine.clone(), store, wal).await?;
+
+    let threads = if config.query.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.query.threads
+    };
+    let query_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("strata-query")
+        .enable_all()
+        .build()
+        .map_err(startup("starting the query runtime"))?;
+    let query = QueryEngine::new(engine.clone(), query_runtime.handle().clone(), threads);
+
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(startup("reading the gRPC address"))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(startup("reading the HTTP address"))?;
+    let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
+    let service = StorageServiceServer::new(StorageServiceImpl::new(
+        query.clone(),
+        advertise,
+        config.server.auto_create_table,
+    ))
+    .max_decoding_message_size(MAX_MESSAGE)
+    .max_encoding_message_size(MAX_MESSAGE);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move {
+                    let _ = grpc_stop.changed().await;
+                },
+            ),
+    );
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(
+        axum::serve(http_listener, http::router(query))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .into_future(),
+    );
+    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(),
+        "Strata standalone is serving");
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
+        .await
+        .unwrap_or(Ok(()))
+    {
+        tracing::warn!(error = %e, "flush on shutdown failed; the WAL still holds every acknowledged row");
+    }
+    query_runtime.shutdown_background();
+    tracing::info!("stopped");
+    Ok(())
+}

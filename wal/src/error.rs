@@ -1,0 +1,42 @@
+use std::path::PathBuf;
+
+/// Errors of WAL operations, named for the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("WAL I/O failed while {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("WAL record at offset {offset} in {path} is corrupted: {reason}")]
+    Corrupted {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+
+    #[error("WAL record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+
+    #[error("WAL refuses writes after an earlier failure ({reason}); reopen it to recover")]
+    Poisoned { reason: String },
+
+    #[error("WAL is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether the same operation may succeed if retried later.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Io { .. } => true,
+            Error::Corrupted { .. } | Error::RecordTooLarge { .. } => false,
+            Error::Poisoned { .. } | Error::Closed => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
