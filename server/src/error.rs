@@ -86,10 +86,17 @@ impl From<DataFusionError> for Error {
                     message: inner.to_string(),
                 }
             }
-            DataFusionError::SQL(parse, _) => Error::Query {
-                kind: ErrorKind::InvalidArgument,
-                message: format!("SQL parse error: {parse}"),
-            },
+            DataFusionError::SQL(parse, _) => {
+                use datafusion::sql::sqlparser::parser::ParserError;
+                let detail = match parse.as_ref() {
+                    ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
+                    ParserError::RecursionLimitExceeded => "the statement is nested too deeply".to_string(),
+                };
+                Error::Query {
+                    kind: ErrorKind::InvalidArgument,
+                    message: format!("SQL parse error: {detail}"),
+                }
+            }
             DataFusionError::Plan(msg) => match missing_table(msg) {
                 Some(name) => Error::Query {
                     kind: ErrorKind::TableNotFound,

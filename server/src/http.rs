@@ -9,7 +9,8 @@ use std::{sync::Arc, time::Instant};
 
 use arrow::{array::RecordBatch, json::WriterBuilder};
 use axum::{
-    extract::{rejection::JsonRejection, State},
+    body::Bytes,
+    extract::State,
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -78,17 +79,15 @@ fn batches_to_json(batches: &[RecordBatch]) -> Result<Value, Error> {
     serde_json::from_slice(&buf).map_err(|e| Error::Internal(format!("encoding JSON: {e}")))
 }
 
-async fn sql(
-    State(state): State<Arc<AppState>>,
-    body: Result<Json<SqlRequest>, JsonRejection>,
-) -> Response {
+/// The body is read as JSON whatever its content type, so that
+/// `curl -d '{"query": …}'` works.
+async fn sql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     let started = Instant::now();
-    let req = match body {
-        Ok(Json(r)) => r,
-        Err(rejection) => {
+    let req: SqlRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
             let e = Error::InvalidArgument(format!(
-                "the body must be JSON like {{\"query\": \"SELECT 1\"}}: {}",
-                rejection.body_text()
+                "the body must be JSON like {{\"query\": \"SELECT 1\"}}: {e}"
             ));
             return error_response(&e);
         }
