@@ -74,7 +74,11 @@ impl Session {
         let elapsed = started.elapsed();
         if let (SqlOutput::AffectedRows(n), true, Format::Table) = (&output, timing, self.format) {
             let rows = if *n == 1 { "row" } else { "rows" };
-            let _ = writeln!(out, "Query OK, {n} {rows} affected ({:.3} sec)\n", elapsed.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "Query OK, {n} {rows} affected ({:.3} sec)\n",
+                elapsed.as_secs_f64()
+            );
             return Ok(());
         }
         let text = match &output {

@@ -90,7 +90,9 @@ impl From<DataFusionError> for Error {
                 use datafusion::sql::sqlparser::parser::ParserError;
                 let detail = match parse.as_ref() {
                     ParserError::ParserError(m) | ParserError::TokenizerError(m) => m.clone(),
-                    ParserError::RecursionLimitExceeded => "the statement is nested too deeply".to_string(),
+                    ParserError::RecursionLimitExceeded => {
+                        "the statement is nested too deeply".to_string()
+                    }
                 };
                 Error::Query {
                     kind: ErrorKind::InvalidArgument,
