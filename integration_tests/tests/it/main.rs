@@ -5,6 +5,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod grpc;
 mod horaedb_python;
 mod persistence;
 mod sqllogic;

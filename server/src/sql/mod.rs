@@ -167,11 +167,21 @@ impl QueryEngine {
             let statement = state.sql_to_statement(&sql, &dialect)?;
             insert_check::check(&statement, &engine, &database)?;
             let plan = state.statement_to_plan(statement).await?;
-            SQLOptions::new()
+            if SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_statements(false)
                 .verify_plan(&plan)
-                .map_err(|e| Error::Unsupported(format!("{e}; Strata runs its own DDL")))?;
+                .is_err()
+            {
+                let what = match &plan {
+                    LogicalPlan::Ddl(ddl) => format!(
+                        "Unsupported: {} is not supported; Strata runs its own DDL (CREATE/DROP TABLE, CREATE/DROP DATABASE)",
+                        ddl.name()
+                    ),
+                    _ => "Unsupported: SET, transactions and prepared statements are not supported".to_string(),
+                };
+                return Err(Error::Unsupported(what));
+            }
             let is_dml = matches!(plan, LogicalPlan::Dml(_));
             let df = DataFrame::new(state, plan);
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
