@@ -126,7 +126,18 @@ pub async fn run(config: Config) -> Result<()> {
             .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                // Small responses must not wait for Nagle's algorithm: set
+                // TCP_NODELAY on every accepted connection (tonic's own
+                // setting applies only to listeners it creates).
+                tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    |conn| {
+                        if let Ok(stream) = &conn {
+                            let _ = stream.set_nodelay(true);
+                        }
+                        conn
+                    },
+                ),
                 async move {
                     let _ = grpc_stop.changed().await;
                 },
