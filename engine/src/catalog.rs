@@ -16,6 +16,10 @@ use crate::{options::TableOptions, schema::TableSchema, Error, Result};
 /// The database every instance starts with, used when none is named.
 pub const DEFAULT_DATABASE: &str = "public";
 
+/// Names the engine uses itself: system tables and DataFusion's
+/// `information_schema`.
+pub const RESERVED_DATABASES: &[&str] = &["system", "information_schema"];
+
 /// What the catalog knows about one table.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TableEntry {
@@ -128,6 +132,11 @@ impl Catalog {
             return Err(Error::InvalidSchema(
                 "database name must not be empty".into(),
             ));
+        }
+        if RESERVED_DATABASES.contains(&name) {
+            return Err(Error::InvalidSchema(format!(
+                "database name {name} is reserved"
+            )));
         }
         self.update(|s| {
             if s.databases.contains_key(name) {
@@ -242,6 +251,24 @@ impl Catalog {
             };
             s.tables.insert(id, entry.clone());
             Ok(Some(entry))
+        })
+        .await
+    }
+
+    /// Changes a table's definition; `change` gets the current entry and
+    /// returns the new one. Persisted before it returns.
+    pub async fn update_table(
+        &self,
+        id: TableId,
+        change: impl FnOnce(&TableEntry) -> Result<TableEntry>,
+    ) -> Result<TableEntry> {
+        self.update(|s| {
+            let current = s.tables.get(&id).ok_or_else(|| Error::TableNotFound {
+                name: format!("#{id}"),
+            })?;
+            let next = change(current)?;
+            s.tables.insert(id, next.clone());
+            Ok(next)
         })
         .await
     }

@@ -24,8 +24,48 @@ pub struct EngineConfig {
     pub sst_row_group_rows: usize,
     /// zstd level for SSTs.
     pub sst_zstd_level: i32,
+    /// Memory for cached SST footers and page indexes.
+    #[serde(with = "byte_size")]
+    pub sst_metadata_cache_size: u64,
     /// Writes batched into one WAL group commit, at most.
     pub max_write_batch: usize,
+
+    /// Above this many bytes in all memtables, the largest are flushed.
+    #[serde(with = "byte_size")]
+    pub write_buffer_soft_limit: u64,
+    /// At this many bytes in all memtables, writes wait for flushes.
+    #[serde(with = "byte_size")]
+    pub write_buffer_hard_limit: u64,
+    /// How long a write waits at the hard limit before failing (retryably).
+    #[serde(with = "humantime_serde_compat")]
+    pub write_stall_timeout: Duration,
+
+    /// How often the garbage collector, TTL expiry and the compaction
+    /// picker run.
+    #[serde(with = "humantime_serde_compat")]
+    pub gc_interval: Duration,
+    /// How long a retired SST file is kept after the last query using it.
+    #[serde(with = "humantime_serde_compat")]
+    pub gc_grace: Duration,
+    /// An unreferenced file must be at least this old to be deleted as an
+    /// orphan.
+    #[serde(with = "humantime_serde_compat")]
+    pub orphan_min_age: Duration,
+
+    /// Compactions that may run at once.
+    pub max_concurrent_compactions: usize,
+    /// Memory that running compactions may use together.
+    #[serde(with = "byte_size")]
+    pub compaction_memory_budget: u64,
+    /// A segment is compacted once it has this many SSTs below the target
+    /// size.
+    pub compaction_min_files: usize,
+    /// At most this many SSTs are merged by one compaction.
+    pub compaction_max_files: usize,
+    /// Compaction output rolls to a new file at this size; files this large
+    /// are not compacted again.
+    #[serde(with = "byte_size")]
+    pub compaction_target_file_size: u64,
 }
 
 impl Default for EngineConfig {
@@ -37,7 +77,19 @@ impl Default for EngineConfig {
             max_memtable_age: Duration::from_secs(600),
             sst_row_group_rows: 64 * 1024,
             sst_zstd_level: 3,
+            sst_metadata_cache_size: 128 * 1024 * 1024,
             max_write_batch: 1024,
+            write_buffer_soft_limit: 256 * 1024 * 1024,
+            write_buffer_hard_limit: 512 * 1024 * 1024,
+            write_stall_timeout: Duration::from_secs(10),
+            gc_interval: Duration::from_secs(60),
+            gc_grace: Duration::from_secs(60),
+            orphan_min_age: Duration::from_secs(15 * 60),
+            max_concurrent_compactions: 1,
+            compaction_memory_budget: 256 * 1024 * 1024,
+            compaction_min_files: 4,
+            compaction_max_files: 32,
+            compaction_target_file_size: 256 * 1024 * 1024,
         }
     }
 }
@@ -58,6 +110,30 @@ pub mod humantime_serde_compat {
     }
 }
 
+/// Serde support for sizes written as `"64MB"` or a number of bytes.
+pub mod byte_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Size {
+            Bytes(u64),
+            Text(String),
+        }
+        match Size::deserialize(d)? {
+            Size::Bytes(b) => Ok(b),
+            Size::Text(t) => {
+                crate::options::parse_size("size", &t).map_err(serde::de::Error::custom)
+            }
+        }
+    }
+}
+
 /// What every table and shard of an engine shares.
 #[derive(Debug)]
 pub struct EngineContext {
@@ -66,4 +142,9 @@ pub struct EngineContext {
     /// The URL under which `store` is registered with DataFusion.
     pub store_url: ObjectStoreUrl,
     pub flush_permits: tokio::sync::Semaphore,
+    pub gc: crate::gc::Gc,
+    pub write_buffer: crate::memory::WriteBufferManager,
+    pub compactor: Arc<crate::compaction::Compactor>,
+    /// Reads SSTs for queries and compactions, with footers cached.
+    pub reader_factory: Arc<dyn datafusion::datasource::physical_plan::ParquetFileReaderFactory>,
 }

@@ -86,6 +86,21 @@ pub enum Error {
         source: Box<arrow::error::ArrowError>,
     },
 
+    #[error("Write to table {table} stalled for {waited_ms} ms: memtables hold {used} bytes, the limit is {limit}; retry later")]
+    WriteStalled {
+        table: String,
+        waited_ms: u64,
+        used: usize,
+        limit: usize,
+    },
+
+    #[error("Compaction of table {table} needs about {needed} bytes, over the budget of {budget}")]
+    CompactionOverBudget {
+        table: String,
+        needed: u64,
+        budget: u64,
+    },
+
     #[error("the engine is shutting down")]
     ShuttingDown,
 
@@ -108,7 +123,10 @@ impl Error {
                 retryable: true, ..
             } => ErrorKind::Unavailable,
             Error::Sst { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
-            Error::ObjectStore { .. } | Error::ShuttingDown => ErrorKind::Unavailable,
+            Error::ObjectStore { .. }
+            | Error::ShuttingDown
+            | Error::WriteStalled { .. }
+            | Error::CompactionOverBudget { .. } => ErrorKind::Unavailable,
             Error::Wal { .. }
             | Error::WalAppend { .. }
             | Error::Sst { .. }

@@ -64,6 +64,23 @@ pub(crate) fn split_by_segment(
         .collect()
 }
 
+/// Drops rows older than `cutoff` (expired by TTL).
+pub(crate) fn drop_expired(
+    batch: &RecordBatch,
+    ts_index: usize,
+    cutoff: i64,
+) -> Result<RecordBatch> {
+    let ts = batch
+        .column(ts_index)
+        .as_primitive_opt::<TimestampMillisecondType>()
+        .ok_or_else(|| Error::Internal("timestamp column has the wrong type".into()))?;
+    let keep: arrow::array::BooleanArray = ts.values().iter().map(|t| Some(*t >= cutoff)).collect();
+    arrow::compute::filter_record_batch(batch, &keep).map_err(|source| Error::Arrow {
+        op: "dropping expired rows",
+        source: Box::new(source),
+    })
+}
+
 /// Flushes one frozen memtable of `table`.
 pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> Result<()> {
     let started = Instant::now();
@@ -72,24 +89,40 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
         table.install_flush(memtable, Vec::new(), flushed);
         return Ok(());
     };
-    let schema = table.storage_schema().clone();
-    let key = table.primary_key().to_vec();
-    let seq = table.schema().seq_index();
-    let dedup = table.update_mode() == UpdateMode::Overwrite;
-    let ts_index = table.schema().timestamp_index;
-    let segment_ms = table.entry().options.segment_duration.as_millis() as i64;
+    // Rows keep the schema they were written under; the current options
+    // (segment duration, TTL) decide how they are laid out.
+    let mem_meta = memtable.meta().clone();
+    let current = table.meta();
+    let schema = memtable.schema().clone();
+    let key = mem_meta.schema().primary_key.clone();
+    let seq = mem_meta.schema().seq_index();
+    let dedup = current.options().update_mode == UpdateMode::Overwrite;
+    let ts_index = mem_meta.schema().timestamp_index;
+    let segment_ms = current.options().segment_duration.as_millis() as i64;
+    let cutoff = crate::provider::ttl_cutoff(current.options().ttl);
     let batches = memtable.snapshot();
     let segments = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, RecordBatch)>> {
-        match sort_and_dedup(&schema, &batches, &key, seq, dedup)? {
-            Some(sorted) => split_by_segment(&sorted, ts_index, segment_ms),
-            None => Ok(Vec::new()),
+        let Some(sorted) = sort_and_dedup(&schema, &batches, &key, seq, dedup)? else {
+            return Ok(Vec::new());
+        };
+        let sorted = match cutoff {
+            Some(cutoff) => drop_expired(&sorted, ts_index, cutoff)?,
+            None => sorted,
+        };
+        if sorted.num_rows() == 0 {
+            return Ok(Vec::new());
         }
+        split_by_segment(&sorted, ts_index, segment_ms)
     })
     .await
     .map_err(|e| Error::Internal(format!("flush sort task failed: {e}")))??;
 
-    let entry = table.entry();
+    let entry = &mem_meta.entry;
     let cfg = &table.ctx.config;
+    let current_row_groups = current
+        .options()
+        .num_rows_per_row_group
+        .unwrap_or(cfg.sst_row_group_rows);
     let mut infos = Vec::with_capacity(segments.len());
     let mut bytes = 0u64;
     let mut rows = 0u64;
@@ -103,14 +136,14 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
             schema_version: entry.schema.version,
             segment_start,
             level: 0,
-            row_group_rows: cfg.sst_row_group_rows,
+            row_group_rows: current_row_groups,
             zstd_level: cfg.sst_zstd_level,
         };
         let info = write_sst(
             table.ctx.store.clone(),
             &path,
             id,
-            table.storage_schema().clone(),
+            memtable.schema().clone(),
             &[batch],
             &opts,
         )

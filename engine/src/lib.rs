@@ -14,13 +14,17 @@
 //! region, group commit, replay), [`table::Table`] (schema, version,
 //! flush), [`memtable::Memtable`], [`manifest::Manifest`].
 
+pub mod cache;
 pub mod catalog;
 pub mod codec;
+pub mod compaction;
 pub mod context;
 mod engine;
 mod error;
 pub mod flush;
+pub mod gc;
 pub mod manifest;
+pub mod memory;
 pub mod memtable;
 pub mod metrics;
 pub mod options;
@@ -31,5 +35,10 @@ pub mod sort;
 pub mod table;
 
 pub use context::EngineConfig;
-pub use engine::{Engine, STANDALONE_EPOCH, STANDALONE_SHARD};
+pub use engine::{AlterTable, Engine, STANDALONE_EPOCH, STANDALONE_SHARD};
+
+/// Types used by the engine's public API.
+pub mod engine_api {
+    pub use crate::engine::AlterTable;
+}
 pub use error::{Error, ErrorKind, Result};

@@ -262,6 +262,7 @@ mod tests {
             size_bytes: 1,
             schema_version: 1,
             level: 0,
+            column_stats: Default::default(),
         }
     }
 

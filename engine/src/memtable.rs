@@ -11,7 +11,7 @@ use arrow::{compute::concat_batches, datatypes::SchemaRef, record_batch::RecordB
 use parking_lot::Mutex;
 use strata_sst::TimeRange;
 
-use crate::{Error, Result};
+use crate::{table::TableMeta, Error, Result};
 
 /// Small chunks at the tail are merged once this many accumulate.
 const MERGE_TAIL_CHUNKS: usize = 32;
@@ -21,6 +21,8 @@ const SMALL_CHUNK_ROWS: usize = 4096;
 /// One memtable of one table.
 #[derive(Debug)]
 pub struct Memtable {
+    /// The table definition the rows were written under.
+    meta: std::sync::Arc<TableMeta>,
     schema: SchemaRef,
     chunks: Mutex<Vec<RecordBatch>>,
     bytes: AtomicUsize,
@@ -34,9 +36,10 @@ pub struct Memtable {
 }
 
 impl Memtable {
-    pub fn new(schema: SchemaRef) -> Self {
+    pub fn new(meta: std::sync::Arc<TableMeta>) -> Self {
         Self {
-            schema,
+            schema: meta.storage_schema.clone(),
+            meta,
             chunks: Mutex::new(Vec::new()),
             bytes: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
@@ -51,6 +54,11 @@ impl Memtable {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// The table definition the rows were written under.
+    pub fn meta(&self) -> &std::sync::Arc<TableMeta> {
+        &self.meta
     }
 
     /// Appends rows written at WAL `offset` (already in the storage schema,

@@ -82,5 +82,99 @@ pub static WAL_APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         ],
     )
 });
+#[allow(clippy::expect_used)]
+fn float_counter(name: &str, help: &str) -> prometheus::Counter {
+    let c = prometheus::Counter::new(name, help).expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(c.clone()));
+    c
+}
+
+pub static WRITE_STALLS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_write_stalls_total",
+        "Writes that waited at the write buffer's hard limit",
+    )
+});
+pub static WRITE_STALL_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_write_stall_timeouts_total",
+        "Writes refused after waiting at the hard limit for the stall timeout",
+    )
+});
+pub static WRITE_STALL_SECONDS: LazyLock<prometheus::Counter> = LazyLock::new(|| {
+    float_counter(
+        "strata_write_stall_seconds_total",
+        "Time writes spent waiting at the hard limit",
+    )
+});
+pub static GC_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "strata_gc_pending_files",
+        "Retired SST files waiting for deletion",
+    )
+});
+pub static GC_DELETED_FILES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_gc_deleted_files_total", "Retired SST files deleted"));
+pub static GC_ORPHANS_DELETED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_gc_orphans_deleted_total",
+        "Orphan SST files (in no manifest) deleted",
+    )
+});
+pub static TTL_EXPIRED_FILES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_ttl_expired_files_total",
+        "SST files removed whole because all their rows expired",
+    )
+});
+pub static COMPACTIONS: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("strata_compactions_total", "Compactions completed"));
+pub static COMPACTION_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_compaction_failures_total",
+        "Compactions that failed and will be retried",
+    )
+});
+pub static COMPACTION_INPUT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_compaction_input_bytes_total",
+        "Bytes of SSTs read by compactions",
+    )
+});
+pub static COMPACTION_OUTPUT_BYTES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_compaction_output_bytes_total",
+        "Bytes of SSTs written by compactions",
+    )
+});
+pub static COMPACTION_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_compaction_duration_seconds",
+        "Time of one compaction",
+        vec![0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0],
+    )
+});
+pub static COMPACTION_PENDING: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "strata_compaction_pending_tasks",
+        "Tables waiting for a compaction slot",
+    )
+});
+pub static FLUSH_PENDING: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("strata_flush_pending_tasks", "Flushes scheduled or running"));
+
+pub static SST_META_CACHE_HITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_sst_metadata_cache_hits_total",
+        "SST footer lookups served from memory",
+    )
+});
+pub static SST_META_CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_sst_metadata_cache_misses_total",
+        "SST footer lookups that read the file",
+    )
+});
+
 pub static MEMTABLE_BYTES: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("strata_memtable_bytes", "Bytes held in memtables"));

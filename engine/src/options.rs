@@ -50,6 +50,10 @@ pub struct TableOptions {
     pub update_mode: UpdateMode,
     /// `None` uses the engine's default.
     pub write_buffer_size: Option<u64>,
+    /// Rows per Parquet row group in this table's SSTs; `None` uses the
+    /// engine's default (HoraeDB's `num_rows_per_row_group`).
+    #[serde(default)]
+    pub num_rows_per_row_group: Option<usize>,
     /// Accepted HoraeDB options that Strata records but does not act on.
     #[serde(default)]
     pub extra: BTreeMap<String, String>,
@@ -62,6 +66,7 @@ impl Default for TableOptions {
             segment_duration: DEFAULT_SEGMENT_DURATION,
             update_mode: UpdateMode::Overwrite,
             write_buffer_size: None,
+            num_rows_per_row_group: None,
             extra: BTreeMap::new(),
         }
     }
@@ -72,7 +77,6 @@ const ACCEPTED_HORAEDB_OPTIONS: &[&str] = &[
     "arena_block_size",
     "compaction_strategy",
     "compression",
-    "num_rows_per_row_group",
     "storage_format",
     "memtable_type",
     "layered_enable",
@@ -149,6 +153,28 @@ impl TableOptions {
     /// Applies `WITH (…)` options on top of the defaults.
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self> {
         let mut opts = TableOptions::default();
+        opts.apply_pairs(pairs, true)?;
+        Ok(opts)
+    }
+
+    /// Applies `ALTER TABLE … MODIFY SETTING` changes to these options. The
+    /// update mode cannot change: rows already stored were kept or merged
+    /// under the old mode.
+    pub fn modified<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self> {
+        let mut opts = self.clone();
+        opts.apply_pairs(pairs, false)?;
+        Ok(opts)
+    }
+
+    fn apply_pairs<'a>(
+        &mut self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+        creating: bool,
+    ) -> Result<()> {
+        let opts = self;
         let mut enable_ttl = true;
         for (key, value) in pairs {
             let lower = key.to_ascii_lowercase();
@@ -171,6 +197,12 @@ impl TableOptions {
                     }
                     opts.segment_duration = d;
                 }
+                "update_mode" if !creating => {
+                    return Err(invalid(
+                        &lower,
+                        "cannot be changed after the table is created",
+                    ))
+                }
                 "update_mode" => {
                     opts.update_mode = match value.to_ascii_lowercase().as_str() {
                         "overwrite" => UpdateMode::Overwrite,
@@ -190,13 +222,22 @@ impl TableOptions {
                     }
                     opts.write_buffer_size = Some(size);
                 }
+                "num_rows_per_row_group" => {
+                    let n: usize = value.trim().parse().map_err(|_| {
+                        invalid(&lower, format!("'{value}' is not a number of rows"))
+                    })?;
+                    if n < 1 {
+                        return Err(invalid(&lower, "must be at least 1"));
+                    }
+                    opts.num_rows_per_row_group = Some(n);
+                }
                 k if ACCEPTED_HORAEDB_OPTIONS.contains(&k) => {
                     opts.extra.insert(k.to_string(), value.to_string());
                 }
                 _ => {
                     return Err(invalid(
                         key,
-                        "unknown option; supported: ttl, enable_ttl, segment_duration, update_mode, write_buffer_size",
+                        "unknown option; supported: ttl, enable_ttl, segment_duration, update_mode, write_buffer_size, num_rows_per_row_group",
                     ))
                 }
             }
@@ -204,7 +245,7 @@ impl TableOptions {
         if !enable_ttl {
             opts.ttl = None;
         }
-        Ok(opts)
+        Ok(())
     }
 
     /// The options as `WITH (…)` pairs, for `SHOW CREATE TABLE`.
@@ -224,6 +265,9 @@ impl TableOptions {
         }
         if let Some(size) = self.write_buffer_size {
             out.push(("write_buffer_size".to_string(), size.to_string()));
+        }
+        if let Some(n) = self.num_rows_per_row_group {
+            out.push(("num_rows_per_row_group".to_string(), n.to_string()));
         }
         for (k, v) in &self.extra {
             out.push((k.clone(), v.clone()));

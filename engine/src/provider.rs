@@ -3,67 +3,66 @@
 //! A scan pins the table's current version and builds:
 //!
 //! ```text
-//! APPEND:     Projection <- Union(memtable rows, Parquet scan of SSTs)
-//! OVERWRITE:  Projection <- DedupExec <- SortPreservingMerge(key, __seq desc)
-//!                 <- Union(sorted+deduped memtable rows, one partition per SST)
+//! APPEND:     StrataScanExec <- Projection <- [TTL filter] <- Union(memtable rows, Parquet scan)
+//! OVERWRITE:  StrataScanExec <- Projection <- [TTL filter] <- DedupExec
+//!                 <- SortPreservingMerge(key, __seq desc)
+//!                 <- Union(sorted memtable rows, one partition per SST)
 //! ```
 //!
-//! Pruning: memtables and SSTs whose time range misses the filters' time
-//! range are skipped using the manifest alone; the Parquet scan gets the
-//! pushed filters as a predicate for row-group, page and bloom-filter
-//! pruning. In OVERWRITE mode only filters on primary key columns are pushed
-//! below deduplication (a filter on a field could otherwise hide the newest
-//! version of a row and resurrect an older one); other filters run above it.
+//! Pruning happens in three places: memtables and SSTs whose time range
+//! misses the filters are skipped, then SSTs whose manifest min/max (tags,
+//! time) cannot match are skipped (provider/pruning.rs), both without any
+//! object-store read; the Parquet scan then prunes row groups and pages by
+//! statistics, page index and bloom filters. In OVERWRITE mode only filters
+//! on primary key columns go below deduplication: a filter on a field could
+//! otherwise hide the newest version of a row and resurrect an older one.
+//!
+//! Rows older than the table's `ttl` are hidden at once; background expiry
+//! and compaction delete them later.
 
+mod barrier;
 mod dedup;
+pub(crate) mod plan;
+mod pruning;
+mod scan_exec;
 mod sink;
 pub mod time_range;
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
+use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::{
     catalog::Session,
-    common::{DFSchema, DataFusionError, Result as DfResult},
-    datasource::{
-        listing::PartitionedFile,
-        memory::MemorySourceConfig,
-        physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource},
-        sink::DataSinkExec,
-        source::DataSourceExec,
-        TableType,
+    common::{DFSchema, DataFusionError, Result as DfResult, ScalarValue},
+    datasource::{sink::DataSinkExec, TableType},
+    logical_expr::{
+        col, dml::InsertOp, lit, utils::conjunction, Expr, TableProviderFilterPushDown,
     },
-    logical_expr::{dml::InsertOp, utils::conjunction, Expr, TableProviderFilterPushDown},
-    physical_expr::{expressions::Column, LexOrdering, PhysicalSortExpr},
-    physical_plan::{
-        empty::EmptyExec, projection::ProjectionExec,
-        sorts::sort_preserving_merge::SortPreservingMergeExec, union::UnionExec, ExecutionPlan,
-    },
+    physical_expr::{expressions::Column, PhysicalExpr},
+    physical_plan::{filter::FilterExec, projection::ProjectionExec, ExecutionPlan},
 };
 pub use dedup::DedupExec;
+pub use scan_exec::{ScanStats, StrataScanExec};
 pub use sink::TableSink;
-use strata_sst::{TimeRange, SEQ_COLUMN};
+use strata_sst::TimeRange;
 
-use crate::{
-    options::UpdateMode,
-    sort::{sort_and_dedup, KEY_SORT, SEQ_SORT},
-    table::Table,
-};
-
-fn ext(e: crate::Error) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
-}
+use self::plan::SourceSpec;
+use crate::{gc::SstHandle, options::UpdateMode, table::Table};
 
 /// A table as DataFusion sees it.
 #[derive(Debug)]
 pub struct StrataTableProvider {
     table: Arc<Table>,
+    schema: SchemaRef,
 }
 
 impl StrataTableProvider {
     pub fn new(table: Arc<Table>) -> Self {
-        Self { table }
+        Self {
+            schema: table.arrow_schema(),
+            table,
+        }
     }
 
     pub fn table(&self) -> &Arc<Table> {
@@ -72,7 +71,8 @@ impl StrataTableProvider {
 
     /// Whether `expr` only reads primary key columns.
     fn on_key_only(&self, expr: &Expr) -> bool {
-        let schema = self.table.schema();
+        let meta = self.table.meta();
+        let schema = meta.schema();
         let columns = expr.column_refs();
         !columns.is_empty()
             && columns.iter().all(|c| {
@@ -87,24 +87,15 @@ impl StrataTableProvider {
     }
 }
 
-fn schema_key(table: &Table) -> &[usize] {
-    &table.schema().primary_key
-}
-
-/// Splits rows over `n` partitions, round-robin by batch.
-fn spread(batches: Vec<RecordBatch>, n: usize) -> Vec<Vec<RecordBatch>> {
-    let n = n.clamp(1, batches.len().max(1));
-    let mut parts = vec![Vec::new(); n];
-    for (i, b) in batches.into_iter().enumerate() {
-        parts[i % n].push(b);
-    }
-    parts
+/// The earliest timestamp a table with `ttl` still shows, now.
+pub fn ttl_cutoff(ttl: Option<std::time::Duration>) -> Option<i64> {
+    ttl.map(|ttl| chrono::Utc::now().timestamp_millis() - ttl.as_millis() as i64)
 }
 
 #[async_trait]
 impl datafusion::catalog::TableProvider for StrataTableProvider {
     fn schema(&self) -> SchemaRef {
-        self.table.arrow_schema().clone()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -136,175 +127,141 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table = &self.table;
         let version = table.version();
-        let schema = table.schema();
-        let storage = table.storage_schema().clone();
-        let overwrite = table.update_mode() == UpdateMode::Overwrite;
-        let seq_idx = schema.seq_index();
-        let user_cols = schema.columns.len();
-        let wanted: Vec<usize> = projection
-            .cloned()
-            .unwrap_or_else(|| (0..user_cols).collect());
+        let meta = version.meta.clone();
+        let schema = meta.schema();
+        let storage = meta.storage_schema.clone();
+        let overwrite = meta.options().update_mode == UpdateMode::Overwrite;
+        let ts_name = schema.timestamp_column().name.clone();
+        // Columns are resolved against the definition this scan pinned,
+        // which has at least the columns the planner saw.
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p
+                .iter()
+                .map(|&i| {
+                    let name = self.schema.field(i).name();
+                    schema.index_of(name).ok_or_else(|| {
+                        DataFusionError::Plan(format!("column {name} no longer exists"))
+                    })
+                })
+                .collect::<DfResult<_>>()?,
+            None => (0..self.schema.fields().len()).collect(),
+        };
 
-        let pushed: Vec<Expr> = filters
+        let mut pushed: Vec<Expr> = filters
             .iter()
             .filter(|f| self.pushable(f))
             .cloned()
             .collect();
-        let range: TimeRange = time_range::extract(&pushed, &schema.timestamp_column().name);
+        let cutoff = ttl_cutoff(meta.options().ttl);
+        if let Some(cutoff) = cutoff {
+            pushed.push(
+                col(ts_name.as_str())
+                    .gt_eq(lit(ScalarValue::TimestampMillisecond(Some(cutoff), None))),
+            );
+        }
+        let range: TimeRange = time_range::extract(&pushed, &ts_name);
 
         // The storage columns to read: what was asked for, plus the key and
-        // the sequence when rows must be deduplicated.
+        // the sequence when rows must be merged, plus the timestamp for TTL.
         let mut read: BTreeSet<usize> = wanted.iter().copied().collect();
         if overwrite {
             read.extend(schema.primary_key.iter().copied());
-            read.insert(seq_idx);
+            read.insert(schema.seq_index());
         }
-        let read: Vec<usize> = read.into_iter().collect();
-        let read_schema: SchemaRef = Arc::new(storage.project(&read)?);
-        let pos = |storage_idx: usize| read.iter().position(|&i| i == storage_idx);
-
-        // The order of every sorted source: over the read columns (for the
-        // merge and dedup above the scans) and over the full storage schema
-        // (how scans declare it, before their projection).
-        let sort_exprs = |index_of: &dyn Fn(usize) -> Option<usize>,
-                          schema: &SchemaRef|
-         -> DfResult<Option<LexOrdering>> {
-            let mut exprs = Vec::new();
-            for &k in schema_key(table) {
-                let p = index_of(k)
-                    .ok_or_else(|| DataFusionError::Internal("key column not read".into()))?;
-                exprs.push(PhysicalSortExpr::new(
-                    Arc::new(Column::new(schema.field(p).name(), p)),
-                    KEY_SORT,
-                ));
-            }
-            let p = index_of(seq_idx)
-                .ok_or_else(|| DataFusionError::Internal("__seq not read".into()))?;
-            exprs.push(PhysicalSortExpr::new(
-                Arc::new(Column::new(SEQ_COLUMN, p)),
-                SEQ_SORT,
-            ));
-            Ok(LexOrdering::new(exprs))
+        if cutoff.is_some() {
+            read.insert(schema.timestamp_index);
+        }
+        let df_schema = DFSchema::try_from(storage.clone())?;
+        let predicate = match conjunction(pushed.clone()) {
+            Some(p) => Some(state.create_physical_expr(p, &df_schema)?),
+            None => None,
         };
-        let (ordering, storage_ordering) = if overwrite {
-            (
-                sort_exprs(&|i| pos(i), &read_schema)?,
-                sort_exprs(&|i| Some(i), &storage)?,
-            )
-        } else {
-            (None, None)
+        let spec = SourceSpec {
+            meta: meta.clone(),
+            read: read.into_iter().collect(),
+            predicate: predicate.clone(),
+            merge: overwrite,
+            dedup: overwrite,
+            target_partitions: state.config().target_partitions().max(1),
         };
 
-        let target_partitions = state.config().target_partitions().max(1);
-        let mut children: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-
-        // Memtables.
-        let mem_batches: Vec<RecordBatch> = version
+        let mut stats = ScanStats {
+            ssts_total: version.ssts.len(),
+            memtables_total: version.memtables().count(),
+            ..Default::default()
+        };
+        let memtables: Vec<_> = version
             .memtables()
             .filter(|m| m.time_range().is_some_and(|r| r.overlaps(&range)))
-            .flat_map(|m| m.snapshot())
             .collect();
-        if !mem_batches.is_empty() {
-            let source = if overwrite {
-                let key = schema.primary_key.clone();
-                let storage2 = storage.clone();
-                let sorted = tokio::task::spawn_blocking(move || {
-                    sort_and_dedup(&storage2, &mem_batches, &key, seq_idx, true)
-                })
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?
-                .map_err(ext)?;
-                let parts: Vec<Vec<RecordBatch>> = sorted.into_iter().map(|b| vec![b]).collect();
-                let config =
-                    MemorySourceConfig::try_new(&parts, storage.clone(), Some(read.clone()))?;
-                match &storage_ordering {
-                    Some(o) => config.try_with_sort_information(vec![o.clone()])?,
-                    None => config,
-                }
-            } else {
-                MemorySourceConfig::try_new(
-                    &spread(mem_batches, target_partitions),
-                    storage.clone(),
-                    Some(read.clone()),
-                )?
-            };
-            children.push(DataSourceExec::from_data_source(source));
-        }
+        stats.memtables_scanned = memtables.len();
+        let batches = memtables.iter().flat_map(|m| m.snapshot()).collect();
 
-        // SSTs.
-        let ssts: Vec<_> = version
+        let in_range: Vec<Arc<SstHandle>> = version
             .ssts
             .iter()
-            .filter(|s| s.time_range.overlaps(&range))
+            .filter(|s| s.info.time_range.overlaps(&range))
             .cloned()
             .collect();
-        if !ssts.is_empty() {
-            let mut source = ParquetSource::new(storage.clone())
-                .with_table_parquet_options(state.table_options().parquet.clone())
-                .with_enable_page_index(true)
-                .with_bloom_filter_on_read(true)
-                .with_metadata_size_hint(64 * 1024);
-            if let Some(predicate) = conjunction(pushed.clone()) {
-                let df_schema = DFSchema::try_from(storage.clone())?;
-                let physical = state.create_physical_expr(predicate, &df_schema)?;
-                source = source.with_predicate(physical);
+        stats.ssts_pruned_by_time = version.ssts.len() - in_range.len();
+        let ssts = match &predicate {
+            Some(p) => {
+                let (kept, pruned) = pruning::prune_ssts(in_range, p, &storage, &ts_name);
+                stats.ssts_pruned_by_stats = pruned;
+                kept
             }
-            let files: Vec<PartitionedFile> = ssts
-                .iter()
-                .map(|s| PartitionedFile::new(s.path.clone(), s.size_bytes))
-                .collect();
-            let groups: Vec<FileGroup> = if overwrite {
-                // One partition per SST keeps each file's sort order.
-                files.into_iter().map(|f| FileGroup::new(vec![f])).collect()
-            } else {
-                let n = target_partitions.min(files.len()).max(1);
-                let mut groups = vec![Vec::new(); n];
-                for (i, f) in files.into_iter().enumerate() {
-                    groups[i % n].push(f);
-                }
-                groups.into_iter().map(FileGroup::new).collect()
-            };
-            let mut builder =
-                FileScanConfigBuilder::new(table.ctx.store_url.clone(), Arc::new(source))
-                    .with_file_groups(groups)
-                    .with_projection_indices(Some(read.clone()))?;
-            if let Some(o) = &storage_ordering {
-                builder = builder.with_output_ordering(vec![o.clone()]);
-            }
-            children.push(DataSourceExec::from_data_source(builder.build()));
+            None => in_range,
+        };
+        stats.ssts_scanned = ssts.len();
+
+        let mut children = Vec::new();
+        if let Some(m) = plan::memtable_source(&spec, batches).await? {
+            children.push(m);
+        }
+        let parquet_options = state.table_options().parquet.clone();
+        if let Some(s) = plan::sst_source(
+            &table.ctx,
+            &spec,
+            &ssts,
+            parquet_options,
+            table.ctx.reader_factory.clone(),
+        )? {
+            children.push(s);
+        }
+        let mut input = plan::combine(&spec, children)?;
+        let read_schema = spec.read_schema()?;
+
+        // Hide expired rows. (Pushed filters above are only hints for
+        // pruning; DataFusion re-applies the user's own filters itself.)
+        if let Some(cutoff) = cutoff {
+            let ts_expr: Expr = col(ts_name.as_str())
+                .gt_eq(lit(ScalarValue::TimestampMillisecond(Some(cutoff), None)));
+            let read_df = DFSchema::try_from(read_schema.clone())?;
+            let physical = state.create_physical_expr(ts_expr, &read_df)?;
+            input = Arc::new(FilterExec::try_new(physical, input)?);
         }
 
-        let input: Arc<dyn ExecutionPlan> = if children.is_empty() {
-            Arc::new(EmptyExec::new(read_schema.clone()))
-        } else {
-            let union = UnionExec::try_new(children)?;
-            match &ordering {
-                Some(o) => {
-                    let merged: Arc<dyn ExecutionPlan> =
-                        Arc::new(SortPreservingMergeExec::new(o.clone(), union));
-                    let key: Vec<usize> =
-                        schema.primary_key.iter().filter_map(|&k| pos(k)).collect();
-                    Arc::new(DedupExec::new(merged, key, o.clone()))
-                }
-                None => union,
-            }
-        };
-
         // Project to exactly the requested columns, in the requested order.
-        let exprs: Vec<(Arc<dyn datafusion::physical_expr::PhysicalExpr>, String)> = wanted
+        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = wanted
             .iter()
             .map(|&i| {
-                let p =
-                    pos(i).ok_or_else(|| DataFusionError::Internal("column not read".into()))?;
+                let p = spec
+                    .position(i)
+                    .ok_or_else(|| DataFusionError::Internal("column not read".into()))?;
                 let name = read_schema.field(p).name().clone();
                 Ok((
-                    Arc::new(Column::new(&name, p))
-                        as Arc<dyn datafusion::physical_expr::PhysicalExpr>,
+                    Arc::new(Column::new(&name, p)) as Arc<dyn PhysicalExpr>,
                     name,
                 ))
             })
             .collect::<DfResult<_>>()?;
-        Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
+        let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, input)?);
+        Ok(Arc::new(StrataScanExec::new(
+            table.name().to_string(),
+            projected,
+            version,
+            stats,
+        )))
     }
 
     async fn insert_into(

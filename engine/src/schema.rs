@@ -7,7 +7,10 @@
 
 use std::{fmt, sync::Arc};
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::{
+    array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions},
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+};
 use serde::{Deserialize, Serialize};
 use strata_sst::SEQ_COLUMN;
 
@@ -292,6 +295,107 @@ impl TableSchema {
     }
 }
 
+/// Adapts rows written under an older schema to `target`: columns are
+/// matched by name, and columns added since are filled with nulls. A column
+/// whose type changed, or a missing non-nullable column, is an error.
+pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch.clone());
+    }
+    let source = batch.schema();
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        match source.index_of(field.name()) {
+            Ok(i) => {
+                let col = batch.column(i);
+                if col.data_type() != field.data_type() {
+                    return Err(Error::InvalidSchema(format!(
+                        "column {} changed type from {} to {}",
+                        field.name(),
+                        col.data_type(),
+                        field.data_type()
+                    )));
+                }
+                columns.push(col.clone());
+            }
+            Err(_) if field.is_nullable() => columns.push(new_null_array(field.data_type(), rows)),
+            Err(_) => {
+                return Err(Error::InvalidSchema(format!(
+                    "rows lack the non-nullable column {}",
+                    field.name()
+                )))
+            }
+        }
+    }
+    RecordBatch::try_new_with_options(
+        target.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(rows)),
+    )
+    .map_err(|e| Error::InvalidSchema(format!("adapting rows to the current schema: {e}")))
+}
+
+impl TableSchema {
+    /// Whether the primary key is the default one, (tags…, timestamp).
+    pub fn has_default_primary_key(&self) -> bool {
+        let mut default: Vec<usize> = self
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_tag)
+            .map(|(i, _)| i)
+            .collect();
+        default.push(self.timestamp_index);
+        default == self.primary_key
+    }
+
+    /// The schema with `column` added at the end, at the next version. A new
+    /// column must be nullable (existing rows have no value for it); a new
+    /// tag joins the primary key before the timestamp, which keeps existing
+    /// SSTs sorted, so it is allowed only with the default primary key.
+    pub fn with_column(&self, column: ColumnSchema) -> Result<TableSchema> {
+        if self.column(&column.name).is_some() {
+            return Err(Error::InvalidSchema(format!(
+                "column {} already exists",
+                column.name
+            )));
+        }
+        if column.name == SEQ_COLUMN {
+            return Err(Error::InvalidSchema(format!(
+                "column name {SEQ_COLUMN} is reserved"
+            )));
+        }
+        if !column.nullable {
+            return Err(Error::InvalidSchema(format!(
+                "a new column must be nullable: existing rows have no value for {}",
+                column.name
+            )));
+        }
+        let mut next = self.clone();
+        let idx = next.columns.len();
+        if column.is_tag {
+            if !column.column_type.is_key_type() {
+                return Err(Error::InvalidSchema(format!(
+                    "tag column {} cannot be of type {}",
+                    column.name, column.column_type
+                )));
+            }
+            if !self.has_default_primary_key() {
+                return Err(Error::InvalidSchema(format!(
+                    "cannot add tag {} to a table with an explicit PRIMARY KEY",
+                    column.name
+                )));
+            }
+            let ts_pos = next.primary_key.len() - 1;
+            next.primary_key.insert(ts_pos, idx);
+        }
+        next.columns.push(column);
+        next.version += 1;
+        Ok(next)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -323,6 +427,42 @@ mod tests {
         assert_eq!(s.primary_key_names(), vec!["host", "dc", "ts"]);
         assert!(!s.timestamp_column().nullable);
         assert_eq!(s.storage_schema().fields().len(), 5);
+    }
+
+    #[test]
+    fn adding_columns_and_adapting_old_rows() {
+        use arrow::array::{Float64Array, TimestampMillisecondArray};
+        let s = TableSchema::try_new(
+            vec![
+                col("ts", ColumnType::Timestamp, false),
+                col("v", ColumnType::Double, false),
+            ],
+            "ts",
+            &[],
+        )
+        .unwrap();
+        let s2 = s
+            .with_column(col("host", ColumnType::String, true))
+            .unwrap();
+        assert_eq!(s2.version, 2);
+        assert_eq!(s2.primary_key_names(), vec!["host", "ts"]);
+        let old = RecordBatch::try_new(
+            s.arrow_schema(),
+            vec![
+                std::sync::Arc::new(TimestampMillisecondArray::from(vec![1, 2])),
+                std::sync::Arc::new(Float64Array::from(vec![1.0, 2.0])),
+            ],
+        )
+        .unwrap();
+        let adapted = adapt_batch(&old, &s2.arrow_schema()).unwrap();
+        assert_eq!(adapted.num_columns(), 3);
+        assert_eq!(adapted.column(2).null_count(), 2);
+        let mut not_null = col("x", ColumnType::Int64, false);
+        not_null.nullable = false;
+        assert!(s2.with_column(not_null).is_err());
+        assert!(s2
+            .with_column(col("host", ColumnType::String, false))
+            .is_err());
     }
 
     #[test]

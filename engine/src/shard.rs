@@ -129,6 +129,10 @@ impl Shard {
         let table = self.inner.tables.write().remove(&id);
         if let Some(t) = &table {
             t.mark_dropped();
+            self.inner
+                .ctx
+                .write_buffer
+                .release(t.version().memtable_bytes());
         }
         table
     }
@@ -287,6 +291,9 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                         schedule_flush(&inner, table);
                     }
                 }
+                if inner.ctx.write_buffer.over_soft() {
+                    flush_largest(&inner);
+                }
             }
             Err(e) => {
                 tracing::error!(shard = %inner.id, error = %e, "WAL append failed");
@@ -303,12 +310,38 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
     }
 }
 
+/// Above the global soft limit: flushes the largest memtables until the
+/// memory they hold brings usage back under the limit.
+fn flush_largest(inner: &Arc<ShardInner>) {
+    let wb = &inner.ctx.write_buffer;
+    let excess = wb.used().saturating_sub(wb.soft_limit());
+    let mut tables: Vec<(usize, Arc<Table>)> = inner
+        .tables
+        .read()
+        .values()
+        .map(|t| (t.version().active.bytes(), t.clone()))
+        .filter(|(bytes, _)| *bytes > 0)
+        .collect();
+    tables.sort_by_key(|t| std::cmp::Reverse(t.0));
+    let mut freed = 0usize;
+    for (bytes, table) in tables {
+        if freed >= excess {
+            break;
+        }
+        if !table.flush_scheduled.load(Ordering::Acquire) {
+            schedule_flush(inner, table);
+        }
+        freed += bytes;
+    }
+}
+
 /// Starts a background flush of `table` unless one is already scheduled.
 pub(crate) fn schedule_flush(inner: &Arc<ShardInner>, table: Arc<Table>) {
     if table.flush_scheduled.swap(true, Ordering::AcqRel) {
         return;
     }
     let inner = inner.clone();
+    metrics::FLUSH_PENDING.inc();
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -332,8 +365,12 @@ pub(crate) fn schedule_flush(inner: &Arc<ShardInner>, table: Arc<Table>) {
             }
         }
         table.flush_scheduled.store(false, Ordering::Release);
+        metrics::FLUSH_PENDING.dec();
         if let Err(e) = truncate_wal(&inner).await {
             tracing::warn!(shard = %inner.id, error = %e, "WAL truncation failed");
+        }
+        if !table.is_dropped() {
+            inner.ctx.compactor.schedule(table);
         }
     });
 }

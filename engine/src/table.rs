@@ -1,5 +1,5 @@
-//! One table: its schema and options, its current version (memtables and
-//! SSTs), its manifest, and its write and flush paths.
+//! One table: its definition, its current version (memtables and SSTs), its
+//! manifest, and its write and flush paths.
 
 use std::sync::{
     atomic::{AtomicBool, Ordering},
@@ -17,19 +17,58 @@ use strata_sst::{layout, SstInfo, TableId, TimeRange};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    catalog::TableEntry, codec, context::EngineContext, flush, manifest::Manifest,
-    memtable::Memtable, options::UpdateMode, schema::TableSchema, Error, Result,
+    catalog::TableEntry,
+    codec,
+    context::EngineContext,
+    flush,
+    gc::SstHandle,
+    manifest::Manifest,
+    memtable::Memtable,
+    options::{TableOptions, UpdateMode},
+    schema::{adapt_batch, TableSchema},
+    Error, Result,
 };
 
+/// A table's definition at one schema version: the catalog entry and the
+/// Arrow schemas derived from it.
+#[derive(Debug)]
+pub struct TableMeta {
+    pub entry: TableEntry,
+    /// The schema users see.
+    pub arrow_schema: SchemaRef,
+    /// The schema of memtables and SSTs: user columns plus `__seq`.
+    pub storage_schema: SchemaRef,
+}
+
+impl TableMeta {
+    pub fn new(entry: TableEntry) -> Arc<Self> {
+        Arc::new(Self {
+            arrow_schema: entry.schema.arrow_schema(),
+            storage_schema: entry.schema.storage_schema(),
+            entry,
+        })
+    }
+
+    pub fn schema(&self) -> &TableSchema {
+        &self.entry.schema
+    }
+
+    pub fn options(&self) -> &TableOptions {
+        &self.entry.options
+    }
+}
+
 /// What a query or a flush sees of a table at one moment. Holding an
-/// `Arc<TableVersion>` pins it: its memtables and SST list do not change.
+/// `Arc<TableVersion>` pins it: its definition, memtables and SSTs do not
+/// change, and the SST files it lists are not deleted (see [`crate::gc`]).
 #[derive(Debug, Clone)]
 pub struct TableVersion {
+    pub meta: Arc<TableMeta>,
     /// Takes new writes.
     pub active: Arc<Memtable>,
     /// Frozen, waiting to be flushed, oldest first.
     pub frozen: Vec<Arc<Memtable>>,
-    pub ssts: Arc<Vec<SstInfo>>,
+    pub ssts: Arc<Vec<Arc<SstHandle>>>,
     /// Every WAL record of this table below this offset is in `ssts`.
     pub flushed_offset: u64,
 }
@@ -43,6 +82,11 @@ impl TableVersion {
     /// The smallest WAL offset still held only in memory.
     pub fn min_unflushed_offset(&self) -> Option<u64> {
         self.memtables().filter_map(|m| m.min_offset()).min()
+    }
+
+    /// Bytes held by all memtables.
+    pub fn memtable_bytes(&self) -> usize {
+        self.memtables().map(|m| m.bytes()).sum()
     }
 }
 
@@ -58,13 +102,17 @@ pub(crate) struct WriteJob {
 /// A table of the engine.
 #[derive(Debug)]
 pub struct Table {
-    entry: TableEntry,
-    storage_schema: SchemaRef,
-    arrow_schema: SchemaRef,
+    id: TableId,
+    name: String,
+    database: String,
     version: RwLock<Arc<TableVersion>>,
     pub(crate) manifest: tokio::sync::Mutex<Manifest>,
     pub(crate) flush_lock: tokio::sync::Mutex<()>,
     pub(crate) flush_scheduled: AtomicBool,
+    pub(crate) compaction_scheduled: AtomicBool,
+    /// Serialises changes of the SST set other than flushes: compaction and
+    /// TTL expiry.
+    pub(crate) maintenance: tokio::sync::Mutex<()>,
     dropped: AtomicBool,
     pub(crate) ctx: Arc<EngineContext>,
     writer: mpsc::Sender<WriteJob>,
@@ -79,21 +127,24 @@ impl Table {
         let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
         let manifest = Manifest::open(ctx.store.clone(), dir, entry.id).await?;
         let state = manifest.state();
-        let storage_schema = entry.schema.storage_schema();
+        let meta = TableMeta::new(entry);
         let version = TableVersion {
-            active: Arc::new(Memtable::new(storage_schema.clone())),
+            active: Arc::new(Memtable::new(meta.clone())),
             frozen: Vec::new(),
-            ssts: Arc::new(state.ssts.values().cloned().collect()),
+            ssts: Arc::new(state.ssts.values().cloned().map(SstHandle::new).collect()),
             flushed_offset: state.flushed_offset,
+            meta: meta.clone(),
         };
         Ok(Arc::new(Self {
-            arrow_schema: entry.schema.arrow_schema(),
-            storage_schema,
-            entry,
+            id: meta.entry.id,
+            name: meta.entry.name.clone(),
+            database: meta.entry.database.clone(),
             version: RwLock::new(Arc::new(version)),
             manifest: tokio::sync::Mutex::new(manifest),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_scheduled: AtomicBool::new(false),
+            compaction_scheduled: AtomicBool::new(false),
+            maintenance: tokio::sync::Mutex::new(()),
             dropped: AtomicBool::new(false),
             ctx,
             writer,
@@ -101,41 +152,34 @@ impl Table {
     }
 
     pub fn id(&self) -> TableId {
-        self.entry.id
+        self.id
     }
 
     pub fn name(&self) -> &str {
-        &self.entry.name
+        &self.name
     }
 
     pub fn database(&self) -> &str {
-        &self.entry.database
+        &self.database
     }
 
-    pub fn entry(&self) -> &TableEntry {
-        &self.entry
+    /// The current definition.
+    pub fn meta(&self) -> Arc<TableMeta> {
+        self.version.read().meta.clone()
     }
 
-    pub fn schema(&self) -> &TableSchema {
-        &self.entry.schema
-    }
-
-    /// The Arrow schema users see.
-    pub fn arrow_schema(&self) -> &SchemaRef {
-        &self.arrow_schema
-    }
-
-    /// The Arrow schema of memtables and SSTs (user columns plus `__seq`).
-    pub fn storage_schema(&self) -> &SchemaRef {
-        &self.storage_schema
+    /// The Arrow schema users see, now.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        self.meta().arrow_schema.clone()
     }
 
     pub fn update_mode(&self) -> UpdateMode {
-        self.entry.options.update_mode
+        self.meta().entry.options.update_mode
     }
 
     pub fn write_buffer_size(&self) -> u64 {
-        self.entry
+        self.meta()
+            .entry
             .options
             .write_buffer_size
             .unwrap_or(self.ctx.config.default_write_buffer_size)
@@ -154,25 +198,26 @@ impl Table {
         self.dropped.load(Ordering::Acquire)
     }
 
-    /// Checks rows against the schema and returns their time range.
-    fn validate(&self, batch: &RecordBatch) -> Result<TimeRange> {
+    /// Checks rows against `meta`'s schema and returns their time range.
+    fn validate(meta: &TableMeta, batch: &RecordBatch) -> Result<TimeRange> {
         let invalid = |reason: String| Error::InvalidWrite {
-            table: self.entry.name.clone(),
+            table: meta.entry.name.clone(),
             reason,
         };
         let schema = batch.schema();
-        if schema.fields().len() != self.arrow_schema.fields().len() {
+        let expected = &meta.arrow_schema;
+        if schema.fields().len() != expected.fields().len() {
             return Err(invalid(format!(
                 "expected {} columns, got {}",
-                self.arrow_schema.fields().len(),
+                expected.fields().len(),
                 schema.fields().len()
             )));
         }
         for ((got, want), col) in schema
             .fields()
             .iter()
-            .zip(self.arrow_schema.fields())
-            .zip(&self.entry.schema.columns)
+            .zip(expected.fields())
+            .zip(&meta.entry.schema.columns)
         {
             if got.name() != want.name() || got.data_type() != want.data_type() {
                 return Err(invalid(format!(
@@ -184,13 +229,13 @@ impl Table {
                 )));
             }
         }
-        for (i, col) in self.entry.schema.columns.iter().enumerate() {
+        for (i, col) in meta.entry.schema.columns.iter().enumerate() {
             if !col.nullable && batch.column(i).null_count() > 0 {
                 return Err(invalid(format!("column {} cannot be null", col.name)));
             }
         }
         let ts = batch
-            .column(self.entry.schema.timestamp_index)
+            .column(meta.entry.schema.timestamp_index)
             .as_primitive_opt::<TimestampMillisecondType>()
             .ok_or_else(|| invalid("timestamp column has the wrong type".into()))?;
         match (min(ts), max(ts)) {
@@ -204,14 +249,16 @@ impl Table {
     pub async fn write(self: &Arc<Self>, batch: RecordBatch) -> Result<usize> {
         if self.is_dropped() {
             return Err(Error::TableNotFound {
-                name: self.entry.name.clone(),
+                name: self.name.clone(),
             });
         }
         if batch.num_rows() == 0 {
             return Ok(0);
         }
-        let time_range = self.validate(&batch)?;
-        let payload = codec::encode_write(self.entry.id, self.entry.schema.version, &batch)?;
+        let meta = self.meta();
+        let time_range = Self::validate(&meta, &batch)?;
+        self.ctx.write_buffer.admit(self.name()).await?;
+        let payload = codec::encode_write(self.id, meta.entry.schema.version, &batch)?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteJob {
@@ -227,6 +274,7 @@ impl Table {
     }
 
     /// Applies rows that the WAL holds at `offset` to the active memtable.
+    /// Rows written under an older schema are adapted to the current one.
     pub(crate) fn apply(
         &self,
         batch: &RecordBatch,
@@ -234,27 +282,42 @@ impl Table {
         time_range: TimeRange,
     ) -> Result<usize> {
         let rows = batch.num_rows();
+        let version = self.version.read();
+        let target = &version.active.meta().arrow_schema;
+        let batch = if batch.schema().fields() == target.fields() {
+            batch.clone()
+        } else {
+            adapt_batch(batch, target)?
+        };
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         columns.push(Arc::new(UInt64Array::from_value(offset, rows)));
         let with_seq =
-            RecordBatch::try_new(self.storage_schema.clone(), columns).map_err(|source| {
+            RecordBatch::try_new(version.active.schema().clone(), columns).map_err(|source| {
                 Error::Arrow {
                     op: "adding sequence numbers",
                     source: Box::new(source),
                 }
             })?;
-        let version = self.version.read();
+        let before = version.active.bytes();
         version.active.insert(with_seq, offset, time_range)?;
+        self.ctx
+            .write_buffer
+            .add(version.active.bytes().saturating_sub(before));
         Ok(rows)
     }
 
     /// Applies a replayed WAL record whose batch may come from an older
     /// schema version.
     pub(crate) fn apply_replayed(&self, batch: RecordBatch, offset: u64) -> Result<()> {
-        if offset < self.version.read().flushed_offset {
-            return Ok(());
-        }
-        let time_range = self.validate(&batch)?;
+        let meta = {
+            let version = self.version.read();
+            if offset < version.flushed_offset {
+                return Ok(());
+            }
+            version.meta.clone()
+        };
+        let batch = adapt_batch(&batch, &meta.arrow_schema)?;
+        let time_range = Self::validate(&meta, &batch)?;
         self.apply(&batch, offset, time_range)?;
         Ok(())
     }
@@ -268,9 +331,25 @@ impl Table {
         }
         let mut next = (**guard).clone();
         next.frozen.push(next.active.clone());
-        next.active = Arc::new(Memtable::new(self.storage_schema.clone()));
+        next.active = Arc::new(Memtable::new(next.meta.clone()));
         *guard = Arc::new(next);
         true
+    }
+
+    /// Installs a new definition. A schema change freezes the active
+    /// memtable, so that every memtable holds rows of one schema.
+    pub(crate) fn install_meta(&self, entry: TableEntry) {
+        let meta = TableMeta::new(entry);
+        let mut guard = self.version.write();
+        let mut next = (**guard).clone();
+        if next.meta.entry.schema != meta.entry.schema {
+            if !next.active.is_empty() {
+                next.frozen.push(next.active.clone());
+            }
+            next.active = Arc::new(Memtable::new(meta.clone()));
+        }
+        next.meta = meta;
+        *guard = Arc::new(next);
     }
 
     /// Publishes the result of flushing `memtable`: adds `ssts`, drops the
@@ -285,10 +364,62 @@ impl Table {
         let mut next = (**guard).clone();
         next.frozen.retain(|m| !Arc::ptr_eq(m, memtable));
         let mut all = (*next.ssts).clone();
-        all.extend(ssts);
+        all.extend(ssts.into_iter().map(SstHandle::new));
         next.ssts = Arc::new(all);
         next.flushed_offset = next.flushed_offset.max(flushed_offset);
         *guard = Arc::new(next);
+        drop(guard);
+        self.ctx.write_buffer.release(memtable.bytes());
+    }
+
+    /// Publishes a change of the SST set (compaction, TTL): removes `removed`
+    /// and adds `added`. The removed files go to the garbage collector, which
+    /// deletes them once no pinned version lists them.
+    pub(crate) fn install_sst_change(&self, removed: &[strata_sst::SstId], added: Vec<SstInfo>) {
+        let mut guard = self.version.write();
+        let mut next = (**guard).clone();
+        let mut all: Vec<Arc<SstHandle>> = Vec::with_capacity(next.ssts.len());
+        for h in next.ssts.iter() {
+            if removed.contains(&h.info.id) {
+                self.ctx.gc.retire(h);
+            } else {
+                all.push(h.clone());
+            }
+        }
+        all.extend(added.into_iter().map(SstHandle::new));
+        next.ssts = Arc::new(all);
+        *guard = Arc::new(next);
+    }
+
+    /// Removes SSTs whose rows have all expired under the table's TTL.
+    /// Returns how many were removed.
+    pub async fn expire(&self) -> Result<usize> {
+        let Some(cutoff) = crate::provider::ttl_cutoff(self.meta().options().ttl) else {
+            return Ok(0);
+        };
+        let _maintenance = self.maintenance.lock().await;
+        let expired: Vec<strata_sst::SstId> = self
+            .version()
+            .ssts
+            .iter()
+            .filter(|s| s.info.time_range.end <= cutoff)
+            .map(|s| s.info.id)
+            .collect();
+        if expired.is_empty() {
+            return Ok(0);
+        }
+        self.manifest
+            .lock()
+            .await
+            .commit(crate::manifest::ManifestEdit {
+                remove: expired.clone(),
+                ..Default::default()
+            })
+            .await?;
+        self.install_sst_change(&expired, Vec::new());
+        crate::metrics::TTL_EXPIRED_FILES.inc_by(expired.len() as u64);
+        tracing::info!(table = %self.name, files = expired.len(), "removed expired SSTs");
+        Ok(expired.len())
     }
 
     /// Flushes every memtable to SSTs: freezes the active one, then writes the
@@ -302,10 +433,5 @@ impl Table {
             };
             flush::flush_memtable(self, &memtable).await?;
         }
-    }
-
-    /// The primary key column indices, within the storage schema.
-    pub fn primary_key(&self) -> &[usize] {
-        &self.entry.schema.primary_key
     }
 }

@@ -44,6 +44,69 @@ fn explain_rows(batches: &[arrow::record_batch::RecordBatch]) -> DBOutput<Defaul
     }
 }
 
+fn is_analyze(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split_whitespace()
+        .take(2)
+        .map(|w| w.to_ascii_lowercase())
+        .collect();
+    words == ["explain", "analyze"]
+}
+
+/// Metrics that do not depend on timing or machine: pruning counts and rows.
+const STABLE_METRICS: &[&str] = &[
+    "output_rows",
+    "ssts_total",
+    "ssts_pruned_by_time",
+    "ssts_pruned_by_stats",
+    "ssts_scanned",
+    "memtables_scanned",
+    "duplicates_removed",
+    "files_ranges_pruned_statistics",
+    "row_groups_pruned_statistics",
+    "row_groups_pruned_bloom_filter",
+    "page_index_rows_pruned",
+];
+
+/// EXPLAIN ANALYZE output reduced to what is deterministic: one row per
+/// scan operator (Strata's scan, dedup, and the Parquet scan), with only the
+/// pruning and row-count metrics, in name order.
+fn analyze_rows(batches: &[arrow::record_batch::RecordBatch]) -> DBOutput<DefaultColumnType> {
+    let mut rows = Vec::new();
+    for row in crate::rows_as_strings(batches) {
+        for line in row[1].lines() {
+            let line = line.trim();
+            let name = line.split([':', ',']).next().unwrap_or("");
+            let keep = match name {
+                "StrataScanExec" | "DedupExec" => true,
+                "DataSourceExec" => line.contains("file_type=parquet"),
+                _ => false,
+            };
+            if !keep {
+                continue;
+            }
+            let metrics = line
+                .rfind("metrics=[")
+                .map(|i| &line[i + 9..line.len().saturating_sub(1)])
+                .unwrap_or("");
+            let mut kept: Vec<&str> = metrics
+                .split(", ")
+                .filter(|m| {
+                    m.split('=')
+                        .next()
+                        .is_some_and(|k| STABLE_METRICS.contains(&k))
+                })
+                .collect();
+            kept.sort();
+            rows.push(vec![format!("{name}: {}", kept.join(", "))]);
+        }
+    }
+    DBOutput::Rows {
+        types: vec![DefaultColumnType::Text],
+        rows,
+    }
+}
+
 /// SST file names are random ids; plans show them as `<id>`.
 fn mask_sst_ids(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
@@ -94,6 +157,9 @@ impl sqllogictest::AsyncDB for StrataDb {
         }
         Ok(match out {
             SqlOutput::AffectedRows(n) => DBOutput::StatementComplete(u64::from(n)),
+            SqlOutput::Rows(batches) if is_explain(&batches) && is_analyze(sql) => {
+                analyze_rows(&batches)
+            }
             SqlOutput::Rows(batches) if is_explain(&batches) => explain_rows(&batches),
             SqlOutput::Rows(batches) => {
                 let types = batches

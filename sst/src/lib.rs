@@ -18,11 +18,12 @@ pub mod ids;
 pub mod layout;
 pub mod meta;
 pub mod reader;
+mod stats;
 pub mod writer;
 
 pub use error::{Error, Result};
 pub use ids::{ShardId, SstId, TableId};
-pub use meta::{SstInfo, TimeRange};
+pub use meta::{ColumnStats, SstInfo, TimeRange};
 
 /// The name of the hidden column that holds each row's write sequence.
 pub const SEQ_COLUMN: &str = "__seq";

@@ -1,6 +1,8 @@
 //! Metadata about one SST, kept both in the file's footer and in the table's
 //! manifest, so that planning and pruning need no object-store reads.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::SstId;
@@ -55,4 +57,18 @@ pub struct SstInfo {
     /// 0 for flushed SSTs; compaction output gets higher levels.
     #[serde(default)]
     pub level: u32,
+    /// Min/max of tag columns, so that planning can skip SSTs whose tags
+    /// cannot match a filter without reading them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_stats: BTreeMap<String, ColumnStats>,
+}
+
+/// The range of one column's values in an SST. Values are rendered as text
+/// (the column's type says how to read them back); `None` when every value
+/// is null.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    pub min: Option<String>,
+    pub max: Option<String>,
+    pub null_count: u64,
 }

@@ -131,6 +131,11 @@ mod tests {
         .unwrap();
         assert_eq!(info.time_range, TimeRange::new(10, 21));
         assert_eq!((info.rows, info.max_seq, info.schema_version), (3, 5, 3));
+        let host = &info.column_stats["host"];
+        assert_eq!(
+            (host.min.as_deref(), host.max.as_deref()),
+            (Some("a"), Some("b"))
+        );
         assert!(info.size_bytes > 0);
 
         let back = read_all(store.clone(), &path).await.unwrap();

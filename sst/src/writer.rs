@@ -1,17 +1,14 @@
-//! Writing one SST.
+//! Writing SSTs.
 //!
-//! Input rows must already be sorted by the primary key and deduplicated (the
-//! memtable flush does that). The writer streams them into a Parquet file in
-//! the object store, computing the [`SstInfo`] that the manifest records.
+//! Input rows must already be sorted by the primary key (and, in `OVERWRITE`
+//! tables, deduplicated): flush and compaction produce them that way. The
+//! writer streams them into a Parquet file in the object store and computes
+//! the [`SstInfo`] that the manifest records; the same summary is stored in
+//! the file's footer under `strata.sst`.
 
 use std::sync::Arc;
 
-use arrow::{
-    array::{Array, AsArray},
-    compute::{max, min},
-    datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type},
-    record_batch::RecordBatch,
-};
+use arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
 use object_store::{buffered::BufWriter, path::Path, ObjectStore};
 use parquet::{
     arrow::AsyncArrowWriter,
@@ -23,14 +20,15 @@ use parquet::{
     schema::types::ColumnPath,
 };
 
-use crate::{Error, Result, SstId, SstInfo, TimeRange, SEQ_COLUMN, SST_INFO_KEY};
+use crate::{stats::Summary, Error, Result, SstId, SstInfo, SEQ_COLUMN, SST_INFO_KEY};
 
 /// How to write one SST.
 #[derive(Debug, Clone)]
 pub struct SstWriteOptions {
     /// The timestamp column (Arrow `Timestamp(Millisecond)`).
     pub timestamp_column: String,
-    /// Tag columns: dictionary-encoded, with bloom filters.
+    /// Tag columns: dictionary-encoded, with bloom filters and min/max in
+    /// the manifest.
     pub tag_columns: Vec<String>,
     /// The primary key columns, in sort order.
     pub primary_key: Vec<String>,
@@ -58,11 +56,7 @@ impl Default for SstWriteOptions {
     }
 }
 
-fn props(
-    schema: &SchemaRef,
-    opts: &SstWriteOptions,
-    info_json: String,
-) -> Result<WriterProperties> {
+fn props(schema: &SchemaRef, opts: &SstWriteOptions) -> Result<WriterProperties> {
     let level = ZstdLevel::try_new(opts.zstd_level)
         .map_err(|e| Error::InvalidInput(format!("zstd level {}: {e}", opts.zstd_level)))?;
     let mut sorting = Vec::new();
@@ -80,11 +74,7 @@ fn props(
         .set_compression(Compression::ZSTD(level))
         .set_max_row_group_row_count(Some(opts.row_group_rows.max(1)))
         .set_statistics_enabled(EnabledStatistics::Page)
-        .set_sorting_columns(Some(sorting))
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            SST_INFO_KEY.to_string(),
-            info_json,
-        )]));
+        .set_sorting_columns(Some(sorting));
     for tag in &opts.tag_columns {
         builder = builder
             .set_column_dictionary_enabled(ColumnPath::from(tag.as_str()), true)
@@ -100,59 +90,99 @@ fn props(
     Ok(builder.build())
 }
 
-/// Summarises the rows about to be written.
-fn summarise(batches: &[RecordBatch], opts: &SstWriteOptions) -> Result<(TimeRange, u64, u64)> {
-    let mut min_ts = i64::MAX;
-    let mut max_ts = i64::MIN;
-    let mut max_seq = 0u64;
-    let mut rows = 0u64;
-    for batch in batches {
-        rows += batch.num_rows() as u64;
-        let ts = batch
-            .column_by_name(&opts.timestamp_column)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!("missing column {}", opts.timestamp_column))
-            })?;
-        let ts = ts
-            .as_primitive_opt::<TimestampMillisecondType>()
-            .ok_or_else(|| {
-                Error::InvalidInput("timestamp column is not Timestamp(ms)".to_string())
-            })?;
-        if ts.null_count() > 0 {
-            return Err(Error::InvalidInput(
-                "timestamp column has nulls".to_string(),
-            ));
-        }
-        if let (Some(lo), Some(hi)) = (min(ts), max(ts)) {
-            min_ts = min_ts.min(lo);
-            max_ts = max_ts.max(hi);
-        }
-        let seq = batch
-            .column_by_name(SEQ_COLUMN)
-            .ok_or_else(|| Error::InvalidInput(format!("missing column {SEQ_COLUMN}")))?;
-        let seq = seq
-            .as_primitive_opt::<UInt64Type>()
-            .ok_or_else(|| Error::InvalidInput(format!("{SEQ_COLUMN} is not UInt64")))?;
-        if let Some(hi) = max(seq) {
-            max_seq = max_seq.max(hi);
-        }
-    }
-    if rows == 0 {
-        return Err(Error::InvalidInput(
-            "an SST needs at least one row".to_string(),
-        ));
-    }
-    Ok((
-        TimeRange::new(min_ts, max_ts.saturating_add(1)),
-        max_seq,
-        rows,
-    ))
+/// Writes one SST batch by batch. The object appears at its path only when
+/// [`SstWriter::finish`] completes (one put, or a completed multipart
+/// upload); dropping the writer earlier leaves nothing behind.
+pub struct SstWriter {
+    path: Path,
+    id: SstId,
+    opts: SstWriteOptions,
+    writer: AsyncArrowWriter<BufWriter>,
+    summary: Summary,
 }
 
-/// Writes `batches` (sorted, deduplicated, all with `schema`) as SST `id` at
-/// `path`, and returns what the manifest should record about it. The object
-/// appears at `path` only once complete (a single put, or a completed
-/// multipart upload).
+impl SstWriter {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        id: SstId,
+        schema: SchemaRef,
+        opts: SstWriteOptions,
+    ) -> Result<Self> {
+        let props = props(&schema, &opts)?;
+        let object = BufWriter::new(store, path.clone());
+        let writer = AsyncArrowWriter::try_new(object, schema, Some(props)).map_err(|source| {
+            Error::Write {
+                path: path.to_string(),
+                source,
+            }
+        })?;
+        Ok(Self {
+            summary: Summary::new(&opts.timestamp_column, &opts.tag_columns),
+            path,
+            id,
+            opts,
+            writer,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.summary.update(batch)?;
+        self.writer
+            .write(batch)
+            .await
+            .map_err(|source| Error::Write {
+                path: self.path.to_string(),
+                source,
+            })
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.summary.rows()
+    }
+
+    /// Bytes written so far plus those buffered for the current row group.
+    pub fn estimated_size(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Completes the file and returns what the manifest records about it.
+    pub async fn finish(mut self) -> Result<SstInfo> {
+        if self.summary.rows() == 0 {
+            return Err(Error::InvalidInput(
+                "an SST needs at least one row".to_string(),
+            ));
+        }
+        let write_err = |source| Error::Write {
+            path: self.path.to_string(),
+            source,
+        };
+        let mut info = SstInfo {
+            id: self.id,
+            path: self.path.to_string(),
+            time_range: self.summary.time_range(),
+            segment_start: self.opts.segment_start,
+            max_seq: self.summary.max_seq(),
+            rows: self.summary.rows(),
+            size_bytes: 0,
+            schema_version: self.opts.schema_version,
+            level: self.opts.level,
+            column_stats: self.summary.column_stats(),
+        };
+        let json = serde_json::to_string(&info)
+            .map_err(|e| Error::InvalidInput(format!("encoding SST info: {e}")))?;
+        self.writer
+            .append_key_value_metadata(KeyValue::new(SST_INFO_KEY.to_string(), json));
+        self.writer.finish().await.map_err(write_err)?;
+        info.size_bytes = self.writer.bytes_written() as u64;
+        Ok(info)
+    }
+}
+
+/// Writes `batches` (sorted, all with `schema`) as SST `id` at `path`.
 pub async fn write_sst(
     store: Arc<dyn ObjectStore>,
     path: &Path,
@@ -161,31 +191,9 @@ pub async fn write_sst(
     batches: &[RecordBatch],
     opts: &SstWriteOptions,
 ) -> Result<SstInfo> {
-    let (time_range, max_seq, rows) = summarise(batches, opts)?;
-    let mut info = SstInfo {
-        id,
-        path: path.to_string(),
-        time_range,
-        segment_start: opts.segment_start,
-        max_seq,
-        rows,
-        size_bytes: 0,
-        schema_version: opts.schema_version,
-        level: opts.level,
-    };
-    let info_json = serde_json::to_string(&info)
-        .map_err(|e| Error::InvalidInput(format!("encoding SST info: {e}")))?;
-    let props = props(&schema, opts, info_json)?;
-    let write_err = |source| Error::Write {
-        path: path.to_string(),
-        source,
-    };
-    let object = BufWriter::new(store, path.clone());
-    let mut writer = AsyncArrowWriter::try_new(object, schema, Some(props)).map_err(write_err)?;
+    let mut writer = SstWriter::new(store, path.clone(), id, schema, opts.clone())?;
     for batch in batches {
-        writer.write(batch).await.map_err(write_err)?;
+        writer.write(batch).await?;
     }
-    writer.finish().await.map_err(write_err)?;
-    info.size_bytes = writer.bytes_written() as u64;
-    Ok(info)
+    writer.finish().await
 }

@@ -19,11 +19,15 @@ use crate::table::Table;
 #[derive(Debug)]
 pub struct TableSink {
     table: Arc<Table>,
+    schema: SchemaRef,
 }
 
 impl TableSink {
     pub fn new(table: Arc<Table>) -> Self {
-        Self { table }
+        Self {
+            schema: table.arrow_schema(),
+            table,
+        }
     }
 }
 
@@ -36,7 +40,7 @@ impl DisplayAs for TableSink {
 #[async_trait]
 impl DataSink for TableSink {
     fn schema(&self) -> &SchemaRef {
-        self.table.arrow_schema()
+        &self.schema
     }
 
     async fn write_all(
@@ -51,7 +55,7 @@ impl DataSink for TableSink {
             // but may mark non-null columns nullable: rebuild the batch with
             // the table's own schema (nulls are checked by the write path).
             let batch = arrow::record_batch::RecordBatch::try_new_with_options(
-                self.table.arrow_schema().clone(),
+                self.schema.clone(),
                 batch.columns().to_vec(),
                 &arrow::record_batch::RecordBatchOptions::new()
                     .with_row_count(Some(batch.num_rows())),

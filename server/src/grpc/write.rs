@@ -307,8 +307,9 @@ pub fn schema_for_new_table(req: &WriteTableRequest) -> Result<TableSchema> {
 
 /// Builds the rows of `req` in `table`'s schema.
 pub fn to_batch(table: &Table, req: &WriteTableRequest) -> Result<RecordBatch> {
-    let schema = table.schema();
-    let arrow_schema: SchemaRef = table.arrow_schema().clone();
+    let meta = table.meta();
+    let schema = meta.schema();
+    let arrow_schema: SchemaRef = meta.arrow_schema.clone();
     let invalid = |reason: String| {
         Error::InvalidArgument(format!("Invalid write to table {}: {reason}", table.name()))
     };

@@ -10,6 +10,8 @@ use datafusion::{
 };
 use strata_engine::{provider::StrataTableProvider, Engine};
 
+use super::system::{SystemSchema, SYSTEM_DATABASE};
+
 pub const CATALOG_NAME: &str = "strata";
 
 #[derive(Debug)]
@@ -25,10 +27,15 @@ impl StrataCatalog {
 
 impl CatalogProvider for StrataCatalog {
     fn schema_names(&self) -> Vec<String> {
-        self.engine.databases()
+        let mut names = self.engine.databases();
+        names.push(SYSTEM_DATABASE.to_string());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == SYSTEM_DATABASE {
+            return Some(Arc::new(SystemSchema::new(self.engine.clone())));
+        }
         self.engine.database_exists(name).then(|| {
             Arc::new(DatabaseSchema {
                 engine: self.engine.clone(),

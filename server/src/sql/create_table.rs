@@ -29,7 +29,7 @@ pub struct CreateTable {
 }
 
 /// Parses the column type at the cursor.
-fn column_type(c: &mut Cursor, column: &str) -> Result<ColumnType> {
+pub(crate) fn column_type(c: &mut Cursor, column: &str) -> Result<ColumnType> {
     let Some(Token::Word(w)) = c.peek().cloned() else {
         return Err(c.error(format!("expected a type for column {column}")));
     };

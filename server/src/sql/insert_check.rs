@@ -82,7 +82,8 @@ pub fn check(stmt: &DfStatement, engine: &Engine, database: &str) -> Result<()> 
     let Ok(table) = engine.table(&db, &table) else {
         return Ok(());
     };
-    let schema = table.schema();
+    let meta = table.meta();
+    let schema = meta.schema();
     let targets: Vec<usize> = if insert.columns.is_empty() {
         (0..schema.columns.len()).collect()
     } else {

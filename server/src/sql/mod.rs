@@ -6,11 +6,13 @@
 //! engine's table providers. Query execution runs on a dedicated runtime so
 //! that heavy scans do not stall the network I/O threads.
 
+pub mod alter_table;
 mod catalog;
 mod coercion;
 pub mod create_table;
 mod insert_check;
 mod statements;
+pub mod system;
 pub mod tokens;
 
 use std::{future::Future, sync::Arc};

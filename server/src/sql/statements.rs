@@ -1,15 +1,15 @@
 //! Strata's own statements: DDL, `SHOW`, `DESCRIBE`, `USE`, `EXISTS TABLE`,
-//! `FLUSH TABLE`.
+//! `FLUSH TABLE`, `COMPACT TABLE`, `ALTER TABLE`.
 
 use std::sync::Arc;
 
 use arrow::{
-    array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt8Array},
+    array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt64Array, UInt8Array},
     datatypes::{Field, Schema},
 };
 use strata_engine::Engine;
 
-use super::{create_table, tokens::Cursor, Output};
+use super::{alter_table, create_table, tokens::Cursor, Output};
 use crate::error::{Error, Result};
 
 /// `USE db` → `Some(db)`.
@@ -133,8 +133,8 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
             let (db, name) = c.object_name("table")?;
             c.expect_end()?;
             let table = engine.table(&resolve(db), &name)?;
-            let ddl =
-                create_table::show_create(table.name(), table.schema(), &table.entry().options);
+            let meta = table.meta();
+            let ddl = create_table::show_create(table.name(), meta.schema(), meta.options());
             return rows(vec![
                 ("Table", strings(vec![table.name().to_string()])),
                 ("Create Table", strings(vec![ddl])),
@@ -150,7 +150,8 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
         let (db, name) = c.object_name("table")?;
         c.expect_end()?;
         let table = engine.table(&resolve(db), &name)?;
-        let schema = table.schema();
+        let meta = table.meta();
+        let schema = meta.schema();
         let cols = &schema.columns;
         return rows(vec![
             (
@@ -217,11 +218,28 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
             "USE is handled before statement dispatch".into(),
         ));
     }
-    // `ALTER TABLE` arrives with the schema-change work; say so clearly.
-    if c.peek_keyword("alter") {
-        return Err(Error::Unsupported(
-            "ALTER TABLE is not supported yet".into(),
-        ));
+    if c.peek_keyword("alter") && c.peek_keyword_nth(1, "table") {
+        let alter = alter_table::parse(sql)?;
+        engine
+            .alter_table(&resolve(alter.database), &alter.name, alter.change)
+            .await?;
+        return Ok(Some(Output::AffectedRows(0)));
+    }
+    if c.eat_keywords(&["compact", "table"]) {
+        let (db, name) = c.object_name("table")?;
+        c.expect_end()?;
+        let table = engine.table(&resolve(db), &name)?;
+        engine.flush_table(&table).await?;
+        let report = engine.compact_table(&table).await?;
+        let n = |v: u64| Arc::new(UInt64Array::from(vec![v])) as ArrayRef;
+        return rows(vec![
+            ("tasks", n(report.tasks as u64)),
+            ("input_files", n(report.input_files as u64)),
+            ("output_files", n(report.output_files as u64)),
+            ("input_bytes", n(report.input_bytes)),
+            ("output_bytes", n(report.output_bytes)),
+        ])
+        .map(Some);
     }
     Ok(None)
 }

@@ -1,0 +1,208 @@
+//! System tables, in the database `system`: snapshots of the engine's state
+//! built when a query names them.
+//!
+//! - `system.tables`: one row per table, with its options and storage use;
+//! - `system.sst_files`: one row per SST (segment, level, rows, bytes, time
+//!   range).
+
+use std::sync::Arc;
+
+use arrow::{
+    array::{
+        ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    },
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+};
+use async_trait::async_trait;
+use datafusion::{
+    catalog::{MemTable, SchemaProvider, TableProvider},
+    error::Result as DfResult,
+};
+use strata_engine::{options::format_duration, Engine};
+
+pub const SYSTEM_DATABASE: &str = "system";
+const TABLES: [&str; 2] = ["sst_files", "tables"];
+
+#[derive(Debug)]
+pub struct SystemSchema {
+    engine: Arc<Engine>,
+}
+
+impl SystemSchema {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
+    }
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, None)
+}
+
+fn build(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TableProvider>> {
+    let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
+}
+
+fn tables(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("database", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("table_id", DataType::UInt64, false),
+        Field::new("shard_id", DataType::UInt64, false),
+        Field::new("update_mode", DataType::Utf8, false),
+        Field::new("ttl", DataType::Utf8, true),
+        Field::new("segment_duration", DataType::Utf8, false),
+        Field::new("schema_version", DataType::UInt32, false),
+        Field::new("memtable_rows", DataType::UInt64, false),
+        Field::new("memtable_bytes", DataType::UInt64, false),
+        Field::new("sst_files", DataType::UInt64, false),
+        Field::new("sst_rows", DataType::UInt64, false),
+        Field::new("sst_bytes", DataType::UInt64, false),
+        Field::new("created_at", ts_type(), false),
+    ]));
+    let all = engine.all_tables();
+    let versions: Vec<_> = all.iter().map(|t| t.version()).collect();
+    let metas: Vec<_> = versions.iter().map(|v| v.meta.clone()).collect();
+    let strings = |f: &dyn Fn(usize) -> String| -> ArrayRef {
+        Arc::new(StringArray::from((0..all.len()).map(f).collect::<Vec<_>>()))
+    };
+    let u64s = |f: &dyn Fn(usize) -> u64| -> ArrayRef {
+        Arc::new(UInt64Array::from((0..all.len()).map(f).collect::<Vec<_>>()))
+    };
+    build(
+        schema,
+        vec![
+            strings(&|i| all[i].database().to_string()),
+            strings(&|i| all[i].name().to_string()),
+            u64s(&|i| all[i].id().0),
+            u64s(&|i| metas[i].entry.shard.0),
+            strings(&|i| metas[i].options().update_mode.as_str().to_string()),
+            Arc::new(StringArray::from(
+                metas
+                    .iter()
+                    .map(|m| m.options().ttl.map(format_duration))
+                    .collect::<Vec<_>>(),
+            )),
+            strings(&|i| format_duration(metas[i].options().segment_duration)),
+            Arc::new(UInt32Array::from(
+                metas.iter().map(|m| m.schema().version).collect::<Vec<_>>(),
+            )),
+            u64s(&|i| versions[i].memtables().map(|m| m.rows() as u64).sum()),
+            u64s(&|i| versions[i].memtable_bytes() as u64),
+            u64s(&|i| versions[i].ssts.len() as u64),
+            u64s(&|i| versions[i].ssts.iter().map(|s| s.info.rows).sum()),
+            u64s(&|i| versions[i].ssts.iter().map(|s| s.info.size_bytes).sum()),
+            Arc::new(TimestampMillisecondArray::from(
+                metas
+                    .iter()
+                    .map(|m| m.entry.created_at_ms)
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+fn sst_files(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("database", DataType::Utf8, false),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("table_id", DataType::UInt64, false),
+        Field::new("sst_id", DataType::UInt64, false),
+        Field::new("segment_start", ts_type(), false),
+        Field::new("level", DataType::UInt32, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("min_ts", ts_type(), false),
+        Field::new("max_ts", ts_type(), false),
+        Field::new("max_seq", DataType::UInt64, false),
+        Field::new("schema_version", DataType::UInt32, false),
+        Field::new("path", DataType::Utf8, false),
+    ]));
+    let mut rows = Vec::new();
+    for table in engine.all_tables() {
+        let version = table.version();
+        let mut ssts: Vec<_> = version.ssts.iter().cloned().collect();
+        ssts.sort_by_key(|s| {
+            (
+                s.info.segment_start,
+                s.info.level,
+                s.info.time_range.start,
+                s.info.id,
+            )
+        });
+        for s in ssts {
+            rows.push((table.clone(), s));
+        }
+    }
+    let infos: Vec<_> = rows.iter().map(|(_, s)| &s.info).collect();
+    build(
+        schema,
+        vec![
+            Arc::new(StringArray::from(
+                rows.iter()
+                    .map(|(t, _)| t.database().to_string())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                rows.iter()
+                    .map(|(t, _)| t.name().to_string())
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(
+                rows.iter().map(|(t, _)| t.id().0).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(
+                infos.iter().map(|i| i.id.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                infos.iter().map(|i| i.segment_start).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt32Array::from(
+                infos.iter().map(|i| i.level).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(
+                infos.iter().map(|i| i.rows).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(
+                infos.iter().map(|i| i.size_bytes).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                infos.iter().map(|i| i.time_range.start).collect::<Vec<_>>(),
+            )),
+            Arc::new(TimestampMillisecondArray::from(
+                infos
+                    .iter()
+                    .map(|i| i.time_range.end.saturating_sub(1))
+                    .collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(
+                infos.iter().map(|i| i.max_seq).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt32Array::from(
+                infos.iter().map(|i| i.schema_version).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                infos.iter().map(|i| i.path.clone()).collect::<Vec<_>>(),
+            )),
+        ],
+    )
+}
+
+#[async_trait]
+impl SchemaProvider for SystemSchema {
+    fn table_names(&self) -> Vec<String> {
+        TABLES.iter().map(|s| s.to_string()).collect()
+    }
+
+    async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
+        match name {
+            "tables" => tables(&self.engine).map(Some),
+            "sst_files" => sst_files(&self.engine).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        TABLES.contains(&name)
+    }
+}
