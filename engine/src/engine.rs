@@ -294,12 +294,12 @@ impl Engine {
         let mut deleted = 0;
         let live_tables: HashSet<TableId> = self.shard.tables().iter().map(|t| t.id()).collect();
         for table in self.shard.tables() {
-            let live: HashSet<_> = table.version().ssts.iter().map(|s| s.info.id).collect();
             let dir = layout::sst_dir(&cfg.cluster, STANDALONE_SHARD, table.id());
+            let live = || table.version().ssts.iter().map(|s| s.info.id).collect();
             deleted += self
                 .ctx
                 .gc
-                .remove_orphans(&dir, &live, cfg.orphan_min_age)
+                .remove_orphans(&dir, live, cfg.orphan_min_age)
                 .await?;
         }
         // Directories of tables the catalog no longer has.

@@ -124,10 +124,12 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
         .num_rows_per_row_group
         .unwrap_or(cfg.sst_row_group_rows);
     let mut infos = Vec::with_capacity(segments.len());
+    let mut guards = Vec::with_capacity(segments.len());
     let mut bytes = 0u64;
     let mut rows = 0u64;
     for (segment_start, batch) in segments {
         let id = SstId::random();
+        guards.push(table.ctx.gc.begin_write(id));
         let path = layout::sst_path(&cfg.cluster, entry.shard, entry.id, id);
         let opts = SstWriteOptions {
             timestamp_column: entry.schema.timestamp_column().name.clone(),
@@ -171,6 +173,7 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
     }
     let files = infos.len();
     table.install_flush(memtable, infos, flushed_offset);
+    drop(guards);
     metrics::FLUSHES.inc();
     metrics::FLUSH_BYTES.inc_by(bytes);
     metrics::FLUSH_SECONDS.observe(started.elapsed().as_secs_f64());

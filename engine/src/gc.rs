@@ -61,6 +61,23 @@ pub struct Gc {
     store: Arc<dyn ObjectStore>,
     grace: Duration,
     retired: Mutex<Vec<Retired>>,
+    /// SSTs being written (uploaded, manifest edit not yet installed).
+    in_flight: Arc<Mutex<HashSet<SstId>>>,
+}
+
+/// Marks an SST as being written until dropped; the orphan scan leaves it
+/// alone meanwhile. Drop it only after the SST is installed in a version
+/// (or abandoned).
+#[derive(Debug)]
+pub struct WriteGuard {
+    id: SstId,
+    in_flight: Arc<Mutex<HashSet<SstId>>>,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.in_flight.lock().remove(&self.id);
+    }
 }
 
 impl Gc {
@@ -69,6 +86,16 @@ impl Gc {
             store,
             grace,
             retired: Mutex::new(Vec::new()),
+            in_flight: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// Registers an SST about to be written.
+    pub fn begin_write(&self, id: SstId) -> WriteGuard {
+        self.in_flight.lock().insert(id);
+        WriteGuard {
+            id,
+            in_flight: self.in_flight.clone(),
         }
     }
 
@@ -135,15 +162,19 @@ impl Gc {
         Ok(stats)
     }
 
-    /// Deletes files under `dir` that are not in `live`, not retired, and
-    /// older than `min_age`. Returns how many were deleted.
+    /// Deletes files under `dir` that are not live (per `live`), retired or
+    /// being written, and are older than `min_age`. Returns how many were
+    /// deleted.
+    ///
+    /// Objects are listed first and the sets read afterwards: a file listed
+    /// while its flush was still running is then either still in flight or
+    /// already live, never mistaken for an orphan.
     pub async fn remove_orphans(
         &self,
         dir: &Path,
-        live: &HashSet<SstId>,
+        live: impl FnOnce() -> HashSet<SstId>,
         min_age: Duration,
     ) -> Result<usize> {
-        let retired = self.retired_ids();
         let objects: Vec<_> = self
             .store
             .list(Some(dir))
@@ -154,13 +185,16 @@ impl Gc {
                 path: dir.to_string(),
                 source: Box::new(source),
             })?;
+        let in_flight = self.in_flight.lock().clone();
+        let retired = self.retired_ids();
+        let live = live();
         let now = chrono::Utc::now();
         let mut deleted = 0;
         for meta in objects {
             let Some(id) = id_of(&meta.location) else {
                 continue;
             };
-            if live.contains(&id) || retired.contains(&id) {
+            if live.contains(&id) || retired.contains(&id) || in_flight.contains(&id) {
                 continue;
             }
             let age = (now - meta.last_modified).to_std().unwrap_or_default();
@@ -252,13 +286,31 @@ mod tests {
         assert_eq!(slow.collect().await.unwrap().in_grace, 1);
 
         // Orphans: 3 is neither live nor retired; 2 is retired (not orphan).
-        let live = HashSet::new();
+        let guard = slow.begin_write(SstId(4));
+        store
+            .put(
+                &Path::from("t/sst/4.parquet"),
+                PutPayload::from_static(b"x"),
+            )
+            .await
+            .unwrap();
         let n = slow
-            .remove_orphans(&Path::from("t/sst"), &live, Duration::ZERO)
+            .remove_orphans(&Path::from("t/sst"), HashSet::new, Duration::ZERO)
             .await
             .unwrap();
         assert_eq!(n, 1);
         assert!(store.head(&Path::from("t/sst/3.parquet")).await.is_err());
         assert!(store.head(&Path::from("t/sst/2.parquet")).await.is_ok());
+        assert!(
+            store.head(&Path::from("t/sst/4.parquet")).await.is_ok(),
+            "being written"
+        );
+        drop(guard);
+        assert_eq!(
+            slow.remove_orphans(&Path::from("t/sst"), HashSet::new, Duration::ZERO)
+                .await
+                .unwrap(),
+            1
+        );
     }
 }

@@ -34,6 +34,9 @@ pub mod shard;
 pub mod sort;
 pub mod table;
 
+#[cfg(test)]
+mod tests;
+
 pub use context::EngineConfig;
 pub use engine::{AlterTable, Engine, STANDALONE_EPOCH, STANDALONE_SHARD};
 

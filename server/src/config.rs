@@ -25,7 +25,29 @@ pub struct Config {
     pub engine: EngineConfig,
     pub wal: WalConfig,
     pub object_store: ObjectStoreConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
+}
+
+/// The local-disk read cache in front of the object store. Worth enabling
+/// when the store is remote (S3); pointless for the local filesystem.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Capacity in bytes (`"10GB"`); 0 disables the cache.
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub disk_size: u64,
+    /// Defaults to `{data_dir}/cache`.
+    pub disk_dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            disk_size: 0,
+            disk_dir: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -205,6 +227,13 @@ impl Config {
             WalConfig::Local { dir: Some(d), .. } => d.clone(),
             WalConfig::Local { dir: None, .. } => self.server.data_dir.join("wal"),
         }
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.cache
+            .disk_dir
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("cache"))
     }
 
     pub fn store_root(&self) -> PathBuf {

@@ -13,6 +13,7 @@
 //! sequence, and a `strata.sst` key-value entry in the footer with
 //! [`SstInfo`] as JSON.
 
+pub mod disk_cache;
 mod error;
 pub mod ids;
 pub mod layout;

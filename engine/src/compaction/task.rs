@@ -53,6 +53,7 @@ async fn merge_and_write(
     table: &Table,
     task: &CompactionTask,
     memory_limit: u64,
+    guards: &mut Vec<crate::gc::WriteGuard>,
 ) -> Result<Vec<SstInfo>> {
     let meta = table.meta();
     let schema = meta.schema();
@@ -129,6 +130,7 @@ async fn merge_and_write(
                 Some(w) => w,
                 None => {
                     let id = SstId::random();
+                    guards.push(table.ctx.gc.begin_write(id));
                     let path = layout::sst_path(&cfg.cluster, entry.shard, entry.id, id);
                     current.insert(
                         SstWriter::new(
@@ -188,7 +190,8 @@ pub(crate) async fn run(
     memory_limit: u64,
 ) -> Result<TaskOutcome> {
     let started = Instant::now();
-    let outputs = merge_and_write(table, task, memory_limit).await?;
+    let mut guards = Vec::new();
+    let outputs = merge_and_write(table, task, memory_limit, &mut guards).await?;
     let removed: Vec<SstId> = task.inputs.iter().map(|s| s.info.id).collect();
     {
         let mut manifest = table.manifest.lock().await;
@@ -205,6 +208,7 @@ pub(crate) async fn run(
         }
     }
     table.install_sst_change(&removed, outputs.clone());
+    drop(guards);
     let outcome = TaskOutcome {
         inputs: task.inputs.len(),
         input_bytes: task.input_bytes(),

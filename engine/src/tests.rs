@@ -1,0 +1,287 @@
+//! Engine tests that need a whole engine: queries racing compaction, TTL
+//! expiry and garbage collection.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{sync::Arc, time::Duration};
+
+use arrow::{
+    array::{Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray},
+    util::pretty::pretty_format_batches,
+};
+use datafusion::{
+    physical_plan::collect,
+    prelude::{SessionConfig, SessionContext},
+};
+use object_store::{local::LocalFileSystem, ObjectStore};
+use strata_wal::memory::MemoryWal;
+
+use crate::{
+    options::TableOptions,
+    provider::StrataTableProvider,
+    schema::{ColumnSchema, ColumnType, TableSchema},
+    table::Table,
+    AlterTable, Engine, EngineConfig,
+};
+
+fn col(name: &str, t: ColumnType, tag: bool) -> ColumnSchema {
+    ColumnSchema {
+        name: name.into(),
+        column_type: t,
+        is_tag: tag,
+        nullable: true,
+        comment: String::new(),
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    engine: Arc<Engine>,
+}
+
+async fn harness(cfg: EngineConfig) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+    let engine = Engine::open(cfg, store, Arc::new(MemoryWal::new()))
+        .await
+        .unwrap();
+    Harness {
+        _dir: dir,
+        root,
+        engine,
+    }
+}
+
+fn no_background() -> EngineConfig {
+    EngineConfig {
+        gc_grace: Duration::ZERO,
+        gc_interval: Duration::from_secs(3600),
+        orphan_min_age: Duration::ZERO,
+        compaction_min_files: 1000,
+        ..Default::default()
+    }
+}
+
+async fn create(engine: &Engine, name: &str, options: TableOptions) -> Arc<Table> {
+    let schema = TableSchema::try_new(
+        vec![
+            col("host", ColumnType::String, true),
+            col("ts", ColumnType::Timestamp, false),
+            col("n", ColumnType::Int64, false),
+            col("v", ColumnType::Double, false),
+        ],
+        "ts",
+        &[],
+    )
+    .unwrap();
+    engine
+        .create_table("public", name, schema, options, false)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn rows(table: &Table, host: &str, from: i64, count: i64, ts_base: i64) -> RecordBatch {
+    RecordBatch::try_new(
+        table.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![host; count as usize])),
+            Arc::new(TimestampMillisecondArray::from_iter_values(
+                (from..from + count).map(|i| ts_base + i),
+            )),
+            Arc::new(Int64Array::from_iter_values(from..from + count)),
+            Arc::new(Float64Array::from_iter_values(
+                (from..from + count).map(|i| i as f64),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+fn session(engine: &Engine, table: &Arc<Table>) -> SessionContext {
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+    ctx.runtime_env()
+        .register_object_store(engine.object_store_url().as_ref(), engine.object_store());
+    ctx.register_table(
+        table.name(),
+        Arc::new(StrataTableProvider::new(table.clone())),
+    )
+    .unwrap();
+    ctx
+}
+
+fn parquet_files(root: &std::path::Path) -> usize {
+    fn walk(d: &std::path::Path, n: &mut usize) {
+        for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(root, &mut n);
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planned_query_keeps_its_files_through_compaction_expiry_and_gc() {
+    let h = harness(no_background()).await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let table = create(&h.engine, "t", TableOptions::default()).await;
+    for i in 0..4 {
+        table
+            .write(rows(&table, "a", i * 100, 100, now - 3_600_000))
+            .await
+            .unwrap();
+        h.engine.flush_table(&table).await.unwrap();
+    }
+    assert_eq!(parquet_files(&h.root), 4);
+
+    let ctx = session(&h.engine, &table);
+    let df = ctx
+        .sql("SELECT count(*) AS n, sum(v) AS s FROM t")
+        .await
+        .unwrap();
+    let plan = df.create_physical_plan().await.unwrap();
+
+    // Compaction replaces the 4 files with 1; GC with zero grace runs.
+    let report = h.engine.compact_table(&table).await.unwrap();
+    assert_eq!((report.input_files, report.output_files), (4, 1));
+    h.engine.maintain(false).await.unwrap();
+    assert_eq!(
+        parquet_files(&h.root),
+        5,
+        "the planned query still pins the 4 inputs"
+    );
+
+    // TTL expiry removes the new file from the table too.
+    h.engine
+        .alter_table(
+            "public",
+            "t",
+            AlterTable::ModifySettings(vec![("ttl".into(), "1m".into())]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(table.expire().await.unwrap(), 1);
+    h.engine.maintain(false).await.unwrap();
+
+    // The old plan reads its pinned files and gets the old answer.
+    let got = collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+    let text = pretty_format_batches(&got).unwrap().to_string();
+    assert!(text.contains("| 400 | 79800.0 |"), "{text}");
+
+    // A new query sees the current state: everything expired.
+    let now_rows = ctx
+        .sql("SELECT count(*) FROM t")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(pretty_format_batches(&now_rows)
+        .unwrap()
+        .to_string()
+        .contains("| 0 "));
+
+    // Once the plan is gone, GC deletes every retired file.
+    drop(plan);
+    drop(got);
+    h.engine.maintain(false).await.unwrap();
+    assert_eq!(parquet_files(&h.root), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_never_miss_a_file_while_compaction_and_gc_run() {
+    let cfg = EngineConfig {
+        compaction_min_files: 2,
+        ..no_background()
+    };
+    let h = harness(cfg).await;
+    let table = create(
+        &h.engine,
+        "s",
+        TableOptions {
+            update_mode: crate::options::UpdateMode::Append,
+            ..Default::default()
+        },
+    )
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let written = Arc::new(std::sync::atomic::AtomicI64::new(0));
+
+    let writer = {
+        let (engine, table, stop, written) = (
+            h.engine.clone(),
+            table.clone(),
+            stop.clone(),
+            written.clone(),
+        );
+        tokio::spawn(async move {
+            let mut next = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                table.write(rows(&table, "w", next, 50, 0)).await.unwrap();
+                next += 50;
+                written.store(next, std::sync::atomic::Ordering::Release);
+                engine.flush_table(&table).await.unwrap();
+            }
+        })
+    };
+    let maintainer = {
+        let (engine, table, stop) = (h.engine.clone(), table.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut compactions = 0;
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                compactions += engine.compact_table(&table).await.unwrap().tasks;
+                engine.maintain(true).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            compactions
+        })
+    };
+    let ctx = session(&h.engine, &table);
+    let mut last = 0i64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let mut queries = 0;
+    while std::time::Instant::now() < deadline {
+        let before = written.load(std::sync::atomic::Ordering::Acquire);
+        let out = ctx
+            .sql("SELECT count(*), count(DISTINCT n) FROM s")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("a query failed while compaction and GC ran: {e}"));
+        let col = out[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        let distinct = out[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0);
+        assert_eq!(col, distinct, "no row is seen twice");
+        assert!(
+            col >= before && col >= last,
+            "no acknowledged row is missing ({col} < {before})"
+        );
+        last = col;
+        queries += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    writer.await.unwrap();
+    let compactions = maintainer.await.unwrap();
+    assert!(
+        compactions > 0 && queries > 10,
+        "compactions={compactions} queries={queries}"
+    );
+}
