@@ -31,7 +31,7 @@ pub struct Config {
 
 /// The local-disk read cache in front of the object store. Worth enabling
 /// when the store is remote (S3); pointless for the local filesystem.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Capacity in bytes (`"10GB"`); 0 disables the cache.
@@ -41,14 +41,6 @@ pub struct CacheConfig {
     pub disk_dir: Option<PathBuf>,
 }
 
-impl Default for CacheConfig {
-    fn default() -> Self {
-        Self {
-            disk_size: 0,
-            disk_dir: None,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
