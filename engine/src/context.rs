@@ -13,6 +13,7 @@ pub struct EngineConfig {
     /// The cluster name: the first path component in the object store.
     pub cluster: String,
     /// The write buffer of tables that do not set `write_buffer_size`.
+    #[serde(with = "byte_size")]
     pub default_write_buffer_size: u64,
     /// Flushes that may run at once.
     pub max_concurrent_flushes: usize,

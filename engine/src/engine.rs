@@ -60,6 +60,7 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         wal: Arc<dyn Wal>,
     ) -> Result<Arc<Self>> {
+        crate::metrics::register_all();
         let store_url = ObjectStoreUrl::parse("strata://store")
             .map_err(|e| Error::Internal(format!("object store url: {e}")))?;
         let metadata_cache = Arc::new(CountingMetadataCache::new(

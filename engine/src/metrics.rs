@@ -178,3 +178,35 @@ pub static SST_META_CACHE_MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
 
 pub static MEMTABLE_BYTES: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("strata_memtable_bytes", "Bytes held in memtables"));
+
+/// Registers every metric, so that `/metrics` lists them all from the
+/// start (a counter that never moved still says 0).
+pub fn register_all() {
+    LazyLock::force(&ROWS_WRITTEN);
+    LazyLock::force(&WRITE_BATCHES);
+    LazyLock::force(&WAL_GROUP_COMMITS);
+    LazyLock::force(&WAL_RECORDS);
+    LazyLock::force(&WAL_REPLAYED_RECORDS);
+    LazyLock::force(&FLUSHES);
+    LazyLock::force(&FLUSH_BYTES);
+    LazyLock::force(&FLUSH_FAILURES);
+    LazyLock::force(&FLUSH_SECONDS);
+    LazyLock::force(&WAL_APPEND_SECONDS);
+    LazyLock::force(&WRITE_STALLS);
+    LazyLock::force(&WRITE_STALL_TIMEOUTS);
+    LazyLock::force(&WRITE_STALL_SECONDS);
+    LazyLock::force(&GC_PENDING);
+    LazyLock::force(&GC_DELETED_FILES);
+    LazyLock::force(&GC_ORPHANS_DELETED);
+    LazyLock::force(&TTL_EXPIRED_FILES);
+    LazyLock::force(&COMPACTIONS);
+    LazyLock::force(&COMPACTION_FAILURES);
+    LazyLock::force(&COMPACTION_INPUT_BYTES);
+    LazyLock::force(&COMPACTION_OUTPUT_BYTES);
+    LazyLock::force(&COMPACTION_SECONDS);
+    LazyLock::force(&COMPACTION_PENDING);
+    LazyLock::force(&FLUSH_PENDING);
+    LazyLock::force(&SST_META_CACHE_HITS);
+    LazyLock::force(&SST_META_CACHE_MISSES);
+    LazyLock::force(&MEMTABLE_BYTES);
+}

@@ -41,7 +41,6 @@ pub struct CacheConfig {
     pub disk_dir: Option<PathBuf>,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {

@@ -131,6 +131,10 @@ impl DiskCacheStore {
     ) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        LazyLock::force(&HITS);
+        LazyLock::force(&MISSES);
+        LazyLock::force(&EVICTIONS);
+        LazyLock::force(&BYTES);
         let store = Self {
             inner,
             dir,

@@ -80,17 +80,41 @@ async fn write_until_error(client: Client, writer: usize, mut next: i64, acked: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_rows_survive_repeated_kill9() {
-    let dir = tempfile::tempdir().unwrap();
     // A tiny write buffer makes flushes frequent, so crashes land before,
     // during and after flushes.
-    let mut server = StrataProcess::start_with_env(
-        &dir.path().join("data"),
-        vec![(
-            "STRATA_ENGINE__DEFAULT_WRITE_BUFFER_SIZE".to_string(),
-            "65536".to_string(),
-        )],
+    run_crash_test(
+        vec![("STRATA_ENGINE__DEFAULT_WRITE_BUFFER_SIZE", "65536")],
+        false,
     )
     .await;
+}
+
+/// With compaction merging every two files and garbage collection running
+/// constantly, crashes also land during compactions and deletions. After
+/// recovery and one orphan scan, the files on disk are exactly those the
+/// manifests reference.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_during_flush_and_compaction_loses_nothing_and_leaves_no_orphans() {
+    run_crash_test(
+        vec![
+            ("STRATA_ENGINE__DEFAULT_WRITE_BUFFER_SIZE", "65536"),
+            ("STRATA_ENGINE__COMPACTION_MIN_FILES", "2"),
+            ("STRATA_ENGINE__GC_INTERVAL", "200ms"),
+            ("STRATA_ENGINE__GC_GRACE", "0s"),
+            ("STRATA_ENGINE__ORPHAN_MIN_AGE", "1s"),
+        ],
+        true,
+    )
+    .await;
+}
+
+async fn run_crash_test(env: Vec<(&str, &str)>, check_orphans: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = env
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let mut server = StrataProcess::start_with_env(&dir.path().join("data"), env).await;
     let client = server.client().await;
     exec(
         &client,
@@ -125,10 +149,9 @@ async fn acknowledged_rows_survive_repeated_kill9() {
     }
 
     let client = server.client().await;
-    let sst_files = walk(&dir.path().join("data/store"))
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .count();
+    let sst_files =
+        strata_integration_tests::files_with_extension(&dir.path().join("data/store"), "parquet")
+            .len();
     assert!(sst_files > 0, "the test must exercise flushed rows too");
     let acked = acked.lock().unwrap().clone();
     for table in ["crash_append", "crash_overwrite"] {
@@ -162,19 +185,45 @@ async fn acknowledged_rows_survive_repeated_kill9() {
             rows.len()
         );
     }
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
+    if !check_orphans {
+        return;
     }
-    out
+    // Compaction happened, and after the orphan scan (every 10 GC rounds)
+    // every SST file on disk is referenced, and every referenced file exists.
+    let levels = query(&client, "SELECT max(level) FROM system.sst_files").await;
+    assert_ne!(
+        levels[0][0], "0",
+        "compaction must have run during the test"
+    );
+    let store = dir.path().join("data/store");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let referenced: std::collections::BTreeSet<std::path::PathBuf> =
+            query(&client, "SELECT path FROM system.sst_files")
+                .await
+                .into_iter()
+                .map(|r| store.join(&r[0]))
+                .collect();
+        let on_disk: std::collections::BTreeSet<std::path::PathBuf> =
+            strata_integration_tests::files_with_extension(&store, "parquet")
+                .into_iter()
+                .collect();
+        let missing: Vec<_> = referenced.difference(&on_disk).collect();
+        assert!(
+            missing.is_empty(),
+            "referenced SSTs are missing: {missing:?}"
+        );
+        let extra: Vec<_> = on_disk.difference(&referenced).collect();
+        if extra.is_empty() {
+            println!("{} SSTs on disk, all referenced; no orphans", on_disk.len());
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} unreferenced SSTs remain after GC, e.g. {:?}",
+            extra.len(),
+            extra.first()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

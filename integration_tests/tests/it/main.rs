@@ -9,3 +9,4 @@ mod grpc;
 mod horaedb_python;
 mod persistence;
 mod sqllogic;
+mod storage;

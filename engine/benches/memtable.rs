@@ -1,0 +1,114 @@
+//! Memtable benchmarks: inserting write batches, and the sort + dedup that
+//! flushes and OVERWRITE scans run over a memtable.
+//!
+//! Run: `cargo bench -p strata-engine --bench memtable`
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::sync::Arc;
+
+use arrow::{
+    array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array},
+    datatypes::SchemaRef,
+};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use strata_engine::{
+    catalog::TableEntry,
+    memtable::Memtable,
+    options::TableOptions,
+    schema::{ColumnSchema, ColumnType, TableSchema},
+    sort::sort_and_dedup,
+    table::TableMeta,
+};
+use strata_sst::{ShardId, TableId, TimeRange};
+
+const HOSTS: usize = 100;
+const POINTS: usize = 1000;
+
+fn meta() -> Arc<TableMeta> {
+    let col = |name: &str, t, tag| ColumnSchema {
+        name: name.into(),
+        column_type: t,
+        is_tag: tag,
+        nullable: true,
+        comment: String::new(),
+    };
+    let schema = TableSchema::try_new(
+        vec![
+            col("host", ColumnType::String, true),
+            col("ts", ColumnType::Timestamp, false),
+            col("usage", ColumnType::Double, false),
+        ],
+        "ts",
+        &[],
+    )
+    .unwrap();
+    TableMeta::new(TableEntry {
+        id: TableId(1),
+        database: "public".into(),
+        name: "cpu".into(),
+        schema,
+        options: TableOptions::default(),
+        shard: ShardId(0),
+        created_at_ms: 0,
+    })
+}
+
+/// One write: every host's point at time `t`, as the shard writer sees it.
+fn write_batch(schema: &SchemaRef, t: usize) -> RecordBatch {
+    let hosts: Vec<String> = (0..HOSTS).map(|h| format!("host-{h:04}")).collect();
+    RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(hosts)),
+            Arc::new(TimestampMillisecondArray::from(vec![
+                t as i64 * 10_000;
+                HOSTS
+            ])),
+            Arc::new(Float64Array::from(
+                (0..HOSTS).map(|h| (h * t) as f64).collect::<Vec<_>>(),
+            )),
+            Arc::new(UInt64Array::from(vec![t as u64; HOSTS])),
+        ],
+    )
+    .unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let meta = meta();
+    let schema = meta.storage_schema.clone();
+    let batches: Vec<RecordBatch> = (0..POINTS).map(|t| write_batch(&schema, t)).collect();
+    let rows = (HOSTS * POINTS) as u64;
+
+    let mut group = c.benchmark_group("memtable");
+    group.throughput(Throughput::Elements(rows));
+    group.sample_size(10);
+    group.bench_function("insert_100k_rows_in_1k_writes", |b| {
+        b.iter_batched(
+            || Memtable::new(meta.clone()),
+            |m| {
+                for (t, batch) in batches.iter().enumerate() {
+                    m.insert(batch.clone(), t as u64, TimeRange::new(0, 1))
+                        .unwrap();
+                }
+                m
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let filled = Memtable::new(meta.clone());
+    for (t, batch) in batches.iter().enumerate() {
+        filled
+            .insert(batch.clone(), t as u64, TimeRange::new(0, 1))
+            .unwrap();
+    }
+    let snapshot = filled.snapshot();
+    let key = meta.schema().primary_key.clone();
+    let seq = meta.schema().seq_index();
+    group.bench_function("sort_dedup_100k_rows", |b| {
+        b.iter(|| sort_and_dedup(&schema, &snapshot, &key, seq, true).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
