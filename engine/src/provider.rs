@@ -123,7 +123,7 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        _limit: Option<usize>,
+        limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table = &self.table;
         let version = table.version();
@@ -183,6 +183,8 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             merge: overwrite,
             dedup: overwrite,
             target_partitions: state.config().target_partitions().max(1),
+            // Pushing a limit below deduplication or a filter would be wrong.
+            limit: limit.filter(|_| !overwrite && filters.is_empty() && cutoff.is_none()),
         };
 
         let mut stats = ScanStats {

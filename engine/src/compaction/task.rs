@@ -66,6 +66,7 @@ async fn merge_and_write(
         merge: true,
         dedup: overwrite,
         target_partitions: 1,
+        limit: None,
     };
     let source = plan::sst_source(
         &table.ctx,

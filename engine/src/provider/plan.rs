@@ -49,6 +49,9 @@ pub(crate) struct SourceSpec {
     /// Keep only the newest row per key (OVERWRITE); with `merge` only.
     pub dedup: bool,
     pub target_partitions: usize,
+    /// Rows that are enough: only when nothing above the sources filters or
+    /// deduplicates (APPEND, no filters, no TTL).
+    pub limit: Option<usize>,
 }
 
 impl SourceSpec {
@@ -145,6 +148,21 @@ pub(crate) async fn memtable_source(
             None => config,
         }
     } else {
+        let adapted = match spec.limit {
+            Some(limit) => {
+                let mut kept = Vec::new();
+                let mut rows = 0;
+                for b in adapted {
+                    if rows >= limit {
+                        break;
+                    }
+                    rows += b.num_rows();
+                    kept.push(b);
+                }
+                kept
+            }
+            None => adapted,
+        };
         let n = spec.target_partitions.clamp(1, adapted.len().max(1));
         let mut parts = vec![Vec::new(); n];
         for (i, b) in adapted.into_iter().enumerate() {
@@ -192,7 +210,8 @@ pub(crate) fn sst_source(
     };
     let mut builder = FileScanConfigBuilder::new(ctx.store_url.clone(), Arc::new(source))
         .with_file_groups(groups)
-        .with_projection_indices(Some(spec.read.clone()))?;
+        .with_projection_indices(Some(spec.read.clone()))?
+        .with_limit(spec.limit);
     if let Some(o) = spec.storage_ordering()? {
         builder = builder.with_output_ordering(vec![o]);
     }
