@@ -9,7 +9,7 @@
 use datafusion::sql::sqlparser::tokenizer::Token;
 use strata_engine::{engine_api::AlterTable, schema::ColumnSchema};
 
-use super::{create_table::column_type, tokens::Cursor};
+use super::{create_table::column_def, tokens::Cursor};
 use crate::error::Result;
 
 #[derive(Debug)]
@@ -20,33 +20,11 @@ pub struct Alter {
 }
 
 fn column(c: &mut Cursor) -> Result<ColumnSchema> {
-    let name = c.identifier("column")?;
-    let column_type = column_type(c, &name)?;
-    let mut col = ColumnSchema {
-        name: name.clone(),
-        column_type,
-        is_tag: false,
-        nullable: true,
-        comment: String::new(),
-    };
-    loop {
-        if c.eat_keywords(&["not", "null"]) {
-            col.nullable = false;
-        } else if c.eat_keyword("null") {
-            col.nullable = true;
-        } else if c.eat_keyword("tag") {
-            col.is_tag = true;
-        } else if c.eat_keyword("dictionary") {
-        } else if c.eat_keyword("comment") {
-            col.comment = c.value()?;
-        } else if c.peek_keyword("default") {
-            return Err(c.error(format!("DEFAULT values are not supported (column {name})")));
-        } else if c.peek_keyword("timestamp") || c.peek_keyword("primary") {
-            return Err(c.error("the timestamp key and primary key cannot be changed"));
-        } else {
-            return Ok(col);
-        }
+    let (col, keys) = column_def(c)?;
+    if keys.timestamp_key || keys.primary_key {
+        return Err(c.error("the timestamp key and primary key cannot be changed"));
     }
+    Ok(col)
 }
 
 pub fn parse(sql: &str) -> Result<Alter> {

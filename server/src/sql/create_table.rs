@@ -59,6 +59,50 @@ pub(crate) fn column_type(c: &mut Cursor, column: &str) -> Result<ColumnType> {
     Ok(t)
 }
 
+/// Key constraints written on a column.
+#[derive(Debug, Default)]
+pub(crate) struct ColumnKeys {
+    pub timestamp_key: bool,
+    pub primary_key: bool,
+}
+
+/// Parses `name TYPE [NULL | NOT NULL] [TAG] [DICTIONARY] [TIMESTAMP KEY]
+/// [PRIMARY KEY] [COMMENT '…']`.
+pub(crate) fn column_def(c: &mut Cursor) -> Result<(ColumnSchema, ColumnKeys)> {
+    let name = c.identifier("column")?;
+    let column_type = column_type(c, &name)?;
+    let mut col = ColumnSchema {
+        name: name.clone(),
+        column_type,
+        is_tag: false,
+        nullable: true,
+        comment: String::new(),
+    };
+    let mut keys = ColumnKeys::default();
+    loop {
+        if c.eat_keywords(&["not", "null"]) {
+            col.nullable = false;
+        } else if c.eat_keyword("null") {
+            col.nullable = true;
+        } else if c.eat_keyword("tag") {
+            col.is_tag = true;
+        } else if c.eat_keyword("dictionary") {
+            // HoraeDB's dictionary hint: tags are always dictionary-encoded
+            // in SSTs.
+        } else if c.eat_keywords(&["timestamp", "key"]) || c.eat_keywords(&["time", "index"]) {
+            keys.timestamp_key = true;
+        } else if c.eat_keywords(&["primary", "key"]) {
+            keys.primary_key = true;
+        } else if c.eat_keyword("comment") {
+            col.comment = c.value()?;
+        } else if c.peek_keyword("default") {
+            return Err(c.error(format!("DEFAULT values are not supported (column {name})")));
+        } else {
+            return Ok((col, keys));
+        }
+    }
+}
+
 fn name_list(c: &mut Cursor) -> Result<Vec<String>> {
     c.expect_token(&Token::LParen)?;
     let mut names = vec![c.identifier("column")?];
@@ -107,43 +151,15 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
             }
             primary_key = name_list(&mut c)?;
         } else {
-            let col_name = c.identifier("column")?;
-            let t = column_type(&mut c, &col_name)?;
-            let mut col = ColumnSchema {
-                name: col_name.clone(),
-                column_type: t,
-                is_tag: false,
-                nullable: true,
-                comment: String::new(),
-            };
-            loop {
-                if c.eat_keywords(&["not", "null"]) {
-                    col.nullable = false;
-                } else if c.eat_keyword("null") {
-                    col.nullable = true;
-                } else if c.eat_keyword("tag") {
-                    col.is_tag = true;
-                } else if c.eat_keyword("dictionary") {
-                    // HoraeDB's dictionary hint: tags are always
-                    // dictionary-encoded in SSTs.
-                } else if c.eat_keywords(&["timestamp", "key"])
-                    || c.eat_keywords(&["time", "index"])
-                {
-                    set_timestamp_key(&c, col_name.clone(), &mut timestamp_key)?;
-                } else if c.eat_keywords(&["primary", "key"]) {
-                    if !primary_key.is_empty() {
-                        return Err(c.error("PRIMARY KEY is declared twice"));
-                    }
-                    primary_key = vec![col_name.clone()];
-                } else if c.eat_keyword("comment") {
-                    col.comment = c.value()?;
-                } else if c.peek_keyword("default") {
-                    return Err(c.error(format!(
-                        "DEFAULT values are not supported (column {col_name})"
-                    )));
-                } else {
-                    break;
+            let (col, keys) = column_def(&mut c)?;
+            if keys.timestamp_key {
+                set_timestamp_key(&c, col.name.clone(), &mut timestamp_key)?;
+            }
+            if keys.primary_key {
+                if !primary_key.is_empty() {
+                    return Err(c.error("PRIMARY KEY is declared twice"));
                 }
+                primary_key = vec![col.name.clone()];
             }
             columns.push(col);
         }
