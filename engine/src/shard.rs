@@ -273,8 +273,7 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                 metrics::WAL_GROUP_COMMITS.inc();
                 metrics::WAL_RECORDS.inc_by(jobs.len() as u64);
                 let mut touched: Vec<Arc<Table>> = Vec::new();
-                for (i, job) in jobs.drain(..).enumerate() {
-                    let offset = res.first.0 + i as u64;
+                for (job, offset) in jobs.drain(..).zip(res.offsets.iter().map(|o| o.0)) {
                     let result = job.table.apply(&job.batch, offset, job.time_range);
                     if let Ok(rows) = &result {
                         metrics::ROWS_WRITTEN.inc_by(*rows as u64);
@@ -285,7 +284,9 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                     }
                     let _ = job.reply.send(result);
                 }
-                inner.applied.store(res.last.0 + 1, Ordering::Release);
+                if let Some(last) = res.last() {
+                    inner.applied.store(last.0 + 1, Ordering::Release);
+                }
                 for table in touched {
                     if table.version().active.bytes() as u64 >= table.write_buffer_size() {
                         schedule_flush(&inner, table);

@@ -50,6 +50,7 @@ pub struct StrataProcess {
     pub http: SocketAddr,
     pub log: PathBuf,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl StrataProcess {
@@ -60,6 +61,15 @@ impl StrataProcess {
     }
 
     pub async fn start_with_env(data_dir: &Path, env: Vec<(String, String)>) -> Self {
+        Self::start_with(data_dir, Vec::new(), env).await
+    }
+
+    /// Starts with extra command-line arguments (e.g. `--config FILE`).
+    pub async fn start_with(
+        data_dir: &Path,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let mut p = Self {
             child: None,
             data_dir: data_dir.to_path_buf(),
@@ -67,6 +77,7 @@ impl StrataProcess {
             http: free_addr(),
             log: data_dir.with_extension("log"),
             env,
+            args,
         };
         p.spawn().await;
         p
@@ -86,6 +97,7 @@ impl StrataProcess {
             .arg(self.grpc.to_string())
             .arg("--http-addr")
             .arg(self.http.to_string())
+            .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -173,6 +185,13 @@ impl StrataProcess {
         }
     }
 
+    /// Starts the process again on a new data directory (same ports).
+    pub async fn restart_in(&mut self, data_dir: &Path) {
+        assert!(self.child.is_none(), "stop or kill the process first");
+        self.data_dir = data_dir.to_path_buf();
+        self.spawn().await;
+    }
+
     /// Starts the process again on the same data directory and ports.
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the process first");
@@ -203,6 +222,84 @@ impl StrataProcess {
 impl Drop for StrataProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// The remote services of `scripts/test-services` (Kafka, S3, etcd), for
+/// tests that need them. Panics with instructions when they are not set up:
+/// such tests fail loudly rather than pass without their services.
+pub struct Services {
+    script: PathBuf,
+}
+
+impl Services {
+    pub fn from_env() -> Self {
+        let script = std::env::var_os("STRATA_TEST_SERVICES").unwrap_or_else(|| {
+            panic!(
+                "remote services are not set up: run `scripts/test-services start` and \
+                 `eval \"$(scripts/test-services env)\"` (scripts/test does both)"
+            )
+        });
+        for var in [
+            "STRATA_KAFKA_BROKERS",
+            "AWS_ENDPOINT_URL",
+            "STRATA_S3_BUCKET",
+        ] {
+            assert!(
+                std::env::var_os(var).is_some(),
+                "{var} is not set; see scripts/test-services env"
+            );
+        }
+        Self {
+            script: PathBuf::from(script),
+        }
+    }
+
+    fn run(&self, verb: &str, name: &str) {
+        let status = Command::new(&self.script)
+            .arg(verb)
+            .arg(name)
+            .status()
+            .expect("run test-services");
+        assert!(status.success(), "test-services {verb} {name} failed");
+    }
+
+    /// Stops one service (`kafka`, `s3`, `etcd`).
+    pub fn stop(&self, name: &str) {
+        self.run("stop-one", name);
+    }
+
+    /// Starts it again on the same port and data.
+    pub fn start(&self, name: &str) {
+        self.run("start-one", name);
+    }
+
+    /// Arguments and environment that run `strata standalone` on Kafka and
+    /// S3, isolated from other tests by a unique topic and key prefix.
+    pub fn remote_storage(&self, name: &str) -> (Vec<String>, Vec<(String, String)>) {
+        let unique = format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let config =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config/standalone-kafka-s3.toml");
+        (
+            vec!["--config".to_string(), config.display().to_string()],
+            vec![
+                (
+                    "STRATA_WAL__TOPIC_PREFIX".to_string(),
+                    format!("t-{unique}"),
+                ),
+                (
+                    "STRATA_OBJECT_STORE__PREFIX".to_string(),
+                    format!("t-{unique}"),
+                ),
+            ],
+        )
     }
 }
 

@@ -86,9 +86,75 @@ pub enum WalConfig {
         #[serde(default)]
         dir: Option<PathBuf>,
         /// A new segment file starts after this many bytes.
-        #[serde(default = "default_segment_size")]
+        #[serde(
+            default = "default_segment_size",
+            with = "strata_engine::context::byte_size"
+        )]
         segment_size: u64,
     },
+    /// One single-partition Kafka topic per shard:
+    /// `{topic_prefix}-{cluster}-shard-{id}`.
+    Kafka(KafkaConfig),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port,…`; defaults to `$STRATA_KAFKA_BROKERS`.
+    #[serde(default)]
+    pub brokers: Option<String>,
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_replication")]
+    pub replication_factor: i32,
+    /// Records are split into chunks of at most this size; keep it below the
+    /// broker's `message.max.bytes`.
+    #[serde(
+        default = "default_max_message",
+        with = "strata_engine::context::byte_size"
+    )]
+    pub max_message_bytes: u64,
+    /// A write not acknowledged by the broker within this fails (retryably).
+    #[serde(
+        default = "default_produce_timeout",
+        with = "strata_engine::context::humantime_serde_compat"
+    )]
+    pub produce_timeout: std::time::Duration,
+    #[serde(
+        default = "default_linger",
+        with = "strata_engine::context::humantime_serde_compat"
+    )]
+    pub linger: std::time::Duration,
+    /// Physically delete flushed records (DeleteRecords). Off for brokers
+    /// that lack it; a persisted watermark hides them either way.
+    #[serde(default)]
+    pub delete_records: bool,
+    /// Idempotent produce. Keep it on for Kafka; turn it off only for
+    /// brokers that mishandle it (see docs/operations/kafka-wal.md).
+    #[serde(default = "default_true")]
+    pub idempotence: bool,
+    /// Extra librdkafka properties (security, TLS, …).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_topic_prefix() -> String {
+    "strata".to_string()
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_max_message() -> u64 {
+    900 * 1024
+}
+fn default_produce_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+fn default_linger() -> std::time::Duration {
+    std::time::Duration::from_millis(1)
 }
 
 fn default_segment_size() -> u64 {
@@ -104,7 +170,7 @@ impl Default for WalConfig {
     }
 }
 
-/// Where SSTs and manifests live.
+/// Where SSTs, manifests and the catalog live.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
 pub enum ObjectStoreConfig {
@@ -114,6 +180,52 @@ pub enum ObjectStoreConfig {
         #[serde(default)]
         root: Option<PathBuf>,
     },
+    /// An S3-compatible bucket. Unset fields fall back to `AWS_*` variables
+    /// and `STRATA_S3_BUCKET`.
+    S3(S3Config),
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Everything is stored under this key prefix.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// e.g. `http://127.0.0.1:9000`; AWS when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    #[serde(
+        default = "default_s3_timeout",
+        with = "strata_engine::context::humantime_serde_compat"
+    )]
+    pub request_timeout: std::time::Duration,
+    #[serde(default = "default_s3_retries")]
+    pub max_retries: usize,
+    #[serde(
+        default = "default_s3_retry_timeout",
+        with = "strata_engine::context::humantime_serde_compat"
+    )]
+    pub retry_timeout: std::time::Duration,
+}
+
+fn default_s3_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+fn default_s3_retries() -> usize {
+    10
+}
+fn default_s3_retry_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(120)
 }
 
 impl Default for ObjectStoreConfig {
@@ -216,7 +328,7 @@ impl Config {
     pub fn wal_dir(&self) -> PathBuf {
         match &self.wal {
             WalConfig::Local { dir: Some(d), .. } => d.clone(),
-            WalConfig::Local { dir: None, .. } => self.server.data_dir.join("wal"),
+            _ => self.server.data_dir.join("wal"),
         }
     }
 
@@ -230,7 +342,7 @@ impl Config {
     pub fn store_root(&self) -> PathBuf {
         match &self.object_store {
             ObjectStoreConfig::Local { root: Some(r) } => r.clone(),
-            ObjectStoreConfig::Local { root: None } => self.server.data_dir.join("store"),
+            _ => self.server.data_dir.join("store"),
         }
     }
 }

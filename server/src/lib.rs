@@ -13,3 +13,4 @@ pub mod http;
 pub mod metrics;
 pub mod sql;
 pub mod standalone;
+pub mod storage;

@@ -1,23 +1,19 @@
 //! `strata standalone`: every role in one process, with the WAL and SSTs on
 //! local disk and the catalog inside the process.
 
-use std::{future::IntoFuture, sync::Arc, time::Duration};
+use std::{future::IntoFuture, time::Duration};
 
-use object_store::{local::LocalFileSystem, ObjectStore};
 use strata_engine::Engine;
 use strata_proto::storage::storage_service_server::StorageServiceServer;
-use strata_wal::{
-    local::{LocalWal, LocalWalOptions},
-    Wal,
-};
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{Config, WalConfig},
+    config::Config,
     error::{Error, Result},
     grpc::StorageServiceImpl,
     http,
     sql::QueryEngine,
+    storage,
 };
 
 /// The largest gRPC message accepted or sent.
@@ -53,28 +49,8 @@ async fn shutdown_signal() {
 pub async fn run(config: Config) -> Result<()> {
     std::fs::create_dir_all(&config.server.data_dir)
         .map_err(startup("creating the data directory"))?;
-    let root = config.store_root();
-    std::fs::create_dir_all(&root).map_err(startup("creating the object store directory"))?;
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(|e| {
-            Error::Internal(format!(
-                "opening the object store at {}: {e}",
-                root.display()
-            ))
-        })?);
-    let WalConfig::Local { segment_size, .. } = &config.wal;
-    let wal_dir = config.wal_dir().join("shard-0");
-    let wal: Arc<dyn Wal> = Arc::new(
-        LocalWal::open(
-            &wal_dir,
-            LocalWalOptions {
-                segment_size: *segment_size,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| Error::Internal(format!("opening the WAL at {}: {e}", wal_dir.display())))?,
-    );
+    let store = storage::open_object_store(&config)?;
+    let wal = storage::open_wal(&config, strata_engine::STANDALONE_SHARD).await?;
 
     // Bind before the (possibly long) recovery so that a port conflict is
     // reported at once.

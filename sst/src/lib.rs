@@ -19,7 +19,9 @@ pub mod ids;
 pub mod layout;
 pub mod meta;
 pub mod reader;
+pub mod s3;
 mod stats;
+pub mod store_conformance;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -26,6 +26,14 @@ pub enum Error {
 
     #[error("WAL is closed")]
     Closed,
+
+    #[error("Kafka WAL failed while {op}: {source}")]
+    Kafka {
+        op: &'static str,
+        retryable: bool,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 impl Error {
@@ -35,6 +43,7 @@ impl Error {
             Error::Io { .. } => true,
             Error::Corrupted { .. } | Error::RecordTooLarge { .. } => false,
             Error::Poisoned { .. } | Error::Closed => false,
+            Error::Kafka { retryable, .. } => *retryable,
         }
     }
 }

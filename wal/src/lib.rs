@@ -23,13 +23,15 @@ use bytes::Bytes;
 pub mod conformance;
 mod error;
 pub mod fence;
+pub mod kafka;
 pub mod local;
 pub mod memory;
 
 pub use error::{Error, Result};
 
 /// The position of a record in one WAL region. Offsets are assigned by the
-/// WAL, start at 0 and grow by one per record, with no gaps.
+/// WAL and strictly increase in append order. The local WAL numbers records
+/// 0, 1, 2, …; the Kafka WAL uses broker offsets, which may have gaps.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct WalOffset(pub u64);
 
@@ -66,11 +68,20 @@ pub struct WalEntry {
     pub payload: Bytes,
 }
 
-/// The offsets given to one appended batch: `first..=last`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// The offsets given to one appended batch, one per record, increasing.
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct AppendResult {
-    pub first: WalOffset,
-    pub last: WalOffset,
+    pub offsets: Vec<WalOffset>,
+}
+
+impl AppendResult {
+    pub fn first(&self) -> Option<WalOffset> {
+        self.offsets.first().copied()
+    }
+
+    pub fn last(&self) -> Option<WalOffset> {
+        self.offsets.last().copied()
+    }
 }
 
 /// One region of the write-ahead log.
@@ -79,9 +90,11 @@ pub struct AppendResult {
 /// - **Durability**: when `append` returns `Ok`, its records survive a crash
 ///   of the process (local: fsynced; Kafka: acknowledged by all in-sync
 ///   replicas).
-/// - **Order and atomic offsets**: the records of one `append` get consecutive
-///   offsets in the order given. Concurrent `append`s are serialised: each
-///   gets its own contiguous range, and offsets never repeat or skip.
+/// - **Order**: the records of one `append` get increasing offsets in the
+///   order given, and all of them are above every offset handed out before.
+///   Concurrent `append`s are serialised; offsets never repeat.
+/// - **Atomic records**: a record is read back whole or not at all, however
+///   large (a backend may split it internally).
 /// - **Cancellation**: dropping an `append` future before it completes leaves
 ///   the outcome unknown: the records may or may not be durable and readable
 ///   later. It never leaves a partial record visible.
@@ -108,7 +121,8 @@ pub trait Wal: Send + Sync + Debug {
     /// lower than the current one is ignored.
     async fn truncate(&self, below: WalOffset) -> Result<()>;
 
-    /// The offset the next appended record will get.
+    /// A bound above every offset appended so far: the next record's offset
+    /// will be at least this.
     fn next_offset(&self) -> WalOffset;
 
     /// The truncation watermark: the lowest offset reads may return.

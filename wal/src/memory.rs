@@ -37,9 +37,10 @@ impl MemoryWal {
 impl Wal for MemoryWal {
     async fn append(&self, epoch: Epoch, payloads: Vec<Bytes>) -> Result<AppendResult> {
         let mut state = self.state.lock();
-        let first = state.next;
+        let mut offsets = Vec::with_capacity(payloads.len());
         for payload in payloads {
             let offset = WalOffset(state.next);
+            offsets.push(offset);
             state.entries.push_back(WalEntry {
                 offset,
                 epoch,
@@ -47,10 +48,7 @@ impl Wal for MemoryWal {
             });
             state.next += 1;
         }
-        Ok(AppendResult {
-            first: WalOffset(first),
-            last: WalOffset(state.next.saturating_sub(1).max(first)),
-        })
+        Ok(AppendResult { offsets })
     }
 
     async fn read(&self, from: WalOffset, max_bytes: usize) -> Result<Vec<WalEntry>> {

@@ -8,5 +8,6 @@ mod crash;
 mod grpc;
 mod horaedb_python;
 mod persistence;
+mod remote;
 mod sqllogic;
 mod storage;

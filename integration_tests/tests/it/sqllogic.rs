@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use strata_integration_tests::{slt::StrataDb, StrataProcess};
+use strata_integration_tests::{slt::StrataDb, Services, StrataProcess};
 
 fn slt_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
@@ -19,10 +19,25 @@ fn slt_files() -> Vec<PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqllogictest_files_pass_against_standalone() {
+    run_files(None).await;
+}
+
+/// The same files against standalone Strata whose WAL is on Kafka and whose
+/// SSTs, manifests and catalog are on S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files_pass_on_kafka_and_s3() {
+    run_files(Some(Services::from_env())).await;
+}
+
+async fn run_files(remote: Option<Services>) {
     let mut failures = Vec::new();
     for file in slt_files() {
         let dir = tempfile::tempdir().unwrap();
-        let server = StrataProcess::start(&dir.path().join("data")).await;
+        let (args, env) = match &remote {
+            Some(s) => s.remote_storage(file.file_stem().and_then(|n| n.to_str()).unwrap_or("slt")),
+            None => (Vec::new(), Vec::new()),
+        };
+        let server = StrataProcess::start_with(&dir.path().join("data"), args, env).await;
         let client = server.client().await;
         let mut runner = sqllogictest::Runner::new(move || {
             let client = client.clone();

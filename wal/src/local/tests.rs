@@ -91,7 +91,7 @@ async fn torn_tail_is_truncated_on_reopen() {
         .append(Epoch(1), vec![Bytes::from_static(b"c")])
         .await
         .unwrap();
-    assert_eq!(res.first, WalOffset(2));
+    assert_eq!(res.offsets, vec![WalOffset(2)]);
     let got: Vec<_> = read_all(&wal, WalOffset(0))
         .await
         .into_iter()
@@ -172,6 +172,25 @@ async fn truncation_deletes_whole_segments_only() {
     let wal = LocalWal::open(dir.path(), options).await.unwrap();
     assert_eq!(read_all(&wal, WalOffset(0)).await.len(), 10);
     assert_eq!(wal.next_offset(), WalOffset(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_offsets_are_consecutive() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = LocalWal::open(dir.path(), LocalWalOptions::default())
+        .await
+        .unwrap();
+    let a = wal
+        .append(Epoch(1), vec![Bytes::from_static(b"a"); 3])
+        .await
+        .unwrap();
+    let b = wal
+        .append(Epoch(1), vec![Bytes::from_static(b"b"); 2])
+        .await
+        .unwrap();
+    assert_eq!(a.offsets, vec![WalOffset(0), WalOffset(1), WalOffset(2)]);
+    assert_eq!(b.offsets, vec![WalOffset(3), WalOffset(4)]);
+    assert_eq!(wal.next_offset(), WalOffset(5));
 }
 
 #[tokio::test]

@@ -86,10 +86,8 @@ fn commit(state: &mut WriterState, buf: &mut Vec<u8>, batch: Vec<AppendRequest>)
             state.next = next;
             state.shared.committed.store(next, Ordering::Release);
             for (req, (first, end)) in batch.into_iter().zip(ranges) {
-                let last = if end > first { end - 1 } else { first };
                 let _ = req.reply.send(Ok(AppendResult {
-                    first: WalOffset(first),
-                    last: WalOffset(last),
+                    offsets: (first..end).map(WalOffset).collect(),
                 }));
             }
         }

@@ -1,0 +1,585 @@
+//! The Kafka WAL: one region is one single-partition topic.
+//!
+//! - **Writes** are produced with `acks=all` and idempotence, and an append
+//!   returns only after the broker acknowledged every record. Appends are
+//!   serialised, so the records of one append are contiguous in the topic.
+//!   Idempotence can be turned off for brokers that mishandle it (tansu
+//!   0.6.0 breaks when an idempotent session spans a broker restart); the
+//!   producer then never re-sends on its own, so it still never duplicates.
+//! - **Large records** are split into chunks below the broker's message limit
+//!   and reassembled on read; a record's offset is the offset of its first
+//!   chunk. A chunk group cut short by a crash is dropped on read, so a
+//!   record is read whole or not at all.
+//! - **Fencing**: every record carries the writer's epoch in a header;
+//!   replay drops records older than an epoch it has seen
+//!   ([`crate::fence`]). No transactions are needed.
+//! - **Truncation** commits the watermark as the committed offset of a
+//!   consumer group dedicated to the topic; reads never go below it, also
+//!   after a restart. Records are physically deleted (DeleteRecords) only
+//!   when `delete_records` is on: brokers without it (tansu) keep them, and
+//!   topics are created with infinite retention so that nothing else ever
+//!   deletes WAL a shard still needs.
+//!
+//! Record headers: `strata-epoch` (u64 LE) and `strata-chunk` (index u32 LE,
+//! count u32 LE).
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{Header, Headers, Message, OwnedHeaders},
+    producer::{FutureProducer, FutureRecord, Producer},
+    Offset, TopicPartitionList,
+};
+
+use crate::{AppendResult, Epoch, Error, Result, Wal, WalEntry, WalOffset};
+
+const EPOCH_HEADER: &str = "strata-epoch";
+const CHUNK_HEADER: &str = "strata-chunk";
+
+/// Options of one Kafka WAL region.
+#[derive(Debug, Clone)]
+pub struct KafkaWalOptions {
+    /// `host:port,…`
+    pub brokers: String,
+    pub topic: String,
+    pub replication_factor: i32,
+    /// Chunks are at most this large; keep it below the broker's
+    /// `message.max.bytes`.
+    pub max_message_bytes: usize,
+    /// How long a produce may take before it fails (retryably).
+    pub produce_timeout: Duration,
+    /// How long the producer waits to batch records.
+    pub linger: Duration,
+    /// Timeout of metadata, offset and admin requests.
+    pub request_timeout: Duration,
+    /// Physically delete records below the watermark (DeleteRecords).
+    pub delete_records: bool,
+    /// Idempotent produce (on by default). When off, the producer never
+    /// re-sends a record on its own (`message.send.max.retries=0`), so it
+    /// cannot duplicate one either; a failed append is reported and the
+    /// caller decides.
+    pub idempotence: bool,
+    /// Extra librdkafka properties, for both producer and consumer.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl KafkaWalOptions {
+    pub fn new(brokers: impl Into<String>, topic: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            topic: topic.into(),
+            replication_factor: 1,
+            max_message_bytes: 900 * 1024,
+            produce_timeout: Duration::from_secs(30),
+            linger: Duration::from_millis(1),
+            request_timeout: Duration::from_secs(10),
+            delete_records: false,
+            idempotence: true,
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.brokers).set(
+            "socket.timeout.ms",
+            self.request_timeout.as_millis().to_string(),
+        );
+        for (k, v) in &self.extra {
+            cfg.set(k, v);
+        }
+        cfg
+    }
+}
+
+/// Whether a Kafka error may pass if the operation is retried later.
+pub fn kafka_retryable(e: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    let code = match e {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    match code {
+        Some(
+            MessageTimedOut
+            | BrokerTransportFailure
+            | AllBrokersDown
+            | NetworkException
+            | RequestTimedOut
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | BrokerNotAvailable
+            | QueueFull
+            | NotEnoughReplicas
+            | NotEnoughReplicasAfterAppend
+            | OperationTimedOut
+            | UnknownTopicOrPartition
+            | CoordinatorNotAvailable
+            | NotCoordinator
+            | CoordinatorLoadInProgress
+            | FencedLeaderEpoch
+            | UnknownLeaderEpoch
+            | KafkaStorageError
+            // Brokers answer "unknown" while they recover (tansu after a
+            // restart): the outcome is in doubt, not refused.
+            | Unknown,
+        ) => true,
+        Some(_) => false,
+        None => matches!(e, KafkaError::Canceled),
+    }
+}
+
+fn kafka_err(op: &'static str) -> impl Fn(KafkaError) -> Error {
+    move |source| Error::Kafka {
+        op,
+        retryable: kafka_retryable(&source),
+        source,
+    }
+}
+
+fn closed<T>(_: T) -> Error {
+    Error::Closed
+}
+
+/// A WAL region on a Kafka topic.
+pub struct KafkaWal {
+    options: KafkaWalOptions,
+    producer: Mutex<FutureProducer>,
+    consumer: Arc<Mutex<BaseConsumer>>,
+    admin: AdminClient<DefaultClientContext>,
+    append_lock: tokio::sync::Mutex<()>,
+    next: AtomicU64,
+    low: AtomicU64,
+}
+
+impl std::fmt::Debug for KafkaWal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "KafkaWal({} @ {})",
+            self.options.topic, self.options.brokers
+        )
+    }
+}
+
+fn producer(options: &KafkaWalOptions) -> Result<FutureProducer> {
+    let mut cfg = options.client_config();
+    if options.idempotence {
+        cfg.set("enable.idempotence", "true");
+    } else {
+        cfg.set("enable.idempotence", "false")
+            .set("message.send.max.retries", "0")
+            .set("max.in.flight.requests.per.connection", "1");
+    }
+    cfg.set("acks", "all")
+        .set("linger.ms", options.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            options.produce_timeout.as_millis().to_string(),
+        )
+        .set(
+            "message.max.bytes",
+            (options.max_message_bytes + 64 * 1024).to_string(),
+        )
+        .set("compression.type", "none")
+        .create()
+        .map_err(kafka_err("creating the producer"))
+}
+
+impl KafkaWal {
+    /// Opens the region: creates the topic if missing (one partition,
+    /// infinite retention) and reads its end and persisted watermark.
+    pub async fn open(options: KafkaWalOptions) -> Result<Self> {
+        let admin: AdminClient<DefaultClientContext> = options
+            .client_config()
+            .create()
+            .map_err(kafka_err("creating the admin client"))?;
+        let topic = NewTopic::new(
+            &options.topic,
+            1,
+            TopicReplication::Fixed(options.replication_factor),
+        )
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("cleanup.policy", "delete");
+        let admin_opts = AdminOptions::new().operation_timeout(Some(options.request_timeout));
+        let created = admin
+            .create_topics([&topic], &admin_opts)
+            .await
+            .map_err(kafka_err("creating the topic"))?;
+        for r in created {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => {
+                    return Err(Error::Kafka {
+                        op: "creating the topic",
+                        retryable: false,
+                        source: KafkaError::AdminOp(code),
+                    })
+                    .inspect_err(
+                        |_| tracing::error!(topic = %name, ?code, "topic creation failed"),
+                    )
+                }
+            }
+        }
+        let consumer: BaseConsumer = options
+            .client_config()
+            .set("group.id", format!("{}.strata-wal", options.topic))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            // Reads want what is there now, not to wait for more.
+            .set("fetch.wait.max.ms", "20")
+            .set(
+                "fetch.max.bytes",
+                (8 * options.max_message_bytes.max(1 << 20)).to_string(),
+            )
+            .set(
+                "max.partition.fetch.bytes",
+                (4 * options.max_message_bytes.max(1 << 20)).to_string(),
+            )
+            .create()
+            .map_err(kafka_err("creating the consumer"))?;
+        let producer = producer(&options)?;
+        let wal = Self {
+            producer: Mutex::new(producer),
+            consumer: Arc::new(Mutex::new(consumer)),
+            admin,
+            append_lock: tokio::sync::Mutex::new(()),
+            next: AtomicU64::new(0),
+            low: AtomicU64::new(0),
+            options,
+        };
+        let (low, high, committed) = {
+            let consumer = wal.consumer.clone();
+            let topic = wal.options.topic.clone();
+            let timeout = wal.options.request_timeout;
+            tokio::task::spawn_blocking(move || -> Result<(i64, i64, Option<i64>)> {
+                let c = consumer.lock();
+                // Metadata for a new topic can take a moment to propagate.
+                let mut attempt = 0;
+                let (low, high) = loop {
+                    match c.fetch_watermarks(&topic, 0, timeout) {
+                        Ok(w) => break w,
+                        Err(e) if attempt < 20 && kafka_retryable(&e) => {
+                            attempt += 1;
+                            std::thread::sleep(Duration::from_millis(250));
+                        }
+                        Err(e) => return Err(kafka_err("reading the topic's offsets")(e)),
+                    }
+                };
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&topic, 0);
+                let committed = c
+                    .committed_offsets(tpl, timeout)
+                    .map_err(kafka_err("reading the truncation watermark"))?;
+                let committed =
+                    committed
+                        .find_partition(&topic, 0)
+                        .and_then(|p| match p.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => None,
+                        });
+                Ok((low, high, committed))
+            })
+            .await
+            .map_err(closed)??
+        };
+        wal.next.store(high.max(0) as u64, Ordering::Release);
+        wal.low.store(
+            low.max(committed.unwrap_or(0)).max(0) as u64,
+            Ordering::Release,
+        );
+        tracing::info!(topic = %wal.options.topic, low, high, ?committed, "opened Kafka WAL");
+        Ok(wal)
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.options.topic
+    }
+
+    /// Produces one chunk; returns its delivery future.
+    fn send_chunk(
+        &self,
+        epoch: Epoch,
+        chunk: &[u8],
+        index: u32,
+        count: u32,
+    ) -> Result<rdkafka::producer::DeliveryFuture> {
+        let mut chunk_header = [0u8; 8];
+        chunk_header[..4].copy_from_slice(&index.to_le_bytes());
+        chunk_header[4..].copy_from_slice(&count.to_le_bytes());
+        let epoch_bytes = epoch.0.to_le_bytes();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: EPOCH_HEADER,
+                value: Some(&epoch_bytes),
+            })
+            .insert(Header {
+                key: CHUNK_HEADER,
+                value: Some(&chunk_header),
+            });
+        let record: FutureRecord<'_, (), [u8]> = FutureRecord::to(&self.options.topic)
+            .partition(0)
+            .payload(chunk)
+            .headers(headers);
+        self.producer
+            .lock()
+            .send_result(record)
+            .map_err(|(e, _)| kafka_err("producing")(e))
+    }
+
+    /// After a fatal error the idempotent producer cannot be used again.
+    fn recover_producer(&self, e: &Error) {
+        let fatal = self.producer.lock().client().fatal_error();
+        if fatal.is_some()
+            || matches!(
+                e,
+                Error::Kafka {
+                    retryable: false,
+                    ..
+                }
+            )
+        {
+            match producer(&self.options) {
+                Ok(p) => {
+                    tracing::warn!(topic = %self.options.topic, ?fatal, "recreated the Kafka producer");
+                    *self.producer.lock() = p;
+                }
+                Err(e) => tracing::error!(error = %e, "recreating the Kafka producer failed"),
+            }
+        }
+    }
+
+    async fn produce_all(&self, epoch: Epoch, payloads: &[Bytes]) -> Result<Vec<WalOffset>> {
+        let max = self.options.max_message_bytes.max(1);
+        let mut pending = Vec::new();
+        for payload in payloads {
+            let chunks: Vec<&[u8]> = if payload.is_empty() {
+                vec![&payload[..]]
+            } else {
+                payload.chunks(max).collect()
+            };
+            let count = u32::try_from(chunks.len()).map_err(|_| Error::RecordTooLarge {
+                size: payload.len(),
+                limit: max * u32::MAX as usize,
+            })?;
+            let mut futures = Vec::with_capacity(chunks.len());
+            for (i, chunk) in chunks.into_iter().enumerate() {
+                futures.push(self.send_chunk(epoch, chunk, i as u32, count)?);
+            }
+            pending.push(futures);
+        }
+        let mut offsets = Vec::with_capacity(pending.len());
+        let mut last = None;
+        for futures in pending {
+            let mut first = None;
+            for f in futures {
+                let delivered = f.await.map_err(|_| Error::Closed)?;
+                let (_, offset) = delivered
+                    .map(|d| (d.partition, d.offset))
+                    .map_err(|(e, _)| kafka_err("producing")(e))?;
+                first.get_or_insert(offset);
+                last = Some(offset);
+            }
+            offsets.push(WalOffset(first.unwrap_or_default().max(0) as u64));
+        }
+        if let Some(last) = last {
+            self.next
+                .fetch_max(last.max(0) as u64 + 1, Ordering::AcqRel);
+        }
+        Ok(offsets)
+    }
+}
+
+/// Reads whole records starting at `from` until `max_bytes` or `high`.
+fn read_blocking(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: u64,
+    high: u64,
+    max_bytes: usize,
+    timeout: Duration,
+) -> Result<Vec<WalEntry>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(from as i64))
+        .map_err(kafka_err("assigning the partition"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the partition"))?;
+
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    // The chunk group being assembled: (first offset, epoch, count, data).
+    let mut group: Option<(u64, u64, u32, BytesMut, u32)> = None;
+    let deadline = std::time::Instant::now() + timeout * 3;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Kafka {
+                op: "reading",
+                retryable: true,
+                source: KafkaError::Canceled,
+            });
+        }
+        let Some(polled) = consumer.poll(timeout) else {
+            continue;
+        };
+        let message = match polled {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) => return Err(kafka_err("reading")(e)),
+        };
+        let offset = message.offset().max(0) as u64;
+        let mut epoch = 0u64;
+        let mut index = 0u32;
+        let mut count = 1u32;
+        if let Some(headers) = message.headers() {
+            for h in headers.iter() {
+                match (h.key, h.value) {
+                    (EPOCH_HEADER, Some(v)) if v.len() == 8 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(v);
+                        epoch = u64::from_le_bytes(b);
+                    }
+                    (CHUNK_HEADER, Some(v)) if v.len() == 8 => {
+                        index = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                        count = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let data = message.payload().unwrap_or_default();
+        if index == 0 {
+            if group.is_some() {
+                tracing::warn!(
+                    topic,
+                    offset,
+                    "dropping an incomplete WAL record (torn chunk group)"
+                );
+            }
+            group = Some((offset, epoch, count, BytesMut::from(data), 1));
+        } else {
+            match group.as_mut() {
+                Some((_, e, c, buf, seen)) if *seen == index && *c == count && *e == epoch => {
+                    buf.extend_from_slice(data);
+                    *seen += 1;
+                }
+                _ => {
+                    // A chunk whose group started below `from`, or a torn group.
+                    group = None;
+                }
+            }
+        }
+        if group.as_ref().is_some_and(|(_, _, c, _, seen)| seen == c) {
+            if let Some((first, e, _, buf, _)) = group.take() {
+                bytes += buf.len();
+                out.push(WalEntry {
+                    offset: WalOffset(first),
+                    epoch: Epoch(e),
+                    payload: buf.freeze(),
+                });
+            }
+        }
+        if offset + 1 >= high {
+            break;
+        }
+        if bytes >= max_bytes && group.is_none() && !out.is_empty() {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Wal for KafkaWal {
+    async fn append(&self, epoch: Epoch, payloads: Vec<Bytes>) -> Result<AppendResult> {
+        let _serial = self.append_lock.lock().await;
+        match self.produce_all(epoch, &payloads).await {
+            Ok(offsets) => Ok(AppendResult { offsets }),
+            Err(e) => {
+                self.recover_producer(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn read(&self, from: WalOffset, max_bytes: usize) -> Result<Vec<WalEntry>> {
+        let from = from.0.max(self.low.load(Ordering::Acquire));
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.request_timeout;
+        tokio::task::spawn_blocking(move || {
+            let c = consumer.lock();
+            let (_, high) = c
+                .fetch_watermarks(&topic, 0, timeout)
+                .map_err(kafka_err("reading the topic's offsets"))?;
+            let high = high.max(0) as u64;
+            if from >= high {
+                return Ok(Vec::new());
+            }
+            read_blocking(&c, &topic, from, high, max_bytes, timeout)
+        })
+        .await
+        .map_err(closed)?
+    }
+
+    async fn truncate(&self, below: WalOffset) -> Result<()> {
+        let below = below.0.min(self.next.load(Ordering::Acquire));
+        if below <= self.low.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(below as i64))
+                .map_err(kafka_err("committing the watermark"))?;
+            consumer
+                .lock()
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka_err("committing the watermark"))
+        })
+        .await
+        .map_err(closed)??;
+        self.low.fetch_max(below, Ordering::AcqRel);
+        if self.options.delete_records {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&self.options.topic, 0, Offset::Offset(below as i64))
+                .map_err(kafka_err("deleting records"))?;
+            let opts = AdminOptions::new().operation_timeout(Some(self.options.request_timeout));
+            if let Err(e) = self.admin.delete_records(&tpl, &opts).await {
+                // The watermark already hides the records; space is reclaimed later.
+                tracing::warn!(topic = %self.options.topic, error = %e, "DeleteRecords failed");
+            }
+        }
+        Ok(())
+    }
+
+    fn next_offset(&self) -> WalOffset {
+        WalOffset(self.next.load(Ordering::Acquire))
+    }
+
+    fn low_watermark(&self) -> WalOffset {
+        WalOffset(self.low.load(Ordering::Acquire))
+    }
+}
+
+#[cfg(test)]
+mod tests;
