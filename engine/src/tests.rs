@@ -285,3 +285,40 @@ async fn queries_never_miss_a_file_while_compaction_and_gc_run() {
         "compactions={compactions} queries={queries}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_over_its_memory_budget_fails_retryably_and_nothing_changes() {
+    let cfg = EngineConfig {
+        compaction_memory_budget: 64 * 1024,
+        ..no_background()
+    };
+    let h = harness(cfg).await;
+    let table = create(&h.engine, "b", TableOptions::default()).await;
+    for i in 0..3 {
+        table
+            .write(rows(&table, "a", i * 1000, 1000, 0))
+            .await
+            .unwrap();
+        h.engine.flush_table(&table).await.unwrap();
+    }
+    let err = h.engine.compact_table(&table).await.unwrap_err();
+    assert!(
+        matches!(err, crate::Error::CompactionOverBudget { .. }),
+        "{err}"
+    );
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(table.version().ssts.len(), 3, "nothing was replaced");
+    // The engine goes on serving.
+    let ctx = session(&h.engine, &table);
+    let out = ctx
+        .sql("SELECT count(*) FROM b")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert!(pretty_format_batches(&out)
+        .unwrap()
+        .to_string()
+        .contains("3000"));
+}
