@@ -12,5 +12,8 @@
 
 mod error;
 pub mod kv;
+pub mod model;
+pub mod scheduler;
+pub mod store;
 
 pub use error::{Error, Result};

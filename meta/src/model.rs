@@ -1,0 +1,142 @@
+//! The cluster's metadata and where it lives in the key-value store.
+//!
+//! ```text
+//! /strata/{cluster}/config                    ClusterConfig
+//! /strata/{cluster}/nodes/{node}              NodeInfo (attached to the node's lease)
+//! /strata/{cluster}/shards/{id}               ShardInfo
+//! /strata/{cluster}/shard_lock/{id}           the node holding the shard (its lease)
+//! /strata/{cluster}/databases/{name}          DatabaseRecord
+//! /strata/{cluster}/tables/{id}               TableRecord
+//! /strata/{cluster}/ids/table                 the last table id handed out
+//! /strata/{cluster}/meta_leader               the leading meta process (its lease)
+//! /strata/{cluster}/schedule_paused           present while scheduling is paused
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A node id: the node's advertised gRPC address.
+pub type NodeId = String;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterConfig {
+    pub shard_count: u64,
+}
+
+/// An instance, as it registered and last reported.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// gRPC address clients use.
+    pub endpoint: String,
+    /// HTTP address.
+    pub http_endpoint: String,
+    pub started_at_ms: i64,
+    /// Shards the node serves, as of its last heartbeat.
+    #[serde(default)]
+    pub shards: Vec<ShardReport>,
+    #[serde(default)]
+    pub last_heartbeat_ms: i64,
+}
+
+/// What a node says about one of its shards.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardReport {
+    pub id: u64,
+    pub version: u64,
+    /// The offset after the last WAL record the shard applied.
+    pub wal_offset: u64,
+    pub tables: u64,
+}
+
+/// Where a shard should be served.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub id: u64,
+    /// Bumped at every change of leader; requests carrying an older version
+    /// are refused.
+    pub version: u64,
+    /// The node that should lead it; `None` while unassigned.
+    pub leader: Option<NodeId>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatabaseRecord {
+    pub name: String,
+    pub created_at_ms: i64,
+}
+
+/// A table. Its definition (schema, options) is opaque to meta.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableRecord {
+    pub id: u64,
+    pub database: String,
+    pub name: String,
+    pub shard: u64,
+    pub definition: serde_json::Value,
+    pub created_at_ms: i64,
+}
+
+/// Key layout under one cluster.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    root: String,
+}
+
+impl Keys {
+    pub fn new(cluster: &str) -> Self {
+        Self {
+            root: format!("/strata/{cluster}/"),
+        }
+    }
+
+    fn key(&self, rest: &str) -> Vec<u8> {
+        format!("{}{rest}", self.root).into_bytes()
+    }
+
+    pub fn config(&self) -> Vec<u8> {
+        self.key("config")
+    }
+    pub fn nodes(&self) -> Vec<u8> {
+        self.key("nodes/")
+    }
+    pub fn node(&self, id: &str) -> Vec<u8> {
+        self.key(&format!("nodes/{id}"))
+    }
+    pub fn shards(&self) -> Vec<u8> {
+        self.key("shards/")
+    }
+    pub fn shard(&self, id: u64) -> Vec<u8> {
+        self.key(&format!("shards/{id:08}"))
+    }
+    pub fn shard_lock(&self, id: u64) -> Vec<u8> {
+        self.key(&format!("shard_lock/{id:08}"))
+    }
+    pub fn databases(&self) -> Vec<u8> {
+        self.key("databases/")
+    }
+    pub fn database(&self, name: &str) -> Vec<u8> {
+        self.key(&format!("databases/{name}"))
+    }
+    pub fn tables(&self) -> Vec<u8> {
+        self.key("tables/")
+    }
+    pub fn table(&self, id: u64) -> Vec<u8> {
+        self.key(&format!("tables/{id:016}"))
+    }
+    pub fn table_ids(&self) -> Vec<u8> {
+        self.key("ids/table")
+    }
+    pub fn meta_leader(&self) -> Vec<u8> {
+        self.key("meta_leader")
+    }
+    pub fn schedule_paused(&self) -> Vec<u8> {
+        self.key("schedule_paused")
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

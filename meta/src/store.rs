@@ -1,0 +1,562 @@
+//! The meta service's operations on the key-value store. Every change that
+//! must be atomic is one transaction: a table's record, its name index and
+//! the id allocator change together; a shard's new leader is a
+//! compare-and-swap on the shard's record, which bumps its version.
+
+use std::{sync::Arc, time::Duration};
+
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::{
+    kv::{Compare, KeyValue, KvStore, LeaseId, Op},
+    model::{
+        now_ms, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo, ShardInfo, TableRecord,
+    },
+    Error, Result,
+};
+
+/// The default database every cluster has.
+pub const DEFAULT_DATABASE: &str = "public";
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| Error::Invalid(format!("encoding: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(&kv.value)
+        .map_err(|e| Error::Invalid(format!("{}: {e}", String::from_utf8_lossy(&kv.key))))
+}
+
+/// How a table creation ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateTable {
+    Created(TableRecord),
+    Exists(TableRecord),
+    DatabaseMissing,
+}
+
+/// The cluster's metadata.
+#[derive(Debug, Clone)]
+pub struct MetaStore {
+    kv: Arc<dyn KvStore>,
+    keys: Keys,
+}
+
+impl MetaStore {
+    pub fn new(kv: Arc<dyn KvStore>, cluster: &str) -> Self {
+        Self {
+            kv,
+            keys: Keys::new(cluster),
+        }
+    }
+
+    pub fn kv(&self) -> &Arc<dyn KvStore> {
+        &self.kv
+    }
+
+    fn table_name_key(&self, db: &str, name: &str) -> Vec<u8> {
+        let mut k = self.keys.tables();
+        k.truncate(k.len() - "tables/".len());
+        k.extend_from_slice(format!("table_names/{db}/{name}").as_bytes());
+        k
+    }
+
+    /// Creates the cluster's configuration, shards and default database if
+    /// missing; returns the configuration in force (an existing cluster keeps
+    /// its shard count).
+    pub async fn init_cluster(&self, shard_count: u64) -> Result<ClusterConfig> {
+        let wanted = ClusterConfig { shard_count };
+        let mut ops = vec![Op::put(self.keys.config(), encode(&wanted)?)];
+        for id in 0..shard_count {
+            ops.push(Op::put(
+                self.keys.shard(id),
+                encode(&ShardInfo {
+                    id,
+                    version: 1,
+                    leader: None,
+                })?,
+            ));
+        }
+        ops.push(Op::put(
+            self.keys.database(DEFAULT_DATABASE),
+            encode(&DatabaseRecord {
+                name: DEFAULT_DATABASE.to_string(),
+                created_at_ms: now_ms(),
+            })?,
+        ));
+        self.kv
+            .txn(vec![Compare::Absent(self.keys.config())], ops)
+            .await?;
+        self.config()
+            .await?
+            .ok_or_else(|| Error::Invalid("cluster configuration missing after init".into()))
+    }
+
+    pub async fn config(&self) -> Result<Option<ClusterConfig>> {
+        match self.kv.get(&self.keys.config()).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    // ---- nodes ----
+
+    /// Records a node under `lease`: it disappears when the lease ends.
+    pub async fn put_node(&self, info: &NodeInfo, lease: LeaseId) -> Result<()> {
+        self.kv
+            .put(&self.keys.node(&info.id), &encode(info)?, lease)
+            .await?;
+        Ok(())
+    }
+
+    /// The nodes whose leases are alive.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.kv
+            .range(&self.keys.nodes())
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    // ---- shards ----
+
+    /// Every shard, with the revision of its record (for compare-and-swap).
+    pub async fn shards(&self) -> Result<Vec<(ShardInfo, i64)>> {
+        self.kv
+            .range(&self.keys.shards())
+            .await?
+            .iter()
+            .map(|kv| Ok((decode(kv)?, kv.mod_revision)))
+            .collect()
+    }
+
+    /// Moves a shard to `leader`, bumping its version, if its record is
+    /// still at `revision`. Returns the new record, or `None` if it changed.
+    pub async fn set_leader(
+        &self,
+        shard: &ShardInfo,
+        revision: i64,
+        leader: Option<NodeId>,
+    ) -> Result<Option<ShardInfo>> {
+        let next = ShardInfo {
+            id: shard.id,
+            version: shard.version + 1,
+            leader,
+        };
+        let key = self.keys.shard(shard.id);
+        let r = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision(key.clone(), revision)],
+                vec![Op::put(key, encode(&next)?)],
+            )
+            .await?;
+        Ok(r.succeeded.then_some(next))
+    }
+
+    // ---- shard locks ----
+
+    /// Takes the lease lock of `shard` for `node`, or confirms it already
+    /// holds it. Returns the lock's epoch (the revision at which it was
+    /// taken), or `None` when another node holds it.
+    pub async fn acquire_shard_lock(
+        &self,
+        shard: u64,
+        node: &str,
+        lease: LeaseId,
+    ) -> Result<Option<i64>> {
+        let key = self.keys.shard_lock(shard);
+        let r = self
+            .kv
+            .txn(
+                vec![Compare::Absent(key.clone())],
+                vec![Op::Put {
+                    key: key.clone(),
+                    value: node.as_bytes().to_vec(),
+                    lease,
+                }],
+            )
+            .await?;
+        match self.kv.get(&key).await? {
+            Some(kv) if kv.value == node.as_bytes() && (r.succeeded || kv.lease == lease) => {
+                Ok(Some(kv.mod_revision))
+            }
+            Some(kv) if kv.value == node.as_bytes() => {
+                // Held by an earlier lease of the same node (a re-registration):
+                // take it over under the new lease, with a new epoch.
+                let t = self
+                    .kv
+                    .txn(
+                        vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                        vec![Op::Put {
+                            key: key.clone(),
+                            value: node.as_bytes().to_vec(),
+                            lease,
+                        }],
+                    )
+                    .await?;
+                Ok(t.succeeded.then_some(t.revision))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Releases the lock if `node` holds it.
+    pub async fn release_shard_lock(&self, shard: u64, node: &str) -> Result<bool> {
+        let key = self.keys.shard_lock(shard);
+        let r = self
+            .kv
+            .txn(
+                vec![Compare::Value(key.clone(), node.as_bytes().to_vec())],
+                vec![Op::delete(key)],
+            )
+            .await?;
+        Ok(r.succeeded)
+    }
+
+    /// Who holds a shard's lock, and since which revision.
+    pub async fn lock_holder(&self, shard: u64) -> Result<Option<(NodeId, i64)>> {
+        Ok(self.kv.get(&self.keys.shard_lock(shard)).await?.map(|kv| {
+            (
+                String::from_utf8_lossy(&kv.value).to_string(),
+                kv.mod_revision,
+            )
+        }))
+    }
+
+    // ---- catalog ----
+
+    pub async fn create_database(&self, name: &str) -> Result<bool> {
+        let key = self.keys.database(name);
+        let r = self
+            .kv
+            .txn(
+                vec![Compare::Absent(key.clone())],
+                vec![Op::put(
+                    key,
+                    encode(&DatabaseRecord {
+                        name: name.to_string(),
+                        created_at_ms: now_ms(),
+                    })?,
+                )],
+            )
+            .await?;
+        Ok(r.succeeded)
+    }
+
+    pub async fn drop_database(&self, name: &str) -> Result<bool> {
+        self.kv.delete(&self.keys.database(name)).await
+    }
+
+    pub async fn databases(&self) -> Result<Vec<DatabaseRecord>> {
+        self.kv
+            .range(&self.keys.databases())
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    pub async fn tables(&self) -> Result<Vec<TableRecord>> {
+        self.kv
+            .range(&self.keys.tables())
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
+    }
+
+    pub async fn table(&self, db: &str, name: &str) -> Result<Option<TableRecord>> {
+        let Some(id) = self.kv.get(&self.table_name_key(db, name)).await? else {
+            return Ok(None);
+        };
+        let id: u64 = decode(&id)?;
+        match self.kv.get(&self.keys.table(id)).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates a table on the shard holding the fewest tables: the id
+    /// allocation, the name and the record change in one transaction, so a
+    /// name exists at most once and an id is never reused, even when a meta
+    /// leader fails half way (a retry then finds the table).
+    pub async fn create_table(
+        &self,
+        db: &str,
+        name: &str,
+        definition: serde_json::Value,
+    ) -> Result<CreateTable> {
+        for _ in 0..16 {
+            if self.kv.get(&self.keys.database(db)).await?.is_none() {
+                return Ok(CreateTable::DatabaseMissing);
+            }
+            if let Some(existing) = self.table(db, name).await? {
+                return Ok(CreateTable::Exists(existing));
+            }
+            let config = self
+                .config()
+                .await?
+                .ok_or_else(|| Error::Invalid("the cluster is not initialised".into()))?;
+            let tables = self.tables().await?;
+            let shard = (0..config.shard_count.max(1))
+                .min_by_key(|s| (tables.iter().filter(|t| t.shard == *s).count(), *s))
+                .unwrap_or(0);
+            let ids = self.kv.get(&self.keys.table_ids()).await?;
+            let (last, id_compare) = match &ids {
+                Some(kv) => (
+                    decode::<u64>(kv)?,
+                    Compare::ModRevision(self.keys.table_ids(), kv.mod_revision),
+                ),
+                None => (0, Compare::Absent(self.keys.table_ids())),
+            };
+            let record = TableRecord {
+                id: last + 1,
+                database: db.to_string(),
+                name: name.to_string(),
+                shard,
+                definition: definition.clone(),
+                created_at_ms: now_ms(),
+            };
+            let name_key = self.table_name_key(db, name);
+            let r = self
+                .kv
+                .txn(
+                    vec![id_compare, Compare::Absent(name_key.clone())],
+                    vec![
+                        Op::put(self.keys.table_ids(), encode(&record.id)?),
+                        Op::put(name_key, encode(&record.id)?),
+                        Op::put(self.keys.table(record.id), encode(&record)?),
+                    ],
+                )
+                .await?;
+            if r.succeeded {
+                return Ok(CreateTable::Created(record));
+            }
+        }
+        Err(Error::Invalid(format!(
+            "creating table {db}.{name} kept conflicting; retry"
+        )))
+    }
+
+    /// Replaces a table's definition (ALTER TABLE).
+    pub async fn update_table(&self, record: &TableRecord) -> Result<()> {
+        self.kv
+            .put(&self.keys.table(record.id), &encode(record)?, 0)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops a table; returns it if it existed.
+    pub async fn drop_table(&self, db: &str, name: &str) -> Result<Option<TableRecord>> {
+        let Some(record) = self.table(db, name).await? else {
+            return Ok(None);
+        };
+        self.kv
+            .txn(
+                vec![],
+                vec![
+                    Op::delete(self.table_name_key(db, name)),
+                    Op::delete(self.keys.table(record.id)),
+                ],
+            )
+            .await?;
+        Ok(Some(record))
+    }
+
+    /// Records a table reported by an instance (rebuilding an empty etcd):
+    /// keeps the id it already has, and raises the id allocator past it.
+    pub async fn restore_table(&self, record: &TableRecord) -> Result<bool> {
+        let name_key = self.table_name_key(&record.database, &record.name);
+        let r = self
+            .kv
+            .txn(
+                vec![
+                    Compare::Absent(name_key.clone()),
+                    Compare::Absent(self.keys.table(record.id)),
+                ],
+                vec![
+                    Op::put(name_key, encode(&record.id)?),
+                    Op::put(self.keys.table(record.id), encode(record)?),
+                ],
+            )
+            .await?;
+        loop {
+            let ids = self.kv.get(&self.keys.table_ids()).await?;
+            let (last, cmp) = match &ids {
+                Some(kv) => (
+                    decode::<u64>(kv)?,
+                    Compare::ModRevision(self.keys.table_ids(), kv.mod_revision),
+                ),
+                None => (0, Compare::Absent(self.keys.table_ids())),
+            };
+            if last >= record.id {
+                break;
+            }
+            let t = self
+                .kv
+                .txn(
+                    vec![cmp],
+                    vec![Op::put(self.keys.table_ids(), encode(&record.id)?)],
+                )
+                .await?;
+            if t.succeeded {
+                break;
+            }
+        }
+        Ok(r.succeeded)
+    }
+
+    // ---- the meta leader ----
+
+    /// Tries to become (or stay) the leading meta process under `lease`.
+    pub async fn campaign(&self, me: &str, lease: LeaseId) -> Result<bool> {
+        let key = self.keys.meta_leader();
+        self.kv
+            .txn(
+                vec![Compare::Absent(key.clone())],
+                vec![Op::Put {
+                    key: key.clone(),
+                    value: me.as_bytes().to_vec(),
+                    lease,
+                }],
+            )
+            .await?;
+        Ok(self.leader().await?.as_deref() == Some(me))
+    }
+
+    pub async fn leader(&self) -> Result<Option<String>> {
+        Ok(self
+            .kv
+            .get(&self.keys.meta_leader())
+            .await?
+            .map(|kv| String::from_utf8_lossy(&kv.value).to_string()))
+    }
+
+    // ---- scheduling switch ----
+
+    pub async fn set_schedule_paused(&self, paused: bool) -> Result<()> {
+        if paused {
+            self.kv.put(&self.keys.schedule_paused(), b"1", 0).await?;
+        } else {
+            self.kv.delete(&self.keys.schedule_paused()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn schedule_paused(&self) -> Result<bool> {
+        Ok(self.kv.get(&self.keys.schedule_paused()).await?.is_some())
+    }
+
+    /// A lease for a node or a meta process.
+    pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+        self.kv.grant_lease(ttl).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use crate::kv::memory::MemoryKv;
+
+    fn store() -> MetaStore {
+        MetaStore::new(Arc::new(MemoryKv::new()), "c1")
+    }
+
+    #[tokio::test]
+    async fn init_is_idempotent_and_keeps_the_first_shard_count() {
+        let s = store();
+        assert_eq!(s.init_cluster(4).await.unwrap().shard_count, 4);
+        assert_eq!(s.init_cluster(8).await.unwrap().shard_count, 4);
+        assert_eq!(s.shards().await.unwrap().len(), 4);
+        assert_eq!(s.databases().await.unwrap()[0].name, "public");
+    }
+
+    #[tokio::test]
+    async fn tables_get_unique_ids_and_names_and_spread_over_shards() {
+        let s = store();
+        s.init_cluster(2).await.unwrap();
+        let def = serde_json::json!({"columns": []});
+        let a = match s.create_table("public", "a", def.clone()).await.unwrap() {
+            CreateTable::Created(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let b = match s.create_table("public", "b", def.clone()).await.unwrap() {
+            CreateTable::Created(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.shard, b.shard, "the emptier shard is chosen");
+        assert!(matches!(
+            s.create_table("public", "a", def.clone()).await.unwrap(),
+            CreateTable::Exists(_)
+        ));
+        assert_eq!(
+            s.create_table("nope", "x", def.clone()).await.unwrap(),
+            CreateTable::DatabaseMissing
+        );
+        s.drop_table("public", "a").await.unwrap().unwrap();
+        let c = match s.create_table("public", "a", def).await.unwrap() {
+            CreateTable::Created(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(c.id > b.id, "ids are never reused");
+    }
+
+    #[tokio::test]
+    async fn shard_locks_are_exclusive_and_follow_their_lease() {
+        let s = store();
+        s.init_cluster(1).await.unwrap();
+        let l1 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        let e1 = s.acquire_shard_lock(0, "n1", l1).await.unwrap().unwrap();
+        assert_eq!(
+            s.acquire_shard_lock(0, "n1", l1).await.unwrap(),
+            Some(e1),
+            "re-acquiring is idempotent"
+        );
+        assert_eq!(
+            s.acquire_shard_lock(0, "n2", l2).await.unwrap(),
+            None,
+            "another node is refused"
+        );
+        s.kv().revoke(l1).await.unwrap();
+        let e2 = s.acquire_shard_lock(0, "n2", l2).await.unwrap().unwrap();
+        assert!(e2 > e1, "a new holder gets a higher epoch");
+        assert!(!s.release_shard_lock(0, "n1").await.unwrap());
+        assert!(s.release_shard_lock(0, "n2").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn leader_changes_are_compare_and_swap_with_versions() {
+        let s = store();
+        s.init_cluster(1).await.unwrap();
+        let (shard, rev) = s.shards().await.unwrap().remove(0);
+        let moved = s
+            .set_leader(&shard, rev, Some("n1".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.version, 2);
+        assert!(
+            s.set_leader(&shard, rev, Some("n2".into()))
+                .await
+                .unwrap()
+                .is_none(),
+            "a stale change is refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn one_leader_at_a_time() {
+        let s = store();
+        let l1 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        assert!(s.campaign("m1", l1).await.unwrap());
+        assert!(!s.campaign("m2", l2).await.unwrap());
+        s.kv().revoke(l1).await.unwrap();
+        assert!(s.campaign("m2", l2).await.unwrap());
+    }
+}
