@@ -5,7 +5,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(
-            &["protos/storage.proto", "protos/common.proto"],
+            &[
+                "protos/storage.proto",
+                "protos/common.proto",
+                "protos/meta.proto",
+            ],
             &["protos"],
         )?;
     Ok(())

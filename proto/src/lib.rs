@@ -16,3 +16,8 @@ pub mod common {
 pub mod storage {
     tonic::include_proto!("storage");
 }
+
+/// The meta service: heartbeats, shard locks, DDL and routes.
+pub mod meta {
+    tonic::include_proto!("strata.meta");
+}

@@ -27,6 +27,12 @@ pub enum Error {
     #[error("WAL is closed")]
     Closed,
 
+    #[error("this writer (epoch {}) was fenced: a writer with epoch {} took the WAL region over", epoch.0, by.0)]
+    Fenced {
+        epoch: crate::Epoch,
+        by: crate::Epoch,
+    },
+
     #[error("Kafka WAL failed while {op}: {source}")]
     Kafka {
         op: &'static str,
@@ -42,7 +48,7 @@ impl Error {
         match self {
             Error::Io { .. } => true,
             Error::Corrupted { .. } | Error::RecordTooLarge { .. } => false,
-            Error::Poisoned { .. } | Error::Closed => false,
+            Error::Poisoned { .. } | Error::Closed | Error::Fenced { .. } => false,
             Error::Kafka { retryable, .. } => *retryable,
         }
     }

@@ -12,7 +12,15 @@
 //!   record is read whole or not at all.
 //! - **Fencing**: every record carries the writer's epoch in a header;
 //!   replay drops records older than an epoch it has seen
-//!   ([`crate::fence`]). No transactions are needed.
+//!   ([`crate::fence`]). No transactions are needed. A writer also notices
+//!   when it has been replaced: its appends are serialised, so its records
+//!   follow one another; when an append lands past a gap, the gap is read,
+//!   and a record there with a higher epoch means another writer took the
+//!   region over. The append then fails with [`Error::Fenced`] and is not
+//!   acknowledged (replay drops it too). A new writer appends a record
+//!   before it replays (the engine's fence marker), so every record of the
+//!   old writer is either before that marker, and replayed, or after it,
+//!   and refused to its writer.
 //! - **Truncation** commits the watermark as the committed offset of a
 //!   consumer group dedicated to the topic; reads never go below it, also
 //!   after a restart. Records are physically deleted (DeleteRecords) only
@@ -386,6 +394,7 @@ impl KafkaWal {
             }
             pending.push(futures);
         }
+        let expected = self.next.load(Ordering::Acquire);
         let mut offsets = Vec::with_capacity(pending.len());
         let mut last = None;
         for futures in pending {
@@ -404,8 +413,44 @@ impl KafkaWal {
             self.next
                 .fetch_max(last.max(0) as u64 + 1, Ordering::AcqRel);
         }
+        if let Some(first) = offsets.first() {
+            if first.0 > expected {
+                self.check_gap(epoch, expected, first.0).await?;
+            }
+        }
         Ok(offsets)
     }
+
+    /// Reads the records in `[from, to)`, which another writer appended
+    /// between two of ours, and fails with [`Error::Fenced`] when one of them
+    /// has an epoch above `epoch`.
+    async fn check_gap(&self, epoch: Epoch, from: u64, to: u64) -> Result<()> {
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.request_timeout;
+        let entries = tokio::task::spawn_blocking(move || {
+            read_blocking(&consumer.lock(), &topic, from, to, usize::MAX, timeout)
+        })
+        .await
+        .map_err(closed)??;
+        if let Some(newer) = entries.iter().map(|e| e.epoch).filter(|e| *e > epoch).max() {
+            tracing::warn!(topic = %self.options.topic, ours = %epoch.0, theirs = %newer.0,
+                "another writer took this WAL region over; refusing further appends");
+            return Err(Error::Fenced { epoch, by: newer });
+        }
+        if !entries.is_empty() {
+            tracing::debug!(topic = %self.options.topic, from, to, "WAL gap holds only older records");
+        }
+        Ok(())
+    }
+}
+
+/// A record being reassembled from its chunks.
+struct ChunkGroup {
+    first: u64,
+    count: u32,
+    data: BytesMut,
+    seen: u32,
 }
 
 /// Reads whole records starting at `from` until `max_bytes` or `high`.
@@ -426,8 +471,9 @@ fn read_blocking(
 
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    // The chunk group being assembled: (first offset, epoch, count, data).
-    let mut group: Option<(u64, u64, u32, BytesMut, u32)> = None;
+    // The chunk groups being assembled, one per writer epoch: the chunks of
+    // two writers interleave while a new writer fences an old one.
+    let mut groups: BTreeMap<u64, ChunkGroup> = BTreeMap::new();
     let deadline = std::time::Instant::now() + timeout * 3;
     loop {
         if std::time::Instant::now() > deadline {
@@ -467,43 +513,49 @@ fn read_blocking(
         }
         let data = message.payload().unwrap_or_default();
         if index == 0 {
-            if group.is_some() {
+            let fresh = ChunkGroup {
+                first: offset,
+                count,
+                data: BytesMut::from(data),
+                seen: 1,
+            };
+            if groups.insert(epoch, fresh).is_some() {
                 tracing::warn!(
                     topic,
                     offset,
                     "dropping an incomplete WAL record (torn chunk group)"
                 );
             }
-            group = Some((offset, epoch, count, BytesMut::from(data), 1));
         } else {
-            match group.as_mut() {
-                Some((_, e, c, buf, seen)) if *seen == index && *c == count && *e == epoch => {
-                    buf.extend_from_slice(data);
-                    *seen += 1;
+            match groups.get_mut(&epoch) {
+                Some(g) if g.seen == index && g.count == count => {
+                    g.data.extend_from_slice(data);
+                    g.seen += 1;
                 }
                 _ => {
                     // A chunk whose group started below `from`, or a torn group.
-                    group = None;
+                    groups.remove(&epoch);
                 }
             }
         }
-        if group.as_ref().is_some_and(|(_, _, c, _, seen)| seen == c) {
-            if let Some((first, e, _, buf, _)) = group.take() {
-                bytes += buf.len();
+        if groups.get(&epoch).is_some_and(|g| g.seen == g.count) {
+            if let Some(g) = groups.remove(&epoch) {
+                bytes += g.data.len();
                 out.push(WalEntry {
-                    offset: WalOffset(first),
-                    epoch: Epoch(e),
-                    payload: buf.freeze(),
+                    offset: WalOffset(g.first),
+                    epoch: Epoch(epoch),
+                    payload: g.data.freeze(),
                 });
             }
         }
         if offset + 1 >= high {
             break;
         }
-        if bytes >= max_bytes && group.is_none() && !out.is_empty() {
+        if bytes >= max_bytes && groups.is_empty() && !out.is_empty() {
             break;
         }
     }
+    out.sort_by_key(|e| e.offset);
     Ok(out)
 }
 
