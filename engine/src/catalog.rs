@@ -2,7 +2,9 @@
 //! document in the object store (`{cluster}/catalog.json`).
 //!
 //! Every DDL change is persisted (one atomic put) before it is acknowledged.
-//! In cluster mode the meta service owns this information instead.
+//! In cluster mode the meta service owns this information instead: the
+//! catalog is then an in-memory copy ([`Catalog::in_memory`]) that the
+//! instance installs from meta and keeps current.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -44,11 +46,27 @@ struct CatalogState {
 /// Databases and tables of a standalone instance.
 #[derive(Debug)]
 pub struct Catalog {
-    store: Arc<dyn ObjectStore>,
+    /// Where the catalog is persisted; `None` for a copy of meta's.
+    store: Option<Arc<dyn ObjectStore>>,
     path: Path,
     state: RwLock<CatalogState>,
     /// Serialises changes so that persisted versions never interleave.
     write_lock: tokio::sync::Mutex<()>,
+}
+
+/// Refuses empty and reserved database names.
+pub fn validate_database_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidSchema(
+            "database name must not be empty".into(),
+        ));
+    }
+    if RESERVED_DATABASES.contains(&name) {
+        return Err(Error::InvalidSchema(format!(
+            "database name {name} is reserved"
+        )));
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -83,7 +101,7 @@ impl Catalog {
             }
         };
         let catalog = Self {
-            store,
+            store: Some(store),
             path,
             state: RwLock::new(state),
             write_lock: tokio::sync::Mutex::new(()),
@@ -94,10 +112,60 @@ impl Catalog {
         Ok(catalog)
     }
 
+    /// An empty, unpersisted catalog: a copy of the meta service's, filled
+    /// with [`Self::install`].
+    pub fn in_memory() -> Self {
+        Self {
+            store: None,
+            path: Path::from("meta"),
+            state: RwLock::new(CatalogState {
+                format: 1,
+                next_table_id: 1,
+                ..Default::default()
+            }),
+            write_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Replaces the whole content (a copy of meta's catalog).
+    pub fn install(&self, databases: Vec<String>, tables: Vec<TableEntry>) {
+        let mut state = self.state.write();
+        state.databases = databases.into_iter().map(|d| (d, 0)).collect();
+        state.tables = tables.into_iter().map(|t| (t.id, t)).collect();
+        state.next_table_id = state.tables.keys().map(|t| t.0 + 1).max().unwrap_or(1);
+    }
+
+    /// Adds or replaces one table (a copy of meta's record).
+    pub fn install_table(&self, entry: TableEntry) {
+        let mut state = self.state.write();
+        state.databases.entry(entry.database.clone()).or_insert(0);
+        state.tables.insert(entry.id, entry);
+    }
+
+    /// Removes one table from the copy.
+    pub fn remove_table(&self, id: TableId) -> Option<TableEntry> {
+        self.state.write().tables.remove(&id)
+    }
+
+    /// Adds or removes one database in the copy.
+    pub fn install_database(&self, name: &str, present: bool) {
+        let mut state = self.state.write();
+        if present {
+            state.databases.entry(name.to_string()).or_insert(0);
+        } else {
+            state.databases.remove(name);
+        }
+    }
+
     async fn persist(&self, state: &CatalogState) -> Result<()> {
+        let Some(store) = &self.store else {
+            return Err(Error::Internal(
+                "the catalog is a copy of the meta service's; DDL goes through meta".into(),
+            ));
+        };
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Catalog(format!("encoding: {e}")))?;
-        self.store
+        store
             .put(&self.path, PutPayload::from(bytes))
             .await
             .map_err(|source| Error::ObjectStore {
@@ -128,16 +196,7 @@ impl Catalog {
 
     /// Creates a database; returns false when it existed and `if_not_exists`.
     pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
-        if name.is_empty() {
-            return Err(Error::InvalidSchema(
-                "database name must not be empty".into(),
-            ));
-        }
-        if RESERVED_DATABASES.contains(&name) {
-            return Err(Error::InvalidSchema(format!(
-                "database name {name} is reserved"
-            )));
-        }
+        validate_database_name(name)?;
         self.update(|s| {
             if s.databases.contains_key(name) {
                 return if if_not_exists {

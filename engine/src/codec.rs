@@ -8,6 +8,12 @@
 //! +----------------------------------------------------------------------------+
 //! ```
 //!
+//! A fence marker (kind 2) is the header alone, with the table id field
+//! holding the writer's epoch: a new shard leader appends one before it
+//! replays, so that every record of the leader it replaced is either before
+//! the marker (and replayed) or after it (and refused; see
+//! `strata_wal::kafka`). Replay skips markers.
+//!
 //! Integers are little-endian. The rows are column-wise Arrow, so decoding is
 //! a memcpy-and-decompress rather than a per-row parse. The IPC stream carries
 //! its own schema, so records written before a schema change still decode.
@@ -27,6 +33,7 @@ use crate::{Error, Result};
 const MAGIC: u8 = b'S';
 const VERSION: u8 = 1;
 const KIND_WRITE: u8 = 1;
+const KIND_FENCE: u8 = 2;
 const HEADER_LEN: usize = 3 + 8 + 4;
 
 /// A decoded WAL payload.
@@ -60,7 +67,26 @@ pub fn encode_write(table: TableId, schema_version: u32, batch: &RecordBatch) ->
     Ok(Bytes::from(buf))
 }
 
-/// Decodes one payload.
+/// Encodes the fence marker a new leader of a shard appends before replay.
+pub fn encode_fence(epoch: u64) -> Bytes {
+    let mut buf = Vec::with_capacity(HEADER_LEN);
+    buf.push(MAGIC);
+    buf.push(VERSION);
+    buf.push(KIND_FENCE);
+    buf.extend_from_slice(&epoch.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    Bytes::from(buf)
+}
+
+/// Whether `payload` is a fence marker.
+pub fn is_fence(payload: &[u8]) -> bool {
+    payload.len() == HEADER_LEN
+        && payload[0] == MAGIC
+        && payload[1] == VERSION
+        && payload[2] == KIND_FENCE
+}
+
+/// Decodes one write payload.
 pub fn decode(payload: &[u8]) -> Result<WriteRecord> {
     if payload.len() < HEADER_LEN {
         return Err(Error::Codec(format!(
@@ -142,6 +168,10 @@ mod tests {
         assert_eq!((rec.table, rec.schema_version), (TableId(42), 3));
         assert_eq!(rec.batch, batch);
         assert!(decode(b"xx").is_err());
+        assert!(!is_fence(&bytes));
+        let fence = encode_fence(7);
+        assert!(is_fence(&fence));
+        assert!(decode(&fence).is_err());
         assert!(decode(&bytes[..bytes.len() - 4]).is_err());
     }
 }

@@ -1,9 +1,22 @@
 //! The engine: the catalog, the shards and their tables, and the background
 //! maintenance that keeps storage tidy (TTL expiry, compaction, garbage
 //! collection).
+//!
+//! Two modes:
+//! - **standalone**: the catalog is persisted in the object store and the
+//!   one shard is always open;
+//! - **cluster**: the catalog is a copy of the meta service's, DDL goes
+//!   through a [`ClusterCatalog`], and shards open and close as meta
+//!   assigns them. A table whose shard is not open here is known (its
+//!   entry) but not served: lookups fail with a `NotLeader` error.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
+use async_trait::async_trait;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStore, ObjectStoreExt};
@@ -41,45 +54,86 @@ pub enum AlterTable {
     ModifySettings(Vec<(String, String)>),
 }
 
-/// A standalone storage engine: one catalog, one shard.
+/// DDL in cluster mode: the meta service allocates ids, picks shards and
+/// persists definitions. Implemented by the server over meta's gRPC API.
+#[async_trait]
+pub trait ClusterCatalog: Send + Sync + std::fmt::Debug {
+    async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool>;
+    async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool>;
+    /// Creates a table; `None` when it existed and `if_not_exists`.
+    async fn create_table(
+        &self,
+        database: &str,
+        name: &str,
+        schema: TableSchema,
+        options: TableOptions,
+        if_not_exists: bool,
+    ) -> Result<Option<TableEntry>>;
+    /// Replaces a table's definition (ALTER TABLE).
+    async fn alter_table(&self, entry: &TableEntry) -> Result<()>;
+    /// Drops a table; `None` when it was missing and `if_exists`.
+    async fn drop_table(
+        &self,
+        database: &str,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<Option<TableEntry>>;
+}
+
+/// Where a table is served.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// On a shard open on this instance.
+    Local(Arc<Table>),
+    /// On a shard this instance does not serve.
+    Remote(TableEntry),
+}
+
+/// The storage engine: a catalog and the shards open on this instance.
 #[derive(Debug)]
 pub struct Engine {
     ctx: Arc<EngineContext>,
     catalog: Catalog,
-    shard: Arc<Shard>,
+    /// `Some` in cluster mode.
+    cluster: Option<Arc<dyn ClusterCatalog>>,
+    shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
     ddl_lock: tokio::sync::Mutex<()>,
     maintenance: parking_lot::Mutex<Option<JoinHandle<()>>>,
 }
 
+fn build_context(config: EngineConfig, store: Arc<dyn ObjectStore>) -> Result<Arc<EngineContext>> {
+    crate::metrics::register_all();
+    let store_url = ObjectStoreUrl::parse("strata://store")
+        .map_err(|e| Error::Internal(format!("object store url: {e}")))?;
+    let metadata_cache = Arc::new(CountingMetadataCache::new(
+        config.sst_metadata_cache_size as usize,
+    ));
+    Ok(Arc::new(EngineContext {
+        flush_permits: tokio::sync::Semaphore::new(config.max_concurrent_flushes.max(1)),
+        gc: Gc::new(store.clone(), config.gc_grace),
+        write_buffer: WriteBufferManager::new(
+            config.write_buffer_soft_limit as usize,
+            config.write_buffer_hard_limit as usize,
+            config.write_stall_timeout,
+        ),
+        compactor: Arc::new(Compactor::new(&config)),
+        reader_factory: reader_factory(store.clone(), metadata_cache),
+        config,
+        store,
+        store_url,
+    }))
+}
+
 impl Engine {
-    /// Opens the engine: loads the catalog, opens every table and replays the
-    /// WAL. `store` holds SSTs, manifests and the catalog; `wal` is the
-    /// shard's WAL region.
+    /// Opens a standalone engine: loads the catalog, opens every table and
+    /// replays the WAL. `store` holds SSTs, manifests and the catalog; `wal`
+    /// is the shard's WAL region.
     pub async fn open(
         config: EngineConfig,
         store: Arc<dyn ObjectStore>,
         wal: Arc<dyn Wal>,
     ) -> Result<Arc<Self>> {
-        crate::metrics::register_all();
-        let store_url = ObjectStoreUrl::parse("strata://store")
-            .map_err(|e| Error::Internal(format!("object store url: {e}")))?;
-        let metadata_cache = Arc::new(CountingMetadataCache::new(
-            config.sst_metadata_cache_size as usize,
-        ));
-        let ctx = Arc::new(EngineContext {
-            flush_permits: tokio::sync::Semaphore::new(config.max_concurrent_flushes.max(1)),
-            gc: Gc::new(store.clone(), config.gc_grace),
-            write_buffer: WriteBufferManager::new(
-                config.write_buffer_soft_limit as usize,
-                config.write_buffer_hard_limit as usize,
-                config.write_stall_timeout,
-            ),
-            compactor: Arc::new(Compactor::new(&config)),
-            reader_factory: reader_factory(store.clone(), metadata_cache),
-            config,
-            store,
-            store_url,
-        });
+        let ctx = build_context(config, store)?;
         let catalog = Catalog::open(ctx.store.clone(), &ctx.config.cluster).await?;
         let entries: Vec<TableEntry> = catalog
             .all_tables()
@@ -92,18 +146,191 @@ impl Engine {
             STANDALONE_EPOCH,
             entries,
             ctx.clone(),
+            false,
         )
         .await?;
+        Ok(Self::start(
+            ctx,
+            catalog,
+            None,
+            BTreeMap::from([(STANDALONE_SHARD, shard)]),
+        ))
+    }
+
+    /// Opens a cluster-mode engine with no shard open and an empty catalog:
+    /// install meta's catalog with [`Self::install_catalog`], then open the
+    /// shards meta assigns with [`Self::open_shard`].
+    pub fn open_cluster(
+        config: EngineConfig,
+        store: Arc<dyn ObjectStore>,
+        ddl: Arc<dyn ClusterCatalog>,
+    ) -> Result<Arc<Self>> {
+        let ctx = build_context(config, store)?;
+        Ok(Self::start(
+            ctx,
+            Catalog::in_memory(),
+            Some(ddl),
+            BTreeMap::new(),
+        ))
+    }
+
+    fn start(
+        ctx: Arc<EngineContext>,
+        catalog: Catalog,
+        cluster: Option<Arc<dyn ClusterCatalog>>,
+        shards: BTreeMap<ShardId, Arc<Shard>>,
+    ) -> Arc<Self> {
         let engine = Arc::new(Self {
             ctx,
             catalog,
-            shard,
+            cluster,
+            shards: parking_lot::RwLock::new(shards),
             ddl_lock: tokio::sync::Mutex::new(()),
             maintenance: parking_lot::Mutex::new(None),
         });
         let task = tokio::spawn(run_maintenance(Arc::downgrade(&engine)));
         *engine.maintenance.lock() = Some(task);
-        Ok(engine)
+        engine
+    }
+
+    /// Whether the engine runs in cluster mode.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Opens shard `id` on this instance with its WAL region, writing under
+    /// `epoch` (the shard lock's). Its tables are the catalog's entries on
+    /// that shard. Idempotent: an open shard is returned as it is.
+    pub async fn open_shard(
+        &self,
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+        epoch: Epoch,
+    ) -> Result<Arc<Shard>> {
+        if let Some(s) = self.shard(id) {
+            return Ok(s);
+        }
+        let entries: Vec<TableEntry> = self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+            .collect();
+        let shard =
+            Shard::open(id, wal, epoch, entries, self.ctx.clone(), self.is_cluster()).await?;
+        let mut shards = self.shards.write();
+        Ok(shards.entry(id).or_insert(shard).clone())
+    }
+
+    /// Closes shard `id`: stops taking writes, flushes its memtables (when
+    /// `flush`, and it was not fenced) and releases it. Acknowledged writes
+    /// stay in the WAL whether or not the flush succeeds.
+    pub async fn close_shard(&self, id: ShardId, flush: bool) -> Result<bool> {
+        let Some(shard) = self.shards.write().remove(&id) else {
+            return Ok(false);
+        };
+        shard.close().await;
+        let mut result = Ok(());
+        if flush && !shard.is_fenced() {
+            result = shard.flush_all().await;
+        }
+        for t in shard.tables() {
+            self.ctx.write_buffer.release(t.version().memtable_bytes());
+        }
+        tracing::info!(shard = %id, "closed shard");
+        result.map(|()| true)
+    }
+
+    /// A shard open on this instance.
+    pub fn shard(&self, id: ShardId) -> Option<Arc<Shard>> {
+        self.shards.read().get(&id).cloned()
+    }
+
+    /// The shards open on this instance, by id.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.read().values().cloned().collect()
+    }
+
+    /// Replaces the catalog with meta's, then opens the tables new on open
+    /// shards, applies changed definitions and closes dropped tables.
+    pub async fn install_catalog(
+        &self,
+        databases: Vec<String>,
+        tables: Vec<TableEntry>,
+    ) -> Result<()> {
+        let _guard = self.ddl_lock.lock().await;
+        let wanted: BTreeMap<TableId, TableEntry> =
+            tables.iter().map(|t| (t.id, t.clone())).collect();
+        self.catalog.install(databases, tables);
+        for shard in self.shards() {
+            for table in shard.tables() {
+                if !wanted.contains_key(&table.id()) {
+                    shard.remove_table(table.id());
+                }
+            }
+            for entry in wanted.values().filter(|e| e.shard == shard.id()) {
+                self.apply_entry(&shard, entry.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs one table's record from meta (created or altered), opening
+    /// it when its shard is open here.
+    pub async fn install_table(&self, entry: TableEntry) -> Result<()> {
+        let _guard = self.ddl_lock.lock().await;
+        self.catalog.install_table(entry.clone());
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a dropped table; when `delete_files`, and its shard is open
+    /// here, its files are deleted in the background.
+    pub async fn uninstall_table(&self, id: TableId, delete_files: bool) -> Result<bool> {
+        let _guard = self.ddl_lock.lock().await;
+        let entry = self.catalog.remove_table(id);
+        let mut found = entry.is_some();
+        for shard in self.shards() {
+            if shard.remove_table(id).is_some() {
+                found = true;
+                if delete_files {
+                    if let Some(e) = &entry {
+                        self.delete_table_files(e);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Installs a database present (or absent) in meta.
+    pub fn install_database(&self, name: &str, present: bool) {
+        self.catalog.install_database(name, present);
+    }
+
+    async fn apply_entry(&self, shard: &Arc<Shard>, entry: TableEntry) -> Result<()> {
+        match shard.table(entry.id) {
+            Some(table) if table.meta().entry != entry => {
+                table.install_meta(entry);
+            }
+            Some(_) => {}
+            None => {
+                shard.add_table(entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_table_files(&self, entry: &TableEntry) {
+        let store = self.ctx.store.clone();
+        let dir = layout::table_dir(&self.ctx.config.cluster, entry.shard, entry.id);
+        tokio::spawn(async move {
+            if let Err(e) = delete_prefix(&store, &dir, Duration::ZERO).await {
+                tracing::warn!(dir = %dir, error = %e, "deleting a dropped table's files failed; the orphan scan will retry");
+            }
+        });
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -125,10 +352,6 @@ impl Engine {
         &self.catalog
     }
 
-    pub fn shard(&self) -> &Arc<Shard> {
-        &self.shard
-    }
-
     /// Bytes held by all memtables, and the soft and hard limits.
     pub fn write_buffer_usage(&self) -> (usize, usize, usize) {
         let wb = &self.ctx.write_buffer;
@@ -137,12 +360,32 @@ impl Engine {
 
     pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
-        self.catalog.create_database(name, if_not_exists).await
+        match &self.cluster {
+            Some(meta) => {
+                crate::catalog::validate_database_name(name)?;
+                let created = meta.create_database(name, if_not_exists).await?;
+                self.catalog.install_database(name, true);
+                Ok(created)
+            }
+            None => self.catalog.create_database(name, if_not_exists).await,
+        }
     }
 
     pub async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
-        self.catalog.drop_database(name, if_exists).await
+        match &self.cluster {
+            Some(meta) => {
+                if name == crate::catalog::DEFAULT_DATABASE {
+                    return Err(Error::Unsupported(format!(
+                        "the {name} database cannot be dropped"
+                    )));
+                }
+                let dropped = meta.drop_database(name, if_exists).await?;
+                self.catalog.install_database(name, false);
+                Ok(dropped)
+            }
+            None => self.catalog.drop_database(name, if_exists).await,
+        }
     }
 
     pub fn databases(&self) -> Vec<String> {
@@ -161,52 +404,73 @@ impl Engine {
         schema: TableSchema,
         options: TableOptions,
         if_not_exists: bool,
-    ) -> Result<Option<Arc<Table>>> {
+    ) -> Result<Option<TableEntry>> {
         let _guard = self.ddl_lock.lock().await;
-        let Some(entry) = self
-            .catalog
-            .create_table(
-                database,
-                name,
-                schema,
-                options,
-                STANDALONE_SHARD,
-                if_not_exists,
-            )
-            .await?
-        else {
+        let entry = match &self.cluster {
+            Some(meta) => {
+                if name.is_empty() {
+                    return Err(Error::InvalidSchema("table name must not be empty".into()));
+                }
+                meta.create_table(database, name, schema, options, if_not_exists)
+                    .await?
+            }
+            None => {
+                self.catalog
+                    .create_table(
+                        database,
+                        name,
+                        schema,
+                        options,
+                        STANDALONE_SHARD,
+                        if_not_exists,
+                    )
+                    .await?
+            }
+        };
+        let Some(entry) = entry else {
             return Ok(None);
         };
-        let table = self.shard.add_table(entry).await?;
-        tracing::info!(database, table = name, id = %table.id(), "created table");
-        Ok(Some(table))
+        self.catalog.install_table(entry.clone());
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry.clone()).await?;
+        }
+        tracing::info!(database, table = name, id = %entry.id, shard = %entry.shard, "created table");
+        Ok(Some(entry))
     }
 
     /// Changes a table online: adds columns or modifies settings. The change
     /// is persisted before it applies; writes and queries continue.
     pub async fn alter_table(&self, database: &str, name: &str, change: AlterTable) -> Result<()> {
         let _guard = self.ddl_lock.lock().await;
-        let table = self.table(database, name)?;
-        let entry = self
-            .catalog
-            .update_table(table.id(), |current| {
-                let mut next = current.clone();
-                match &change {
-                    AlterTable::AddColumns(columns) => {
-                        for c in columns {
-                            next.schema = next.schema.with_column(c.clone())?;
-                        }
-                    }
-                    AlterTable::ModifySettings(pairs) => {
-                        next.options = next
-                            .options
-                            .modified(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+        let current = self.entry(database, name)?;
+        let apply = |current: &TableEntry| -> Result<TableEntry> {
+            let mut next = current.clone();
+            match &change {
+                AlterTable::AddColumns(columns) => {
+                    for c in columns {
+                        next.schema = next.schema.with_column(c.clone())?;
                     }
                 }
-                Ok(next)
-            })
-            .await?;
-        table.install_meta(entry);
+                AlterTable::ModifySettings(pairs) => {
+                    next.options = next
+                        .options
+                        .modified(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+                }
+            }
+            Ok(next)
+        };
+        let entry = match &self.cluster {
+            Some(meta) => {
+                let next = apply(&current)?;
+                meta.alter_table(&next).await?;
+                self.catalog.install_table(next.clone());
+                next
+            }
+            None => self.catalog.update_table(current.id, apply).await?,
+        };
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry).await?;
+        }
         tracing::info!(database, table = name, ?change, "altered table");
         Ok(())
     }
@@ -215,23 +479,24 @@ impl Engine {
     /// when it did not exist and `if_exists`.
     pub async fn drop_table(&self, database: &str, name: &str, if_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
-        let Some(entry) = self.catalog.drop_table(database, name, if_exists).await? else {
+        let entry = match &self.cluster {
+            Some(meta) => meta.drop_table(database, name, if_exists).await?,
+            None => self.catalog.drop_table(database, name, if_exists).await?,
+        };
+        let Some(entry) = entry else {
             return Ok(false);
         };
-        self.shard.remove_table(entry.id);
-        let store = self.ctx.store.clone();
-        let dir = layout::table_dir(&self.ctx.config.cluster, entry.shard, entry.id);
-        tokio::spawn(async move {
-            if let Err(e) = delete_prefix(&store, &dir, Duration::ZERO).await {
-                tracing::warn!(dir = %dir, error = %e, "deleting a dropped table's files failed; the orphan scan will retry");
-            }
-        });
+        self.catalog.remove_table(entry.id);
+        if let Some(shard) = self.shard(entry.shard) {
+            shard.remove_table(entry.id);
+            self.delete_table_files(&entry);
+        }
         tracing::info!(database, table = name, id = %entry.id, "dropped table");
         Ok(true)
     }
 
-    /// Looks a table up by name.
-    pub fn table(&self, database: &str, name: &str) -> Result<Arc<Table>> {
+    /// A table's catalog entry, wherever it is served.
+    pub fn entry(&self, database: &str, name: &str) -> Result<TableEntry> {
         if !self.catalog.database_exists(database) {
             return Err(Error::DatabaseNotFound {
                 name: database.to_string(),
@@ -239,31 +504,62 @@ impl Engine {
         }
         self.catalog
             .table(database, name)
-            .and_then(|e| self.shard.table(e.id))
             .ok_or_else(|| Error::TableNotFound {
                 name: name.to_string(),
             })
     }
 
-    /// The tables of a database, by name.
+    /// Where a table is served.
+    pub fn locate(&self, database: &str, name: &str) -> Result<Located> {
+        let entry = self.entry(database, name)?;
+        match self.shard(entry.shard).and_then(|s| s.table(entry.id)) {
+            Some(t) => Ok(Located::Local(t)),
+            None => Ok(Located::Remote(entry)),
+        }
+    }
+
+    /// Looks a table up by name; fails with `NotLeader` when its shard is not
+    /// open here.
+    pub fn table(&self, database: &str, name: &str) -> Result<Arc<Table>> {
+        match self.locate(database, name)? {
+            Located::Local(t) => Ok(t),
+            Located::Remote(e) => Err(Error::NotServedHere {
+                table: name.to_string(),
+                shard: e.shard,
+            }),
+        }
+    }
+
+    /// The catalog entries of a database's tables, by name.
+    pub fn table_entries(&self, database: &str) -> Vec<TableEntry> {
+        self.catalog.tables(database)
+    }
+
+    /// The local tables of a database, by name.
     pub fn tables(&self, database: &str) -> Vec<Arc<Table>> {
         self.catalog
             .tables(database)
             .into_iter()
-            .filter_map(|e| self.shard.table(e.id))
+            .filter_map(|e| self.shard(e.shard).and_then(|s| s.table(e.id)))
             .collect()
     }
 
-    /// Every table of every database.
+    /// Every local table of every database.
     pub fn all_tables(&self) -> Vec<Arc<Table>> {
-        let mut all = self.shard.tables();
+        let mut all: Vec<Arc<Table>> = self.shards().iter().flat_map(|s| s.tables()).collect();
         all.sort_by(|a, b| (a.database(), a.name()).cmp(&(b.database(), b.name())));
         all
     }
 
+    /// The shard a table is on.
+    fn shard_of(&self, table: &Table) -> Result<Arc<Shard>> {
+        let id = table.meta().entry.shard;
+        self.shard(id).ok_or(Error::ShardNotOpen { shard: id })
+    }
+
     /// Flushes one table's memtables to SSTs.
     pub async fn flush_table(&self, table: &Table) -> Result<()> {
-        self.shard.flush_table(table).await
+        self.shard_of(table)?.flush_table(table).await
     }
 
     /// Compacts one table now: every segment with more than one SST is
@@ -275,7 +571,7 @@ impl Engine {
     /// Runs one round of maintenance now: TTL expiry, compaction checks,
     /// garbage collection and (when `orphans`) the orphan scan.
     pub async fn maintain(&self, orphans: bool) -> Result<()> {
-        for table in self.shard.tables() {
+        for table in self.all_tables() {
             if let Err(e) = table.expire().await {
                 tracing::warn!(table = %table.name(), error = %e, "TTL expiry failed; retrying later");
             }
@@ -288,22 +584,29 @@ impl Engine {
         Ok(())
     }
 
-    /// Deletes SST files no manifest references, and the files of dropped
-    /// tables, once they are older than `orphan_min_age`.
+    /// Deletes SST files no manifest references, and (standalone) the files
+    /// of dropped tables, once they are older than `orphan_min_age`. In
+    /// cluster mode a dropped table's files are deleted by the shard leader
+    /// that drops it: the catalog copy here is not authoritative.
     pub async fn remove_orphans(&self) -> Result<usize> {
         let cfg = &self.ctx.config;
         let mut deleted = 0;
-        let live_tables: HashSet<TableId> = self.shard.tables().iter().map(|t| t.id()).collect();
-        for table in self.shard.tables() {
-            let dir = layout::sst_dir(&cfg.cluster, STANDALONE_SHARD, table.id());
-            let live = || table.version().ssts.iter().map(|s| s.info.id).collect();
-            deleted += self
-                .ctx
-                .gc
-                .remove_orphans(&dir, live, cfg.orphan_min_age)
-                .await?;
+        for shard in self.shards() {
+            for table in shard.tables() {
+                let dir = layout::sst_dir(&cfg.cluster, shard.id(), table.id());
+                let live = || table.version().ssts.iter().map(|s| s.info.id).collect();
+                deleted += self
+                    .ctx
+                    .gc
+                    .remove_orphans(&dir, live, cfg.orphan_min_age)
+                    .await?;
+            }
+        }
+        if self.is_cluster() {
+            return Ok(deleted);
         }
         // Directories of tables the catalog no longer has.
+        let live_tables: HashSet<TableId> = self.all_tables().iter().map(|t| t.id()).collect();
         let tables_dir = Path::from(format!(
             "{}/shards/{}/tables",
             cfg.cluster, STANDALONE_SHARD
@@ -337,9 +640,14 @@ impl Engine {
         if let Some(t) = self.maintenance.lock().take() {
             t.abort();
         }
-        let flushed = self.shard.flush_all().await;
-        self.shard.close().await;
-        flushed
+        let mut result = Ok(());
+        let ids: Vec<ShardId> = self.shards.read().keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.close_shard(id, true).await {
+                result = Err(e);
+            }
+        }
+        result
     }
 }
 

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     Internal,
     /// Valid, but not supported.
     Unsupported,
+    /// This instance does not lead the table's shard (any more): refresh the
+    /// route and send the request to the shard's leader.
+    NotLeader,
 }
 
 /// Errors of engine operations, named for the operation that failed.
@@ -104,6 +107,32 @@ pub enum Error {
     #[error("the engine is shutting down")]
     ShuttingDown,
 
+    #[error("NotLeader: table {table} is on shard {shard}, which this instance does not serve")]
+    NotServedHere {
+        table: String,
+        shard: strata_sst::ShardId,
+    },
+
+    #[error("NotLeader: shard {shard} is not open on this instance")]
+    ShardNotOpen { shard: strata_sst::ShardId },
+
+    #[error("NotLeader: shard {shard} (epoch {epoch}) was taken over by a leader with epoch {by}")]
+    ShardFenced {
+        shard: strata_sst::ShardId,
+        epoch: u64,
+        by: u64,
+    },
+
+    #[error("shard {shard}: the WAL holds epoch {highest}, above this leader's epoch {epoch}; a higher epoch is needed")]
+    EpochBehind {
+        shard: strata_sst::ShardId,
+        epoch: u64,
+        highest: u64,
+    },
+
+    #[error("Meta unavailable: {0}")]
+    MetaUnavailable(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -118,6 +147,10 @@ impl Error {
                 ErrorKind::InvalidArgument
             }
             Error::Unsupported(_) => ErrorKind::Unsupported,
+            Error::NotServedHere { .. }
+            | Error::ShardNotOpen { .. }
+            | Error::ShardFenced { .. } => ErrorKind::NotLeader,
+            Error::MetaUnavailable(_) => ErrorKind::Unavailable,
             Error::Wal { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
             Error::WalAppend {
                 retryable: true, ..
@@ -133,6 +166,7 @@ impl Error {
             | Error::Manifest { .. }
             | Error::Catalog(_)
             | Error::Codec(_)
+            | Error::EpochBehind { .. }
             | Error::Arrow { .. }
             | Error::Internal(_) => ErrorKind::Internal,
         }

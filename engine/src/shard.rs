@@ -42,6 +42,9 @@ pub(crate) struct ShardInner {
     pub tables: RwLock<HashMap<TableId, Arc<Table>>>,
     /// The offset after the last WAL record applied to memtables.
     pub applied: AtomicU64,
+    /// Set when the WAL refused an append because a writer with a higher
+    /// epoch took the region over: this shard must close.
+    pub fenced: std::sync::atomic::AtomicBool,
     pub ctx: Arc<EngineContext>,
 }
 
@@ -57,12 +60,19 @@ pub struct Shard {
 impl Shard {
     /// Opens a shard: loads its tables' manifests, replays the WAL above
     /// their flushed offsets, and starts the writer.
+    ///
+    /// With `fence` (cluster mode, where leadership moves), a fence marker
+    /// is appended under `epoch` before the replay, and the replay covers
+    /// the whole retained WAL: the open fails with [`Error::EpochBehind`]
+    /// when the WAL already holds a higher epoch, since records written
+    /// under `epoch` would then be dropped by the next replay.
     pub(crate) async fn open(
         id: ShardId,
         wal: Arc<dyn Wal>,
         epoch: Epoch,
         entries: Vec<TableEntry>,
         ctx: Arc<EngineContext>,
+        fence: bool,
     ) -> Result<Arc<Self>> {
         let (sender, receiver) = mpsc::channel(ctx.config.max_write_batch.max(16) * 4);
         let inner = Arc::new(ShardInner {
@@ -71,6 +81,7 @@ impl Shard {
             epoch,
             tables: RwLock::new(HashMap::new()),
             applied: AtomicU64::new(0),
+            fenced: std::sync::atomic::AtomicBool::new(false),
             ctx,
         });
         let opened = futures::future::try_join_all(
@@ -85,7 +96,24 @@ impl Shard {
                 tables.insert(t.id(), t);
             }
         }
-        replay(&inner).await?;
+        if fence {
+            inner
+                .wal
+                .append(epoch, vec![codec::encode_fence(epoch.0)])
+                .await
+                .map_err(|source| Error::Wal {
+                    op: "fence marker append",
+                    source: Box::new(source),
+                })?;
+        }
+        let highest = replay(&inner, fence).await?;
+        if fence && highest > epoch {
+            return Err(Error::EpochBehind {
+                shard: id,
+                epoch: epoch.0,
+                highest: highest.0,
+            });
+        }
         inner
             .applied
             .store(inner.wal.next_offset().0, Ordering::Release);
@@ -166,6 +194,22 @@ impl Shard {
     pub fn wal(&self) -> &Arc<dyn Wal> {
         &self.inner.wal
     }
+
+    /// The epoch this shard writes its WAL records under.
+    pub fn epoch(&self) -> Epoch {
+        self.inner.epoch
+    }
+
+    /// The offset after the last WAL record applied.
+    pub fn applied_offset(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether a newer writer took this shard's WAL over: the shard refuses
+    /// writes and must be closed.
+    pub fn is_fenced(&self) -> bool {
+        self.inner.fenced.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Shard {
@@ -179,11 +223,15 @@ impl Drop for Shard {
     }
 }
 
-/// Replays the WAL from the smallest flushed offset of the shard's tables.
-async fn replay(inner: &ShardInner) -> Result<()> {
+/// Replays the WAL from the smallest flushed offset of the shard's tables
+/// (from the truncation watermark with `whole`); returns the highest epoch
+/// seen.
+async fn replay(inner: &ShardInner, whole: bool) -> Result<Epoch> {
     let tables: Vec<Arc<Table>> = inner.tables.read().values().cloned().collect();
-    let Some(start) = tables.iter().map(|t| t.version().flushed_offset).min() else {
-        return Ok(());
+    let start = match tables.iter().map(|t| t.version().flushed_offset).min() {
+        _ if whole => 0,
+        Some(start) => start,
+        None => return Ok(Epoch(0)),
     };
     let started = Instant::now();
     let mut fence = EpochFence::new();
@@ -202,7 +250,7 @@ async fn replay(inner: &ShardInner) -> Result<()> {
         let Some(last) = entries.last() else { break };
         next = last.offset.next();
         for entry in entries {
-            if !fence.admit(&entry) {
+            if !fence.admit(&entry) || codec::is_fence(&entry.payload) {
                 continue;
             }
             let record = codec::decode(&entry.payload)?;
@@ -228,7 +276,7 @@ async fn replay(inner: &ShardInner) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed WAL"
     );
-    Ok(())
+    Ok(fence.highest())
 }
 
 /// Deletes WAL records that every table has flushed.
@@ -264,6 +312,16 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
         if receiver.recv_many(&mut jobs, max_batch).await == 0 {
             return;
         }
+        if inner.fenced.load(Ordering::Acquire) {
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(Error::ShardFenced {
+                    shard: inner.id,
+                    epoch: inner.epoch.0,
+                    by: 0,
+                }));
+            }
+            continue;
+        }
         let payloads = jobs.iter().map(|j| j.payload.clone()).collect();
         let started = Instant::now();
         let appended = inner.wal.append(inner.epoch, payloads).await;
@@ -294,6 +352,18 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                 }
                 if inner.ctx.write_buffer.over_soft() {
                     flush_largest(&inner);
+                }
+            }
+            Err(strata_wal::Error::Fenced { epoch, by }) => {
+                tracing::warn!(shard = %inner.id, epoch = epoch.0, by = by.0,
+                    "this shard was taken over by a newer leader; refusing writes");
+                inner.fenced.store(true, Ordering::Release);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(Error::ShardFenced {
+                        shard: inner.id,
+                        epoch: epoch.0,
+                        by: by.0,
+                    }));
                 }
             }
             Err(e) => {

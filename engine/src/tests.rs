@@ -80,7 +80,8 @@ async fn create(engine: &Engine, name: &str, options: TableOptions) -> Arc<Table
         .create_table("public", name, schema, options, false)
         .await
         .unwrap()
-        .unwrap()
+        .unwrap();
+    engine.table("public", name).unwrap()
 }
 
 fn rows(table: &Table, host: &str, from: i64, count: i64, ts_base: i64) -> RecordBatch {

@@ -50,12 +50,14 @@ impl Error {
             ErrorKind::TableNotFound | ErrorKind::DatabaseNotFound => 404,
             ErrorKind::AlreadyExists => 409,
             ErrorKind::Unavailable => 503,
+            // Misdirected Request: the client should refresh its route.
+            ErrorKind::NotLeader => 421,
             ErrorKind::Internal => 500,
         }
     }
 
     pub fn is_retryable(&self) -> bool {
-        self.kind() == ErrorKind::Unavailable
+        matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::NotLeader)
     }
 }
 

@@ -173,6 +173,9 @@ pub struct KafkaWal {
     append_lock: tokio::sync::Mutex<()>,
     next: AtomicU64,
     low: AtomicU64,
+    /// The epoch of the writer that fenced this one (0 while not fenced):
+    /// once fenced, every append is refused.
+    fenced_by: AtomicU64,
 }
 
 impl std::fmt::Debug for KafkaWal {
@@ -272,6 +275,7 @@ impl KafkaWal {
             append_lock: tokio::sync::Mutex::new(()),
             next: AtomicU64::new(0),
             low: AtomicU64::new(0),
+            fenced_by: AtomicU64::new(0),
             options,
         };
         let (low, high, committed) = {
@@ -436,6 +440,7 @@ impl KafkaWal {
         if let Some(newer) = entries.iter().map(|e| e.epoch).filter(|e| *e > epoch).max() {
             tracing::warn!(topic = %self.options.topic, ours = %epoch.0, theirs = %newer.0,
                 "another writer took this WAL region over; refusing further appends");
+            self.fenced_by.fetch_max(newer.0, Ordering::AcqRel);
             return Err(Error::Fenced { epoch, by: newer });
         }
         if !entries.is_empty() {
@@ -563,6 +568,13 @@ fn read_blocking(
 impl Wal for KafkaWal {
     async fn append(&self, epoch: Epoch, payloads: Vec<Bytes>) -> Result<AppendResult> {
         let _serial = self.append_lock.lock().await;
+        let by = self.fenced_by.load(Ordering::Acquire);
+        if by > epoch.0 {
+            return Err(Error::Fenced {
+                epoch,
+                by: Epoch(by),
+            });
+        }
         match self.produce_all(epoch, &payloads).await {
             Ok(offsets) => Ok(AppendResult { offsets }),
             Err(e) => {

@@ -46,6 +46,7 @@ pub fn error_header(e: &Error) -> ResponseHeader {
         ErrorKind::DatabaseNotFound => PbKind::DatabaseNotFound,
         ErrorKind::AlreadyExists => PbKind::AlreadyExists,
         ErrorKind::Unavailable => PbKind::Unavailable,
+        ErrorKind::NotLeader => PbKind::NotLeader,
         ErrorKind::Internal => PbKind::Internal,
         ErrorKind::Unsupported => PbKind::Unsupported,
     };

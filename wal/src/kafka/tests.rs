@@ -100,6 +100,12 @@ async fn a_replaced_writer_is_fenced_and_its_late_records_are_dropped() {
         "{err}"
     );
     assert!(!err.is_retryable());
+    // And stays fenced.
+    let again = old
+        .append(Epoch(5), vec![Bytes::from_static(b"old-3")])
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::Fenced { .. }), "{again}");
     new.append(Epoch(6), vec![Bytes::from_static(b"new-1")])
         .await
         .unwrap();
