@@ -8,6 +8,7 @@
 //! parsing messages.
 
 pub mod format;
+pub mod routed;
 pub mod shell;
 pub mod split;
 
@@ -19,7 +20,7 @@ use strata_proto::{
     storage::{
         arrow_payload::Compression, sql_query_response::Output as PbOutput,
         storage_service_client::StorageServiceClient, ArrowPayload, RequestContext, RouteRequest,
-        RouteResponse, SqlQueryRequest, WriteRequest,
+        RouteResponse, SqlQueryRequest, WriteArrowRequest, WriteRequest,
     },
 };
 use tonic::transport::{Channel, Endpoint};
@@ -115,6 +116,15 @@ pub fn decode_payload(payload: ArrowPayload) -> Result<Vec<RecordBatch>> {
     Ok(out)
 }
 
+/// The gRPC metadata key that marks a request one instance forwarded to
+/// another.
+pub const FORWARDED_HEADER: &str = "x-strata-forwarded";
+
+/// The gRPC metadata key by which a client asks an instance to forward a
+/// write for a shard it does not lead (proxy mode) instead of answering
+/// `NotLeader`.
+pub const PROXY_HEADER: &str = "x-strata-proxy";
+
 /// A connection to one Strata node.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -159,18 +169,20 @@ impl Client {
     /// Runs SQL (one or more statements; the last one's output is returned)
     /// in `database` (empty means `public`).
     pub async fn sql(&self, database: &str, sql: &str) -> Result<SqlOutput> {
-        let resp = self
-            .inner
-            .clone()
-            .sql_query(SqlQueryRequest {
-                context: Some(RequestContext {
-                    database: database.to_string(),
-                }),
-                tables: Vec::new(),
-                sql: sql.to_string(),
-            })
-            .await?
-            .into_inner();
+        self.query(SqlQueryRequest {
+            context: Some(RequestContext {
+                database: database.to_string(),
+            }),
+            tables: Vec::new(),
+            sql: sql.to_string(),
+            forwarded: false,
+        })
+        .await
+    }
+
+    /// Runs a prepared `SqlQueryRequest`.
+    pub async fn query(&self, request: SqlQueryRequest) -> Result<SqlOutput> {
+        let resp = self.inner.clone().sql_query(request).await?.into_inner();
         check(resp.header)?;
         match resp.output {
             Some(PbOutput::AffectedRows(n)) => Ok(SqlOutput::AffectedRows(n)),
@@ -182,6 +194,39 @@ impl Client {
     /// Writes rows; returns how many were written.
     pub async fn write(&self, request: WriteRequest) -> Result<u32> {
         let resp = self.inner.clone().write(request).await?.into_inner();
+        check(resp.header)?;
+        Ok(resp.success)
+    }
+
+    /// Writes rows through this node, which forwards the tables it does not
+    /// lead to their leaders (proxy mode).
+    pub async fn write_proxied(&self, request: WriteRequest) -> Result<u32> {
+        let mut req = tonic::Request::new(request);
+        req.metadata_mut().insert(
+            PROXY_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let resp = self.inner.clone().write(req).await?.into_inner();
+        check(resp.header)?;
+        Ok(resp.success)
+    }
+
+    /// Writes rows on behalf of another instance: the receiver must lead the
+    /// tables' shards and never forwards the request again.
+    pub async fn write_forwarded(&self, request: WriteRequest) -> Result<u32> {
+        let mut req = tonic::Request::new(request);
+        req.metadata_mut().insert(
+            FORWARDED_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let resp = self.inner.clone().write(req).await?.into_inner();
+        check(resp.header)?;
+        Ok(resp.success)
+    }
+
+    /// Writes Arrow rows into one table (instances forward writes this way).
+    pub async fn write_arrow(&self, request: WriteArrowRequest) -> Result<u32> {
+        let resp = self.inner.clone().write_arrow(request).await?.into_inner();
         check(resp.header)?;
         Ok(resp.success)
     }

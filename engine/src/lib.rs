@@ -38,7 +38,7 @@ pub mod table;
 mod tests;
 
 pub use context::EngineConfig;
-pub use engine::{AlterTable, Engine, STANDALONE_EPOCH, STANDALONE_SHARD};
+pub use engine::{AlterTable, ClusterCatalog, Engine, Located, STANDALONE_EPOCH, STANDALONE_SHARD};
 
 /// Types used by the engine's public API.
 pub mod engine_api {

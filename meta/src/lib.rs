@@ -11,9 +11,12 @@
 //! both pass the same [`kv::conformance`] suite.
 
 mod error;
+pub mod http;
 pub mod kv;
 pub mod model;
 pub mod scheduler;
+pub mod server;
+pub mod service;
 pub mod store;
 
 pub use error::{Error, Result};

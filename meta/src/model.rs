@@ -4,7 +4,9 @@
 //! /strata/{cluster}/config                    ClusterConfig
 //! /strata/{cluster}/nodes/{node}              NodeInfo (attached to the node's lease)
 //! /strata/{cluster}/shards/{id}               ShardInfo
-//! /strata/{cluster}/shard_lock/{id}           the node holding the shard (its lease)
+//! /strata/{cluster}/shard_lock/{id}           ShardLock: holder and WAL epoch (on its lease)
+//! /strata/{cluster}/shard_epoch/{id}          the last epoch handed out for the shard
+//! /strata/{cluster}/catalog_version           changed with every DDL (the catalog fingerprint)
 //! /strata/{cluster}/databases/{name}          DatabaseRecord
 //! /strata/{cluster}/tables/{id}               TableRecord
 //! /strata/{cluster}/ids/table                 the last table id handed out
@@ -20,6 +22,17 @@ pub type NodeId = String;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
     pub shard_count: u64,
+    /// Identifies this initialisation of the metadata; changes when meta
+    /// starts on an empty etcd, which tells instances to report their tables.
+    #[serde(default)]
+    pub incarnation: u64,
+}
+
+/// The holder of a shard's lease lock, and the WAL epoch it writes under.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLock {
+    pub node: NodeId,
+    pub epoch: u64,
 }
 
 /// An instance, as it registered and last reported.
@@ -36,6 +49,18 @@ pub struct NodeInfo {
     pub shards: Vec<ShardReport>,
     #[serde(default)]
     pub last_heartbeat_ms: i64,
+    /// The etcd lease the node's record and shard locks are attached to.
+    #[serde(default)]
+    pub lease: i64,
+    /// Load: rows written per second, memtable bytes.
+    #[serde(default)]
+    pub load: NodeLoad,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeLoad {
+    pub memtable_bytes: u64,
+    pub tables: u64,
 }
 
 /// What a node says about one of its shards.
@@ -110,6 +135,13 @@ impl Keys {
     }
     pub fn shard_lock(&self, id: u64) -> Vec<u8> {
         self.key(&format!("shard_lock/{id:08}"))
+    }
+    pub fn shard_epoch(&self, id: u64) -> Vec<u8> {
+        self.key(&format!("shard_epoch/{id:08}"))
+    }
+    /// Bumped by every catalog change: instances compare its revision.
+    pub fn catalog_version(&self) -> Vec<u8> {
+        self.key("catalog_version")
     }
     pub fn databases(&self) -> Vec<u8> {
         self.key("databases/")

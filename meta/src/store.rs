@@ -10,13 +10,24 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::{
     kv::{Compare, KeyValue, KvStore, LeaseId, Op},
     model::{
-        now_ms, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo, ShardInfo, TableRecord,
+        now_ms, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo, ShardInfo, ShardLock,
+        TableRecord,
     },
     Error, Result,
 };
 
 /// The default database every cluster has.
 pub const DEFAULT_DATABASE: &str = "public";
+
+/// A number unlikely to repeat: identifies one initialisation of a cluster's
+/// metadata, so that instances notice a fresh etcd.
+fn incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(now_ms());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(v).map_err(|e| Error::Invalid(format!("encoding: {e}")))
@@ -65,7 +76,10 @@ impl MetaStore {
     /// missing; returns the configuration in force (an existing cluster keeps
     /// its shard count).
     pub async fn init_cluster(&self, shard_count: u64) -> Result<ClusterConfig> {
-        let wanted = ClusterConfig { shard_count };
+        let wanted = ClusterConfig {
+            shard_count,
+            incarnation: incarnation(),
+        };
         let mut ops = vec![Op::put(self.keys.config(), encode(&wanted)?)];
         for id in 0..shard_count {
             ops.push(Op::put(
@@ -157,72 +171,118 @@ impl MetaStore {
 
     // ---- shard locks ----
 
-    /// Takes the lease lock of `shard` for `node`, or confirms it already
-    /// holds it. Returns the lock's epoch (the revision at which it was
-    /// taken), or `None` when another node holds it.
+    /// Takes the lease lock of `shard` for `node` under `lease`, or confirms
+    /// that it holds it. Returns the lock, or `None` when another node holds
+    /// it.
+    ///
+    /// A newly taken lock gets a new **epoch**, which fences the shard's WAL:
+    /// greater than any epoch this store handed out for the shard, than
+    /// `min_epoch` (the highest epoch the WAL has seen, which survives a
+    /// fresh etcd) and than the wall clock in milliseconds (so that epochs
+    /// keep growing even across an etcd that lost its data).
     pub async fn acquire_shard_lock(
         &self,
         shard: u64,
         node: &str,
         lease: LeaseId,
-    ) -> Result<Option<i64>> {
+        min_epoch: u64,
+    ) -> Result<Option<ShardLock>> {
         let key = self.keys.shard_lock(shard);
-        let r = self
-            .kv
-            .txn(
-                vec![Compare::Absent(key.clone())],
-                vec![Op::Put {
-                    key: key.clone(),
-                    value: node.as_bytes().to_vec(),
-                    lease,
-                }],
-            )
-            .await?;
-        match self.kv.get(&key).await? {
-            Some(kv) if kv.value == node.as_bytes() && (r.succeeded || kv.lease == lease) => {
-                Ok(Some(kv.mod_revision))
+        for _ in 0..8 {
+            match self.kv.get(&key).await? {
+                Some(kv) => {
+                    let lock: ShardLock = decode(&kv)?;
+                    if lock.node != node {
+                        return Ok(None);
+                    }
+                    if kv.lease == lease {
+                        return Ok(Some(lock));
+                    }
+                    // Held under an earlier lease of the same node (it
+                    // re-registered): move it to the new lease, same epoch.
+                    let t = self
+                        .kv
+                        .txn(
+                            vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
+                            vec![Op::Put {
+                                key: key.clone(),
+                                value: encode(&lock)?,
+                                lease,
+                            }],
+                        )
+                        .await?;
+                    if t.succeeded {
+                        return Ok(Some(lock));
+                    }
+                }
+                None => {
+                    let epoch_key = self.keys.shard_epoch(shard);
+                    let last = self.kv.get(&epoch_key).await?;
+                    let (previous, cmp) = match &last {
+                        Some(kv) => (
+                            decode::<u64>(kv)?,
+                            Compare::ModRevision(epoch_key.clone(), kv.mod_revision),
+                        ),
+                        None => (0, Compare::Absent(epoch_key.clone())),
+                    };
+                    let epoch = (previous + 1)
+                        .max(min_epoch)
+                        .max(u64::try_from(now_ms()).unwrap_or(0));
+                    let lock = ShardLock {
+                        node: node.to_string(),
+                        epoch,
+                    };
+                    let t = self
+                        .kv
+                        .txn(
+                            vec![Compare::Absent(key.clone()), cmp],
+                            vec![
+                                Op::Put {
+                                    key: key.clone(),
+                                    value: encode(&lock)?,
+                                    lease,
+                                },
+                                Op::put(epoch_key, encode(&epoch)?),
+                            ],
+                        )
+                        .await?;
+                    if t.succeeded {
+                        return Ok(Some(lock));
+                    }
+                }
             }
-            Some(kv) if kv.value == node.as_bytes() => {
-                // Held by an earlier lease of the same node (a re-registration):
-                // take it over under the new lease, with a new epoch.
-                let t = self
-                    .kv
-                    .txn(
-                        vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
-                        vec![Op::Put {
-                            key: key.clone(),
-                            value: node.as_bytes().to_vec(),
-                            lease,
-                        }],
-                    )
-                    .await?;
-                Ok(t.succeeded.then_some(t.revision))
-            }
-            _ => Ok(None),
         }
+        Err(Error::Invalid(format!(
+            "taking the lock of shard {shard} kept conflicting; retry"
+        )))
     }
 
     /// Releases the lock if `node` holds it.
     pub async fn release_shard_lock(&self, shard: u64, node: &str) -> Result<bool> {
         let key = self.keys.shard_lock(shard);
+        let Some(kv) = self.kv.get(&key).await? else {
+            return Ok(false);
+        };
+        let lock: ShardLock = decode(&kv)?;
+        if lock.node != node {
+            return Ok(false);
+        }
         let r = self
             .kv
             .txn(
-                vec![Compare::Value(key.clone(), node.as_bytes().to_vec())],
+                vec![Compare::ModRevision(key.clone(), kv.mod_revision)],
                 vec![Op::delete(key)],
             )
             .await?;
         Ok(r.succeeded)
     }
 
-    /// Who holds a shard's lock, and since which revision.
-    pub async fn lock_holder(&self, shard: u64) -> Result<Option<(NodeId, i64)>> {
-        Ok(self.kv.get(&self.keys.shard_lock(shard)).await?.map(|kv| {
-            (
-                String::from_utf8_lossy(&kv.value).to_string(),
-                kv.mod_revision,
-            )
-        }))
+    /// Who holds a shard's lock.
+    pub async fn lock_holder(&self, shard: u64) -> Result<Option<ShardLock>> {
+        match self.kv.get(&self.keys.shard_lock(shard)).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
     }
 
     // ---- catalog ----
@@ -233,20 +293,46 @@ impl MetaStore {
             .kv
             .txn(
                 vec![Compare::Absent(key.clone())],
-                vec![Op::put(
-                    key,
-                    encode(&DatabaseRecord {
-                        name: name.to_string(),
-                        created_at_ms: now_ms(),
-                    })?,
-                )],
+                vec![
+                    Op::put(
+                        key,
+                        encode(&DatabaseRecord {
+                            name: name.to_string(),
+                            created_at_ms: now_ms(),
+                        })?,
+                    ),
+                    self.bump_catalog(),
+                ],
             )
             .await?;
         Ok(r.succeeded)
     }
 
     pub async fn drop_database(&self, name: &str) -> Result<bool> {
-        self.kv.delete(&self.keys.database(name)).await
+        let key = self.keys.database(name);
+        if self.kv.get(&key).await?.is_none() {
+            return Ok(false);
+        }
+        let r = self
+            .kv
+            .txn(vec![], vec![Op::delete(key), self.bump_catalog()])
+            .await?;
+        Ok(r.succeeded)
+    }
+
+    /// The catalog's fingerprint: changes with every DDL.
+    pub async fn catalog_fingerprint(&self) -> Result<u64> {
+        let rev = self
+            .kv
+            .get(&self.keys.catalog_version())
+            .await?
+            .map_or(0, |kv| kv.mod_revision);
+        let incarnation = self.config().await?.map_or(0, |c| c.incarnation);
+        Ok(incarnation.rotate_left(17) ^ u64::try_from(rev).unwrap_or(0))
+    }
+
+    fn bump_catalog(&self) -> Op {
+        Op::put(self.keys.catalog_version(), now_ms().to_string())
     }
 
     pub async fn databases(&self) -> Result<Vec<DatabaseRecord>> {
@@ -328,6 +414,7 @@ impl MetaStore {
                         Op::put(self.keys.table_ids(), encode(&record.id)?),
                         Op::put(name_key, encode(&record.id)?),
                         Op::put(self.keys.table(record.id), encode(&record)?),
+                        self.bump_catalog(),
                     ],
                 )
                 .await?;
@@ -343,7 +430,13 @@ impl MetaStore {
     /// Replaces a table's definition (ALTER TABLE).
     pub async fn update_table(&self, record: &TableRecord) -> Result<()> {
         self.kv
-            .put(&self.keys.table(record.id), &encode(record)?, 0)
+            .txn(
+                vec![],
+                vec![
+                    Op::put(self.keys.table(record.id), encode(record)?),
+                    self.bump_catalog(),
+                ],
+            )
             .await?;
         Ok(())
     }
@@ -359,6 +452,7 @@ impl MetaStore {
                 vec![
                     Op::delete(self.table_name_key(db, name)),
                     Op::delete(self.keys.table(record.id)),
+                    self.bump_catalog(),
                 ],
             )
             .await?;
@@ -379,6 +473,7 @@ impl MetaStore {
                 vec![
                     Op::put(name_key, encode(&record.id)?),
                     Op::put(self.keys.table(record.id), encode(record)?),
+                    self.bump_catalog(),
                 ],
             )
             .await?;
@@ -511,20 +606,30 @@ mod tests {
         s.init_cluster(1).await.unwrap();
         let l1 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
         let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
-        let e1 = s.acquire_shard_lock(0, "n1", l1).await.unwrap().unwrap();
+        let e1 = s.acquire_shard_lock(0, "n1", l1, 0).await.unwrap().unwrap();
         assert_eq!(
-            s.acquire_shard_lock(0, "n1", l1).await.unwrap(),
-            Some(e1),
+            s.acquire_shard_lock(0, "n1", l1, 0).await.unwrap(),
+            Some(e1.clone()),
             "re-acquiring is idempotent"
         );
         assert_eq!(
-            s.acquire_shard_lock(0, "n2", l2).await.unwrap(),
+            s.acquire_shard_lock(0, "n2", l2, 0).await.unwrap(),
             None,
             "another node is refused"
         );
         s.kv().revoke(l1).await.unwrap();
-        let e2 = s.acquire_shard_lock(0, "n2", l2).await.unwrap().unwrap();
-        assert!(e2 > e1, "a new holder gets a higher epoch");
+        let e2 = s.acquire_shard_lock(0, "n2", l2, 0).await.unwrap().unwrap();
+        assert!(e2.epoch > e1.epoch, "a new holder gets a higher epoch");
+        assert_eq!(s.lock_holder(0).await.unwrap(), Some(e2.clone()));
+        // An epoch the WAL has seen beyond the store's (a fresh etcd) wins.
+        s.release_shard_lock(0, "n2").await.unwrap();
+        let far = e2.epoch + 1_000_000_000;
+        let e3 = s
+            .acquire_shard_lock(0, "n2", l2, far)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(e3.epoch, far);
         assert!(!s.release_shard_lock(0, "n1").await.unwrap());
         assert!(s.release_shard_lock(0, "n2").await.unwrap());
     }

@@ -61,6 +61,23 @@ impl Error {
     }
 }
 
+/// The kind of an error another instance answered with.
+pub fn remote_kind(e: &strata_client::Error) -> ErrorKind {
+    use strata_proto::common::ErrorKind as Pb;
+    match e.kind() {
+        Some(Pb::InvalidArgument) => ErrorKind::InvalidArgument,
+        Some(Pb::TableNotFound) => ErrorKind::TableNotFound,
+        Some(Pb::DatabaseNotFound) => ErrorKind::DatabaseNotFound,
+        Some(Pb::AlreadyExists) => ErrorKind::AlreadyExists,
+        Some(Pb::NotLeader | Pb::ShardMoving) => ErrorKind::NotLeader,
+        Some(Pb::Unsupported) => ErrorKind::Unsupported,
+        Some(Pb::Unavailable) => ErrorKind::Unavailable,
+        Some(Pb::Internal | Pb::Unspecified) => ErrorKind::Internal,
+        // Not reached, or the connection failed: worth a retry.
+        None => ErrorKind::Unavailable,
+    }
+}
+
 /// Extracts the table name from DataFusion's "table '…' not found".
 fn missing_table(message: &str) -> Option<String> {
     let rest = message.split("table '").nth(1)?;
@@ -81,6 +98,12 @@ impl From<DataFusionError> for Error {
                     return Error::Query {
                         kind: engine.kind(),
                         message: engine.to_string(),
+                    };
+                }
+                if let Some(remote) = inner.downcast_ref::<crate::sql::RemoteError>() {
+                    return Error::Query {
+                        kind: remote_kind(&remote.0),
+                        message: remote.0.to_string(),
                     };
                 }
                 Error::Query {

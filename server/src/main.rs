@@ -37,6 +37,55 @@ enum Command {
         #[arg(long)]
         http_addr: Option<std::net::SocketAddr>,
     },
+    /// Run a meta process: cluster metadata on etcd, shard scheduling.
+    Meta {
+        /// A TOML file with `shard_count`, `node_ttl`, `cluster`, `etcd`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:2380")]
+        grpc_addr: std::net::SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:2381")]
+        http_addr: std::net::SocketAddr,
+        /// Start and supervise a local etcd under the data dir.
+        #[arg(long, conflicts_with = "etcd")]
+        embedded_etcd: bool,
+        /// External etcd endpoints, `host:port,…`.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Shards of a new cluster (ignored once the cluster exists).
+        #[arg(long)]
+        shard_count: Option<u64>,
+        /// An instance silent this long is dead (e.g. `6s`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        node_ttl: Option<std::time::Duration>,
+        /// How long a new meta leader waits before moving shards.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        startup_grace: Option<std::time::Duration>,
+    },
+    /// Run an instance of a cluster: serves the shards meta assigns it.
+    Server {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Meta gRPC endpoints, `host:port,…`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        meta: Vec<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        grpc_addr: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        http_addr: Option<std::net::SocketAddr>,
+    },
+    /// Administer a cluster through meta's HTTP API.
+    Admin {
+        /// Meta's HTTP address.
+        #[arg(long, default_value = "127.0.0.1:2381")]
+        meta: String,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Run SQL against a Strata node: `-e`, `-f`, or an interactive shell.
     Sql {
         /// The node's gRPC address.
@@ -55,6 +104,245 @@ enum Command {
         #[arg(short = 'd', long, default_value = "public")]
         database: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Live instances.
+    Nodes,
+    /// Every shard: leader, lock holder, epoch, state.
+    Shards,
+    /// Every table and its shard.
+    Tables,
+    /// Moves in flight.
+    Procedures,
+    /// Move a shard to a node (its gRPC address).
+    MoveShard {
+        shard: u64,
+        node: String,
+        /// Refuse unless the shard is at this version.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    PauseSchedule,
+    ResumeSchedule,
+}
+
+/// The meta settings a `--config` file may hold.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MetaFile {
+    cluster: Option<String>,
+    shard_count: Option<u64>,
+    #[serde(default, with = "humantime_serde_opt")]
+    node_ttl: Option<std::time::Duration>,
+    #[serde(default, with = "humantime_serde_opt")]
+    startup_grace: Option<std::time::Duration>,
+    etcd: Option<Vec<String>>,
+}
+
+mod humantime_serde_opt {
+    use serde::Deserialize;
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn meta(
+    config: Option<PathBuf>,
+    data_dir: PathBuf,
+    grpc_addr: std::net::SocketAddr,
+    http_addr: std::net::SocketAddr,
+    embedded_etcd: bool,
+    etcd: Vec<String>,
+    shard_count: Option<u64>,
+    node_ttl: Option<std::time::Duration>,
+    startup_grace: Option<std::time::Duration>,
+) -> Result<(), String> {
+    use strata_meta::{
+        server::{EtcdSource, MetaServerConfig},
+        service::MetaOptions,
+    };
+    init_logging("info");
+    let file: MetaFile = match &config {
+        Some(p) => toml::from_str(
+            &std::fs::read_to_string(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+        )
+        .map_err(|e| format!("{}: {e}", p.display()))?,
+        None => MetaFile::default(),
+    };
+    let etcd = if embedded_etcd {
+        EtcdSource::Embedded
+    } else if !etcd.is_empty() {
+        EtcdSource::External(etcd)
+    } else if let Some(e) = file.etcd.clone().filter(|e| !e.is_empty()) {
+        EtcdSource::External(e)
+    } else {
+        return Err("give --embedded-etcd or --etcd HOST:PORT,…".to_string());
+    };
+    let mut options = MetaOptions::new(grpc_addr.to_string());
+    if let Some(n) = shard_count.or(file.shard_count) {
+        if n == 0 {
+            return Err("--shard-count must be at least 1".to_string());
+        }
+        options.shard_count = n;
+    }
+    if let Some(t) = node_ttl.or(file.node_ttl) {
+        options.node_ttl = t;
+        // Enough for live instances to heartbeat and re-take their locks.
+        options.startup_grace = t * 2;
+    }
+    if let Some(g) = startup_grace.or(file.startup_grace) {
+        options.startup_grace = g;
+    }
+    strata_meta::server::run(
+        MetaServerConfig {
+            data_dir,
+            grpc_addr,
+            http_addr,
+            etcd,
+            cluster: file.cluster.unwrap_or_else(|| "strata".to_string()),
+            options,
+        },
+        strata_server::standalone::shutdown_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn server(
+    config: Option<PathBuf>,
+    meta: Vec<String>,
+    data_dir: Option<PathBuf>,
+    grpc_addr: Option<std::net::SocketAddr>,
+    http_addr: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let mut cfg = Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+    if let Some(d) = data_dir {
+        cfg.server.data_dir = d;
+    }
+    if let Some(a) = grpc_addr {
+        cfg.server.grpc_addr = a;
+    }
+    if let Some(a) = http_addr {
+        cfg.server.http_addr = a;
+    }
+    init_logging(&cfg.log.level);
+    strata_server::cluster::run(cfg, meta)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One HTTP/1.1 request to meta; returns the status and body.
+async fn http(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach meta at {addr}: {e}"))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    // Chunked bodies: keep the JSON between the chunk-size lines.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || tail.len() < n {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = tail[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Ok((status, body))
+}
+
+fn print_json_table(body: &str) {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Array(rows)) if !rows.is_empty() => {
+            let cols: Vec<String> = rows[0]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let cell = |v: Option<&serde_json::Value>| match v {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(other) => other.to_string(),
+            };
+            let mut widths: Vec<usize> = cols.iter().map(String::len).collect();
+            for r in &rows {
+                for (i, c) in cols.iter().enumerate() {
+                    widths[i] = widths[i].max(cell(r.get(c)).len());
+                }
+            }
+            let line = |vals: Vec<String>| {
+                vals.iter()
+                    .enumerate()
+                    .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+            };
+            println!("{}", line(cols.clone()));
+            for r in &rows {
+                println!("{}", line(cols.iter().map(|c| cell(r.get(c))).collect()));
+            }
+        }
+        Ok(serde_json::Value::Array(_)) => println!("(none)"),
+        Ok(v) => println!("{v}"),
+        Err(_) => println!("{body}"),
+    }
+}
+
+async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
+    let (method, path) = match &command {
+        AdminCommand::Nodes => ("GET", "/nodes".to_string()),
+        AdminCommand::Shards => ("GET", "/shards".to_string()),
+        AdminCommand::Tables => ("GET", "/tables".to_string()),
+        AdminCommand::Procedures => ("GET", "/procedures".to_string()),
+        AdminCommand::MoveShard {
+            shard,
+            node,
+            version,
+        } => (
+            "POST",
+            format!(
+                "/shards/{shard}/move?node={node}{}",
+                version.map(|v| format!("&version={v}")).unwrap_or_default()
+            ),
+        ),
+        AdminCommand::PauseSchedule => ("POST", "/schedule/pause".to_string()),
+        AdminCommand::ResumeSchedule => ("POST", "/schedule/resume".to_string()),
+    };
+    let (status, body) = http(&meta, method, &path).await?;
+    if status != 200 {
+        return Err(format!("meta answered {status}: {body}"));
+    }
+    print_json_table(&body);
+    Ok(())
 }
 
 fn init_logging(level: &str) {
@@ -130,6 +418,38 @@ async fn main() -> ExitCode {
             grpc_addr,
             http_addr,
         } => standalone(config, data_dir, grpc_addr, http_addr).await,
+        Command::Meta {
+            config,
+            data_dir,
+            grpc_addr,
+            http_addr,
+            embedded_etcd,
+            etcd,
+            shard_count,
+            node_ttl,
+            startup_grace,
+        } => {
+            meta(
+                config,
+                data_dir,
+                grpc_addr,
+                http_addr,
+                embedded_etcd,
+                etcd,
+                shard_count,
+                node_ttl,
+                startup_grace,
+            )
+            .await
+        }
+        Command::Server {
+            config,
+            meta,
+            data_dir,
+            grpc_addr,
+            http_addr,
+        } => server(config, meta, data_dir, grpc_addr, http_addr).await,
+        Command::Admin { meta, command } => admin(meta, command).await,
         Command::Sql {
             endpoint,
             execute,

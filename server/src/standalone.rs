@@ -24,7 +24,7 @@ fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 }
 
 /// Resolves when the process is asked to stop (Ctrl-C or SIGTERM).
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -54,6 +54,47 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Bind before the (possibly long) recovery so that a port conflict is
     // reported at once.
+    let (grpc_listener, http_listener) = bind(&config).await?;
+
+    let engine = Engine::open(config.engine.clone(), store, wal).await?;
+    let query_runtime = query_runtime(&config)?;
+    let query = QueryEngine::new(
+        engine.clone(),
+        query_runtime.handle().clone(),
+        query_threads(&config),
+    );
+    serve(&config, query, grpc_listener, http_listener, "standalone").await?;
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
+        .await
+        .unwrap_or(Ok(()))
+    {
+        tracing::warn!(error = %e, "flush on shutdown failed; the WAL still holds every acknowledged row");
+    }
+    query_runtime.shutdown_background();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub(crate) fn query_threads(config: &Config) -> usize {
+    if config.query.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.query.threads
+    }
+}
+
+/// The runtime queries execute on, apart from network I/O.
+pub(crate) fn query_runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(query_threads(config))
+        .thread_name("strata-query")
+        .enable_all()
+        .build()
+        .map_err(startup("starting the query runtime"))
+}
+
+/// Binds the gRPC and HTTP listeners named by the configuration.
+pub(crate) async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
     let grpc_listener = TcpListener::bind(config.server.grpc_addr)
         .await
         .map_err(|e| {
@@ -64,22 +105,17 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| {
             Error::Internal(format!("binding HTTP to {}: {e}", config.server.http_addr))
         })?;
+    Ok((grpc_listener, http_listener))
+}
 
-    let engine = Engine::open(config.engine.clone(), store, wal).await?;
-
-    let threads = if config.query.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        config.query.threads
-    };
-    let query_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("strata-query")
-        .enable_all()
-        .build()
-        .map_err(startup("starting the query runtime"))?;
-    let query = QueryEngine::new(engine.clone(), query_runtime.handle().clone(), threads);
-
+/// Serves gRPC and HTTP until a shutdown signal, then stops both.
+pub(crate) async fn serve(
+    config: &Config,
+    query: QueryEngine,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    role: &str,
+) -> Result<()> {
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(startup("reading the gRPC address"))?;
@@ -128,7 +164,7 @@ pub async fn run(config: Config) -> Result<()> {
             .into_future(),
     );
     tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(),
-        "Strata standalone is serving");
+        "Strata {role} is serving");
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -138,13 +174,5 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = http.await;
     })
     .await;
-    if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
-        .await
-        .unwrap_or(Ok(()))
-    {
-        tracing::warn!(error = %e, "flush on shutdown failed; the WAL still holds every acknowledged row");
-    }
-    query_runtime.shutdown_background();
-    tracing::info!("stopped");
     Ok(())
 }

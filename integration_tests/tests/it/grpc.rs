@@ -89,6 +89,7 @@ async fn route_stream_write_and_stream_query() {
             context: ctx(),
             tables: vec!["streamed".to_string()],
             sql: "SELECT host, timestamp, v FROM streamed ORDER BY timestamp".to_string(),
+            forwarded: false,
         })
         .await
         .unwrap()
@@ -112,6 +113,7 @@ async fn route_stream_write_and_stream_query() {
             context: ctx(),
             tables: vec![],
             sql: "SELECT * FROM missing".to_string(),
+            forwarded: false,
         })
         .await
         .unwrap()

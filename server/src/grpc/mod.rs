@@ -18,7 +18,7 @@ use strata_proto::{
     storage::{
         sql_query_response::Output as PbOutput, storage_service_server::StorageService, Endpoint,
         RequestContext, Route, RouteRequest, RouteResponse, ShardRole, SqlQueryRequest,
-        SqlQueryResponse, WriteRequest, WriteResponse,
+        SqlQueryResponse, WriteArrowRequest, WriteRequest, WriteResponse,
     },
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -87,11 +87,78 @@ impl StorageServiceImpl {
         self.query.engine()
     }
 
-    /// Writes every table of one request; returns the rows written.
-    async fn write_request(&self, req: WriteRequest) -> Result<u32> {
+    /// Refreshes the catalog from meta when `db.table` is unknown here (it
+    /// may have been created through another instance a moment ago).
+    async fn ensure_known(&self, db: &str, table: &str) -> Result<()> {
+        if let Some(c) = self.query.cluster() {
+            if self.engine().entry(db, table).is_err() {
+                c.refresh_catalog().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every table of one request; returns the rows written. In
+    /// cluster mode the tables led elsewhere are forwarded to their leaders
+    /// (unless the request was itself forwarded).
+    async fn write_request(
+        &self,
+        mut req: WriteRequest,
+        forwarded: bool,
+        proxy: bool,
+    ) -> Result<u32> {
         let db = database(&req.context);
+        if let Some(t) = req.table_requests.first() {
+            self.ensure_known(&db, &t.table.clone()).await?;
+        }
         if !self.engine().database_exists(&db) {
             return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
+        }
+        let mut written_remote = 0u32;
+        if let (Some(cluster), false) = (self.query.cluster(), forwarded) {
+            let mut remote: std::collections::BTreeMap<String, WriteRequest> = Default::default();
+            let mut local = Vec::new();
+            let deadline = std::time::Instant::now() + crate::sql::remote::MOVE_WAIT;
+            for t in std::mem::take(&mut req.table_requests) {
+                self.ensure_known(&db, &t.table).await?;
+                match self.engine().locate(&db, &t.table) {
+                    Ok(strata_engine::Located::Remote(entry)) => {
+                        match crate::sql::remote::target(cluster, &entry, deadline).await? {
+                            crate::sql::remote::Target::Local(_) => local.push(t),
+                            crate::sql::remote::Target::Remote(endpoint, version) if !proxy => {
+                                return Err(Error::Query {
+                                    kind: ErrorKind::NotLeader,
+                                    message: format!(
+                                        "NotLeader: table {} is on shard {} (version {version}), led by {endpoint}; write there, or ask for proxy mode",
+                                        t.table, entry.shard
+                                    ),
+                                });
+                            }
+                            crate::sql::remote::Target::Remote(endpoint, _) => remote
+                                .entry(endpoint)
+                                .or_insert_with(|| WriteRequest {
+                                    context: req.context.clone(),
+                                    table_requests: Vec::new(),
+                                })
+                                .table_requests
+                                .push(t),
+                        }
+                    }
+                    _ => local.push(t),
+                }
+            }
+            req.table_requests = local;
+            for (endpoint, fwd) in remote {
+                let remote_err = |e: strata_client::Error| Error::Query {
+                    kind: crate::error::remote_kind(&e),
+                    message: e.to_string(),
+                };
+                let client = cluster.client(&endpoint).await.map_err(remote_err)?;
+                written_remote += client.write_forwarded(fwd).await.map_err(remote_err)?;
+            }
+            if req.table_requests.is_empty() {
+                return Ok(written_remote);
+            }
         }
         // Convert everything first so that a bad table fails the request
         // before anything is written.
@@ -119,12 +186,68 @@ impl StorageServiceImpl {
         for (table, batch) in batches {
             written += table.write(batch).await?;
         }
+        Ok(u32::try_from(written)
+            .unwrap_or(u32::MAX)
+            .saturating_add(written_remote))
+    }
+
+    /// Writes Arrow rows into a table led here (a forwarded write).
+    async fn write_arrow_request(&self, req: WriteArrowRequest) -> Result<u32> {
+        let db = database(&req.context);
+        self.ensure_known(&db, &req.table).await?;
+        let table = self.engine().table(&db, &req.table)?;
+        let Some(rows) = req.rows else {
+            return Err(Error::InvalidArgument(
+                "a write carries no rows".to_string(),
+            ));
+        };
+        let batches = strata_client::decode_payload(rows)
+            .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
+        let mut written = 0usize;
+        for batch in batches {
+            let batch = arrow::record_batch::RecordBatch::try_new_with_options(
+                table.arrow_schema(),
+                batch.columns().to_vec(),
+                &arrow::record_batch::RecordBatchOptions::new()
+                    .with_row_count(Some(batch.num_rows())),
+            )
+            .map_err(|e| strata_engine::Error::InvalidWrite {
+                table: req.table.clone(),
+                reason: e.to_string(),
+            })?;
+            written += table.write(batch).await?;
+        }
         Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 
     async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
         let db = database(&req.context);
-        self.query.execute(&db, &req.sql).await
+        self.query.execute_with(&db, &req.sql, req.forwarded).await
+    }
+
+    /// Routes from this instance's view of the cluster.
+    fn cluster_routes(&self, db: &str, tables: Vec<String>) -> Vec<Route> {
+        let Some(cluster) = self.query.cluster() else {
+            return Vec::new();
+        };
+        tables
+            .into_iter()
+            .filter_map(|table| {
+                let entry = self.engine().entry(db, &table).ok()?;
+                let a = cluster.assignment(entry.shard.0)?;
+                let (ip, port) = a.endpoint.rsplit_once(':')?;
+                Some(Route {
+                    table,
+                    endpoint: Some(Endpoint {
+                        ip: ip.to_string(),
+                        port: port.parse().ok()?,
+                    }),
+                    shard_id: a.shard,
+                    shard_version: a.version,
+                    role: ShardRole::Leader as i32,
+                })
+            })
+            .collect()
     }
 }
 
@@ -155,6 +278,21 @@ impl StorageService for StorageServiceImpl {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         let req = request.into_inner();
+        if self.query.cluster().is_some() {
+            let db = database(&req.context);
+            if let Some(t) = req.tables.first() {
+                if let Err(e) = self.ensure_known(&db, t).await {
+                    return Ok(Response::new(RouteResponse {
+                        header: Some(error_header(&e)),
+                        routes: Vec::new(),
+                    }));
+                }
+            }
+            return Ok(Response::new(RouteResponse {
+                header: Some(ok_header()),
+                routes: self.cluster_routes(&db, req.tables),
+            }));
+        }
         // Standalone: this node serves every table, and every table lives on
         // shard 0, whose version never changes.
         let routes = req
@@ -182,8 +320,12 @@ impl StorageService for StorageServiceImpl {
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
         let started = Instant::now();
+        let forwarded = request
+            .metadata()
+            .contains_key(strata_client::FORWARDED_HEADER);
+        let proxy = request.metadata().contains_key(strata_client::PROXY_HEADER);
         let req = request.into_inner();
-        let result = self.write_request(req).await;
+        let result = self.write_request(req, forwarded, proxy).await;
         metrics::observe_request("grpc_write", started, result.is_ok());
         Ok(Response::new(match result {
             Ok(success) => WriteResponse {
@@ -206,11 +348,12 @@ impl StorageService for StorageServiceImpl {
         &self,
         request: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let proxy = request.metadata().contains_key(strata_client::PROXY_HEADER);
         let mut stream = request.into_inner();
         let mut success = 0u32;
         while let Some(req) = stream.next().await {
             let req = req?;
-            match self.write_request(req).await {
+            match self.write_request(req, false, proxy).await {
                 Ok(n) => success = success.saturating_add(n),
                 Err(e) => {
                     return Ok(Response::new(WriteResponse {
@@ -225,6 +368,27 @@ impl StorageService for StorageServiceImpl {
             header: Some(ok_header()),
             success,
             failed: 0,
+        }))
+    }
+
+    async fn write_arrow(
+        &self,
+        request: Request<WriteArrowRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        let started = Instant::now();
+        let result = self.write_arrow_request(request.into_inner()).await;
+        metrics::observe_request("grpc_write_arrow", started, result.is_ok());
+        Ok(Response::new(match result {
+            Ok(success) => WriteResponse {
+                header: Some(ok_header()),
+                success,
+                failed: 0,
+            },
+            Err(e) => WriteResponse {
+                header: Some(error_header(&e)),
+                success: 0,
+                failed: 0,
+            },
         }))
     }
 

@@ -11,6 +11,7 @@ mod catalog;
 mod coercion;
 pub mod create_table;
 mod insert_check;
+pub(crate) mod remote;
 mod statements;
 pub mod system;
 pub mod tokens;
@@ -36,8 +37,11 @@ use datafusion::{
 use strata_client::split::split_statements;
 use strata_engine::{catalog::DEFAULT_DATABASE, Engine};
 
-pub use self::catalog::CATALOG_NAME;
-use crate::error::{Error, Result};
+pub use self::{catalog::CATALOG_NAME, remote::RemoteError};
+use crate::{
+    cluster::Cluster,
+    error::{Error, Result},
+};
 
 /// The result of one statement.
 #[derive(Debug)]
@@ -54,6 +58,10 @@ pub enum Output {
 pub struct QueryEngine {
     engine: Arc<Engine>,
     ctx: SessionContext,
+    /// Cluster mode: the context for requests forwarded by another
+    /// instance, which resolves only the tables open here.
+    local_ctx: SessionContext,
+    cluster: Option<Arc<Cluster>>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -75,6 +83,36 @@ impl QueryEngine {
         runtime: tokio::runtime::Handle,
         target_partitions: usize,
     ) -> Self {
+        Self::with_cluster(engine, runtime, target_partitions, None)
+    }
+
+    /// A query engine for cluster mode (`cluster` set) or standalone.
+    pub fn with_cluster(
+        engine: Arc<Engine>,
+        runtime: tokio::runtime::Handle,
+        target_partitions: usize,
+        cluster: Option<Arc<Cluster>>,
+    ) -> Self {
+        let ctx = Self::context(&engine, target_partitions, cluster.clone());
+        let local_ctx = Self::context(&engine, target_partitions, None);
+        Self {
+            engine,
+            ctx,
+            local_ctx,
+            cluster,
+            runtime,
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    fn context(
+        engine: &Arc<Engine>,
+        target_partitions: usize,
+        cluster: Option<Arc<Cluster>>,
+    ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
             .with_create_default_catalog_and_schema(false)
@@ -94,15 +132,11 @@ impl QueryEngine {
         let ctx = SessionContext::new_with_state(state);
         ctx.register_catalog(
             CATALOG_NAME,
-            Arc::new(catalog::StrataCatalog::new(engine.clone())),
+            Arc::new(catalog::StrataCatalog::new(engine.clone(), cluster)),
         );
         ctx.runtime_env()
             .register_object_store(engine.object_store_url().as_ref(), engine.object_store());
-        Self {
-            engine,
-            ctx,
-            runtime,
-        }
+        ctx
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -110,8 +144,12 @@ impl QueryEngine {
     }
 
     /// A session whose unqualified table names resolve in `database`.
-    fn session(&self, database: &str) -> SessionState {
-        let mut state = self.ctx.state();
+    fn session(&self, database: &str, forwarded: bool) -> SessionState {
+        let mut state = if forwarded {
+            self.local_ctx.state()
+        } else {
+            self.ctx.state()
+        };
         state.config_mut().options_mut().catalog.default_schema = database.to_string();
         state
     }
@@ -131,6 +169,12 @@ impl QueryEngine {
     /// Runs every statement in `sql` in order and returns the last one's
     /// output. `USE db` changes the database for the statements after it.
     pub async fn execute(&self, database: &str, sql: &str) -> Result<Output> {
+        self.execute_with(database, sql, false).await
+    }
+
+    /// Runs SQL; `forwarded` requests (from another instance) see only the
+    /// tables whose shards are open here, and are never forwarded again.
+    pub async fn execute_with(&self, database: &str, sql: &str, forwarded: bool) -> Result<Output> {
         let database = if database.is_empty() {
             DEFAULT_DATABASE
         } else {
@@ -151,16 +195,33 @@ impl QueryEngine {
                 last = Output::AffectedRows(0);
                 continue;
             }
-            last = self.execute_one(&current, &stmt).await?;
+            last = match self.execute_one(&current, &stmt, forwarded).await {
+                // Cluster mode: the catalog may lag meta by a heartbeat
+                // (a table created through another instance); refresh once.
+                Err(e)
+                    if self.cluster.is_some()
+                        && matches!(
+                            e.kind(),
+                            strata_engine::ErrorKind::TableNotFound
+                                | strata_engine::ErrorKind::DatabaseNotFound
+                        ) =>
+                {
+                    if let Some(c) = &self.cluster {
+                        c.refresh_catalog().await?;
+                    }
+                    self.execute_one(&current, &stmt, forwarded).await?
+                }
+                other => other?,
+            };
         }
         Ok(last)
     }
 
-    async fn execute_one(&self, database: &str, sql: &str) -> Result<Output> {
+    async fn execute_one(&self, database: &str, sql: &str, forwarded: bool) -> Result<Output> {
         if let Some(output) = statements::try_execute(&self.engine, database, sql).await? {
             return Ok(output);
         }
-        let state = self.session(database);
+        let state = self.session(database, forwarded);
         let engine = self.engine.clone();
         let database = database.to_string();
         let sql = sql.to_string();

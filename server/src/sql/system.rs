@@ -3,13 +3,18 @@
 //!
 //! - `system.tables`: one row per table, with its options and storage use;
 //! - `system.sst_files`: one row per SST (segment, level, rows, bytes, time
-//!   range).
+//!   range);
+//! - `system.shards`: one row per shard: where meta assigns it and, when it
+//!   is open here, its WAL epoch and applied offset;
+//! - `system.nodes`: the instances leading shards, as this instance last
+//!   heard from meta (meta's `/nodes` has the full list).
 
 use std::sync::Arc;
 
 use arrow::{
     array::{
-        ArrayRef, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+        ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+        UInt64Array,
     },
     datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
 };
@@ -20,17 +25,117 @@ use datafusion::{
 };
 use strata_engine::{options::format_duration, Engine};
 
+use crate::cluster::{Assignment, Cluster};
+
 pub const SYSTEM_DATABASE: &str = "system";
-const TABLES: [&str; 2] = ["sst_files", "tables"];
+const TABLES: [&str; 4] = ["nodes", "shards", "sst_files", "tables"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
     engine: Arc<Engine>,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl SystemSchema {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine }
+    pub fn new(engine: Arc<Engine>, cluster: Option<Arc<Cluster>>) -> Self {
+        Self { engine, cluster }
+    }
+
+    /// Every shard's assignment; standalone has one shard, led here.
+    fn assignments(&self) -> (String, Vec<Assignment>) {
+        match &self.cluster {
+            Some(c) => (c.node_id.clone(), c.assignments()),
+            None => (
+                "standalone".to_string(),
+                vec![Assignment {
+                    shard: strata_engine::STANDALONE_SHARD.0,
+                    version: 1,
+                    leader: "standalone".to_string(),
+                    endpoint: String::new(),
+                }],
+            ),
+        }
+    }
+
+    fn shards(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("shard_id", DataType::UInt64, false),
+            Field::new("version", DataType::UInt64, false),
+            Field::new("leader", DataType::Utf8, false),
+            Field::new("leader_endpoint", DataType::Utf8, false),
+            Field::new("open_here", DataType::Boolean, false),
+            Field::new("epoch", DataType::UInt64, true),
+            Field::new("wal_offset", DataType::UInt64, true),
+            Field::new("tables", DataType::UInt64, true),
+        ]));
+        let (_, assignments) = self.assignments();
+        let local: Vec<_> = assignments
+            .iter()
+            .map(|a| self.engine.shard(strata_sst::ShardId(a.shard)))
+            .collect();
+        build(
+            schema,
+            vec![
+                Arc::new(UInt64Array::from_iter_values(
+                    assignments.iter().map(|a| a.shard),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    assignments.iter().map(|a| a.version),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    assignments.iter().map(|a| a.leader.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    assignments.iter().map(|a| a.endpoint.clone()),
+                )),
+                Arc::new(BooleanArray::from_iter(
+                    local.iter().map(|s| Some(s.is_some())),
+                )),
+                Arc::new(UInt64Array::from_iter(
+                    local.iter().map(|s| s.as_ref().map(|s| s.epoch().0)),
+                )),
+                Arc::new(UInt64Array::from_iter(
+                    local.iter().map(|s| s.as_ref().map(|s| s.applied_offset())),
+                )),
+                Arc::new(UInt64Array::from_iter(
+                    local
+                        .iter()
+                        .map(|s| s.as_ref().map(|s| s.tables().len() as u64)),
+                )),
+            ],
+        )
+    }
+
+    fn nodes(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("node_id", DataType::Utf8, false),
+            Field::new("endpoint", DataType::Utf8, false),
+            Field::new("shards", DataType::UInt64, false),
+            Field::new("is_self", DataType::Boolean, false),
+        ]));
+        let (me, assignments) = self.assignments();
+        let mut nodes: std::collections::BTreeMap<String, (String, u64)> =
+            std::collections::BTreeMap::new();
+        nodes.insert(me.clone(), (me.clone(), 0));
+        for a in assignments.iter().filter(|a| !a.leader.is_empty()) {
+            let e = nodes
+                .entry(a.leader.clone())
+                .or_insert_with(|| (a.endpoint.clone(), 0));
+            e.1 += 1;
+        }
+        build(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(nodes.keys().cloned())),
+                Arc::new(StringArray::from_iter_values(
+                    nodes.values().map(|v| v.0.clone()),
+                )),
+                Arc::new(UInt64Array::from_iter_values(nodes.values().map(|v| v.1))),
+                Arc::new(BooleanArray::from_iter(
+                    nodes.keys().map(|k| Some(*k == me)),
+                )),
+            ],
+        )
     }
 }
 
@@ -198,6 +303,8 @@ impl SchemaProvider for SystemSchema {
         match name {
             "tables" => tables(&self.engine).map(Some),
             "sst_files" => sst_files(&self.engine).map(Some),
+            "shards" => self.shards().map(Some),
+            "nodes" => self.nodes().map(Some),
             _ => Ok(None),
         }
     }

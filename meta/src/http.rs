@@ -1,0 +1,212 @@
+//! Meta's HTTP API, behind `strata admin` (documented in
+//! `docs/meta-http-api.md`). Answers are JSON; errors are
+//! `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde::Deserialize;
+use serde_json::json;
+use strata_proto::meta::MetaRouteRequest;
+
+use crate::{service::Meta, Error};
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn failed(e: &Error) -> Response {
+    let status = if e.is_retryable() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
+    error(status, e.to_string())
+}
+
+pub fn router(meta: Meta) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/leader", get(leader))
+        .route("/route", get(route))
+        .route("/nodes", get(nodes))
+        .route("/shards", get(shards))
+        .route("/tables", get(tables))
+        .route("/procedures", get(procedures))
+        .route("/shards/{id}/move", post(move_shard))
+        .route("/schedule/pause", post(pause))
+        .route("/schedule/resume", post(resume))
+        .route("/schedule", get(schedule))
+        .with_state(meta)
+}
+
+async fn health(State(meta): State<Meta>) -> Response {
+    match meta.store().config().await {
+        Ok(_) => Json(json!({ "status": "ok", "leader": meta.is_leader() })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn leader(State(meta): State<Meta>) -> Response {
+    match meta.store().leader().await {
+        Ok(l) => Json(json!({ "leader": l, "me": meta.options().me })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct RouteQuery {
+    table: String,
+    #[serde(default)]
+    database: String,
+}
+
+async fn route(State(meta): State<Meta>, Query(q): Query<RouteQuery>) -> Response {
+    let req = MetaRouteRequest {
+        database: q.database,
+        tables: vec![q.table.clone()],
+    };
+    match meta.route(req).await {
+        Ok(resp) => match resp.routes.into_iter().next() {
+            Some(r) if r.found => Json(json!({
+                "table": r.table,
+                "table_id": r.table_id,
+                "shard": r.shard,
+                "shard_version": r.shard_version,
+                "leader": r.leader,
+                "endpoint": r.leader_endpoint,
+                "role": "leader",
+            }))
+            .into_response(),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                format!("table {} not found", q.table),
+            ),
+        },
+        Err(e) => failed(&e),
+    }
+}
+
+async fn nodes(State(meta): State<Meta>) -> Response {
+    match meta.store().nodes().await {
+        Ok(nodes) => Json(
+            nodes
+                .into_iter()
+                .map(|n| {
+                    json!({
+                        "id": n.id,
+                        "endpoint": n.endpoint,
+                        "http_endpoint": n.http_endpoint,
+                        "started_at_ms": n.started_at_ms,
+                        "last_heartbeat_ms": n.last_heartbeat_ms,
+                        "shards": n.shards.iter().map(|s| s.id).collect::<Vec<_>>(),
+                        "tables": n.load.tables,
+                        "memtable_bytes": n.load.memtable_bytes,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn shards(State(meta): State<Meta>) -> Response {
+    match meta.shard_views().await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+/// Shards between two owners: the move procedures in flight.
+async fn procedures(State(meta): State<Meta>) -> Response {
+    match meta.shard_views().await {
+        Ok(v) => Json(
+            v.into_iter()
+                .filter(|s| s.state != "serving")
+                .map(|s| {
+                    json!({
+                        "kind": "move_shard",
+                        "shard": s.id,
+                        "version": s.version,
+                        "from": s.holder,
+                        "to": s.leader,
+                        "state": s.state,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn tables(State(meta): State<Meta>) -> Response {
+    match meta.store().tables().await {
+        Ok(t) => Json(
+            t.into_iter()
+                .map(|t| {
+                    json!({
+                        "id": t.id,
+                        "database": t.database,
+                        "name": t.name,
+                        "shard": t.shard,
+                        "created_at_ms": t.created_at_ms,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn move_shard(
+    State(meta): State<Meta>,
+    Path(id): Path<u64>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    let Some(node) = q.get("node") else {
+        return error(StatusCode::BAD_REQUEST, "missing ?node=");
+    };
+    let version = match q.get("version").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "version must be a number"),
+    };
+    match meta.move_shard(id, node, version).await {
+        Ok(Ok(info)) => {
+            Json(json!({ "shard": info.id, "version": info.version, "leader": info.leader }))
+                .into_response()
+        }
+        Ok(Err(msg)) => error(StatusCode::CONFLICT, msg),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn pause(State(meta): State<Meta>) -> Response {
+    match meta.store().set_schedule_paused(true).await {
+        Ok(()) => Json(json!({ "paused": true })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn resume(State(meta): State<Meta>) -> Response {
+    match meta.store().set_schedule_paused(false).await {
+        Ok(()) => Json(json!({ "paused": false })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn schedule(State(meta): State<Meta>) -> Response {
+    match meta.store().schedule_paused().await {
+        Ok(p) => Json(json!({ "paused": p })).into_response(),
+        Err(e) => failed(&e),
+    }
+}

@@ -1,0 +1,232 @@
+//! `strata meta`: one meta process. Connects to etcd (or starts and
+//! supervises an embedded one), serves the gRPC and HTTP APIs and takes part
+//! in the leader election.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use strata_proto::meta::meta_service_server::MetaServiceServer;
+use tokio::{net::TcpListener, process::Child};
+
+use crate::{
+    kv::{etcd::EtcdKv, KvStore},
+    service::{Meta, MetaGrpc, MetaOptions},
+    store::MetaStore,
+    Error, Result,
+};
+
+/// Where etcd comes from.
+#[derive(Clone, Debug)]
+pub enum EtcdSource {
+    /// An external etcd cluster.
+    External(Vec<String>),
+    /// A local etcd child process with its data under the meta data dir.
+    Embedded,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetaServerConfig {
+    pub data_dir: PathBuf,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub etcd: EtcdSource,
+    /// Names the cluster: its keys live under `/strata/{cluster}/`.
+    pub cluster: String,
+    pub options: MetaOptions,
+}
+
+fn io(what: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |e| Error::Invalid(format!("{what}: {e}"))
+}
+
+/// A supervised etcd child. Killed when dropped; if this process is killed
+/// with SIGKILL, the kernel kills the child too (`setpriv --pdeathsig`), and
+/// a restart reclaims a leftover one recorded in its pid file.
+struct EmbeddedEtcd {
+    child: Child,
+    endpoint: String,
+}
+
+impl EmbeddedEtcd {
+    async fn start(data_dir: &Path) -> Result<Self> {
+        let dir = data_dir.join("etcd");
+        std::fs::create_dir_all(&dir).map_err(io("creating the etcd data directory"))?;
+        let pid_file = data_dir.join("etcd.pid");
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            // A leftover child of an earlier run of this meta process (the
+            // pid file is ours): stop it, since it holds the data directory.
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let dir_s = dir.display().to_string();
+            if String::from_utf8_lossy(&cmdline).contains(&dir_s) {
+                tracing::warn!(pid, "stopping a leftover embedded etcd");
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(pid.to_string())
+                    .status();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+        // Ports are chosen once and kept, since etcd records its peer URL.
+        let ports_file = data_dir.join("etcd.ports");
+        let (client, peer) = match std::fs::read_to_string(&ports_file).ok().and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        }) {
+            Some(p) => p,
+            None => {
+                let p = (free_port()?, free_port()?);
+                std::fs::write(&ports_file, format!("{} {}\n", p.0, p.1))
+                    .map_err(io("writing etcd.ports"))?;
+                p
+            }
+        };
+        let bin = std::env::var("STRATA_ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("etcd.log"))
+            .map_err(io("opening etcd.log"))?;
+        let mut cmd = if Path::new("/usr/bin/setpriv").exists() {
+            let mut c = tokio::process::Command::new("/usr/bin/setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+            c
+        } else {
+            tokio::process::Command::new(&bin)
+        };
+        cmd.arg("--name")
+            .arg("strata-meta")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("strata-meta={peer_url}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("etcd.log"))?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("starting etcd ({bin}): {e}; install the Debian package etcd-server or set STRATA_ETCD_BIN")))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(&pid_file, pid.to_string()).map_err(io("writing etcd.pid"))?;
+        }
+        tracing::info!(endpoint = %client_url, dir = %dir.display(), "started embedded etcd");
+        Ok(Self {
+            child,
+            endpoint: format!("127.0.0.1:{client}"),
+        })
+    }
+
+    async fn stop(mut self, data_dir: &Path) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_file(data_dir.join("etcd.pid"));
+        tracing::info!("stopped embedded etcd");
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("picking a port"))?;
+    Ok(l.local_addr().map_err(io("picking a port"))?.port())
+}
+
+/// Connects to etcd, retrying until it answers or `deadline` passes.
+async fn connect(endpoints: &[String], deadline: Duration) -> Result<Arc<dyn KvStore>> {
+    let started = std::time::Instant::now();
+    loop {
+        match EtcdKv::connect(endpoints).await {
+            Ok(kv) => {
+                // A cheap read proves the connection.
+                match kv.get(b"/strata/").await {
+                    Ok(_) => return Ok(Arc::new(kv)),
+                    Err(e) if started.elapsed() > deadline => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Err(e) if started.elapsed() > deadline => return Err(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs a meta process until `shutdown` resolves.
+pub async fn run(config: MetaServerConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(io("creating the data directory"))?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| Error::Invalid(format!("binding gRPC to {}: {e}", config.grpc_addr)))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|e| Error::Invalid(format!("binding HTTP to {}: {e}", config.http_addr)))?;
+
+    let (embedded, endpoints) = match &config.etcd {
+        EtcdSource::External(e) => (None, e.clone()),
+        EtcdSource::Embedded => {
+            let etcd = EmbeddedEtcd::start(&config.data_dir).await?;
+            let ep = vec![etcd.endpoint.clone()];
+            (Some(etcd), ep)
+        }
+    };
+    // Wait for etcd at startup (meta without etcd cannot answer anything).
+    let kv = connect(&endpoints, Duration::from_secs(60)).await?;
+    let store = MetaStore::new(kv, &config.cluster);
+    let meta = Meta::new(store, config.options.clone());
+    match meta.ensure_cluster().await {
+        Ok(c) => tracing::info!(shards = c.shard_count, "cluster metadata ready"),
+        Err(e) => tracing::warn!(error = %e, "cluster metadata not ready yet"),
+    }
+
+    let leader_loop = tokio::spawn(meta.clone().run_leader_loop());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut grpc_stop = stop_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetaServiceServer::new(MetaGrpc::new(meta.clone())))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                async move {
+                    let _ = grpc_stop.changed().await;
+                },
+            ),
+    );
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(http_listener, crate::http::router(meta))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+    tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, etcd = ?endpoints,
+        "Strata meta is serving");
+    shutdown.await;
+    tracing::info!("shutting down");
+    leader_loop.abort();
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    if let Some(etcd) = embedded {
+        etcd.stop(&config.data_dir).await;
+    }
+    Ok(())
+}

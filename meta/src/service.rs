@@ -1,0 +1,827 @@
+//! The meta service: heartbeats, shard locks, DDL and routing over gRPC, and
+//! the leader's scheduling loop.
+//!
+//! Every meta process answers every request: the state lives in etcd and
+//! each change is one etcd transaction, so two meta processes serving DDL at
+//! once cannot both create a table or hand out the same id. Only the
+//! elected leader schedules shards, because two schedulers would fight over
+//! placements.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use parking_lot::Mutex;
+use strata_proto::meta::{
+    meta_service_server::MetaService, AlterTableRequest, CatalogRequest, CatalogResponse,
+    CreateTableRequest, DatabaseRequest, DdlResponse, HeartbeatRequest, HeartbeatResponse,
+    MetaHeader, MetaRouteRequest, MetaRouteResponse, ShardAssignment, ShardLockRequest,
+    ShardLockResponse, TableRequest, TableResponse, TableRoute,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    model::{now_ms, NodeInfo, NodeLoad, ShardInfo, ShardReport, TableRecord},
+    scheduler,
+    store::{CreateTable, MetaStore},
+    Error, Result,
+};
+
+/// How the meta service behaves.
+#[derive(Clone, Debug)]
+pub struct MetaOptions {
+    /// This process's advertised gRPC address: its identity in elections.
+    pub me: String,
+    /// Shards of a new cluster.
+    pub shard_count: u64,
+    /// An instance missing heartbeats this long is dead.
+    pub node_ttl: Duration,
+    /// The meta leader's lease.
+    pub leader_ttl: Duration,
+    /// How often the leader schedules.
+    pub schedule_interval: Duration,
+    /// After becoming leader, how long to wait before moving shards: enough
+    /// for every live instance to heartbeat and re-take its shard locks.
+    pub startup_grace: Duration,
+}
+
+impl MetaOptions {
+    pub fn new(me: String) -> Self {
+        Self {
+            me,
+            shard_count: 8,
+            node_ttl: Duration::from_secs(6),
+            leader_ttl: Duration::from_secs(5),
+            schedule_interval: Duration::from_millis(500),
+            startup_grace: Duration::from_secs(12),
+        }
+    }
+}
+
+/// A shard as the admin API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ShardView {
+    pub id: u64,
+    pub version: u64,
+    /// Where meta wants it.
+    pub leader: Option<String>,
+    /// Who holds its lock (serves it) and under which WAL epoch.
+    pub holder: Option<String>,
+    pub epoch: Option<u64>,
+    /// `serving`, `moving` (assigned but not yet taken by its new leader) or
+    /// `unassigned`.
+    pub state: &'static str,
+    pub tables: u64,
+    pub wal_offset: Option<u64>,
+}
+
+/// The meta service of one meta process.
+#[derive(Clone, Debug)]
+pub struct Meta {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: MetaStore,
+    opts: MetaOptions,
+    /// When this process became leader; `None` while it is not.
+    leader_since: Mutex<Option<Instant>>,
+}
+
+fn header_ok() -> Option<MetaHeader> {
+    Some(MetaHeader {
+        code: 200,
+        error: String::new(),
+    })
+}
+
+fn header_err(code: u32, error: impl Into<String>) -> Option<MetaHeader> {
+    Some(MetaHeader {
+        code,
+        error: error.into(),
+    })
+}
+
+fn header_of(e: &Error) -> Option<MetaHeader> {
+    let code = if e.is_retryable() { 503 } else { 500 };
+    header_err(code, e.to_string())
+}
+
+impl Meta {
+    pub fn new(store: MetaStore, opts: MetaOptions) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                opts,
+                leader_since: Mutex::new(None),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &MetaStore {
+        &self.inner.store
+    }
+
+    pub fn options(&self) -> &MetaOptions {
+        &self.inner.opts
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.inner.leader_since.lock().is_some()
+    }
+
+    /// Creates the cluster's metadata if etcd holds none.
+    pub async fn ensure_cluster(&self) -> Result<crate::model::ClusterConfig> {
+        match self.store().config().await? {
+            Some(c) => Ok(c),
+            None => {
+                let c = self
+                    .store()
+                    .init_cluster(self.inner.opts.shard_count)
+                    .await?;
+                tracing::info!(shards = c.shard_count, "initialised the cluster's metadata");
+                Ok(c)
+            }
+        }
+    }
+
+    /// Registers or refreshes an instance and answers with the assignment.
+    pub async fn heartbeat(&self, req: HeartbeatRequest) -> Result<HeartbeatResponse> {
+        if req.node_id.is_empty() {
+            return Err(Error::Invalid("a heartbeat names no node".into()));
+        }
+        let config = self.ensure_cluster().await?;
+        let store = self.store();
+        let existing = store
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == req.node_id);
+        let mut lease = match &existing {
+            Some(n) if n.lease != 0 => match store.kv().keep_alive(n.lease).await {
+                Ok(()) => n.lease,
+                Err(Error::LeaseExpired(_)) => 0,
+                Err(e) => return Err(e),
+            },
+            _ => 0,
+        };
+        if lease == 0 {
+            lease = store.grant_lease(self.inner.opts.node_ttl).await?;
+            tracing::info!(node = %req.node_id, lease, "instance registered");
+        }
+        let reports: Vec<ShardReport> = req
+            .shards
+            .iter()
+            .map(|s| ShardReport {
+                id: s.id,
+                version: s.version,
+                wal_offset: s.wal_offset,
+                tables: s.tables,
+            })
+            .collect();
+        let info = NodeInfo {
+            id: req.node_id.clone(),
+            endpoint: req.endpoint.clone(),
+            http_endpoint: req.http_endpoint.clone(),
+            started_at_ms: req.started_at_ms,
+            shards: reports.clone(),
+            last_heartbeat_ms: now_ms(),
+            lease,
+            load: NodeLoad {
+                memtable_bytes: req.memtable_bytes,
+                tables: reports.iter().map(|r| r.tables).sum(),
+            },
+        };
+        store.put_node(&info, lease).await?;
+
+        // Rebuilding from an empty etcd: the tables instances report are
+        // restored with their ids, and shards nobody leads go back to the
+        // instance that serves them.
+        for json in &req.tables_json {
+            let record: TableRecord = serde_json::from_str(json)
+                .map_err(|e| Error::Invalid(format!("a reported table: {e}")))?;
+            if store.table(&record.database, &record.name).await?.is_none() {
+                store.create_database(&record.database).await?;
+                if store.restore_table(&record).await? {
+                    tracing::info!(database = %record.database, table = %record.name,
+                        id = record.id, "restored a table an instance reported");
+                }
+            }
+        }
+        let mut shards = store.shards().await?;
+        for report in &reports {
+            if let Some((shard, rev)) = shards
+                .iter_mut()
+                .find(|(s, _)| s.id == report.id && s.leader.is_none())
+            {
+                if let Some(next) = store
+                    .set_leader(shard, *rev, Some(req.node_id.clone()))
+                    .await?
+                {
+                    tracing::info!(shard = next.id, node = %req.node_id,
+                        "adopted a shard its instance reported");
+                    *shard = next;
+                }
+            }
+        }
+        Ok(HeartbeatResponse {
+            header: header_ok(),
+            assignments: self.assignments(shards.into_iter().map(|(s, _)| s)).await?,
+            catalog_fingerprint: store.catalog_fingerprint().await?,
+            shard_count: config.shard_count,
+            node_ttl_ms: u64::try_from(self.inner.opts.node_ttl.as_millis()).unwrap_or(u64::MAX),
+            incarnation: config.incarnation,
+        })
+    }
+
+    async fn assignments(
+        &self,
+        shards: impl Iterator<Item = ShardInfo>,
+    ) -> Result<Vec<ShardAssignment>> {
+        let endpoints: BTreeMap<String, String> = self
+            .store()
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id, n.endpoint))
+            .collect();
+        Ok(shards
+            .map(|s| {
+                let leader = s.leader.unwrap_or_default();
+                ShardAssignment {
+                    id: s.id,
+                    version: s.version,
+                    leader_endpoint: endpoints.get(&leader).cloned().unwrap_or_default(),
+                    leader,
+                }
+            })
+            .collect())
+    }
+
+    /// Takes or confirms a shard lock for the instance meta assigned it to.
+    pub async fn acquire_shard(&self, req: ShardLockRequest) -> Result<ShardLockResponse> {
+        let store = self.store();
+        let Some(node) = store
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == req.node_id)
+        else {
+            return Ok(ShardLockResponse {
+                header: header_err(409, format!("node {} is not registered", req.node_id)),
+                ..Default::default()
+            });
+        };
+        let assigned = store
+            .shards()
+            .await?
+            .into_iter()
+            .any(|(s, _)| s.id == req.shard && s.leader.as_deref() == Some(&req.node_id));
+        if !assigned {
+            let holder = store.lock_holder(req.shard).await?;
+            return Ok(ShardLockResponse {
+                header: header_ok(),
+                granted: false,
+                epoch: 0,
+                holder: holder.map(|h| h.node).unwrap_or_default(),
+            });
+        }
+        match store
+            .acquire_shard_lock(req.shard, &req.node_id, node.lease, req.min_epoch)
+            .await?
+        {
+            Some(lock) => Ok(ShardLockResponse {
+                header: header_ok(),
+                granted: true,
+                epoch: lock.epoch,
+                holder: lock.node,
+            }),
+            None => Ok(ShardLockResponse {
+                header: header_ok(),
+                granted: false,
+                epoch: 0,
+                holder: store
+                    .lock_holder(req.shard)
+                    .await?
+                    .map(|h| h.node)
+                    .unwrap_or_default(),
+            }),
+        }
+    }
+
+    pub async fn release_shard(&self, req: ShardLockRequest) -> Result<ShardLockResponse> {
+        let released = self
+            .store()
+            .release_shard_lock(req.shard, &req.node_id)
+            .await?;
+        Ok(ShardLockResponse {
+            header: header_ok(),
+            granted: released,
+            epoch: 0,
+            holder: String::new(),
+        })
+    }
+
+    pub async fn create_database(&self, req: DatabaseRequest) -> Result<DdlResponse> {
+        self.ensure_cluster().await?;
+        let created = self.store().create_database(&req.name).await?;
+        if !created && !req.if_not_exists {
+            return Ok(DdlResponse {
+                header: header_err(409, format!("database {} already exists", req.name)),
+                changed: false,
+            });
+        }
+        Ok(DdlResponse {
+            header: header_ok(),
+            changed: created,
+        })
+    }
+
+    pub async fn drop_database(&self, req: DatabaseRequest) -> Result<DdlResponse> {
+        let store = self.store();
+        for t in store.tables().await? {
+            if t.database == req.name {
+                store.drop_table(&t.database, &t.name).await?;
+            }
+        }
+        let dropped = store.drop_database(&req.name).await?;
+        if !dropped && !req.if_exists {
+            return Ok(DdlResponse {
+                header: header_err(404, format!("database {} not found", req.name)),
+                changed: false,
+            });
+        }
+        Ok(DdlResponse {
+            header: header_ok(),
+            changed: dropped,
+        })
+    }
+
+    pub async fn create_table(&self, req: CreateTableRequest) -> Result<TableResponse> {
+        self.ensure_cluster().await?;
+        let definition: serde_json::Value = serde_json::from_str(&req.definition_json)
+            .map_err(|e| Error::Invalid(format!("the table definition: {e}")))?;
+        let outcome = self
+            .store()
+            .create_table(&req.database, &req.name, definition)
+            .await?;
+        Ok(match outcome {
+            CreateTable::Created(r) => TableResponse {
+                header: header_ok(),
+                record_json: encode_record(&r)?,
+                changed: true,
+            },
+            CreateTable::Exists(r) if req.if_not_exists => TableResponse {
+                header: header_ok(),
+                record_json: encode_record(&r)?,
+                changed: false,
+            },
+            CreateTable::Exists(_) => TableResponse {
+                header: header_err(
+                    409,
+                    format!("table {}.{} already exists", req.database, req.name),
+                ),
+                ..Default::default()
+            },
+            CreateTable::DatabaseMissing => TableResponse {
+                header: header_err(404, format!("database {} not found", req.database)),
+                ..Default::default()
+            },
+        })
+    }
+
+    pub async fn drop_table(&self, req: TableRequest) -> Result<TableResponse> {
+        match self.store().drop_table(&req.database, &req.name).await? {
+            Some(r) => Ok(TableResponse {
+                header: header_ok(),
+                record_json: encode_record(&r)?,
+                changed: true,
+            }),
+            None if req.if_exists => Ok(TableResponse {
+                header: header_ok(),
+                ..Default::default()
+            }),
+            None => Ok(TableResponse {
+                header: header_err(
+                    404,
+                    format!("table {}.{} not found", req.database, req.name),
+                ),
+                ..Default::default()
+            }),
+        }
+    }
+
+    pub async fn alter_table(&self, req: AlterTableRequest) -> Result<TableResponse> {
+        let definition: serde_json::Value = serde_json::from_str(&req.definition_json)
+            .map_err(|e| Error::Invalid(format!("the table definition: {e}")))?;
+        let Some(mut record) = self.store().table(&req.database, &req.name).await? else {
+            return Ok(TableResponse {
+                header: header_err(
+                    404,
+                    format!("table {}.{} not found", req.database, req.name),
+                ),
+                ..Default::default()
+            });
+        };
+        record.definition = definition;
+        self.store().update_table(&record).await?;
+        Ok(TableResponse {
+            header: header_ok(),
+            record_json: encode_record(&record)?,
+            changed: true,
+        })
+    }
+
+    pub async fn catalog(&self) -> Result<CatalogResponse> {
+        let store = self.store();
+        // Read the fingerprint first: a change racing with the reads below
+        // then shows up as a new fingerprint on the next heartbeat.
+        let fingerprint = store.catalog_fingerprint().await?;
+        let databases = store
+            .databases()
+            .await?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        let tables = store
+            .tables()
+            .await?
+            .iter()
+            .map(encode_record)
+            .collect::<Result<_>>()?;
+        Ok(CatalogResponse {
+            header: header_ok(),
+            fingerprint,
+            databases,
+            tables_json: tables,
+        })
+    }
+
+    pub async fn route(&self, req: MetaRouteRequest) -> Result<MetaRouteResponse> {
+        let store = self.store();
+        let database = if req.database.is_empty() {
+            crate::store::DEFAULT_DATABASE.to_string()
+        } else {
+            req.database.clone()
+        };
+        let shards: BTreeMap<u64, ShardInfo> = store
+            .shards()
+            .await?
+            .into_iter()
+            .map(|(s, _)| (s.id, s))
+            .collect();
+        let endpoints: BTreeMap<String, String> = store
+            .nodes()
+            .await?
+            .into_iter()
+            .map(|n| (n.id, n.endpoint))
+            .collect();
+        let mut routes = Vec::with_capacity(req.tables.len());
+        for name in req.tables {
+            let Some(t) = store.table(&database, &name).await? else {
+                routes.push(TableRoute {
+                    table: name,
+                    found: false,
+                    ..Default::default()
+                });
+                continue;
+            };
+            let shard = shards.get(&t.shard);
+            let leader = shard.and_then(|s| s.leader.clone()).unwrap_or_default();
+            routes.push(TableRoute {
+                table: name,
+                found: true,
+                table_id: t.id,
+                shard: t.shard,
+                shard_version: shard.map_or(0, |s| s.version),
+                leader_endpoint: endpoints.get(&leader).cloned().unwrap_or_default(),
+                leader,
+            });
+        }
+        Ok(MetaRouteResponse {
+            header: header_ok(),
+            routes,
+        })
+    }
+
+    /// Every shard with its assignment, lock and last report.
+    pub async fn shard_views(&self) -> Result<Vec<ShardView>> {
+        let store = self.store();
+        let nodes = store.nodes().await?;
+        let mut out = Vec::new();
+        for (s, _) in store.shards().await? {
+            let lock = store.lock_holder(s.id).await?;
+            let report = s.leader.as_ref().and_then(|l| {
+                nodes
+                    .iter()
+                    .find(|n| &n.id == l)
+                    .and_then(|n| n.shards.iter().find(|r| r.id == s.id))
+            });
+            let state = match (&s.leader, &lock) {
+                (None, _) => "unassigned",
+                (Some(l), Some(h)) if *l == h.node => "serving",
+                _ => "moving",
+            };
+            out.push(ShardView {
+                id: s.id,
+                version: s.version,
+                leader: s.leader.clone(),
+                holder: lock.as_ref().map(|h| h.node.clone()),
+                epoch: lock.map(|h| h.epoch),
+                state,
+                tables: report.map_or(0, |r| r.tables),
+                wal_offset: report.map(|r| r.wal_offset),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Moves a shard to `node` (an admin request). `version`, when given,
+    /// must be the shard's current version: a stale request is refused.
+    pub async fn move_shard(
+        &self,
+        shard: u64,
+        node: &str,
+        version: Option<u64>,
+    ) -> Result<std::result::Result<ShardInfo, String>> {
+        let store = self.store();
+        if !store.nodes().await?.iter().any(|n| n.id == node) {
+            return Ok(Err(format!("node {node} is not alive")));
+        }
+        let Some((info, rev)) = store
+            .shards()
+            .await?
+            .into_iter()
+            .find(|(s, _)| s.id == shard)
+        else {
+            return Ok(Err(format!("shard {shard} does not exist")));
+        };
+        if let Some(v) = version {
+            if v != info.version {
+                return Ok(Err(format!(
+                    "shard {shard} is at version {}, not {v}",
+                    info.version
+                )));
+            }
+        }
+        if info.leader.as_deref() == Some(node) {
+            return Ok(Ok(info));
+        }
+        match store.set_leader(&info, rev, Some(node.to_string())).await? {
+            Some(next) => {
+                tracing::info!(shard, from = ?info.leader, to = node, version = next.version,
+                    "moving shard (admin)");
+                Ok(Ok(next))
+            }
+            None => Ok(Err(format!("shard {shard} changed meanwhile; retry"))),
+        }
+    }
+
+    /// Campaigns for leadership and, while leading, schedules shards. Runs
+    /// until the process stops.
+    pub async fn run_leader_loop(self) {
+        let mut lease = 0;
+        loop {
+            tokio::time::sleep(self.inner.opts.schedule_interval).await;
+            if let Err(e) = self.leader_round(&mut lease).await {
+                tracing::warn!(error = %e, "meta leader round failed");
+                if e.is_retryable() {
+                    // etcd unreachable: we cannot know whether we still lead.
+                    *self.inner.leader_since.lock() = None;
+                }
+            }
+        }
+    }
+
+    async fn leader_round(&self, lease: &mut i64) -> Result<()> {
+        let store = self.store();
+        if *lease != 0 {
+            match store.kv().keep_alive(*lease).await {
+                Ok(()) => {}
+                Err(Error::LeaseExpired(_)) => *lease = 0,
+                Err(e) => return Err(e),
+            }
+        }
+        if *lease == 0 {
+            *lease = store.grant_lease(self.inner.opts.leader_ttl).await?;
+        }
+        let leading = store.campaign(&self.inner.opts.me, *lease).await?;
+        let since = {
+            let mut guard = self.inner.leader_since.lock();
+            match (leading, *guard) {
+                (false, _) => {
+                    *guard = None;
+                    return Ok(());
+                }
+                (true, Some(t)) => t,
+                (true, None) => {
+                    tracing::info!(me = %self.inner.opts.me, "became the meta leader");
+                    let now = Instant::now();
+                    *guard = Some(now);
+                    now
+                }
+            }
+        };
+        self.ensure_cluster().await?;
+        if since.elapsed() < self.inner.opts.startup_grace || store.schedule_paused().await? {
+            return Ok(());
+        }
+        self.schedule().await
+    }
+
+    /// One scheduling pass: failover and assignment first; a balancing move
+    /// only when no other move is still in flight.
+    async fn schedule(&self) -> Result<()> {
+        let store = self.store();
+        let live: Vec<String> = store.nodes().await?.into_iter().map(|n| n.id).collect();
+        let shards = store.shards().await?;
+        let infos: Vec<ShardInfo> = shards.iter().map(|(s, _)| s.clone()).collect();
+        let moves = scheduler::plan(&live, &infos);
+        for mv in moves {
+            let Some((info, rev)) = shards.iter().find(|(s, _)| s.id == mv.shard) else {
+                continue;
+            };
+            let balancing = mv.from.as_ref().is_some_and(|f| live.contains(f));
+            if balancing && self.moves_in_flight(&shards).await? {
+                continue;
+            }
+            if let Some(next) = store.set_leader(info, *rev, Some(mv.to.clone())).await? {
+                tracing::info!(shard = mv.shard, from = ?mv.from, to = %mv.to,
+                    version = next.version,
+                    reason = if balancing { "balance" } else { "failover" },
+                    "scheduled shard");
+            }
+        }
+        Ok(())
+    }
+
+    async fn moves_in_flight(&self, shards: &[(ShardInfo, i64)]) -> Result<bool> {
+        for (s, _) in shards {
+            let Some(leader) = &s.leader else { continue };
+            let holder = self.store().lock_holder(s.id).await?;
+            if holder.as_ref().map(|h| &h.node) != Some(leader) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+fn encode_record(r: &TableRecord) -> Result<String> {
+    serde_json::to_string(r).map_err(|e| Error::Invalid(format!("encoding a table: {e}")))
+}
+
+/// The gRPC face of [`Meta`].
+#[derive(Clone, Debug)]
+pub struct MetaGrpc {
+    meta: Meta,
+}
+
+impl MetaGrpc {
+    pub fn new(meta: Meta) -> Self {
+        Self { meta }
+    }
+}
+
+macro_rules! answer {
+    ($result:expr, $resp:ty) => {
+        Ok(Response::new(match $result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "meta request failed");
+                <$resp>::default_with_header(header_of(&e))
+            }
+        }))
+    };
+}
+
+trait WithHeader: Default {
+    fn set_header(&mut self, h: Option<MetaHeader>);
+    fn default_with_header(h: Option<MetaHeader>) -> Self {
+        let mut r = Self::default();
+        r.set_header(h);
+        r
+    }
+}
+
+macro_rules! with_header {
+    ($($t:ty),*) => {$(
+        impl WithHeader for $t {
+            fn set_header(&mut self, h: Option<MetaHeader>) {
+                self.header = h;
+            }
+        }
+    )*};
+}
+
+with_header!(
+    HeartbeatResponse,
+    ShardLockResponse,
+    DdlResponse,
+    TableResponse,
+    CatalogResponse,
+    MetaRouteResponse
+);
+
+#[tonic::async_trait]
+impl MetaService for MetaGrpc {
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        answer!(
+            self.meta.heartbeat(request.into_inner()).await,
+            HeartbeatResponse
+        )
+    }
+
+    async fn acquire_shard(
+        &self,
+        request: Request<ShardLockRequest>,
+    ) -> Result<Response<ShardLockResponse>, Status> {
+        answer!(
+            self.meta.acquire_shard(request.into_inner()).await,
+            ShardLockResponse
+        )
+    }
+
+    async fn release_shard(
+        &self,
+        request: Request<ShardLockRequest>,
+    ) -> Result<Response<ShardLockResponse>, Status> {
+        answer!(
+            self.meta.release_shard(request.into_inner()).await,
+            ShardLockResponse
+        )
+    }
+
+    async fn create_database(
+        &self,
+        request: Request<DatabaseRequest>,
+    ) -> Result<Response<DdlResponse>, Status> {
+        answer!(
+            self.meta.create_database(request.into_inner()).await,
+            DdlResponse
+        )
+    }
+
+    async fn drop_database(
+        &self,
+        request: Request<DatabaseRequest>,
+    ) -> Result<Response<DdlResponse>, Status> {
+        answer!(
+            self.meta.drop_database(request.into_inner()).await,
+            DdlResponse
+        )
+    }
+
+    async fn create_table(
+        &self,
+        request: Request<CreateTableRequest>,
+    ) -> Result<Response<TableResponse>, Status> {
+        answer!(
+            self.meta.create_table(request.into_inner()).await,
+            TableResponse
+        )
+    }
+
+    async fn drop_table(
+        &self,
+        request: Request<TableRequest>,
+    ) -> Result<Response<TableResponse>, Status> {
+        answer!(
+            self.meta.drop_table(request.into_inner()).await,
+            TableResponse
+        )
+    }
+
+    async fn alter_table(
+        &self,
+        request: Request<AlterTableRequest>,
+    ) -> Result<Response<TableResponse>, Status> {
+        answer!(
+            self.meta.alter_table(request.into_inner()).await,
+            TableResponse
+        )
+    }
+
+    async fn get_catalog(
+        &self,
+        _request: Request<CatalogRequest>,
+    ) -> Result<Response<CatalogResponse>, Status> {
+        answer!(self.meta.catalog().await, CatalogResponse)
+    }
+
+    async fn route(
+        &self,
+        request: Request<MetaRouteRequest>,
+    ) -> Result<Response<MetaRouteResponse>, Status> {
+        answer!(
+            self.meta.route(request.into_inner()).await,
+            MetaRouteResponse
+        )
+    }
+}

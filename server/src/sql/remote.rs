@@ -1,0 +1,404 @@
+//! Tables on shards another instance leads (cluster mode).
+//!
+//! A scan sends `SELECT <projected columns> FROM <table> WHERE <filters>` to
+//! the shard's leader, marked as forwarded so that it is never forwarded
+//! again; filters that cannot be written back as SQL stay here (every filter
+//! is pushed down as inexact, so DataFusion re-applies them). An `INSERT`
+//! sends its rows as Arrow to the leader's `WriteArrow`.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use arrow::{
+    datatypes::{Schema, SchemaRef},
+    record_batch::{RecordBatch, RecordBatchOptions},
+};
+use async_trait::async_trait;
+use datafusion::{
+    catalog::{Session, TableProvider},
+    common::{DataFusionError, Result as DfResult},
+    datasource::{
+        memory::MemorySourceConfig,
+        sink::{DataSink, DataSinkExec},
+        TableType,
+    },
+    execution::{SendableRecordBatchStream, TaskContext},
+    logical_expr::{dml::InsertOp, Expr, TableProviderFilterPushDown},
+    physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan},
+    sql::unparser::expr_to_sql,
+};
+use futures::StreamExt;
+use strata_client::SqlOutput;
+use strata_engine::{catalog::TableEntry, provider::StrataTableProvider, table::Table};
+use strata_proto::storage::{RequestContext, SqlQueryRequest, WriteArrowRequest};
+
+use crate::cluster::Cluster;
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// How long a request waits for a shard that is between owners (a move or
+/// a failover) before it fails with a retryable `NotLeader`.
+pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const MOVE_POLL: Duration = Duration::from_millis(200);
+
+/// Where a table's rows are, once its shard has a serving leader.
+pub(crate) enum Target {
+    /// The shard is (now) open here.
+    Local(Arc<Table>),
+    /// Led by another instance: its endpoint.
+    Remote(String, u64),
+}
+
+/// Finds the table's leader. While the shard is assigned here but not open
+/// yet, or has no leader, waits (up to [`MOVE_WAIT`]).
+pub(crate) async fn target(
+    cluster: &Cluster,
+    entry: &TableEntry,
+    deadline: Instant,
+) -> DfResult<Target> {
+    loop {
+        if let Some(t) = cluster
+            .engine()
+            .shard(entry.shard)
+            .and_then(|s| s.table(entry.id))
+        {
+            return Ok(Target::Local(t));
+        }
+        match cluster.assignment(entry.shard.0) {
+            Some(a) if !a.endpoint.is_empty() && a.leader != cluster.node_id => {
+                return Ok(Target::Remote(a.endpoint, a.version))
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(external(strata_engine::Error::ShardNotOpen {
+                shard: entry.shard,
+            }));
+        }
+        tokio::time::sleep(MOVE_POLL).await;
+    }
+}
+
+/// Whether a remote answer means "the shard moved or is moving": worth
+/// another try once the route is refreshed.
+fn moved(e: &strata_client::Error) -> bool {
+    matches!(
+        crate::error::remote_kind(e),
+        strata_engine::ErrorKind::NotLeader | strata_engine::ErrorKind::Unavailable
+    )
+}
+
+#[derive(Debug)]
+pub struct RemoteTable {
+    entry: TableEntry,
+    schema: SchemaRef,
+    cluster: Arc<Cluster>,
+}
+
+impl RemoteTable {
+    pub fn new(entry: TableEntry, cluster: Arc<Cluster>) -> Self {
+        Self {
+            schema: entry.schema.arrow_schema(),
+            entry,
+            cluster,
+        }
+    }
+
+    fn select_sql(&self, columns: &[String], filters: &[Expr], limit: Option<usize>) -> String {
+        let cols = if columns.is_empty() {
+            // Only the row count is needed; any column will do.
+            quote(&self.entry.schema.columns[0].name)
+        } else {
+            columns
+                .iter()
+                .map(|c| quote(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut sql = format!(
+            "SELECT {cols} FROM {}.{}",
+            quote(&self.entry.database),
+            quote(&self.entry.name)
+        );
+        let mut all_pushed = true;
+        let pushed: Vec<String> = filters
+            .iter()
+            .filter_map(|f| match expr_to_sql(f) {
+                Ok(ast) => Some(format!("({ast})")),
+                Err(_) => {
+                    all_pushed = false;
+                    None
+                }
+            })
+            .collect();
+        if !pushed.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&pushed.join(" AND "));
+        }
+        if let (Some(n), true) = (limit, all_pushed) {
+            sql.push_str(&format!(" LIMIT {n}"));
+        }
+        sql
+    }
+}
+
+#[async_trait]
+impl TableProvider for RemoteTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            match target(&self.cluster, &self.entry, deadline).await? {
+                Target::Local(t) => {
+                    return StrataTableProvider::new(t)
+                        .scan(state, projection, filters, limit)
+                        .await
+                }
+                Target::Remote(endpoint, _) => {
+                    match self
+                        .scan_remote(&endpoint, projection, filters, limit)
+                        .await
+                    {
+                        Err(RemoteScan::Moved(e)) if Instant::now() < deadline => {
+                            tracing::debug!(table = %self.entry.name, error = %e, "shard moved; retrying");
+                            tokio::time::sleep(MOVE_POLL).await;
+                        }
+                        Err(RemoteScan::Moved(e)) => {
+                            return Err(DataFusionError::External(Box::new(RemoteError(e))))
+                        }
+                        Err(RemoteScan::Failed(e)) => return Err(e),
+                        Ok(plan) => return Ok(plan),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if insert_op != InsertOp::Append {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{insert_op} is not supported; use INSERT INTO"
+            )));
+        }
+        Ok(Arc::new(DataSinkExec::new(
+            input,
+            Arc::new(RemoteSink {
+                entry: self.entry.clone(),
+                schema: self.schema.clone(),
+                cluster: self.cluster.clone(),
+            }),
+            None,
+        )))
+    }
+}
+
+enum RemoteScan {
+    Moved(strata_client::Error),
+    Failed(DataFusionError),
+}
+
+impl From<DataFusionError> for RemoteScan {
+    fn from(e: DataFusionError) -> Self {
+        RemoteScan::Failed(e)
+    }
+}
+
+impl RemoteTable {
+    async fn scan_remote(
+        &self,
+        endpoint: &str,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>, RemoteScan> {
+        let projected: SchemaRef = match projection {
+            Some(p) => Arc::new(
+                self.schema
+                    .project(p)
+                    .map_err(|e| RemoteScan::Failed(e.into()))?,
+            ),
+            None => self.schema.clone(),
+        };
+        let columns: Vec<String> = projected
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        let sql = self.select_sql(&columns, filters, limit);
+        let client = self
+            .cluster
+            .client(endpoint)
+            .await
+            .map_err(RemoteScan::Moved)?;
+        let output = client
+            .query(SqlQueryRequest {
+                context: Some(RequestContext {
+                    database: self.entry.database.clone(),
+                }),
+                tables: vec![self.entry.name.clone()],
+                sql,
+                forwarded: true,
+            })
+            .await
+            .map_err(|e| {
+                if moved(&e) {
+                    RemoteScan::Moved(e)
+                } else {
+                    RemoteScan::Failed(DataFusionError::External(Box::new(RemoteError(e))))
+                }
+            })?;
+        let batches = match output {
+            SqlOutput::Rows(b) => b,
+            SqlOutput::AffectedRows(_) => Vec::new(),
+        };
+        // Re-label the rows with the projected schema (the remote side may
+        // mark columns nullable differently); an empty projection keeps only
+        // the row count.
+        let batches = batches
+            .into_iter()
+            .map(|b| {
+                let columns = if projected.fields().is_empty() {
+                    Vec::new()
+                } else {
+                    b.columns().to_vec()
+                };
+                RecordBatch::try_new_with_options(
+                    projected.clone(),
+                    columns,
+                    &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RemoteScan::Failed(e.into()))?;
+        Ok(MemorySourceConfig::try_new_exec(
+            &[batches],
+            projected,
+            None,
+        )?)
+    }
+}
+
+/// A remote node's error, kept typed for the caller.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RemoteError(pub strata_client::Error);
+
+#[derive(Debug)]
+struct RemoteSink {
+    entry: TableEntry,
+    schema: SchemaRef,
+    cluster: Arc<Cluster>,
+}
+
+impl DisplayAs for RemoteSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RemoteSink: table={}", self.entry.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for RemoteSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let mut batches = Vec::new();
+        while let Some(b) = data.next().await {
+            batches.push(b?);
+        }
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(0);
+        }
+        let schema: SchemaRef = batches
+            .first()
+            .map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            match target(&self.cluster, &self.entry, deadline).await? {
+                Target::Local(t) => {
+                    let mut written = 0u64;
+                    for b in &batches {
+                        let b = RecordBatch::try_new_with_options(
+                            t.arrow_schema(),
+                            b.columns().to_vec(),
+                            &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+                        )?;
+                        written += t.write(b).await.map_err(external)? as u64;
+                    }
+                    return Ok(written);
+                }
+                Target::Remote(endpoint, version) => {
+                    let payload = crate::grpc::payload::encode(&schema, &batches)
+                        .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                    let result = match self.cluster.client(&endpoint).await {
+                        Ok(client) => {
+                            client
+                                .write_arrow(WriteArrowRequest {
+                                    context: Some(RequestContext {
+                                        database: self.entry.database.clone(),
+                                    }),
+                                    table: self.entry.name.clone(),
+                                    rows: Some(payload),
+                                    shard_version: version,
+                                })
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    };
+                    match result {
+                        Ok(n) => return Ok(u64::from(n)),
+                        // Refused before anything was written: the shard
+                        // moved. Retry on its new leader.
+                        Err(e)
+                            if crate::error::remote_kind(&e)
+                                == strata_engine::ErrorKind::NotLeader
+                                && Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(MOVE_POLL).await;
+                        }
+                        Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
+                    }
+                }
+            }
+        }
+    }
+}
