@@ -176,6 +176,7 @@ impl Client {
             tables: Vec::new(),
             sql: sql.to_string(),
             forwarded: false,
+            catalog_fingerprint: 0,
         })
         .await
     }

@@ -218,8 +218,19 @@ impl Engine {
             .collect();
         let shard =
             Shard::open(id, wal, epoch, entries, self.ctx.clone(), self.is_cluster()).await?;
-        let mut shards = self.shards.write();
-        Ok(shards.entry(id).or_insert(shard).clone())
+        // Tables created or altered while the shard was opening: apply them
+        // now, under the DDL lock so that no change slips in between.
+        let _guard = self.ddl_lock.lock().await;
+        let shard = self.shards.write().entry(id).or_insert(shard).clone();
+        for entry in self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+        {
+            self.apply_entry(&shard, entry).await?;
+        }
+        Ok(shard)
     }
 
     /// Closes shard `id`: stops taking writes, flushes its memtables (when

@@ -5,6 +5,7 @@
 //! kills that process (by its pid, never by name).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod cluster;
 pub mod slt;
 
 use std::{

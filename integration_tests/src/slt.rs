@@ -107,12 +107,18 @@ fn analyze_rows(batches: &[arrow::record_batch::RecordBatch]) -> DBOutput<Defaul
     }
 }
 
-/// SST file names are random ids; plans show them as `<id>`.
+/// SST file names are random ids, and their directories name the cluster
+/// and shard (which differ between standalone and cluster runs): plans show
+/// them as `<table dir>/sst/<id>`.
 fn mask_sst_ids(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(i) = rest.find("/sst/") {
-        out.push_str(&rest[..i + 5]);
+        let start = rest[..i]
+            .rfind(|c: char| matches!(c, '[' | ' ' | ',' | '='))
+            .map_or(0, |p| p + 1);
+        out.push_str(&rest[..start]);
+        out.push_str("<table dir>/sst/");
         rest = &rest[i + 5..];
         let digits = rest.chars().take_while(char::is_ascii_digit).count();
         if digits > 0 && rest[digits..].starts_with(".parquet") {

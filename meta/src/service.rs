@@ -342,10 +342,14 @@ impl Meta {
 
     pub async fn drop_database(&self, req: DatabaseRequest) -> Result<DdlResponse> {
         let store = self.store();
-        for t in store.tables().await? {
-            if t.database == req.name {
-                store.drop_table(&t.database, &t.name).await?;
-            }
+        if store.tables().await?.iter().any(|t| t.database == req.name) {
+            return Ok(DdlResponse {
+                header: header_err(
+                    400,
+                    format!("database {} is not empty; drop its tables first", req.name),
+                ),
+                changed: false,
+            });
         }
         let dropped = store.drop_database(&req.name).await?;
         if !dropped && !req.if_exists {
@@ -520,9 +524,11 @@ impl Meta {
                     .find(|n| &n.id == l)
                     .and_then(|n| n.shards.iter().find(|r| r.id == s.id))
             });
+            // Serving: the assigned leader holds the lock and reported the
+            // shard open (its WAL replayed).
             let state = match (&s.leader, &lock) {
                 (None, _) => "unassigned",
-                (Some(l), Some(h)) if *l == h.node => "serving",
+                (Some(l), Some(h)) if *l == h.node && report.is_some() => "serving",
                 _ => "moving",
             };
             out.push(ShardView {

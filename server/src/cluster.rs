@@ -151,6 +151,9 @@ fn check(
         200 => Ok(()),
         404 => Err(not_found()),
         409 => Err(exists()),
+        400 => Err(strata_engine::Error::Unsupported(
+            header.map(|h| h.error.clone()).unwrap_or_default(),
+        )),
         503 => Err(unavailable(header.map(|h| h.error.as_str()).unwrap_or(""))),
         _ => Err(strata_engine::Error::Catalog(
             header.map(|h| h.error.clone()).unwrap_or_default(),
@@ -435,6 +438,20 @@ impl Cluster {
         let c = strata_client::Client::connect(endpoint).await?;
         self.clients.lock().insert(endpoint.to_string(), c.clone());
         Ok(c)
+    }
+
+    /// The fingerprint of the catalog this instance loaded last.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint.load(Ordering::Relaxed)
+    }
+
+    /// Reloads the catalog when a peer that forwarded a request saw a
+    /// different one (it may have just run a DDL).
+    pub async fn sync_catalog(&self, peer_fingerprint: u64) -> EngineResult<()> {
+        if peer_fingerprint != 0 && peer_fingerprint != self.fingerprint() {
+            self.refresh_catalog().await?;
+        }
+        Ok(())
     }
 
     /// Loads meta's catalog into the engine.
@@ -725,8 +742,13 @@ impl Cluster {
 
 /// Runs an instance in cluster mode until a shutdown signal: registers with
 /// meta, serves the shards meta assigns, and answers gRPC and HTTP.
-pub async fn run(config: Config, meta_endpoints: Vec<String>) -> crate::error::Result<()> {
+pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::error::Result<()> {
     use crate::{error::Error, sql::QueryEngine, standalone};
+    if config.engine.cluster == strata_engine::EngineConfig::default().cluster {
+        // Never share topics and object-store paths with a standalone
+        // process on the same Kafka and S3.
+        config.engine.cluster = "cluster".to_string();
+    }
     if !matches!(config.wal, crate::config::WalConfig::Kafka(_)) {
         return Err(Error::InvalidArgument(
             "cluster mode needs the Kafka WAL (wal.kind = \"kafka\"): a shard's WAL must be readable by whichever instance opens it".into(),

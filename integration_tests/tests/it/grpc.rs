@@ -90,6 +90,7 @@ async fn route_stream_write_and_stream_query() {
             tables: vec!["streamed".to_string()],
             sql: "SELECT host, timestamp, v FROM streamed ORDER BY timestamp".to_string(),
             forwarded: false,
+            catalog_fingerprint: 0,
         })
         .await
         .unwrap()
@@ -114,6 +115,7 @@ async fn route_stream_write_and_stream_query() {
             tables: vec![],
             sql: "SELECT * FROM missing".to_string(),
             forwarded: false,
+            catalog_fingerprint: 0,
         })
         .await
         .unwrap()

@@ -1,9 +1,14 @@
 //! Runs every `integration_tests/slt/*.slt` file against its own fresh
-//! `strata standalone` process, through the gRPC client.
+//! `strata standalone` process, through the gRPC client, and against a
+//! three-instance cluster.
 
 use std::path::PathBuf;
 
-use strata_integration_tests::{slt::StrataDb, Services, StrataProcess};
+use strata_integration_tests::{
+    cluster::{ClusterOptions, TestCluster},
+    slt::StrataDb,
+    Services, StrataProcess,
+};
 
 fn slt_files() -> Vec<PathBuf> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("slt");
@@ -48,6 +53,38 @@ async fn run_files(remote: Option<Services>) {
                 "{}:\n{e}\nserver log:\n{}",
                 file.display(),
                 server.log_tail()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
+/// The same files against a cluster of three instances: each file runs
+/// through one instance (a different one per file) while its tables spread
+/// over every instance's shards, so that reads, writes and joins cross
+/// instances. Files that inspect one node's storage (`system.sst_files`,
+/// `EXPLAIN` of local scans) mark those records `skipif cluster`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files_pass_against_a_three_instance_cluster() {
+    let mut failures = Vec::new();
+    for (i, file) in slt_files().into_iter().enumerate() {
+        let cluster = TestCluster::start(ClusterOptions::default()).await;
+        let client = cluster.servers[i % cluster.servers.len()].client().await;
+        let mut runner = sqllogictest::Runner::new(move || {
+            let client = client.clone();
+            async move { Ok(StrataDb::new(client)) }
+        });
+        runner.add_label("cluster");
+        if let Err(e) = runner.run_file_async(&file).await {
+            failures.push(format!(
+                "{}:\n{e}\nlogs:\n{}",
+                file.display(),
+                cluster.logs()
             ));
         }
     }

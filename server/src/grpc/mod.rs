@@ -194,6 +194,9 @@ impl StorageServiceImpl {
     /// Writes Arrow rows into a table led here (a forwarded write).
     async fn write_arrow_request(&self, req: WriteArrowRequest) -> Result<u32> {
         let db = database(&req.context);
+        if let Some(c) = self.query.cluster() {
+            c.sync_catalog(req.catalog_fingerprint).await?;
+        }
         self.ensure_known(&db, &req.table).await?;
         let table = self.engine().table(&db, &req.table)?;
         let Some(rows) = req.rows else {
@@ -222,6 +225,9 @@ impl StorageServiceImpl {
 
     async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
         let db = database(&req.context);
+        if let (Some(c), true) = (self.query.cluster(), req.forwarded) {
+            c.sync_catalog(req.catalog_fingerprint).await?;
+        }
         self.query.execute_with(&db, &req.sql, req.forwarded).await
     }
 

@@ -79,11 +79,10 @@ pub fn check(stmt: &DfStatement, engine: &Engine, database: &str) -> Result<()> 
         [d, t] => (d.clone(), t.clone()),
         _ => return Ok(()),
     };
-    let Ok(table) = engine.table(&db, &table) else {
+    let Ok(entry) = engine.entry(&db, &table) else {
         return Ok(());
     };
-    let meta = table.meta();
-    let schema = meta.schema();
+    let schema = &entry.schema;
     let targets: Vec<usize> = if insert.columns.is_empty() {
         (0..schema.columns.len()).collect()
     } else {
@@ -105,7 +104,7 @@ pub fn check(stmt: &DfStatement, engine: &Engine, database: &str) -> Result<()> 
                 None => {
                     return Err(Error::InvalidArgument(format!(
                         "column {name} does not exist in table {}",
-                        table.name()
+                        table
                     )))
                 }
             }

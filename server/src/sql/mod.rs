@@ -218,8 +218,56 @@ impl QueryEngine {
     }
 
     async fn execute_one(&self, database: &str, sql: &str, forwarded: bool) -> Result<Output> {
-        if let Some(output) = statements::try_execute(&self.engine, database, sql).await? {
-            return Ok(output);
+        let first = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let forwardable = matches!(
+            first.as_str(),
+            "select" | "insert" | "explain" | "with" | "delete" | "update" | "("
+        );
+        if let (Some(cluster), false, true) = (&self.cluster, forwarded, forwardable) {
+            // Every table the statement names is led by one other instance:
+            // that instance runs the whole statement (its plan, EXPLAIN and
+            // INSERT checks are the leader's own).
+            if let Some(endpoint) = self.single_remote_leader(cluster, database, sql) {
+                match self.forward(cluster, &endpoint, database, sql).await {
+                    Err(e) if e.kind() == strata_engine::ErrorKind::NotLeader => {
+                        // It moved meanwhile: run it here, reaching the
+                        // tables through their new leaders.
+                    }
+                    other => return other,
+                }
+            }
+        }
+        match statements::try_execute(&self.engine, database, sql).await {
+            Ok(Some(output)) => {
+                if let Some(cluster) = &self.cluster {
+                    if matches!(first.as_str(), "create" | "drop" | "alter") {
+                        // Take the catalog's new fingerprint, which requests
+                        // forwarded from here carry to the leaders.
+                        cluster.refresh_catalog().await?;
+                    }
+                }
+                return Ok(output);
+            }
+            Ok(None) => {}
+            // A statement on one table (FLUSH, COMPACT) led elsewhere.
+            Err(Error::Engine(strata_engine::Error::NotServedHere { shard, table }))
+                if !forwarded && self.cluster.is_some() =>
+            {
+                let cluster = self
+                    .cluster
+                    .as_ref()
+                    .ok_or_else(|| Error::Internal("cluster mode without a cluster".to_string()))?;
+                let leader = cluster
+                    .assignment(shard.0)
+                    .filter(|a| a.leader != cluster.node_id && !a.endpoint.is_empty())
+                    .ok_or(strata_engine::Error::NotServedHere { table, shard })?;
+                return self.forward(cluster, &leader.endpoint, database, sql).await;
+            }
+            Err(e) => return Err(e),
         }
         let state = self.session(database, forwarded);
         let engine = self.engine.clone();
@@ -263,5 +311,72 @@ impl QueryEngine {
             Ok(Output::Rows { schema, batches })
         })
         .await
+    }
+
+    /// The endpoint of the one other instance that leads every table the
+    /// statement names, if there is one.
+    fn single_remote_leader(&self, cluster: &Cluster, database: &str, sql: &str) -> Option<String> {
+        let state = self.session(database, false);
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect).ok()?;
+        let refs = state.resolve_table_references(&statement).ok()?;
+        let mut leader: Option<String> = None;
+        for r in refs {
+            if r.catalog().is_some_and(|c| c != CATALOG_NAME) {
+                return None;
+            }
+            let db = r.schema().unwrap_or(database);
+            let Ok(strata_engine::Located::Remote(entry)) = self.engine.locate(db, r.table())
+            else {
+                return None;
+            };
+            let a = cluster.assignment(entry.shard.0)?;
+            if a.leader == cluster.node_id || a.endpoint.is_empty() {
+                return None;
+            }
+            match &leader {
+                None => leader = Some(a.endpoint),
+                Some(l) if *l == a.endpoint => {}
+                Some(_) => return None,
+            }
+        }
+        leader
+    }
+
+    /// Runs one statement on another instance.
+    async fn forward(
+        &self,
+        cluster: &Cluster,
+        endpoint: &str,
+        database: &str,
+        sql: &str,
+    ) -> Result<Output> {
+        let remote = |e: strata_client::Error| Error::Query {
+            kind: crate::error::remote_kind(&e),
+            message: e.to_string(),
+        };
+        let client = cluster.client(endpoint).await.map_err(remote)?;
+        let output = client
+            .query(strata_proto::storage::SqlQueryRequest {
+                context: Some(strata_proto::storage::RequestContext {
+                    database: database.to_string(),
+                }),
+                tables: Vec::new(),
+                sql: sql.to_string(),
+                forwarded: true,
+                catalog_fingerprint: cluster.fingerprint(),
+            })
+            .await
+            .map_err(remote)?;
+        Ok(match output {
+            strata_client::SqlOutput::AffectedRows(n) => Output::AffectedRows(u64::from(n)),
+            strata_client::SqlOutput::Rows(batches) => Output::Rows {
+                schema: batches.first().map_or_else(
+                    || Arc::new(arrow::datatypes::Schema::empty()),
+                    |b| b.schema(),
+                ),
+                batches,
+            },
+        })
     }
 }

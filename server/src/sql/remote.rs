@@ -272,6 +272,7 @@ impl RemoteTable {
                 tables: vec![self.entry.name.clone()],
                 sql,
                 forwarded: true,
+                catalog_fingerprint: self.cluster.fingerprint(),
             })
             .await
             .map_err(|e| {
@@ -379,6 +380,7 @@ impl DataSink for RemoteSink {
                                     table: self.entry.name.clone(),
                                     rows: Some(payload),
                                     shard_version: version,
+                                    catalog_fingerprint: self.cluster.fingerprint(),
                                 })
                                 .await
                         }

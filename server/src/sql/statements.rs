@@ -118,9 +118,9 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
                 return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
             }
             let names: Vec<String> = engine
-                .tables(&db)
-                .iter()
-                .map(|t| t.name().to_string())
+                .table_entries(&db)
+                .into_iter()
+                .map(|t| t.name)
                 .filter(|n| pattern.as_deref().is_none_or(|p| like(p, n)))
                 .collect();
             return rows(vec![("Tables", strings(names))]).map(Some);
@@ -132,11 +132,10 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
         if c.eat_keywords(&["create", "table"]) {
             let (db, name) = c.object_name("table")?;
             c.expect_end()?;
-            let table = engine.table(&resolve(db), &name)?;
-            let meta = table.meta();
-            let ddl = create_table::show_create(table.name(), meta.schema(), meta.options());
+            let entry = engine.entry(&resolve(db), &name)?;
+            let ddl = create_table::show_create(&entry.name, &entry.schema, &entry.options);
             return rows(vec![
-                ("Table", strings(vec![table.name().to_string()])),
+                ("Table", strings(vec![entry.name.clone()])),
                 ("Create Table", strings(vec![ddl])),
             ])
             .map(Some);
@@ -149,9 +148,8 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
         c.eat_keyword("table");
         let (db, name) = c.object_name("table")?;
         c.expect_end()?;
-        let table = engine.table(&resolve(db), &name)?;
-        let meta = table.meta();
-        let schema = meta.schema();
+        let entry = engine.entry(&resolve(db), &name)?;
+        let schema = &entry.schema;
         let cols = &schema.columns;
         return rows(vec![
             (
@@ -202,7 +200,7 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
         c.advance();
         let (db, name) = c.object_name("table")?;
         c.expect_end()?;
-        let exists = engine.table(&resolve(db), &name).is_ok();
+        let exists = engine.entry(&resolve(db), &name).is_ok();
         let result: ArrayRef = Arc::new(UInt8Array::from(vec![u8::from(exists)]));
         return rows(vec![("result", result)]).map(Some);
     }

@@ -106,6 +106,54 @@ impl SystemSchema {
         )
     }
 
+    /// This instance's rows of a system table and, in cluster mode, every
+    /// other instance's (an instance that does not answer is left out, so
+    /// that the view stays available during a failover).
+    async fn cluster_wide(
+        &self,
+        name: &str,
+        local: RecordBatch,
+    ) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = local.schema();
+        let mut batches = vec![local];
+        if let Some(cluster) = &self.cluster {
+            let peers: std::collections::BTreeSet<String> = cluster
+                .assignments()
+                .into_iter()
+                .filter(|a| a.leader != cluster.node_id && !a.endpoint.is_empty())
+                .map(|a| a.endpoint)
+                .collect();
+            for peer in peers {
+                let rows = match cluster.client(&peer).await {
+                    Ok(c) => {
+                        c.query(strata_proto::storage::SqlQueryRequest {
+                            context: None,
+                            tables: Vec::new(),
+                            sql: format!("SELECT * FROM system.{name}"),
+                            forwarded: true,
+                            catalog_fingerprint: cluster.fingerprint(),
+                        })
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match rows {
+                    Ok(strata_client::SqlOutput::Rows(rows)) => {
+                        for b in rows {
+                            batches
+                                .push(RecordBatch::try_new(schema.clone(), b.columns().to_vec())?);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(peer = %peer, error = %e, "system.{name}: a peer did not answer")
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+    }
+
     fn nodes(&self) -> DfResult<Arc<dyn TableProvider>> {
         let schema = Arc::new(Schema::new(vec![
             Field::new("node_id", DataType::Utf8, false),
@@ -148,7 +196,7 @@ fn build(schema: SchemaRef, columns: Vec<ArrayRef>) -> DfResult<Arc<dyn TablePro
     Ok(Arc::new(MemTable::try_new(schema, vec![vec![batch]])?))
 }
 
-fn tables(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
+fn tables(engine: &Engine) -> DfResult<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("database", DataType::Utf8, false),
         Field::new("table_name", DataType::Utf8, false),
@@ -174,7 +222,7 @@ fn tables(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
     let u64s = |f: &dyn Fn(usize) -> u64| -> ArrayRef {
         Arc::new(UInt64Array::from((0..all.len()).map(f).collect::<Vec<_>>()))
     };
-    build(
+    Ok(RecordBatch::try_new(
         schema,
         vec![
             strings(&|i| all[i].database().to_string()),
@@ -204,10 +252,10 @@ fn tables(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
                     .collect::<Vec<_>>(),
             )),
         ],
-    )
+    )?)
 }
 
-fn sst_files(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
+fn sst_files(engine: &Engine) -> DfResult<RecordBatch> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("database", DataType::Utf8, false),
         Field::new("table_name", DataType::Utf8, false),
@@ -240,7 +288,7 @@ fn sst_files(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
         }
     }
     let infos: Vec<_> = rows.iter().map(|(_, s)| &s.info).collect();
-    build(
+    Ok(RecordBatch::try_new(
         schema,
         vec![
             Arc::new(StringArray::from(
@@ -290,7 +338,7 @@ fn sst_files(engine: &Engine) -> DfResult<Arc<dyn TableProvider>> {
                 infos.iter().map(|i| i.path.clone()).collect::<Vec<_>>(),
             )),
         ],
-    )
+    )?)
 }
 
 #[async_trait]
@@ -301,8 +349,14 @@ impl SchemaProvider for SystemSchema {
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match name {
-            "tables" => tables(&self.engine).map(Some),
-            "sst_files" => sst_files(&self.engine).map(Some),
+            "tables" => self
+                .cluster_wide("tables", tables(&self.engine)?)
+                .await
+                .map(Some),
+            "sst_files" => self
+                .cluster_wide("sst_files", sst_files(&self.engine)?)
+                .await
+                .map(Some),
             "shards" => self.shards().map(Some),
             "nodes" => self.nodes().map(Some),
             _ => Ok(None),
