@@ -6,6 +6,9 @@
 //! - `ShardMoving` (or `NotLeader` again while a move is in flight): the
 //!   request is retried after a short pause.
 //! - `TableNotFound`: the table really is missing; returned as it is.
+//! - The leader unreachable: re-routed and retried when nothing was sent;
+//!   when the request was sent and no answer came (the leader died), the
+//!   error is returned, since the rows may or may not be written.
 
 use std::{
     collections::HashMap,
@@ -171,10 +174,18 @@ impl RoutedClient {
                         }
                     }
                     Some(ErrorKind::ShardMoving) => tokio::time::sleep(MOVING_RETRY).await,
-                    None => {
-                        // The leader is unreachable (killed): re-route.
+                    None if matches!(e, Error::Connect { .. }) => {
+                        // The leader is unreachable (killed), and nothing was
+                        // sent: re-route and try again.
                         self.forget(&database, &table);
                         tokio::time::sleep(MOVING_RETRY).await;
+                    }
+                    None => {
+                        // Sent, with no answer: the rows may or may not be
+                        // written, so a blind retry could write them twice.
+                        // Re-route next time and let the caller decide.
+                        self.forget(&database, &table);
+                        return Err(e);
                     }
                     _ => return Err(e),
                 },
