@@ -45,6 +45,8 @@ pub enum Error {
         kind: ErrorKind,
         retryable: bool,
         message: String,
+        /// With `ShardMoving`: how long to wait before retrying.
+        retry_after: Option<Duration>,
     },
 
     #[error("cannot decode the server's response: {0}")]
@@ -91,6 +93,8 @@ fn check(header: Option<ResponseHeader>) -> Result<()> {
             kind: ErrorKind::try_from(h.kind).unwrap_or(ErrorKind::Unspecified),
             retryable: h.retryable,
             message: h.error,
+            retry_after: (h.retry_after_ms > 0)
+                .then(|| Duration::from_millis(u64::from(h.retry_after_ms))),
         }),
         _ => Ok(()),
     }

@@ -114,6 +114,7 @@ impl RoutedClient {
                             kind: ErrorKind::TableNotFound,
                             retryable: false,
                             message: format!("Table not found: {table}"),
+                            retry_after: None,
                         });
                     };
                     let endpoint = r
@@ -173,7 +174,16 @@ impl RoutedClient {
                             tokio::time::sleep(MOVING_RETRY).await;
                         }
                     }
-                    Some(ErrorKind::ShardMoving) => tokio::time::sleep(MOVING_RETRY).await,
+                    Some(ErrorKind::ShardMoving) => {
+                        let pause = match &e {
+                            Error::Server {
+                                retry_after: Some(d),
+                                ..
+                            } => *d,
+                            _ => MOVING_RETRY,
+                        };
+                        tokio::time::sleep(pause).await;
+                    }
                     None if matches!(e, Error::Connect { .. }) => {
                         // The leader is unreachable (killed), and nothing was
                         // sent: re-route and try again.

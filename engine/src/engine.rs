@@ -86,7 +86,7 @@ pub enum Located {
     /// On a shard open on this instance.
     Local(Arc<Table>),
     /// On a shard this instance does not serve.
-    Remote(TableEntry),
+    Remote(Box<TableEntry>),
 }
 
 /// The storage engine: a catalog and the shards open on this instance.
@@ -525,7 +525,7 @@ impl Engine {
         let entry = self.entry(database, name)?;
         match self.shard(entry.shard).and_then(|s| s.table(entry.id)) {
             Some(t) => Ok(Located::Local(t)),
-            None => Ok(Located::Remote(entry)),
+            None => Ok(Located::Remote(Box::new(entry))),
         }
     }
 

@@ -18,6 +18,9 @@ pub enum ErrorKind {
     /// This instance does not lead the table's shard (any more): refresh the
     /// route and send the request to the shard's leader.
     NotLeader,
+    /// The table's shard is between leaders (a move or a failover): retry
+    /// shortly.
+    ShardMoving,
 }
 
 /// Errors of engine operations, named for the operation that failed.
@@ -113,7 +116,7 @@ pub enum Error {
         shard: strata_sst::ShardId,
     },
 
-    #[error("NotLeader: shard {shard} is not open on this instance")]
+    #[error("ShardMoving: shard {shard} is between leaders; retry shortly")]
     ShardNotOpen { shard: strata_sst::ShardId },
 
     #[error("NotLeader: shard {shard} (epoch {epoch}) was taken over by a leader with epoch {by}")]
@@ -147,9 +150,8 @@ impl Error {
                 ErrorKind::InvalidArgument
             }
             Error::Unsupported(_) => ErrorKind::Unsupported,
-            Error::NotServedHere { .. }
-            | Error::ShardNotOpen { .. }
-            | Error::ShardFenced { .. } => ErrorKind::NotLeader,
+            Error::NotServedHere { .. } | Error::ShardFenced { .. } => ErrorKind::NotLeader,
+            Error::ShardNotOpen { .. } => ErrorKind::ShardMoving,
             Error::MetaUnavailable(_) => ErrorKind::Unavailable,
             Error::Wal { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
             Error::WalAppend {

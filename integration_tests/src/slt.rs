@@ -114,9 +114,7 @@ fn mask_sst_ids(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut rest = line;
     while let Some(i) = rest.find("/sst/") {
-        let start = rest[..i]
-            .rfind(|c: char| matches!(c, '[' | ' ' | ',' | '='))
-            .map_or(0, |p| p + 1);
+        let start = rest[..i].rfind(['[', ' ', ',', '=']).map_or(0, |p| p + 1);
         out.push_str(&rest[..start]);
         out.push_str("<table dir>/sst/");
         rest = &rest[i + 5..];

@@ -15,10 +15,10 @@ use std::{
 
 use parking_lot::Mutex;
 use strata_proto::meta::{
-    meta_service_server::MetaService, AlterTableRequest, CatalogRequest, CatalogResponse,
-    CreateTableRequest, DatabaseRequest, DdlResponse, HeartbeatRequest, HeartbeatResponse,
-    MetaHeader, MetaRouteRequest, MetaRouteResponse, ShardAssignment, ShardLockRequest,
-    ShardLockResponse, TableRequest, TableResponse, TableRoute,
+    meta_service_client::MetaServiceClient, meta_service_server::MetaService, AlterTableRequest,
+    CatalogRequest, CatalogResponse, CreateTableRequest, DatabaseRequest, DdlResponse,
+    HeartbeatRequest, HeartbeatResponse, MetaHeader, MetaRouteRequest, MetaRouteResponse,
+    ShardAssignment, ShardLockRequest, ShardLockResponse, TableRequest, TableResponse, TableRoute,
 };
 use tonic::{Request, Response, Status};
 
@@ -680,16 +680,78 @@ fn encode_record(r: &TableRecord) -> Result<String> {
     serde_json::to_string(r).map_err(|e| Error::Invalid(format!("encoding a table: {e}")))
 }
 
-/// The gRPC face of [`Meta`].
+/// The gRPC face of [`Meta`]. A meta process that does not lead forwards
+/// DDL to the leader, so that catalog changes are serialised in one place;
+/// when the leader cannot be reached (an election in progress) it applies
+/// the change itself, which is still safe: every change is one etcd
+/// transaction.
 #[derive(Clone, Debug)]
 pub struct MetaGrpc {
     meta: Meta,
+    leader: Arc<Mutex<Option<(String, tonic::transport::Channel)>>>,
 }
+
+/// Marks a request a meta process forwarded to the leader.
+const FORWARDED: &str = "x-strata-meta-forwarded";
 
 impl MetaGrpc {
     pub fn new(meta: Meta) -> Self {
-        Self { meta }
+        Self {
+            meta,
+            leader: Arc::new(Mutex::new(None)),
+        }
     }
+
+    /// A client of the leading meta process, unless this one leads (or the
+    /// request was forwarded already).
+    async fn leader_client<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Option<MetaServiceClient<tonic::transport::Channel>> {
+        if self.meta.is_leader() || request.metadata().contains_key(FORWARDED) {
+            return None;
+        }
+        let leader = self.meta.store().leader().await.ok()??;
+        if leader == self.meta.options().me {
+            return None;
+        }
+        let cached = self.leader.lock().clone();
+        let channel = match cached {
+            Some((addr, ch)) if addr == leader => ch,
+            _ => {
+                let ch = tonic::transport::Endpoint::from_shared(format!("http://{leader}"))
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(1))
+                    .timeout(Duration::from_secs(10))
+                    .connect_lazy();
+                *self.leader.lock() = Some((leader, ch.clone()));
+                ch
+            }
+        };
+        Some(MetaServiceClient::new(channel))
+    }
+}
+
+fn forwarded<T>(message: T) -> Request<T> {
+    let mut r = Request::new(message);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
+}
+
+/// Sends a DDL request to the leader; `None` when it must be served here.
+macro_rules! via_leader {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Some(mut leader) = $self.leader_client(&$request).await {
+            let message = $request.get_ref().clone();
+            match leader.$method(forwarded(message)).await {
+                Ok(resp) => return Ok(resp),
+                Err(status) => {
+                    tracing::debug!(error = %status, "the meta leader did not answer; serving here");
+                }
+            }
+        }
+    };
 }
 
 macro_rules! answer {
@@ -768,6 +830,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<DatabaseRequest>,
     ) -> Result<Response<DdlResponse>, Status> {
+        via_leader!(self, request, create_database);
         answer!(
             self.meta.create_database(request.into_inner()).await,
             DdlResponse
@@ -778,6 +841,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<DatabaseRequest>,
     ) -> Result<Response<DdlResponse>, Status> {
+        via_leader!(self, request, drop_database);
         answer!(
             self.meta.drop_database(request.into_inner()).await,
             DdlResponse
@@ -788,6 +852,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<CreateTableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        via_leader!(self, request, create_table);
         answer!(
             self.meta.create_table(request.into_inner()).await,
             TableResponse
@@ -798,6 +863,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<TableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        via_leader!(self, request, drop_table);
         answer!(
             self.meta.drop_table(request.into_inner()).await,
             TableResponse
@@ -808,6 +874,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<AlterTableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        via_leader!(self, request, alter_table);
         answer!(
             self.meta.alter_table(request.into_inner()).await,
             TableResponse

@@ -52,12 +52,16 @@ impl Error {
             ErrorKind::Unavailable => 503,
             // Misdirected Request: the client should refresh its route.
             ErrorKind::NotLeader => 421,
+            ErrorKind::ShardMoving => 503,
             ErrorKind::Internal => 500,
         }
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Unavailable | ErrorKind::NotLeader)
+        matches!(
+            self.kind(),
+            ErrorKind::Unavailable | ErrorKind::NotLeader | ErrorKind::ShardMoving
+        )
     }
 }
 
@@ -69,7 +73,8 @@ pub fn remote_kind(e: &strata_client::Error) -> ErrorKind {
         Some(Pb::TableNotFound) => ErrorKind::TableNotFound,
         Some(Pb::DatabaseNotFound) => ErrorKind::DatabaseNotFound,
         Some(Pb::AlreadyExists) => ErrorKind::AlreadyExists,
-        Some(Pb::NotLeader | Pb::ShardMoving) => ErrorKind::NotLeader,
+        Some(Pb::NotLeader) => ErrorKind::NotLeader,
+        Some(Pb::ShardMoving) => ErrorKind::ShardMoving,
         Some(Pb::Unsupported) => ErrorKind::Unsupported,
         Some(Pb::Unavailable) => ErrorKind::Unavailable,
         Some(Pb::Internal | Pb::Unspecified) => ErrorKind::Internal,

@@ -29,6 +29,9 @@ use crate::{
     sql::{Output, QueryEngine},
 };
 
+/// The pause a `ShardMoving` answer asks for.
+const SHARD_MOVING_RETRY_MS: u32 = 500;
+
 /// Rows per response message of `StreamSqlQuery`.
 const STREAM_CHUNK_ROWS: usize = 8192;
 
@@ -47,6 +50,7 @@ pub fn error_header(e: &Error) -> ResponseHeader {
         ErrorKind::AlreadyExists => PbKind::AlreadyExists,
         ErrorKind::Unavailable => PbKind::Unavailable,
         ErrorKind::NotLeader => PbKind::NotLeader,
+        ErrorKind::ShardMoving => PbKind::ShardMoving,
         ErrorKind::Internal => PbKind::Internal,
         ErrorKind::Unsupported => PbKind::Unsupported,
     };
@@ -55,6 +59,11 @@ pub fn error_header(e: &Error) -> ResponseHeader {
         error: e.to_string(),
         kind: kind as i32,
         retryable: e.is_retryable(),
+        retry_after_ms: if kind == PbKind::ShardMoving {
+            SHARD_MOVING_RETRY_MS
+        } else {
+            0
+        },
     }
 }
 

@@ -78,7 +78,7 @@ impl SchemaProvider for DatabaseSchema {
         match self.engine.locate(&self.database, name) {
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
             Ok(Located::Remote(entry)) => match &self.cluster {
-                Some(c) => Ok(Some(Arc::new(RemoteTable::new(entry, c.clone())))),
+                Some(c) => Ok(Some(Arc::new(RemoteTable::new(*entry, c.clone())))),
                 None => Err(datafusion::error::DataFusionError::External(Box::new(
                     strata_engine::Error::NotServedHere {
                         table: name.to_string(),

@@ -233,7 +233,13 @@ impl QueryEngine {
             // INSERT checks are the leader's own).
             if let Some(endpoint) = self.single_remote_leader(cluster, database, sql) {
                 match self.forward(cluster, &endpoint, database, sql).await {
-                    Err(e) if e.kind() == strata_engine::ErrorKind::NotLeader => {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            strata_engine::ErrorKind::NotLeader
+                                | strata_engine::ErrorKind::ShardMoving
+                        ) =>
+                    {
                         // It moved meanwhile: run it here, reaching the
                         // tables through their new leaders.
                     }

@@ -93,7 +93,9 @@ pub(crate) async fn target(
 fn moved(e: &strata_client::Error) -> bool {
     matches!(
         crate::error::remote_kind(e),
-        strata_engine::ErrorKind::NotLeader | strata_engine::ErrorKind::Unavailable
+        strata_engine::ErrorKind::NotLeader
+            | strata_engine::ErrorKind::ShardMoving
+            | strata_engine::ErrorKind::Unavailable
     )
 }
 
@@ -391,9 +393,11 @@ impl DataSink for RemoteSink {
                         // Refused before anything was written: the shard
                         // moved. Retry on its new leader.
                         Err(e)
-                            if crate::error::remote_kind(&e)
-                                == strata_engine::ErrorKind::NotLeader
-                                && Instant::now() < deadline =>
+                            if matches!(
+                                crate::error::remote_kind(&e),
+                                strata_engine::ErrorKind::NotLeader
+                                    | strata_engine::ErrorKind::ShardMoving
+                            ) && Instant::now() < deadline =>
                         {
                             tokio::time::sleep(MOVE_POLL).await;
                         }
