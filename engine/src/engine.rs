@@ -523,8 +523,15 @@ impl Engine {
     /// Where a table is served.
     pub fn locate(&self, database: &str, name: &str) -> Result<Located> {
         let entry = self.entry(database, name)?;
-        match self.shard(entry.shard).and_then(|s| s.table(entry.id)) {
-            Some(t) => Ok(Located::Local(t)),
+        match self.shard(entry.shard) {
+            Some(shard) => match shard.table(entry.id) {
+                Some(t) => Ok(Located::Local(t)),
+                // Its shard is open here but the table is still being
+                // opened (a CREATE TABLE in progress): not there yet.
+                None => Err(Error::TableNotFound {
+                    name: name.to_string(),
+                }),
+            },
             None => Ok(Located::Remote(Box::new(entry))),
         }
     }

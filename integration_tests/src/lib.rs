@@ -229,8 +229,16 @@ impl Drop for StrataProcess {
 /// The remote services of `scripts/test-services` (Kafka, S3, etcd), for
 /// tests that need them. Panics with instructions when they are not set up:
 /// such tests fail loudly rather than pass without their services.
+///
+/// [`Services::from_env`] is the shared set every test uses. A test that
+/// stops a service uses [`Services::private`]: its own broker, S3 server and
+/// etcd, so that the outage cannot disturb tests running beside it.
 pub struct Services {
     script: PathBuf,
+    /// The state directory of a private set (stopped on drop).
+    private: Option<tempfile::TempDir>,
+    /// Endpoints of a private set, as environment variables.
+    env: Vec<(String, String)>,
 }
 
 impl Services {
@@ -253,11 +261,52 @@ impl Services {
         }
         Self {
             script: PathBuf::from(script),
+            private: None,
+            env: Vec::new(),
         }
     }
 
+    /// A private set of services on new ports, for a test that stops them.
+    pub fn private() -> Self {
+        let shared = Self::from_env();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new(&shared.script)
+            .arg("start")
+            .env("STRATA_SERVICES_DIR", dir.path())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run test-services start");
+        assert!(status.success(), "starting private services failed");
+        let out = Command::new(&shared.script)
+            .arg("env")
+            .env("STRATA_SERVICES_DIR", dir.path())
+            .output()
+            .expect("run test-services env");
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .filter(|(k, _)| *k != "STRATA_TEST_SERVICES")
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self {
+            script: shared.script.clone(),
+            private: Some(dir),
+            env,
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.script);
+        if let Some(dir) = &self.private {
+            cmd.env("STRATA_SERVICES_DIR", dir.path());
+        }
+        cmd
+    }
+
     fn run(&self, verb: &str, name: &str) {
-        let status = Command::new(&self.script)
+        let status = self
+            .command()
             .arg(verb)
             .arg(name)
             .status()
@@ -265,8 +314,13 @@ impl Services {
         assert!(status.success(), "test-services {verb} {name} failed");
     }
 
-    /// Stops one service (`kafka`, `s3`, `etcd`).
+    /// Stops one service (`kafka`, `s3`, `etcd`). Only for a private set:
+    /// stopping a shared service would break the tests running beside.
     pub fn stop(&self, name: &str) {
+        assert!(
+            self.private.is_some(),
+            "stop services only in a private set (Services::private)"
+        );
         self.run("stop-one", name);
     }
 
@@ -288,19 +342,27 @@ impl Services {
         );
         let config =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config/standalone-kafka-s3.toml");
+        let mut env = self.env.clone();
+        env.push((
+            "STRATA_WAL__TOPIC_PREFIX".to_string(),
+            format!("t-{unique}"),
+        ));
+        env.push((
+            "STRATA_OBJECT_STORE__PREFIX".to_string(),
+            format!("t-{unique}"),
+        ));
         (
             vec!["--config".to_string(), config.display().to_string()],
-            vec![
-                (
-                    "STRATA_WAL__TOPIC_PREFIX".to_string(),
-                    format!("t-{unique}"),
-                ),
-                (
-                    "STRATA_OBJECT_STORE__PREFIX".to_string(),
-                    format!("t-{unique}"),
-                ),
-            ],
+            env,
         )
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        if self.private.is_some() {
+            let _ = self.command().arg("stop").status();
+        }
     }
 }
 

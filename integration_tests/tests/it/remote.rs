@@ -74,7 +74,7 @@ async fn check(client: &Client, acked: &BTreeSet<i64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_restart_during_writes_loses_nothing() {
-    let services = Services::from_env();
+    let services = Services::private();
     let (args, mut env) = services.remote_storage("broker-restart");
     env.push(("STRATA_WAL__PRODUCE_TIMEOUT".to_string(), "3s".to_string()));
     // tansu 0.6.0 breaks when an idempotent producer session spans its
@@ -159,7 +159,7 @@ async fn broker_restart_during_writes_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_outage_during_flush_keeps_data_and_manifest_consistent() {
-    let services = Services::from_env();
+    let services = Services::private();
     let (args, mut env) = services.remote_storage("s3-outage");
     env.push((
         "STRATA_OBJECT_STORE__RETRY_TIMEOUT".to_string(),
