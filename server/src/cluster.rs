@@ -503,10 +503,11 @@ impl Cluster {
         let report_tables = self.report_tables.load(Ordering::Relaxed);
         let mut tables_json = Vec::new();
         if report_tables {
-            for s in &shards {
-                for t in s.tables() {
-                    tables_json.push(record_json(&t.meta().entry)?);
-                }
+            // The whole catalog this instance knows, not only its shards'
+            // tables: a table created just before meta lost its state may
+            // be known only to the instance that ran the DDL.
+            for entry in self.engine.catalog().all_tables() {
+                tables_json.push(record_json(&entry)?);
             }
         }
         let versions = self.assignments.read().clone();
@@ -543,7 +544,7 @@ impl Cluster {
             self.report_tables.store(false, Ordering::Relaxed);
         }
         let previous = self.incarnation.swap(resp.incarnation, Ordering::Relaxed);
-        if previous != resp.incarnation && !shards.is_empty() {
+        if previous != resp.incarnation && !self.engine.catalog().all_tables().is_empty() {
             // Meta's state is new (an empty etcd): report our tables.
             tracing::warn!("meta's metadata was re-initialised; reporting this instance's tables");
             self.report_tables.store(true, Ordering::Relaxed);

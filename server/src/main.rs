@@ -44,9 +44,9 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         data_dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:2380")]
+        #[arg(long, default_value = "127.0.0.1:8850")]
         grpc_addr: std::net::SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:2381")]
+        #[arg(long, default_value = "127.0.0.1:5450")]
         http_addr: std::net::SocketAddr,
         /// Start and supervise a local etcd under the data dir.
         #[arg(long, conflicts_with = "etcd")]
@@ -81,7 +81,7 @@ enum Command {
     /// Administer a cluster through meta's HTTP API.
     Admin {
         /// Meta's HTTP address.
-        #[arg(long, default_value = "127.0.0.1:2381")]
+        #[arg(long, default_value = "127.0.0.1:5450")]
         meta: String,
         #[command(subcommand)]
         command: AdminCommand,

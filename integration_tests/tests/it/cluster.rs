@@ -622,7 +622,27 @@ async fn stale_routes_refresh_once_and_proxy_mode_forwards() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Instances learn the move with their next heartbeat.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for s in &c.servers {
+        let client = s.client().await;
+        loop {
+            let r = client.route("public", vec!["r".to_string()]).await.unwrap();
+            let port = r
+                .routes
+                .first()
+                .and_then(|r| r.endpoint.as_ref())
+                .map(|e| e.port);
+            if port == Some(u32::from(c.servers[to].grpc.port())) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} never heard of the move",
+                s.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 
     // The cached route is stale: one refresh, then the write lands.
     assert_eq!(
