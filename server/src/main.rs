@@ -284,10 +284,20 @@ async fn http(addr: &str, method: &str, path: &str) -> Result<(u16, String), Str
 fn print_json_table(body: &str) {
     match serde_json::from_str::<serde_json::Value>(body) {
         Ok(serde_json::Value::Array(rows)) if !rows.is_empty() => {
-            let cols: Vec<String> = rows[0]
+            // Identifying columns first, then the rest alphabetically.
+            const FIRST: [&str; 8] = [
+                "id", "kind", "shard", "database", "name", "endpoint", "leader", "state",
+            ];
+            let mut cols: Vec<String> = rows[0]
                 .as_object()
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default();
+            cols.sort_by_key(|c| {
+                (
+                    FIRST.iter().position(|f| f == c).unwrap_or(FIRST.len()),
+                    c.clone(),
+                )
+            });
             let cell = |v: Option<&serde_json::Value>| match v {
                 Some(serde_json::Value::String(s)) => s.clone(),
                 Some(serde_json::Value::Null) | None => String::new(),
