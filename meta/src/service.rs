@@ -15,10 +15,11 @@ use std::{
 
 use parking_lot::Mutex;
 use strata_proto::meta::{
-    meta_service_client::MetaServiceClient, meta_service_server::MetaService, AlterTableRequest,
-    CatalogRequest, CatalogResponse, CreateTableRequest, DatabaseRequest, DdlResponse,
-    HeartbeatRequest, HeartbeatResponse, MetaHeader, MetaRouteRequest, MetaRouteResponse,
-    ShardAssignment, ShardLockRequest, ShardLockResponse, TableRequest, TableResponse, TableRoute,
+    meta_service_client::MetaServiceClient, meta_service_server::MetaService,
+    shard_control_client::ShardControlClient, AlterTableRequest, CatalogRequest, CatalogResponse,
+    CreateTableRequest, DatabaseRequest, DdlResponse, HeartbeatRequest, HeartbeatResponse,
+    MetaHeader, MetaRouteRequest, MetaRouteResponse, ShardAssignment, ShardEvent, ShardLockRequest,
+    ShardLockResponse, TableEvent, TableRequest, TableResponse, TableRoute,
 };
 use tonic::{Request, Response, Status};
 
@@ -146,6 +147,95 @@ impl Meta {
                 Ok(c)
             }
         }
+    }
+
+    /// Tells an instance about a change, at once and best effort: the
+    /// instance's heartbeat delivers the same change if this is lost.
+    fn notify(&self, endpoint: String, event: Event) {
+        if endpoint.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
+            else {
+                return;
+            };
+            let ch = ep
+                .connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(5))
+                .connect_lazy();
+            let mut client = ShardControlClient::new(ch);
+            let result = match event {
+                Event::Open(e) => client.open_shard(e).await.map(|_| ()),
+                Event::Close(e) => client.close_shard(e).await.map(|_| ()),
+                Event::Table(e) => client.create_table_on_shard(e).await.map(|_| ()),
+                Event::Drop(e) => client.drop_table_on_shard(e).await.map(|_| ()),
+            };
+            if let Err(status) = result {
+                tracing::debug!(%endpoint, error = %status, "a shard event was not delivered; the heartbeat will carry it");
+            }
+        });
+    }
+
+    /// Sends the events of a leader change: close on the old leader (when it
+    /// is alive), open on the new one.
+    async fn announce_move(&self, old: Option<&str>, next: &ShardInfo) -> Result<()> {
+        let nodes = self.store().nodes().await?;
+        let endpoint_of = |id: &str| {
+            nodes
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.endpoint.clone())
+        };
+        let leader = next.leader.clone().unwrap_or_default();
+        let event = ShardEvent {
+            shard: next.id,
+            version: next.version,
+            leader_endpoint: endpoint_of(&leader).unwrap_or_default(),
+            leader: leader.clone(),
+        };
+        if let Some(old) = old.filter(|o| *o != leader) {
+            if let Some(ep) = endpoint_of(old) {
+                self.notify(ep, Event::Close(event.clone()));
+            }
+        }
+        if let Some(ep) = endpoint_of(&leader) {
+            self.notify(ep, Event::Open(event));
+        }
+        Ok(())
+    }
+
+    /// Sends a table change to the instance leading its shard.
+    async fn announce_table(&self, record: &TableRecord, dropped: bool) -> Result<()> {
+        let shards = self.store().shards().await?;
+        let Some(leader) = shards
+            .iter()
+            .find(|(s, _)| s.id == record.shard)
+            .and_then(|(s, _)| s.leader.clone())
+        else {
+            return Ok(());
+        };
+        let Some(node) = self
+            .store()
+            .nodes()
+            .await?
+            .into_iter()
+            .find(|n| n.id == leader)
+        else {
+            return Ok(());
+        };
+        let event = TableEvent {
+            record_json: encode_record(record)?,
+        };
+        self.notify(
+            node.endpoint,
+            if dropped {
+                Event::Drop(event)
+            } else {
+                Event::Table(event)
+            },
+        );
+        Ok(())
     }
 
     /// Registers or refreshes an instance and answers with the assignment.
@@ -372,6 +462,9 @@ impl Meta {
             .store()
             .create_table(&req.database, &req.name, definition)
             .await?;
+        if let CreateTable::Created(r) = &outcome {
+            self.announce_table(r, false).await?;
+        }
         Ok(match outcome {
             CreateTable::Created(r) => TableResponse {
                 header: header_ok(),
@@ -400,7 +493,10 @@ impl Meta {
     pub async fn drop_table(&self, req: TableRequest) -> Result<TableResponse> {
         match self.store().drop_table(&req.database, &req.name).await? {
             Some(r) => Ok(TableResponse {
-                header: header_ok(),
+                header: {
+                    self.announce_table(&r, true).await?;
+                    header_ok()
+                },
                 record_json: encode_record(&r)?,
                 changed: true,
             }),
@@ -432,6 +528,7 @@ impl Meta {
         };
         record.definition = definition;
         self.store().update_table(&record).await?;
+        self.announce_table(&record, false).await?;
         Ok(TableResponse {
             header: header_ok(),
             record_json: encode_record(&record)?,
@@ -580,6 +677,7 @@ impl Meta {
             Some(next) => {
                 tracing::info!(shard, from = ?info.leader, to = node, version = next.version,
                     "moving shard (admin)");
+                self.announce_move(info.leader.as_deref(), &next).await?;
                 Ok(Ok(next))
             }
             None => Ok(Err(format!("shard {shard} changed meanwhile; retry"))),
@@ -655,6 +753,8 @@ impl Meta {
                 continue;
             }
             if let Some(next) = store.set_leader(info, *rev, Some(mv.to.clone())).await? {
+                self.announce_move(mv.from.as_deref().filter(|_| balancing), &next)
+                    .await?;
                 tracing::info!(shard = mv.shard, from = ?mv.from, to = %mv.to,
                     version = next.version,
                     reason = if balancing { "balance" } else { "failover" },
@@ -674,6 +774,14 @@ impl Meta {
         }
         Ok(false)
     }
+}
+
+/// An event for an instance.
+enum Event {
+    Open(ShardEvent),
+    Close(ShardEvent),
+    Table(TableEvent),
+    Drop(TableEvent),
 }
 
 fn encode_record(r: &TableRecord) -> Result<String> {

@@ -31,8 +31,9 @@ use strata_engine::{
     catalog::TableEntry, options::TableOptions, schema::TableSchema, ClusterCatalog, Engine,
 };
 use strata_proto::meta::{
-    meta_service_client::MetaServiceClient, AlterTableRequest, CatalogRequest, CreateTableRequest,
-    DatabaseRequest, HeartbeatRequest, MetaHeader, ShardAssignment, ShardLockRequest, ShardState,
+    meta_service_client::MetaServiceClient, shard_control_server::ShardControl, AlterTableRequest,
+    CatalogRequest, CreateTableRequest, DatabaseRequest, HeartbeatRequest, MetaHeader,
+    ShardAssignment, ShardEvent, ShardEventResponse, ShardLockRequest, ShardState, TableEvent,
     TableRequest,
 };
 use strata_sst::{ShardId, TableId};
@@ -806,7 +807,18 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
         standalone::query_threads(&config),
         Some(cluster.clone()),
     );
-    standalone::serve(&config, query, grpc_listener, http_listener, "server").await?;
+    let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
+        ShardControlService::new(cluster.clone()),
+    );
+    standalone::serve(
+        &config,
+        query,
+        grpc_listener,
+        http_listener,
+        "server",
+        Some(control),
+    )
+    .await?;
     heartbeats.abort();
     // Hand the shards back: flush, close and release each lock, so that
     // meta can move them at once instead of waiting for the lease to expire.
@@ -822,4 +834,111 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     query_runtime.shutdown_background();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The instance's side of meta's shard events (`ShardControl`): each applies
+/// at once what the next heartbeat would bring anyway.
+#[derive(Debug, Clone)]
+pub struct ShardControlService {
+    cluster: Arc<Cluster>,
+}
+
+impl ShardControlService {
+    pub fn new(cluster: Arc<Cluster>) -> Self {
+        Self { cluster }
+    }
+}
+
+fn event_ok() -> tonic::Response<ShardEventResponse> {
+    tonic::Response::new(ShardEventResponse {
+        header: Some(MetaHeader {
+            code: 200,
+            error: String::new(),
+        }),
+    })
+}
+
+fn event_err(e: &strata_engine::Error) -> tonic::Response<ShardEventResponse> {
+    tonic::Response::new(ShardEventResponse {
+        header: Some(MetaHeader {
+            code: 500,
+            error: e.to_string(),
+        }),
+    })
+}
+
+impl Cluster {
+    /// Applies a leader change meta announced, unless a newer one is known.
+    async fn apply_shard_event(self: &Arc<Self>, e: ShardEvent) {
+        {
+            let mut a = self.assignments.write();
+            let newer = a.get(&e.shard).is_none_or(|cur| cur.version <= e.version);
+            if newer {
+                a.insert(
+                    e.shard,
+                    Assignment {
+                        shard: e.shard,
+                        version: e.version,
+                        leader: e.leader,
+                        endpoint: e.leader_endpoint,
+                    },
+                );
+            }
+        }
+        self.reconcile().await;
+    }
+}
+
+#[tonic::async_trait]
+impl ShardControl for ShardControlService {
+    async fn open_shard(
+        &self,
+        request: tonic::Request<ShardEvent>,
+    ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.cluster.apply_shard_event(request.into_inner()).await;
+        Ok(event_ok())
+    }
+
+    async fn close_shard(
+        &self,
+        request: tonic::Request<ShardEvent>,
+    ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.cluster.apply_shard_event(request.into_inner()).await;
+        Ok(event_ok())
+    }
+
+    async fn create_table_on_shard(
+        &self,
+        request: tonic::Request<TableEvent>,
+    ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        let result = match entry_of(&request.into_inner().record_json) {
+            Ok(entry) => self.cluster.engine.install_table(entry).await,
+            Err(e) => Err(e),
+        };
+        Ok(match result {
+            Ok(()) => event_ok(),
+            Err(e) => event_err(&e),
+        })
+    }
+
+    async fn drop_table_on_shard(
+        &self,
+        request: tonic::Request<TableEvent>,
+    ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        let result = match entry_of(&request.into_inner().record_json) {
+            // The leader deletes the files (the instance that ran the DROP
+            // may not serve the shard).
+            Ok(entry) => self
+                .cluster
+                .engine
+                .uninstall_table(entry.id, true)
+                .await
+                .map(|_| ()),
+            Err(e) => Err(e),
+        };
+        Ok(match result {
+            Ok(()) => event_ok(),
+            Err(e) => event_err(&e),
+        })
+    }
 }

@@ -63,7 +63,15 @@ pub async fn run(config: Config) -> Result<()> {
         query_runtime.handle().clone(),
         query_threads(&config),
     );
-    serve(&config, query, grpc_listener, http_listener, "standalone").await?;
+    serve(
+        &config,
+        query,
+        grpc_listener,
+        http_listener,
+        "standalone",
+        None,
+    )
+    .await?;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
         .await
         .unwrap_or(Ok(()))
@@ -115,6 +123,11 @@ pub(crate) async fn serve(
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     role: &str,
+    control: Option<
+        strata_proto::meta::shard_control_server::ShardControlServer<
+            crate::cluster::ShardControlService,
+        >,
+    >,
 ) -> Result<()> {
     let grpc_addr = grpc_listener
         .local_addr()
@@ -137,6 +150,7 @@ pub(crate) async fn serve(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service)
+            .add_optional_service(control)
             .serve_with_incoming_shutdown(
                 // Small responses must not wait for Nagle's algorithm: set
                 // TCP_NODELAY on every accepted connection (tonic's own
