@@ -37,8 +37,18 @@ pub fn strata_binary() -> PathBuf {
     bin
 }
 
-/// A free port on 127.0.0.1.
+/// A free port on 127.0.0.1, below the kernel's ephemeral range
+/// (32768–60999 by default): a port from that range can be taken by any
+/// outgoing connection between this check and the server's bind.
 pub fn free_addr() -> SocketAddr {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_000);
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener.local_addr().expect("local addr");
+        }
+    }
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("local addr")
 }

@@ -141,7 +141,21 @@ impl EmbeddedEtcd {
     }
 }
 
+/// A free port for the embedded etcd, below the kernel's ephemeral range
+/// (32768–60999 by default), so that no outgoing connection takes it while
+/// etcd is down between two runs.
 fn free_port() -> Result<u16> {
+    let seed = u64::from(std::process::id())
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos().into())
+            .unwrap_or(0);
+    for i in 0..2000u64 {
+        let port = 10_000 + ((seed.wrapping_mul(2654435761) + i * 7919) % 10_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(l.local_addr().map_err(io("picking a port"))?.port());
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("picking a port"))?;
     Ok(l.local_addr().map_err(io("picking a port"))?.port())
 }
