@@ -376,6 +376,41 @@ impl Drop for Services {
     }
 }
 
+/// A `POST` with raw bytes and extra headers; returns (status, body).
+pub async fn http_post_bytes(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
+    let mut head = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.ok()?;
+    stream.write_all(body).await.ok()?;
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut resp))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&resp).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
 /// A minimal HTTP/1.0 request; returns (status, body).
 pub async fn http_request(
     addr: SocketAddr,

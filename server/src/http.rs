@@ -1,4 +1,6 @@
-//! The HTTP API: `POST /sql`, `GET /health`, `GET /metrics`.
+//! The HTTP API: `POST /sql`, `GET /health`, `GET /metrics`, and InfluxDB
+//! line protocol writes (`POST /influxdb/v1/write`, `/write`,
+//! `/api/v2/write`).
 //!
 //! `POST /sql` takes `{"query": "…", "database": "…"}` (database optional)
 //! and answers `{"rows": [{…}, …]}` for queries or `{"affected_rows": n}`
@@ -8,10 +10,12 @@
 use std::{sync::Arc, time::Instant};
 
 use arrow::{array::RecordBatch, json::WriterBuilder};
+use std::collections::{BTreeMap, HashMap};
+
 use axum::{
     body::Bytes,
-    extract::State,
-    http::{header, StatusCode},
+    extract::{Query, State},
+    http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -22,13 +26,15 @@ use strata_engine::catalog::DEFAULT_DATABASE;
 
 use crate::{
     error::Error,
-    metrics,
+    grpc::StorageServiceImpl,
+    influx, metrics,
     sql::{Output, QueryEngine},
 };
 
 #[derive(Clone)]
 struct AppState {
     query: QueryEngine,
+    storage: StorageServiceImpl,
 }
 
 #[derive(Deserialize)]
@@ -39,12 +45,193 @@ struct SqlRequest {
     database: Option<String>,
 }
 
-pub fn router(query: QueryEngine) -> Router {
+pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
     Router::new()
         .route("/sql", post(sql))
         .route("/health", get(health))
         .route("/metrics", get(prometheus_metrics))
-        .with_state(Arc::new(AppState { query }))
+        .route("/influxdb/v1/write", post(influx_v1_write))
+        .route("/write", post(influx_v1_write))
+        .route("/api/v2/write", post(influx_v2_write))
+        .with_state(Arc::new(AppState { query, storage }))
+}
+
+/// The largest line-protocol body accepted, after decompression.
+const MAX_LINE_PROTOCOL_BODY: u64 = 64 << 20;
+
+/// An InfluxDB-style error: `{"code": "invalid", "message": "…"}`.
+fn influx_error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(json!({ "code": code, "message": message }))).into_response()
+}
+
+async fn influx_v1_write(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let db = params.get("db").cloned();
+    let precision = params.get("precision").cloned().unwrap_or_default();
+    influx_write(&state, db, &precision, &headers, body).await
+}
+
+async fn influx_v2_write(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // The bucket is the database; a v1-style `db/rp` bucket names the db.
+    let db = params
+        .get("bucket")
+        .map(|b| b.split('/').next().unwrap_or(b).to_string());
+    let precision = params.get("precision").cloned().unwrap_or_default();
+    influx_write(&state, db, &precision, &headers, body).await
+}
+
+async fn influx_write(
+    state: &AppState,
+    db: Option<String>,
+    precision: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    use std::io::Read;
+    let started = Instant::now();
+    let db = db
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let Some(precision) = influx::Precision::parse(precision) else {
+        return influx_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("unknown precision {precision}: use ns, us, ms or s"),
+        );
+    };
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    let raw = if gzip {
+        let mut out = Vec::new();
+        let mut reader = flate2::read::GzDecoder::new(&body[..]).take(MAX_LINE_PROTOCOL_BODY + 1);
+        if let Err(e) = reader.read_to_end(&mut out) {
+            return influx_error(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("the gzip body cannot be decompressed: {e}"),
+            );
+        }
+        out
+    } else {
+        body.to_vec()
+    };
+    if raw.len() as u64 > MAX_LINE_PROTOCOL_BODY {
+        return influx_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too large",
+            format!("the body is larger than {MAX_LINE_PROTOCOL_BODY} bytes"),
+        );
+    }
+    let Ok(text) = String::from_utf8(raw) else {
+        return influx_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "the body is not UTF-8".to_string(),
+        );
+    };
+    let result = write_lines(state, &db, &text, precision).await;
+    metrics::observe_request("influx_write", started, result.is_ok());
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(InfluxError::Lines(lines)) => influx_error(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!(
+                "{} bad line(s), nothing written: {}",
+                lines.len(),
+                lines
+                    .iter()
+                    .take(20)
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ),
+        Err(InfluxError::Write(e)) => {
+            let status =
+                StatusCode::from_u16(e.status_code()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let code = match status.as_u16() {
+                404 => "not found",
+                400..=499 => "invalid",
+                503 => "unavailable",
+                _ => "internal error",
+            };
+            influx_error(status, code, e.to_string())
+        }
+    }
+}
+
+enum InfluxError {
+    Lines(Vec<influx::LineError>),
+    Write(Error),
+}
+
+impl From<Error> for InfluxError {
+    fn from(e: Error) -> Self {
+        InfluxError::Write(e)
+    }
+}
+
+/// Checks the whole batch, adds the columns it brings to existing tables,
+/// then writes it (tables led by other instances are forwarded to their
+/// leaders).
+async fn write_lines(
+    state: &AppState,
+    db: &str,
+    text: &str,
+    precision: influx::Precision,
+) -> Result<(), InfluxError> {
+    let engine = state.query.engine();
+    if let Some(c) = state.query.cluster() {
+        if !engine.database_exists(db) {
+            c.refresh_catalog().await.map_err(Error::from)?;
+        }
+    }
+    if !engine.database_exists(db) {
+        return Err(Error::from(strata_engine::Error::DatabaseNotFound {
+            name: db.to_string(),
+        })
+        .into());
+    }
+    // Every problem of the batch is reported at once: malformed lines, and
+    // values that do not fit their columns.
+    let (points, mut bad) = influx::parse_lines(text);
+    let additions = match influx::plan_columns(engine, db, &points) {
+        Ok(a) => a,
+        Err(errors) => {
+            bad.extend(errors);
+            BTreeMap::new()
+        }
+    };
+    if !bad.is_empty() {
+        bad.sort_by_key(|e| e.line);
+        return Err(InfluxError::Lines(bad));
+    }
+    if points.is_empty() {
+        return Ok(());
+    }
+    let now = strata_meta::model::now_ms();
+    let request =
+        influx::to_write_request(db, points, precision, now).map_err(InfluxError::Lines)?;
+    for (table, columns) in additions {
+        engine
+            .alter_table(db, &table, strata_engine::AlterTable::AddColumns(columns))
+            .await
+            .map_err(Error::from)?;
+    }
+    state.storage.write_request(request, false, true).await?;
+    Ok(())
 }
 
 fn error_response(e: &Error) -> Response {

@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod influx;
 pub mod metrics;
 pub mod sql;
 pub mod standalone;

@@ -136,13 +136,11 @@ pub(crate) async fn serve(
         .local_addr()
         .map_err(startup("reading the HTTP address"))?;
     let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
-    let service = StorageServiceServer::new(StorageServiceImpl::new(
-        query.clone(),
-        advertise,
-        config.server.auto_create_table,
-    ))
-    .max_decoding_message_size(MAX_MESSAGE)
-    .max_encoding_message_size(MAX_MESSAGE);
+    let storage =
+        StorageServiceImpl::new(query.clone(), advertise, config.server.auto_create_table);
+    let service = StorageServiceServer::new(storage.clone())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
@@ -171,7 +169,7 @@ pub(crate) async fn serve(
     );
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(
-        axum::serve(http_listener, http::router(query))
+        axum::serve(http_listener, http::router(query, storage))
             .with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             })

@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod grpc;
 mod horaedb_python;
+mod influx;
 mod persistence;
 mod remote;
 mod sqllogic;

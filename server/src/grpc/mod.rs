@@ -110,7 +110,7 @@ impl StorageServiceImpl {
     /// Writes every table of one request; returns the rows written. In
     /// cluster mode the tables led elsewhere are forwarded to their leaders
     /// (unless the request was itself forwarded).
-    async fn write_request(
+    pub(crate) async fn write_request(
         &self,
         mut req: WriteRequest,
         forwarded: bool,
@@ -130,6 +130,17 @@ impl StorageServiceImpl {
             let deadline = std::time::Instant::now() + crate::sql::remote::MOVE_WAIT;
             for t in std::mem::take(&mut req.table_requests) {
                 self.ensure_known(&db, &t.table).await?;
+                if self.auto_create_table
+                    && !t.table.is_empty()
+                    && self.engine().entry(&db, &t.table).is_err()
+                {
+                    // Created through meta on whichever shard it picks; the
+                    // rows then go to that shard's leader.
+                    let schema = write::schema_for_new_table(&t)?;
+                    self.engine()
+                        .create_table(&db, &t.table, schema, Default::default(), true)
+                        .await?;
+                }
                 match self.engine().locate(&db, &t.table) {
                     Ok(strata_engine::Located::Remote(entry)) => {
                         match crate::sql::remote::target(cluster, &entry, deadline).await? {

@@ -1,0 +1,597 @@
+//! InfluxDB line protocol: parsing, and turning a batch into writes.
+//!
+//! ```text
+//! measurement[,tag=value…] field=value[,field=value…] [timestamp]
+//! ```
+//!
+//! A measurement is a table, tags are `STRING TAG` columns, fields are
+//! columns typed by their values (`1.5` DOUBLE, `1i` BIGINT, `1u` BIGINT
+//! UNSIGNED, `"s"` STRING, `t`/`false` BOOLEAN), and the timestamp goes to
+//! the table's timestamp key (`timestamp` in tables created by a write).
+//! Strata stores milliseconds: finer timestamps are truncated.
+//!
+//! A batch is checked whole before anything is written: if any line is
+//! malformed, or a value does not fit its column's type, the request fails
+//! with 400 naming every such line, and no line of the batch is written.
+
+use std::collections::BTreeMap;
+
+use strata_proto::storage::{
+    value, Field, FieldGroup, RequestContext, Tag, Value, WriteRequest, WriteSeriesEntry,
+    WriteTableRequest,
+};
+
+/// A field's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FieldValue {
+    Float(f64),
+    Int(i64),
+    UInt(u64),
+    Str(String),
+    Bool(bool),
+}
+
+impl FieldValue {
+    fn into_value(self) -> Value {
+        Value {
+            value: Some(match self {
+                FieldValue::Float(v) => value::Value::Float64Value(v),
+                FieldValue::Int(v) => value::Value::Int64Value(v),
+                FieldValue::UInt(v) => value::Value::Uint64Value(v),
+                FieldValue::Str(v) => value::Value::StringValue(v),
+                FieldValue::Bool(v) => value::Value::BoolValue(v),
+            }),
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            FieldValue::Float(_) => "float",
+            FieldValue::Int(_) => "integer",
+            FieldValue::UInt(_) => "unsigned",
+            FieldValue::Str(_) => "string",
+            FieldValue::Bool(_) => "boolean",
+        }
+    }
+}
+
+/// One parsed line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Point {
+    /// 1-based line number in the request body.
+    pub line: usize,
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, FieldValue)>,
+    /// In the request's precision; `None` means "now".
+    pub timestamp: Option<i64>,
+}
+
+/// A line that could not be parsed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub reason: String,
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+/// Timestamp precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    Nanos,
+    Micros,
+    Millis,
+    Seconds,
+    Minutes,
+    Hours,
+}
+
+impl Precision {
+    /// Parses InfluxDB's names (`ns`, `n`, `us`, `u`, `µs`, `ms`, `s`, and
+    /// in v1 `m` and `h`); `None` for an unknown name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "" | "ns" | "n" => Precision::Nanos,
+            "us" | "u" | "µs" => Precision::Micros,
+            "ms" => Precision::Millis,
+            "s" => Precision::Seconds,
+            "m" => Precision::Minutes,
+            "h" => Precision::Hours,
+            _ => return None,
+        })
+    }
+
+    /// Milliseconds since the epoch (truncated towards negative infinity).
+    pub fn to_millis(self, t: i64) -> Option<i64> {
+        match self {
+            Precision::Nanos => Some(t.div_euclid(1_000_000)),
+            Precision::Micros => Some(t.div_euclid(1_000)),
+            Precision::Millis => Some(t),
+            Precision::Seconds => t.checked_mul(1_000),
+            Precision::Minutes => t.checked_mul(60_000),
+            Precision::Hours => t.checked_mul(3_600_000),
+        }
+    }
+}
+
+/// Splits at the first unescaped, unquoted occurrence of any of `stops`.
+/// Returns (before, the stop found, after).
+fn split_unescaped<'a>(
+    s: &'a str,
+    stops: &[char],
+    quotes: bool,
+) -> (&'a str, Option<char>, &'a str) {
+    let mut escaped = false;
+    let mut quoted = false;
+    for (i, c) in s.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        if c == '\\' {
+            escaped = true;
+            continue;
+        }
+        if quotes && c == '"' {
+            quoted = !quoted;
+            continue;
+        }
+        if !quoted && stops.contains(&c) {
+            return (&s[..i], Some(c), &s[i + c.len_utf8()..]);
+        }
+    }
+    (s, None, "")
+}
+
+/// Removes backslash escapes of `chars` (and of the backslash itself).
+fn unescape(s: &str, chars: &[char]) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\\' {
+            if let Some(&n) = it.peek() {
+                if chars.contains(&n) || n == '\\' {
+                    out.push(n);
+                    it.next();
+                    continue;
+                }
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn parse_field_value(raw: &str) -> Result<FieldValue, String> {
+    if raw.is_empty() {
+        return Err("a field has no value".to_string());
+    }
+    if let Some(body) = raw.strip_prefix('"') {
+        let Some(inner) = body.strip_suffix('"') else {
+            return Err(format!("unterminated string value {raw}"));
+        };
+        return Ok(FieldValue::Str(unescape(inner, &['"'])));
+    }
+    match raw {
+        "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),
+        "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Bool(false)),
+        _ => {}
+    }
+    if let Some(n) = raw.strip_suffix('i') {
+        return n
+            .parse::<i64>()
+            .map(FieldValue::Int)
+            .map_err(|_| format!("invalid integer value {raw}"));
+    }
+    if let Some(n) = raw.strip_suffix('u') {
+        return n
+            .parse::<u64>()
+            .map(FieldValue::UInt)
+            .map_err(|_| format!("invalid unsigned value {raw}"));
+    }
+    match raw.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(FieldValue::Float(v)),
+        _ => Err(format!("invalid field value {raw}")),
+    }
+}
+
+fn parse_line(line: &str, number: usize) -> Result<Point, String> {
+    // measurement and tags | fields | timestamp, separated by unescaped
+    // spaces (spaces inside quoted string fields do not count).
+    let (series, sep, rest) = split_unescaped(line, &[' '], false);
+    if sep.is_none() {
+        return Err("a line needs a measurement and at least one field".to_string());
+    }
+    let rest = rest.trim_start_matches(' ');
+    let (fields_raw, _, ts_raw) = split_unescaped(rest, &[' '], true);
+    let ts_raw = ts_raw.trim();
+
+    let (measurement_raw, _, mut tags_raw) = split_unescaped(series, &[','], false);
+    if measurement_raw.is_empty() {
+        return Err("the measurement name is empty".to_string());
+    }
+    let measurement = unescape(measurement_raw, &[',', ' ']);
+    let mut tags = Vec::new();
+    while !tags_raw.is_empty() {
+        let (pair, _, next) = split_unescaped(tags_raw, &[','], false);
+        let (k, eq, v) = split_unescaped(pair, &['='], false);
+        if eq.is_none() || k.is_empty() || v.is_empty() {
+            return Err(format!("invalid tag `{pair}`: expected key=value"));
+        }
+        tags.push((unescape(k, &[',', '=', ' ']), unescape(v, &[',', '=', ' '])));
+        tags_raw = next;
+    }
+
+    let mut fields = Vec::new();
+    let mut fields_rest = fields_raw;
+    if fields_rest.is_empty() {
+        return Err("a line needs at least one field".to_string());
+    }
+    while !fields_rest.is_empty() {
+        let (pair, _, next) = split_unescaped(fields_rest, &[','], true);
+        let (k, eq, v) = split_unescaped(pair, &['='], true);
+        if eq.is_none() || k.is_empty() {
+            return Err(format!("invalid field `{pair}`: expected key=value"));
+        }
+        let value = parse_field_value(v).map_err(|e| format!("field {k}: {e}"))?;
+        fields.push((unescape(k, &[',', '=', ' ']), value));
+        fields_rest = next;
+    }
+    let timestamp = if ts_raw.is_empty() {
+        None
+    } else {
+        Some(
+            ts_raw
+                .parse::<i64>()
+                .map_err(|_| format!("invalid timestamp {ts_raw}"))?,
+        )
+    };
+    Ok(Point {
+        line: number,
+        measurement,
+        tags,
+        fields,
+        timestamp,
+    })
+}
+
+/// Parses a body. Blank lines and `#` comments are skipped. Returns the
+/// points of the good lines and the errors of the bad ones.
+pub fn parse_lines(body: &str) -> (Vec<Point>, Vec<LineError>) {
+    let mut points = Vec::new();
+    let mut errors = Vec::new();
+    for (i, raw) in body.lines().enumerate() {
+        let line = raw.trim_end_matches('\r').trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match parse_line(line, i + 1) {
+            Ok(p) => points.push(p),
+            Err(reason) => errors.push(LineError {
+                line: i + 1,
+                reason,
+            }),
+        }
+    }
+    (points, errors)
+}
+
+/// Parses a body: every point, or every line that failed.
+pub fn parse(body: &str) -> Result<Vec<Point>, Vec<LineError>> {
+    let (points, errors) = parse_lines(body);
+    if errors.is_empty() {
+        Ok(points)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Groups points by measurement into one write request (HoraeDB's format,
+/// which the write path already knows), with timestamps in milliseconds.
+/// Fails with the lines whose timestamps overflow.
+pub fn to_write_request(
+    database: &str,
+    points: Vec<Point>,
+    precision: Precision,
+    now_ms: i64,
+) -> Result<WriteRequest, Vec<LineError>> {
+    #[derive(Default)]
+    struct Table {
+        tag_names: Vec<String>,
+        field_names: Vec<String>,
+        series: BTreeMap<Vec<(u32, String)>, Vec<FieldGroup>>,
+    }
+    fn index_of(names: &mut Vec<String>, name: &str) -> u32 {
+        match names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                names.push(name.to_string());
+                (names.len() - 1) as u32
+            }
+        }
+    }
+    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for p in points {
+        let ts = match p.timestamp {
+            None => now_ms,
+            Some(t) => match precision.to_millis(t) {
+                Some(ms) => ms,
+                None => {
+                    errors.push(LineError {
+                        line: p.line,
+                        reason: format!("timestamp {t} is out of range"),
+                    });
+                    continue;
+                }
+            },
+        };
+        let t = tables.entry(p.measurement).or_default();
+        let mut key: Vec<(u32, String)> = p
+            .tags
+            .into_iter()
+            .map(|(k, v)| (index_of(&mut t.tag_names, &k), v))
+            .collect();
+        key.sort();
+        key.dedup_by(|a, b| a.0 == b.0);
+        let fields = p
+            .fields
+            .into_iter()
+            .map(|(k, v)| Field {
+                name_index: index_of(&mut t.field_names, &k),
+                value: Some(v.into_value()),
+            })
+            .collect();
+        t.series.entry(key).or_default().push(FieldGroup {
+            timestamp: ts,
+            fields,
+        });
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(WriteRequest {
+        context: Some(RequestContext {
+            database: database.to_string(),
+        }),
+        table_requests: tables
+            .into_iter()
+            .map(|(name, t)| WriteTableRequest {
+                table: name,
+                tag_names: t.tag_names,
+                field_names: t.field_names,
+                entries: t
+                    .series
+                    .into_iter()
+                    .map(|(tags, groups)| WriteSeriesEntry {
+                        tags: tags
+                            .into_iter()
+                            .map(|(i, v)| Tag {
+                                name_index: i,
+                                value: Some(Value {
+                                    value: Some(value::Value::StringValue(v)),
+                                }),
+                            })
+                            .collect(),
+                        field_groups: groups,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    })
+}
+
+/// Whether a value fits a column of type `t` (as the write path converts:
+/// integers into any integer column they fit, or a DOUBLE below 2^53).
+pub fn fits(v: &FieldValue, t: strata_engine::schema::ColumnType) -> bool {
+    use strata_engine::schema::ColumnType as T;
+    let int = |x: i128| match t {
+        T::Int64 => i64::try_from(x).is_ok(),
+        T::Int32 => i32::try_from(x).is_ok(),
+        T::Int16 => i16::try_from(x).is_ok(),
+        T::Int8 => i8::try_from(x).is_ok(),
+        T::UInt64 => u64::try_from(x).is_ok(),
+        T::UInt32 => u32::try_from(x).is_ok(),
+        T::UInt16 => u16::try_from(x).is_ok(),
+        T::UInt8 => u8::try_from(x).is_ok(),
+        T::Double => x.unsigned_abs() < (1u128 << 53),
+        _ => false,
+    };
+    match v {
+        FieldValue::Float(_) => t == T::Double,
+        FieldValue::Int(x) => int(i128::from(*x)),
+        FieldValue::UInt(x) => int(i128::from(*x)),
+        FieldValue::Str(_) => matches!(t, T::String | T::Varbinary),
+        FieldValue::Bool(_) => t == T::Boolean,
+    }
+}
+
+/// The column type a new field takes from its first value.
+pub fn column_type_of(v: &FieldValue) -> strata_engine::schema::ColumnType {
+    use strata_engine::schema::ColumnType as T;
+    match v {
+        FieldValue::Float(_) => T::Double,
+        FieldValue::Int(_) => T::Int64,
+        FieldValue::UInt(_) => T::UInt64,
+        FieldValue::Str(_) => T::String,
+        FieldValue::Bool(_) => T::Boolean,
+    }
+}
+
+/// The columns a batch adds to existing tables, per table; or the lines
+/// whose values do not fit their columns (or conflict with another line of
+/// the batch). Nothing is changed.
+pub fn plan_columns(
+    engine: &strata_engine::Engine,
+    database: &str,
+    points: &[Point],
+) -> Result<BTreeMap<String, Vec<strata_engine::schema::ColumnSchema>>, Vec<LineError>> {
+    use strata_engine::schema::{ColumnSchema, ColumnType};
+    let mut added: BTreeMap<String, Vec<ColumnSchema>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for p in points {
+        let Ok(entry) = engine.entry(database, &p.measurement) else {
+            // A new table: created from the batch by the write path.
+            continue;
+        };
+        let new = added.entry(p.measurement.clone()).or_default();
+        let mut fail = |reason: String| {
+            errors.push(LineError {
+                line: p.line,
+                reason,
+            })
+        };
+        for (k, _) in &p.tags {
+            match entry.schema.column(k) {
+                Some(c) if c.is_tag => {}
+                Some(_) => fail(format!("{k} is a field of {}, not a tag", p.measurement)),
+                None => {
+                    if !new.iter().any(|c| &c.name == k) {
+                        new.push(ColumnSchema {
+                            name: k.clone(),
+                            column_type: ColumnType::String,
+                            is_tag: true,
+                            nullable: true,
+                            comment: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+        for (k, v) in &p.fields {
+            let existing = entry
+                .schema
+                .column(k)
+                .cloned()
+                .or_else(|| new.iter().find(|c| &c.name == k).cloned());
+            match existing {
+                Some(c) if c.is_tag => {
+                    fail(format!("{k} is a tag of {}, not a field", p.measurement))
+                }
+                Some(c) if !fits(v, c.column_type) => fail(format!(
+                    "field {k} is {}, but column {k} of {} is {}",
+                    v.type_name(),
+                    p.measurement,
+                    c.column_type
+                )),
+                Some(_) => {}
+                None => new.push(ColumnSchema {
+                    name: k.clone(),
+                    column_type: column_type_of(v),
+                    is_tag: false,
+                    nullable: true,
+                    comment: String::new(),
+                }),
+            }
+        }
+    }
+    added.retain(|_, cols| !cols.is_empty());
+    if errors.is_empty() {
+        Ok(added)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn parses_the_protocol_with_escapes_types_and_comments() {
+        let body = "# a comment\n\
+            cpu,host=a,region=us\\ west usage=0.5,count=3i,big=7u,ok=t,msg=\"hi, \\\"you\\\" there\" 1700000000000000000\n\
+            \n\
+            my\\,m,tag\\=k=v\\,x f=-1.5e3\n";
+        let points = parse(body).unwrap();
+        assert_eq!(points.len(), 2);
+        let p = &points[0];
+        assert_eq!(p.line, 2);
+        assert_eq!(p.measurement, "cpu");
+        assert_eq!(
+            p.tags,
+            vec![
+                ("host".to_string(), "a".to_string()),
+                ("region".to_string(), "us west".to_string())
+            ]
+        );
+        assert_eq!(
+            p.fields,
+            vec![
+                ("usage".to_string(), FieldValue::Float(0.5)),
+                ("count".to_string(), FieldValue::Int(3)),
+                ("big".to_string(), FieldValue::UInt(7)),
+                ("ok".to_string(), FieldValue::Bool(true)),
+                (
+                    "msg".to_string(),
+                    FieldValue::Str("hi, \"you\" there".to_string())
+                ),
+            ]
+        );
+        assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
+        let q = &points[1];
+        assert_eq!(q.measurement, "my,m");
+        assert_eq!(q.tags, vec![("tag=k".to_string(), "v,x".to_string())]);
+        assert_eq!(
+            q.fields,
+            vec![("f".to_string(), FieldValue::Float(-1500.0))]
+        );
+        assert_eq!(q.timestamp, None);
+    }
+
+    #[test]
+    fn names_every_bad_line() {
+        let body = "ok v=1\nnofields\ncpu v=abc\ncpu v=1 notatime\ncpu,bad v=1\ncpu v=\"open\n";
+        let errors = parse(body).unwrap_err();
+        let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![2, 3, 4, 5, 6]);
+        assert!(
+            errors[1].reason.contains("invalid field value abc"),
+            "{}",
+            errors[1]
+        );
+        assert!(
+            errors[2].reason.contains("invalid timestamp"),
+            "{}",
+            errors[2]
+        );
+    }
+
+    #[test]
+    fn precision_converts_to_milliseconds() {
+        assert_eq!(
+            Precision::parse("ns").unwrap().to_millis(1_500_000_999),
+            Some(1_500)
+        );
+        assert_eq!(
+            Precision::parse("u").unwrap().to_millis(2_000_500),
+            Some(2_000)
+        );
+        assert_eq!(Precision::parse("s").unwrap().to_millis(3), Some(3_000));
+        assert_eq!(Precision::parse("h").unwrap().to_millis(1), Some(3_600_000));
+        assert_eq!(Precision::parse("ns").unwrap().to_millis(-1), Some(-1));
+        assert!(Precision::parse("weeks").is_none());
+        assert!(Precision::Seconds.to_millis(i64::MAX).is_none());
+    }
+
+    #[test]
+    fn groups_points_into_tables_and_series() {
+        let points =
+            parse("a,h=x v=1 1000\na,h=x v=2 2000\na,h=y v=3,w=4i 3000\nb f=1 4000\n").unwrap();
+        let req = to_write_request("db", points, Precision::Millis, 0).unwrap();
+        assert_eq!(req.table_requests.len(), 2);
+        let a = &req.table_requests[0];
+        assert_eq!(a.table, "a");
+        assert_eq!(a.tag_names, vec!["h"]);
+        assert_eq!(a.field_names, vec!["v", "w"]);
+        assert_eq!(a.entries.len(), 2);
+        assert_eq!(a.entries[0].field_groups.len(), 2);
+        assert_eq!(req.table_requests[1].table, "b");
+    }
+}
