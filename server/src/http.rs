@@ -27,14 +27,14 @@ use strata_engine::catalog::DEFAULT_DATABASE;
 use crate::{
     error::Error,
     grpc::StorageServiceImpl,
-    influx, metrics,
+    influx, metrics, prom,
     sql::{Output, QueryEngine},
 };
 
-#[derive(Clone)]
 struct AppState {
     query: QueryEngine,
     storage: StorageServiceImpl,
+    prom_series: prom::SeenSeries,
 }
 
 #[derive(Deserialize)]
@@ -53,7 +53,13 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         .route("/influxdb/v1/write", post(influx_v1_write))
         .route("/write", post(influx_v1_write))
         .route("/api/v2/write", post(influx_v2_write))
-        .with_state(Arc::new(AppState { query, storage }))
+        .route("/prom/v1/write", post(prom_write))
+        .route("/api/v1/write", post(prom_write))
+        .with_state(Arc::new(AppState {
+            query,
+            storage,
+            prom_series: prom::SeenSeries::default(),
+        }))
 }
 
 /// The largest line-protocol body accepted, after decompression.
@@ -302,4 +308,60 @@ async fn prometheus_metrics() -> Response {
         metrics::render(),
     )
         .into_response()
+}
+
+/// Prometheus remote write: a snappy-compressed protobuf `WriteRequest`.
+/// `?db=` picks the database (default `public`). Answers 204, or 400 with
+/// the reason for a body that cannot be decoded.
+async fn prom_write(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let db = params
+        .get("db")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let result = prom_write_inner(&state, &db, &body).await;
+    metrics::observe_request("prom_write", started, result.is_ok());
+    match result {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(), Error> {
+    let engine = state.query.engine();
+    if let Some(c) = state.query.cluster() {
+        if !engine.database_exists(db) {
+            c.refresh_catalog().await?;
+        }
+    }
+    if !engine.database_exists(db) {
+        return Err(strata_engine::Error::DatabaseNotFound {
+            name: db.to_string(),
+        }
+        .into());
+    }
+    // The physical tables, created on the first write to a database (and
+    // again if dropped: then no series row is known to be written).
+    for (table, ddl) in prom::create_statements() {
+        if engine.entry(db, &table).is_err() {
+            state.query.execute(db, &ddl).await?;
+            state.prom_series.forget_database(db);
+        }
+    }
+    let decoded = prom::decode(db, body, |id| state.prom_series.contains(db, id))
+        .map_err(|e| Error::InvalidArgument(format!("remote write: {e}")))?;
+    if decoded.samples == 0 {
+        return Ok(());
+    }
+    state
+        .storage
+        .write_request(decoded.request, false, true)
+        .await?;
+    state.prom_series.insert_all(db, &decoded.series);
+    Ok(())
 }

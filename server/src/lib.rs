@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod http;
 pub mod influx;
 pub mod metrics;
+pub mod prom;
 pub mod sql;
 pub mod standalone;
 pub mod storage;

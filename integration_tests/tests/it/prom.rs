@@ -1,0 +1,134 @@
+//! Prometheus remote write, against standalone Strata and a three-instance
+//! cluster: samples land in the shared physical tables of RFC 0003, a
+//! re-sent request is written once, and bad bodies get a 400 with a reason.
+
+use std::net::SocketAddr;
+
+use prost::Message;
+use strata_client::Client;
+use strata_integration_tests::{
+    cluster::{ClusterOptions, TestCluster},
+    http_post_bytes, query, StrataProcess,
+};
+use strata_server::prom::{Label, RemoteWriteRequest, Sample, TimeSeries};
+
+fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
+    TimeSeries {
+        labels: labels
+            .iter()
+            .map(|(k, v)| Label {
+                name: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        samples: samples
+            .iter()
+            .map(|(t, v)| Sample {
+                value: *v,
+                timestamp: *t,
+            })
+            .collect(),
+        histograms: vec![],
+    }
+}
+
+fn body(ts: Vec<TimeSeries>) -> Vec<u8> {
+    let raw = RemoteWriteRequest { timeseries: ts }.encode_to_vec();
+    snap::raw::Encoder::new().compress_vec(&raw).unwrap()
+}
+
+async fn post(http: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    http_post_bytes(
+        http,
+        path,
+        &[
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+            ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+        ],
+        body,
+    )
+    .await
+    .expect("an answer")
+}
+
+const ALL_SAMPLES: &str = "SELECT count(*) FROM (\
+    SELECT * FROM prom_samples_0 UNION ALL SELECT * FROM prom_samples_1 \
+    UNION ALL SELECT * FROM prom_samples_2 UNION ALL SELECT * FROM prom_samples_3)";
+const ALL_SERIES: &str = "SELECT count(*) FROM (\
+    SELECT * FROM prom_series_0 UNION ALL SELECT * FROM prom_series_1 \
+    UNION ALL SELECT * FROM prom_series_2 UNION ALL SELECT * FROM prom_series_3)";
+
+async fn scenario(http: SocketAddr, reader: &Client) {
+    // 200 metric names, 2 series each, 3 samples per series.
+    let mut ts = Vec::new();
+    for m in 0..200 {
+        for job in ["a", "b"] {
+            let name = format!("metric_{m}");
+            ts.push(series(
+                &[("__name__", &name), ("job", job), ("instance", "i:9100")],
+                &[(1_000, 1.0), (2_000, 2.0), (3_000, m as f64)],
+            ));
+        }
+    }
+    let request = body(ts);
+    let (code, text) = post(http, "/api/v1/write", &request).await;
+    assert_eq!(code, 204, "{text}");
+    // Prometheus re-sends after a timeout: written once.
+    let (code, text) = post(http, "/prom/v1/write", &request).await;
+    assert_eq!(code, 204, "{text}");
+
+    assert_eq!(
+        query(reader, ALL_SAMPLES).await,
+        vec![vec!["1200".to_string()]]
+    );
+    assert_eq!(
+        query(reader, ALL_SERIES).await,
+        vec![vec!["400".to_string()]]
+    );
+    // Still one table per kind and partition, not one per metric.
+    let tables = query(reader, "SHOW TABLES").await;
+    assert_eq!(tables.len(), 8, "{tables:?}");
+
+    let p = strata_server::prom::partition("metric_7");
+    let sql = format!(
+        "SELECT s.labels, v.value FROM prom_samples_{p} v JOIN prom_series_{p} s \
+         ON v.series = s.series WHERE v.metric = 'metric_7' AND v.ts = 3000 ORDER BY s.labels"
+    );
+    let rows = query(reader, &sql).await;
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows[0][0].contains("\"job\":\"a\""), "{rows:?}");
+    assert_eq!(rows[0][1], "7.0");
+
+    // Bad bodies: a clear 400, nothing written.
+    let (code, text) = post(http, "/api/v1/write", b"not snappy").await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("snappy"), "{text}");
+    let (code, text) = post(
+        http,
+        "/api/v1/write",
+        &body(vec![series(&[("job", "x")], &[(1, 1.0)])]),
+    )
+    .await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("__name__"), "{text}");
+    assert_eq!(
+        query(reader, ALL_SAMPLES).await,
+        vec![vec!["1200".to_string()]]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_remote_write_on_standalone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StrataProcess::start(&dir.path().join("data")).await;
+    let client = server.client().await;
+    scenario(server.http, &client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_remote_write_on_a_cluster() {
+    let c = TestCluster::start(ClusterOptions::default()).await;
+    let reader = c.servers[1].client().await;
+    scenario(c.servers[0].http, &reader).await;
+}
