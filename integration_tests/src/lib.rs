@@ -383,6 +383,17 @@ pub async fn http_post_bytes(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Option<(u16, String)> {
+    let (status, body) = http_post_raw(addr, path, headers, body).await?;
+    Some((status, String::from_utf8_lossy(&body).to_string()))
+}
+
+/// A `POST` with raw bytes and extra headers; returns (status, raw body).
+pub async fn http_post_raw(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, Vec<u8>)> {
     let mut stream = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr))
         .await
         .ok()?
@@ -402,13 +413,10 @@ pub async fn http_post_bytes(
         .await
         .ok()?
         .ok()?;
-    let text = String::from_utf8_lossy(&resp).to_string();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Some((status, body))
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, resp[split + 4..].to_vec()))
 }
 
 /// A minimal HTTP/1.0 request; returns (status, body).

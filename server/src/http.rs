@@ -55,6 +55,8 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         .route("/api/v2/write", post(influx_v2_write))
         .route("/prom/v1/write", post(prom_write))
         .route("/api/v1/write", post(prom_write))
+        .route("/prom/v1/read", post(prom_read))
+        .route("/api/v1/read", post(prom_read))
         .with_state(Arc::new(AppState {
             query,
             storage,
@@ -364,4 +366,32 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         .await?;
     state.prom_series.insert_all(db, &decoded.series);
     Ok(())
+}
+
+/// Prometheus remote read: a snappy-compressed protobuf `ReadRequest`;
+/// answers a snappy-compressed `ReadResponse` of samples.
+async fn prom_read(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let db = params
+        .get("db")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let result = crate::prom_read::read(&state.query, &db, &body).await;
+    metrics::observe_request("prom_read", started, result.is_ok());
+    match result {
+        Ok(bytes) => (
+            [
+                (header::CONTENT_TYPE, "application/x-protobuf"),
+                (header::CONTENT_ENCODING, "snappy"),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => error_response(&e),
+    }
 }

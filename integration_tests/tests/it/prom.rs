@@ -1,6 +1,7 @@
-//! Prometheus remote write, against standalone Strata and a three-instance
-//! cluster: samples land in the shared physical tables of RFC 0003, a
-//! re-sent request is written once, and bad bodies get a 400 with a reason.
+//! Prometheus remote write and read, against standalone Strata and a
+//! three-instance cluster: samples land in the shared physical tables of RFC
+//! 0003, a re-sent request is written once, remote read applies matchers and
+//! time ranges, and bad bodies get a 400 with a reason.
 
 use std::net::SocketAddr;
 
@@ -8,9 +9,68 @@ use prost::Message;
 use strata_client::Client;
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    http_post_bytes, query, StrataProcess,
+    http_post_bytes, http_post_raw, query, StrataProcess,
 };
-use strata_server::prom::{Label, RemoteWriteRequest, Sample, TimeSeries};
+use strata_server::{
+    prom::{Label, RemoteWriteRequest, Sample, TimeSeries},
+    prom_read::{LabelMatcher, Query, ReadRequest, ReadResponse},
+};
+
+fn matcher(kind: i32, name: &str, value: &str) -> LabelMatcher {
+    LabelMatcher {
+        r#type: kind,
+        name: name.to_string(),
+        value: value.to_string(),
+    }
+}
+
+/// Remote read: one query, its series as (labels, samples).
+async fn read(
+    http: SocketAddr,
+    start: i64,
+    end: i64,
+    matchers: Vec<LabelMatcher>,
+) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
+    let req = ReadRequest {
+        queries: vec![Query {
+            start_timestamp_ms: start,
+            end_timestamp_ms: end,
+            matchers,
+        }],
+        accepted_response_types: vec![0],
+    };
+    let body = snap::raw::Encoder::new()
+        .compress_vec(&req.encode_to_vec())
+        .unwrap();
+    let (code, bytes) = http_post_raw(
+        http,
+        "/api/v1/read",
+        &[
+            ("Content-Encoding", "snappy"),
+            ("Content-Type", "application/x-protobuf"),
+        ],
+        &body,
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&bytes));
+    let raw = snap::raw::Decoder::new().decompress_vec(&bytes).unwrap();
+    let resp = ReadResponse::decode(raw.as_slice()).unwrap();
+    assert_eq!(resp.results.len(), 1);
+    resp.results[0]
+        .timeseries
+        .iter()
+        .map(|t| {
+            (
+                t.labels
+                    .iter()
+                    .map(|l| (l.name.clone(), l.value.clone()))
+                    .collect(),
+                t.samples.iter().map(|s| (s.timestamp, s.value)).collect(),
+            )
+        })
+        .collect()
+}
 
 fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
     TimeSeries {
@@ -100,6 +160,43 @@ async fn scenario(http: SocketAddr, reader: &Client) {
     assert!(rows[0][0].contains("\"job\":\"a\""), "{rows:?}");
     assert_eq!(rows[0][1], "7.0");
 
+    // Remote read: by name and label regex, within a time range.
+    let got = read(
+        http,
+        1_500,
+        3_000,
+        vec![matcher(0, "__name__", "metric_7"), matcher(2, "job", "a|b")],
+    )
+    .await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(
+        got[0].0,
+        vec![
+            ("__name__".to_string(), "metric_7".to_string()),
+            ("instance".to_string(), "i:9100".to_string()),
+            ("job".to_string(), "a".to_string()),
+        ]
+    );
+    assert_eq!(got[0].1, vec![(2_000, 2.0), (3_000, 7.0)]);
+    // Without a metric name, a name regex and a negative matcher.
+    let got = read(
+        http,
+        0,
+        10_000,
+        vec![
+            matcher(2, "__name__", "metric_1[0-9]"),
+            matcher(1, "job", "b"),
+        ],
+    )
+    .await;
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(got
+        .iter()
+        .all(|(l, s)| l.contains(&("job".to_string(), "a".to_string())) && s.len() == 3));
+    assert!(read(http, 0, 10_000, vec![matcher(0, "__name__", "nope")])
+        .await
+        .is_empty());
+
     // Bad bodies: a clear 400, nothing written.
     let (code, text) = post(http, "/api/v1/write", b"not snappy").await;
     assert_eq!(code, 400, "{text}");
@@ -119,7 +216,7 @@ async fn scenario(http: SocketAddr, reader: &Client) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_remote_write_on_standalone() {
+async fn prometheus_remote_write_and_read_on_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let server = StrataProcess::start(&dir.path().join("data")).await;
     let client = server.client().await;
@@ -127,7 +224,7 @@ async fn prometheus_remote_write_on_standalone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_remote_write_on_a_cluster() {
+async fn prometheus_remote_write_and_read_on_a_cluster() {
     let c = TestCluster::start(ClusterOptions::default()).await;
     let reader = c.servers[1].client().await;
     scenario(c.servers[0].http, &reader).await;
