@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::{
     body::Bytes,
-    extract::{Query, State},
+    extract::{Path, Query, RawQuery, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -57,6 +57,11 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         .route("/api/v1/write", post(prom_write))
         .route("/prom/v1/read", post(prom_read))
         .route("/api/v1/read", post(prom_read))
+        .route("/api/v1/labels", get(prom_labels).post(prom_labels))
+        .route("/api/v1/label/{name}/values", get(prom_label_values))
+        .route("/api/v1/series", get(prom_series).post(prom_series))
+        .route("/api/v1/metadata", get(prom_metadata))
+        .route("/api/v1/status/buildinfo", get(prom_buildinfo))
         .with_state(Arc::new(AppState {
             query,
             storage,
@@ -394,4 +399,91 @@ async fn prom_read(
             .into_response(),
         Err(e) => error_response(&e),
     }
+}
+
+/// Prometheus API parameters from the query string and, for POST, the form
+/// body: the database (`db`) and every `match[]`.
+fn prom_params(raw: Option<String>, body: &[u8]) -> (String, Vec<String>) {
+    let mut db = DEFAULT_DATABASE.to_string();
+    let mut matches = Vec::new();
+    let pairs = form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .chain(form_urlencoded::parse(body))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect::<Vec<_>>();
+    for (k, v) in pairs {
+        match k.as_str() {
+            "db" if !v.is_empty() => db = v,
+            "match[]" => matches.push(v),
+            _ => {}
+        }
+    }
+    (db, matches)
+}
+
+fn prom_ok(data: Value) -> Response {
+    Json(json!({ "status": "success", "data": data })).into_response()
+}
+
+fn prom_err(e: &Error) -> Response {
+    let (status, kind) = match e.status_code() {
+        400..=499 => (StatusCode::BAD_REQUEST, "bad_data"),
+        503 => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+    };
+    (
+        status,
+        Json(json!({ "status": "error", "errorType": kind, "error": e.to_string() })),
+    )
+        .into_response()
+}
+
+async fn prom_labels(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (db, matches) = prom_params(raw, &body);
+    match crate::prom_api::label_names(&state.query, &db, &matches).await {
+        Ok(v) => prom_ok(json!(v)),
+        Err(e) => prom_err(&e),
+    }
+}
+
+async fn prom_label_values(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Response {
+    let (db, matches) = prom_params(raw, &[]);
+    match crate::prom_api::label_values(&state.query, &db, &name, &matches).await {
+        Ok(v) => prom_ok(json!(v)),
+        Err(e) => prom_err(&e),
+    }
+}
+
+async fn prom_series(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let (db, matches) = prom_params(raw, &body);
+    if matches.is_empty() {
+        return prom_err(&Error::InvalidArgument(
+            "no match[] parameter provided".to_string(),
+        ));
+    }
+    match crate::prom_api::series(&state.query, &db, &matches).await {
+        Ok(v) => prom_ok(json!(v)),
+        Err(e) => prom_err(&e),
+    }
+}
+
+/// Strata keeps no metric metadata (HELP, TYPE) yet: an empty answer, as
+/// Prometheus gives for metrics without metadata.
+async fn prom_metadata() -> Response {
+    prom_ok(json!({}))
+}
+
+async fn prom_buildinfo() -> Response {
+    prom_ok(crate::prom_api::build_info())
 }

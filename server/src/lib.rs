@@ -14,6 +14,7 @@ pub mod http;
 pub mod influx;
 pub mod metrics;
 pub mod prom;
+pub mod prom_api;
 pub mod prom_read;
 pub mod sql;
 pub mod standalone;

@@ -121,6 +121,44 @@ fn column(
         .map_err(|e| Error::Internal(format!("remote read: {e}")))
 }
 
+/// Every series of a partition (of one metric, when given): id and labels.
+pub(crate) async fn scan_series(
+    query: &QueryEngine,
+    db: &str,
+    partition: u64,
+    metric: Option<&str>,
+) -> Result<Vec<(u64, BTreeMap<String, String>)>> {
+    let table = prom::series_table(partition);
+    if query.engine().entry(db, &table).is_err() {
+        return Ok(Vec::new());
+    }
+    let filter = metric
+        .map(|m| format!(" WHERE metric = {}", quote(m)))
+        .unwrap_or_default();
+    let mut out = Vec::new();
+    for b in rows(
+        query,
+        db,
+        &format!("SELECT series, labels FROM {table}{filter}"),
+    )
+    .await?
+    {
+        let ids = column(&b, 0, &DataType::UInt64)?;
+        let ids = ids.as_primitive::<UInt64Type>();
+        let labels = column(&b, 1, &DataType::Utf8)?;
+        let labels = labels.as_string::<i32>();
+        for i in 0..b.num_rows() {
+            if labels.is_null(i) {
+                continue;
+            }
+            if let Ok(set) = serde_json::from_str::<BTreeMap<String, String>>(labels.value(i)) {
+                out.push((ids.value(i), set));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Answers one query.
 async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult> {
     let matchers = q
@@ -144,35 +182,12 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
         if engine.entry(db, &series_table).is_err() || engine.entry(db, &samples_table).is_err() {
             continue;
         }
-        let metric_filter = metric
-            .as_ref()
-            .map(|m| format!(" WHERE metric = {}", quote(m)))
-            .unwrap_or_default();
-        let mut found: BTreeMap<u64, BTreeMap<String, String>> = BTreeMap::new();
-        for b in rows(
-            query,
-            db,
-            &format!("SELECT series, labels FROM {series_table}{metric_filter}"),
-        )
-        .await?
-        {
-            let ids = column(&b, 0, &DataType::UInt64)?;
-            let ids = ids.as_primitive::<UInt64Type>();
-            let labels = column(&b, 1, &DataType::Utf8)?;
-            let labels = labels.as_string::<i32>();
-            for i in 0..b.num_rows() {
-                if labels.is_null(i) {
-                    continue;
-                }
-                let Ok(set) = serde_json::from_str::<BTreeMap<String, String>>(labels.value(i))
-                else {
-                    continue;
-                };
-                if matchers.iter().all(|m| m.matches(&set)) {
-                    found.insert(ids.value(i), set);
-                }
-            }
-        }
+        let mut found: BTreeMap<u64, BTreeMap<String, String>> =
+            scan_series(query, db, p, metric.as_deref())
+                .await?
+                .into_iter()
+                .filter(|(_, set)| matchers.iter().all(|m| m.matches(set)))
+                .collect();
         if found.is_empty() {
             continue;
         }

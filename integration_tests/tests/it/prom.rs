@@ -9,7 +9,7 @@ use prost::Message;
 use strata_client::Client;
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    http_post_bytes, http_post_raw, query, StrataProcess,
+    http_get, http_post_bytes, http_post_raw, query, StrataProcess,
 };
 use strata_server::{
     prom::{Label, RemoteWriteRequest, Sample, TimeSeries},
@@ -196,6 +196,31 @@ async fn scenario(http: SocketAddr, reader: &Client) {
     assert!(read(http, 0, 10_000, vec![matcher(0, "__name__", "nope")])
         .await
         .is_empty());
+
+    // The metadata API Grafana uses.
+    let get = |path: &'static str| async move {
+        let (code, body) = http_get(http, path).await.expect("an answer");
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        )
+    };
+    let (code, v) = get("/api/v1/status/buildinfo").await;
+    assert_eq!(code, 200);
+    assert_eq!(v["status"], "success");
+    let (_, v) = get("/api/v1/labels").await;
+    assert_eq!(
+        v["data"],
+        serde_json::json!(["__name__", "instance", "job"])
+    );
+    let (_, v) = get("/api/v1/label/__name__/values").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 200);
+    let (_, v) = get("/api/v1/series?match%5B%5D=metric_7%7Bjob%3D%22a%22%7D").await;
+    assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["data"][0]["job"], "a");
+    let (code, v) = get("/api/v1/series?match%5B%5D=rate(x%5B5m%5D)").await;
+    assert_eq!(code, 400, "{v}");
+    assert_eq!(v["errorType"], "bad_data");
 
     // Bad bodies: a clear 400, nothing written.
     let (code, text) = post(http, "/api/v1/write", b"not snappy").await;
