@@ -162,6 +162,15 @@ fn check(
     }
 }
 
+/// Checks an answer that has no expected 404 or 409.
+fn check_ok(header: Option<&MetaHeader>) -> EngineResult<()> {
+    check(
+        header,
+        || strata_engine::Error::Catalog("unexpected 404 from meta".into()),
+        || strata_engine::Error::Catalog("unexpected 409 from meta".into()),
+    )
+}
+
 /// What meta stores as a table's definition.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Definition {
@@ -462,11 +471,7 @@ impl Cluster {
             .meta
             .call(|mut c| async move { c.get_catalog(CatalogRequest {}).await })
             .await?;
-        check(
-            resp.header.as_ref(),
-            || strata_engine::Error::Catalog("unexpected 404".into()),
-            || strata_engine::Error::Catalog("unexpected 409".into()),
-        )?;
+        check_ok(resp.header.as_ref())?;
         let tables = resp
             .tables_json
             .iter()
@@ -536,11 +541,7 @@ impl Cluster {
                 async move { c.heartbeat(req).await }
             })
             .await?;
-        check(
-            resp.header.as_ref(),
-            || strata_engine::Error::Catalog("unexpected 404".into()),
-            || strata_engine::Error::Catalog("unexpected 409".into()),
-        )?;
+        check_ok(resp.header.as_ref())?;
         if report_tables {
             self.report_tables.store(false, Ordering::Relaxed);
         }

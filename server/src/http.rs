@@ -111,9 +111,7 @@ async fn influx_write(
 ) -> Response {
     use std::io::Read;
     let started = Instant::now();
-    let db = db
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let db = database_param(db.as_ref());
     let Some(precision) = influx::Precision::parse(precision) else {
         return influx_error(
             StatusCode::BAD_REQUEST,
@@ -317,6 +315,13 @@ async fn prometheus_metrics() -> Response {
         .into_response()
 }
 
+/// The database a request names, `public` when it names none.
+fn database_param(db: Option<&String>) -> String {
+    db.filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string())
+}
+
 /// Prometheus remote write: a snappy-compressed protobuf `WriteRequest`.
 /// `?db=` picks the database (default `public`). Answers 204, or 400 with
 /// the reason for a body that cannot be decoded.
@@ -326,11 +331,7 @@ async fn prom_write(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let db = params
-        .get("db")
-        .filter(|d| !d.is_empty())
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let db = database_param(params.get("db"));
     let result = prom_write_inner(&state, &db, &body).await;
     metrics::observe_request("prom_write", started, result.is_ok());
     match result {
@@ -381,11 +382,7 @@ async fn prom_read(
     body: Bytes,
 ) -> Response {
     let started = Instant::now();
-    let db = params
-        .get("db")
-        .filter(|d| !d.is_empty())
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let db = database_param(params.get("db"));
     let result = crate::prom_read::read(&state.query, &db, &body).await;
     metrics::observe_request("prom_read", started, result.is_ok());
     match result {

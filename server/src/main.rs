@@ -222,16 +222,7 @@ async fn server(
     grpc_addr: Option<std::net::SocketAddr>,
     http_addr: Option<std::net::SocketAddr>,
 ) -> Result<(), String> {
-    let mut cfg = Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-    if let Some(d) = data_dir {
-        cfg.server.data_dir = d;
-    }
-    if let Some(a) = grpc_addr {
-        cfg.server.grpc_addr = a;
-    }
-    if let Some(a) = http_addr {
-        cfg.server.http_addr = a;
-    }
+    let cfg = load_config(config, data_dir, grpc_addr, http_addr)?;
     init_logging(&cfg.log.level);
     strata_server::cluster::run(cfg, meta)
         .await
@@ -366,12 +357,13 @@ fn init_logging(level: &str) {
         .init();
 }
 
-async fn standalone(
+/// The configuration: the file, then `STRATA_…` variables, then flags.
+fn load_config(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
     grpc_addr: Option<std::net::SocketAddr>,
     http_addr: Option<std::net::SocketAddr>,
-) -> Result<(), String> {
+) -> Result<Config, String> {
     let mut cfg = Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
     if let Some(d) = data_dir {
         cfg.server.data_dir = d;
@@ -382,6 +374,16 @@ async fn standalone(
     if let Some(a) = http_addr {
         cfg.server.http_addr = a;
     }
+    Ok(cfg)
+}
+
+async fn standalone(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    grpc_addr: Option<std::net::SocketAddr>,
+    http_addr: Option<std::net::SocketAddr>,
+) -> Result<(), String> {
+    let cfg = load_config(config, data_dir, grpc_addr, http_addr)?;
     init_logging(&cfg.log.level);
     strata_server::standalone::run(cfg)
         .await
