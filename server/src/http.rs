@@ -57,6 +57,11 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         .route("/api/v1/write", post(prom_write))
         .route("/prom/v1/read", post(prom_read))
         .route("/api/v1/read", post(prom_read))
+        .route("/api/v1/query", get(prom_query).post(prom_query))
+        .route(
+            "/api/v1/query_range",
+            get(prom_query_range).post(prom_query_range),
+        )
         .route("/api/v1/labels", get(prom_labels).post(prom_labels))
         .route("/api/v1/label/{name}/values", get(prom_label_values))
         .route("/api/v1/series", get(prom_series).post(prom_series))
@@ -471,6 +476,85 @@ async fn prom_series(
     }
     match crate::prom_api::series(&state.query, &db, &matches).await {
         Ok(v) => prom_ok(json!(v)),
+        Err(e) => prom_err(&e),
+    }
+}
+
+/// Every parameter of a Prometheus API request, from the query string and,
+/// for POST, the form body (the last value wins).
+fn prom_form(raw: Option<String>, body: &[u8]) -> HashMap<String, String> {
+    form_urlencoded::parse(raw.as_deref().unwrap_or("").as_bytes())
+        .chain(form_urlencoded::parse(body))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
+}
+
+/// The parts every PromQL request shares: database, query text, lookback.
+fn promql_common(p: &HashMap<String, String>) -> Result<(String, String, i64), Error> {
+    let db = p
+        .get("db")
+        .filter(|d| !d.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_DATABASE.to_string());
+    let text = p
+        .get("query")
+        .filter(|q| !q.trim().is_empty())
+        .cloned()
+        .ok_or_else(|| {
+            Error::InvalidArgument("invalid parameter \"query\": missing".to_string())
+        })?;
+    let lookback = match p.get("lookback_delta") {
+        Some(d) => crate::promql::parse_duration(d)?,
+        None => crate::promql::DEFAULT_LOOKBACK_MS,
+    };
+    Ok((db, text, lookback))
+}
+
+fn required_time(p: &HashMap<String, String>, name: &str) -> Result<i64, Error> {
+    let v = p
+        .get(name)
+        .ok_or_else(|| Error::InvalidArgument(format!("invalid parameter \"{name}\": missing")))?;
+    crate::promql::parse_time(v)
+        .map_err(|e| Error::InvalidArgument(format!("invalid parameter \"{name}\": {e}")))
+}
+
+async fn prom_query(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = prom_form(raw, &body);
+    let run = async {
+        let (db, text, lookback) = promql_common(&p)?;
+        let t = match p.get("time") {
+            Some(_) => required_time(&p, "time")?,
+            None => chrono::Utc::now().timestamp_millis(),
+        };
+        crate::promql::instant(&state.query, &db, &text, t, lookback).await
+    };
+    match run.await {
+        Ok(v) => prom_ok(v),
+        Err(e) => prom_err(&e),
+    }
+}
+
+async fn prom_query_range(
+    State(state): State<Arc<AppState>>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Response {
+    let p = prom_form(raw, &body);
+    let run = async {
+        let (db, text, lookback) = promql_common(&p)?;
+        let start = required_time(&p, "start")?;
+        let end = required_time(&p, "end")?;
+        let step = crate::promql::parse_duration(p.get("step").ok_or_else(|| {
+            Error::InvalidArgument("invalid parameter \"step\": missing".to_string())
+        })?)?;
+        crate::promql::range(&state.query, &db, &text, start, end, step, lookback).await
+    };
+    match run.await {
+        Ok(v) => prom_ok(v),
         Err(e) => prom_err(&e),
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod prom;
 pub mod prom_api;
 pub mod prom_read;
+pub mod promql;
 pub mod sql;
 pub mod standalone;
 pub mod storage;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use promql_parser::{
     label::{MatchOp, Matcher},
-    parser::{self, Expr},
+    parser::{self, Expr, VectorSelector},
 };
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// One alternative of a selector: matchers that must all hold.
-type Group = Vec<Matcher>;
+pub(crate) type Group = Vec<Matcher>;
 
 /// Parses a `match[]` selector into its alternatives, and the metric name
 /// when the selector names one.
@@ -34,6 +34,18 @@ fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
             "match[] {text} is not a series selector"
         )));
     };
+    let (name, groups) = groups_of(&vs);
+    if groups.iter().all(|g| g.iter().all(|m| m.is_match(""))) {
+        return Err(Error::InvalidArgument(format!(
+            "match[] {text} must contain at least one matcher that does not match the empty string"
+        )));
+    }
+    Ok((name, groups))
+}
+
+/// A parsed selector's alternatives (each a list of matchers that must all
+/// hold, the metric name included), and its metric name when it has one.
+pub(crate) fn groups_of(vs: &VectorSelector) -> (Option<String>, Vec<Group>) {
     let mut groups: Vec<Group> = if vs.matchers.or_matchers.is_empty() {
         vec![vs.matchers.matchers.clone()]
     } else {
@@ -54,15 +66,10 @@ fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
             .find(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
             .map(|m| m.value.clone());
     }
-    if groups.iter().all(|g| g.iter().all(|m| m.is_match(""))) {
-        return Err(Error::InvalidArgument(format!(
-            "match[] {text} must contain at least one matcher that does not match the empty string"
-        )));
-    }
-    Ok((name, groups))
+    (name, groups)
 }
 
-fn matches(groups: &[Group], labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn matches(groups: &[Group], labels: &BTreeMap<String, String>) -> bool {
     groups.iter().any(|g| {
         g.iter()
             .all(|m| m.is_match(labels.get(&m.name).map_or("", String::as_str)))

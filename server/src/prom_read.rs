@@ -159,19 +159,19 @@ pub(crate) async fn scan_series(
     Ok(out)
 }
 
-/// Answers one query.
-async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult> {
-    let matchers = q
-        .matchers
-        .iter()
-        .map(Matcher::compile)
-        .collect::<Result<Vec<_>>>()?;
-    let metric = q
-        .matchers
-        .iter()
-        .find(|m| m.name == "__name__" && m.r#type == 0)
-        .map(|m| m.value.clone());
-    let partitions: Vec<u64> = match &metric {
+/// The raw samples, in time order, of every series that `keep` accepts,
+/// with timestamps in `[start_ms, end_ms]`. Reading one metric (`metric`)
+/// touches only its partition. Values are returned as stored, so
+/// Prometheus's stale markers (a special NaN) come back too.
+pub(crate) async fn select(
+    query: &QueryEngine,
+    db: &str,
+    metric: Option<&str>,
+    keep: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+    start_ms: i64,
+    end_ms: i64,
+) -> Result<Vec<(BTreeMap<String, String>, Vec<Sample>)>> {
+    let partitions: Vec<u64> = match metric {
         Some(m) => vec![prom::partition(m)],
         None => (0..prom::PARTITIONS).collect(),
     };
@@ -182,12 +182,11 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
         if engine.entry(db, &series_table).is_err() || engine.entry(db, &samples_table).is_err() {
             continue;
         }
-        let mut found: BTreeMap<u64, BTreeMap<String, String>> =
-            scan_series(query, db, p, metric.as_deref())
-                .await?
-                .into_iter()
-                .filter(|(_, set)| matchers.iter().all(|m| m.matches(set)))
-                .collect();
+        let mut found: BTreeMap<u64, BTreeMap<String, String>> = scan_series(query, db, p, metric)
+            .await?
+            .into_iter()
+            .filter(|(_, set)| keep(set))
+            .collect();
         if found.is_empty() {
             continue;
         }
@@ -201,10 +200,9 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
                 .join(", ");
             let mut sql = format!(
                 "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table} \
-                 WHERE ts >= {} AND ts <= {} AND series IN ({list})",
-                q.start_timestamp_ms, q.end_timestamp_ms
+                 WHERE ts >= {start_ms} AND ts <= {end_ms} AND series IN ({list})"
             );
-            if let Some(m) = &metric {
+            if let Some(m) = metric {
                 sql.push_str(&format!(" AND metric = {}", quote(m)));
             }
             for b in rows(query, db, &sql).await? {
@@ -227,17 +225,45 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
         }
         for (id, mut points) in samples {
             points.sort_by_key(|s| s.timestamp);
-            let labels = found.remove(&id).unwrap_or_default();
-            out.push(TimeSeries {
-                labels: labels
-                    .into_iter()
-                    .map(|(name, value)| Label { name, value })
-                    .collect(),
-                samples: points,
-                histograms: Vec::new(),
-            });
+            points.dedup_by_key(|s| s.timestamp);
+            out.push((found.remove(&id).unwrap_or_default(), points));
         }
     }
+    Ok(out)
+}
+
+/// Answers one query.
+async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult> {
+    let matchers = q
+        .matchers
+        .iter()
+        .map(Matcher::compile)
+        .collect::<Result<Vec<_>>>()?;
+    let metric = q
+        .matchers
+        .iter()
+        .find(|m| m.name == "__name__" && m.r#type == 0)
+        .map(|m| m.value.clone());
+    let keep = |set: &BTreeMap<String, String>| matchers.iter().all(|m| m.matches(set));
+    let mut out: Vec<TimeSeries> = select(
+        query,
+        db,
+        metric.as_deref(),
+        &keep,
+        q.start_timestamp_ms,
+        q.end_timestamp_ms,
+    )
+    .await?
+    .into_iter()
+    .map(|(labels, samples)| TimeSeries {
+        labels: labels
+            .into_iter()
+            .map(|(name, value)| Label { name, value })
+            .collect(),
+        samples,
+        histograms: Vec::new(),
+    })
+    .collect();
     out.sort_by(|a, b| {
         let key = |t: &TimeSeries| {
             t.labels

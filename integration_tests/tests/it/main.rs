@@ -11,6 +11,7 @@ mod horaedb_python;
 mod influx;
 mod persistence;
 mod prom;
+mod promql;
 mod remote;
 mod sqllogic;
 mod storage;

@@ -222,6 +222,23 @@ async fn scenario(http: SocketAddr, reader: &Client) {
     assert_eq!(code, 400, "{v}");
     assert_eq!(v["errorType"], "bad_data");
 
+    // PromQL over the same tables (spread over the instances of a cluster).
+    let (code, v) = get(
+        "/api/v1/query?query=sum%20by%20(job)%20(%7B__name__%3D~%22metric_1%5B0-9%5D%22%7D)&time=3",
+    )
+    .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"]["resultType"], "vector");
+    let result = v["data"]["result"].as_array().unwrap();
+    assert_eq!(result.len(), 2, "{v}");
+    assert!(result.iter().all(|r| r["value"][1] == "145"), "{v}");
+    let (code, v) = get("/api/v1/query_range?query=max(metric_7)&start=1&end=3&step=1").await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["data"]["result"][0]["values"],
+        serde_json::json!([[1, "1"], [2, "2"], [3, "7"]])
+    );
+
     // Bad bodies: a clear 400, nothing written.
     let (code, text) = post(http, "/api/v1/write", b"not snappy").await;
     assert_eq!(code, 400, "{text}");

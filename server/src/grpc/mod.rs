@@ -117,7 +117,13 @@ impl StorageServiceImpl {
         proxy: bool,
     ) -> Result<u32> {
         let db = database(&req.context);
-        if let Some(t) = req.table_requests.first() {
+        // One refresh covers every table; a request can name several (a
+        // Prometheus write names one per partition).
+        if let Some(t) = req
+            .table_requests
+            .iter()
+            .find(|t| self.engine().entry(&db, &t.table).is_err())
+        {
             self.ensure_known(&db, &t.table.clone()).await?;
         }
         if !self.engine().database_exists(&db) {

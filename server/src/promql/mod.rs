@@ -1,0 +1,412 @@
+//! PromQL evaluation for `/api/v1/query` and `/api/v1/query_range`.
+//!
+//! A query runs in two phases:
+//! 1. [`prefetch`] reads, once, the samples every selector of the parsed
+//!    expression needs over the whole query span (through SQL over the RFC
+//!    0003 layout, so it works on any instance of a cluster);
+//! 2. [`eval::Evaluator`] evaluates the expression at each step over those
+//!    samples, with the Prometheus 2.x semantics described in
+//!    `docs/protocols/prometheus.md`.
+//!
+//! Subqueries and the functions not in [`funcs::SUPPORTED`] are refused
+//! with an error naming them, never answered approximately.
+
+mod eval;
+mod funcs;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use promql_parser::parser::{self, Expr, VectorSelector};
+use serde_json::{json, Value as Json};
+
+use crate::{
+    error::{Error, Result},
+    prom_api, prom_read,
+    sql::QueryEngine,
+};
+use eval::{format_value, Evaluator, Series, Value};
+
+pub use funcs::SUPPORTED as SUPPORTED_FUNCTIONS;
+
+/// Prometheus's default lookback delta.
+pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
+/// Prometheus refuses range queries with more points per series than this.
+pub const MAX_POINTS: i64 = 11_000;
+
+fn parse(text: &str) -> Result<Expr> {
+    parser::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))
+}
+
+/// Every selector of the expression with the window it is read over (the
+/// range of a range selector, else 0 for "lookback").
+fn selectors<'a>(e: &'a Expr, out: &mut Vec<(&'a VectorSelector, i64)>) -> Result<()> {
+    match e {
+        Expr::VectorSelector(vs) => out.push((vs, 0)),
+        Expr::MatrixSelector(ms) => out.push((&ms.vs, ms.range.as_millis() as i64)),
+        Expr::Aggregate(a) => {
+            selectors(&a.expr, out)?;
+            if let Some(p) = &a.param {
+                selectors(p, out)?;
+            }
+        }
+        Expr::Unary(u) => selectors(&u.expr, out)?,
+        Expr::Binary(b) => {
+            selectors(&b.lhs, out)?;
+            selectors(&b.rhs, out)?;
+        }
+        Expr::Paren(p) => selectors(&p.expr, out)?,
+        Expr::Call(c) => {
+            for a in &c.args.args {
+                selectors(a, out)?;
+            }
+        }
+        Expr::Subquery(_) => return Err(eval::unsupported("subqueries")),
+        Expr::NumberLiteral(_) | Expr::StringLiteral(_) => {}
+        Expr::Extension(_) => return Err(eval::unsupported("extension expressions")),
+    }
+    Ok(())
+}
+
+/// Reads the samples of every selector for steps in `[start, end]`.
+async fn prefetch(
+    query: &QueryEngine,
+    db: &str,
+    expr: &Expr,
+    start: i64,
+    end: i64,
+    lookback: i64,
+) -> Result<Evaluator> {
+    let mut ev = Evaluator {
+        start,
+        end,
+        lookback,
+        data: HashMap::new(),
+    };
+    let mut list = Vec::new();
+    selectors(expr, &mut list)?;
+    for (vs, range) in list {
+        let (a, b) = (
+            ev.ref_time(start, &vs.at, &vs.offset),
+            ev.ref_time(end, &vs.at, &vs.offset),
+        );
+        let window = if range > 0 { range } else { lookback };
+        let (mint, maxt) = (a.min(b) - window, a.max(b));
+        let (name, groups) = prom_api::groups_of(vs);
+        let keep = |l: &BTreeMap<String, String>| prom_api::matches(&groups, l);
+        let found = prom_read::select(query, db, name.as_deref(), &keep, mint, maxt).await?;
+        let series = found
+            .into_iter()
+            .map(|(labels, samples)| Series {
+                labels: Arc::new(labels),
+                points: samples
+                    .into_iter()
+                    .map(|s| (s.timestamp, s.value))
+                    .collect(),
+            })
+            .collect();
+        ev.data.insert(eval::key(vs), series);
+    }
+    Ok(ev)
+}
+
+/// A time as Prometheus writes it: Unix seconds, with a fraction only when
+/// there is one.
+fn seconds(ms: i64) -> Json {
+    if ms % 1000 == 0 {
+        json!(ms / 1000)
+    } else {
+        json!(ms as f64 / 1000.0)
+    }
+}
+
+/// `/api/v1/query`: the expression at one time, as Prometheus answers it.
+pub async fn instant(
+    query: &QueryEngine,
+    db: &str,
+    text: &str,
+    t: i64,
+    lookback: i64,
+) -> Result<Json> {
+    let expr = parse(text)?;
+    let ev = prefetch(query, db, &expr, t, t, lookback).await?;
+    Ok(match ev.eval(&expr, t)? {
+        Value::Scalar(v) => {
+            json!({"resultType": "scalar", "result": [seconds(t), format_value(v)]})
+        }
+        Value::Str(s) => json!({"resultType": "string", "result": [seconds(t), s]}),
+        Value::Vector(v) => {
+            check_unique(v.iter().map(|e| &e.labels))?;
+            json!({
+                "resultType": "vector",
+                "result": v.iter().map(|e| json!({
+                    "metric": *e.labels,
+                    "value": [seconds(t), format_value(e.v)],
+                })).collect::<Vec<_>>(),
+            })
+        }
+        Value::Matrix(m) => json!({
+            "resultType": "matrix",
+            "result": m.iter().map(|w| json!({
+                "metric": *w.labels,
+                "values": w.points.iter().map(|(ts, v)| json!([seconds(*ts), format_value(*v)])).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        }),
+    })
+}
+
+fn check_unique<'a>(labels: impl Iterator<Item = &'a eval::Labels>) -> Result<()> {
+    let mut seen = HashSet::new();
+    for l in labels {
+        if !seen.insert(l) {
+            return Err(Error::InvalidArgument(
+                "vector cannot contain metrics with the same labelset".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `/api/v1/query_range`: the expression at `start`, `start + step`, … up
+/// to `end`, as a matrix sorted by labels.
+pub async fn range(
+    query: &QueryEngine,
+    db: &str,
+    text: &str,
+    start: i64,
+    end: i64,
+    step: i64,
+    lookback: i64,
+) -> Result<Json> {
+    if end < start {
+        return Err(Error::InvalidArgument(
+            "end timestamp must not be before start time".to_string(),
+        ));
+    }
+    if step <= 0 {
+        return Err(Error::InvalidArgument(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer"
+                .to_string(),
+        ));
+    }
+    if (end - start) / step > MAX_POINTS {
+        return Err(Error::InvalidArgument(
+            "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the \
+             query resolution (?step=XX)"
+                .to_string(),
+        ));
+    }
+    let expr = parse(text)?;
+    if matches!(expr, Expr::MatrixSelector(_) | Expr::StringLiteral(_)) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+            if matches!(expr, Expr::StringLiteral(_)) {
+                "string"
+            } else {
+                "range vector"
+            }
+        )));
+    }
+    let ev = prefetch(query, db, &expr, start, end, lookback).await?;
+    let mut out: BTreeMap<BTreeMap<String, String>, Vec<Json>> = BTreeMap::new();
+    let mut t = start;
+    while t <= end {
+        match ev.eval(&expr, t)? {
+            Value::Scalar(v) => out
+                .entry(BTreeMap::new())
+                .or_default()
+                .push(json!([seconds(t), format_value(v)])),
+            Value::Vector(v) => {
+                check_unique(v.iter().map(|e| &e.labels))?;
+                for e in v {
+                    out.entry((*e.labels).clone())
+                        .or_default()
+                        .push(json!([seconds(t), format_value(e.v)]));
+                }
+            }
+            _ => {
+                return Err(Error::InvalidArgument(
+                    "a range query must give a scalar or an instant vector".to_string(),
+                ))
+            }
+        }
+        t += step;
+    }
+    Ok(json!({
+        "resultType": "matrix",
+        "result": out.into_iter().map(|(metric, values)| json!({"metric": metric, "values": values})).collect::<Vec<_>>(),
+    }))
+}
+
+/// A Prometheus API time: Unix seconds (with a fraction) or RFC 3339.
+pub fn parse_time(s: &str) -> Result<i64> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Ok((f * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.timestamp_millis())
+        .map_err(|_| Error::InvalidArgument(format!("cannot parse {s:?} to a valid timestamp")))
+}
+
+/// A Prometheus API duration: seconds (with a fraction) or `1m30s`.
+pub fn parse_duration(s: &str) -> Result<i64> {
+    if let Ok(f) = s.parse::<f64>() {
+        if f.is_finite() {
+            return Ok((f * 1000.0).round() as i64);
+        }
+    }
+    promql_parser::util::duration::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| Error::InvalidArgument(format!("cannot parse {s:?} to a valid duration")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn series(name: &str, extra: &[(&str, &str)], points: &[(i64, f64)]) -> Series {
+        let mut l: BTreeMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert("__name__".to_string(), name.to_string());
+        Series {
+            labels: Arc::new(l),
+            points: points.to_vec(),
+        }
+    }
+
+    /// Evaluates `text` at `t` over in-memory series (every selector gets
+    /// the series whose name it names).
+    fn eval_at(text: &str, data: &[Series], t: i64) -> Value {
+        let expr = parse(text).unwrap();
+        let mut list = Vec::new();
+        selectors(&expr, &mut list).unwrap();
+        let mut ev = Evaluator {
+            start: t,
+            end: t,
+            lookback: DEFAULT_LOOKBACK_MS,
+            data: HashMap::new(),
+        };
+        for (vs, _) in list {
+            let (_, groups) = prom_api::groups_of(vs);
+            let picked = data
+                .iter()
+                .filter(|s| prom_api::matches(&groups, &s.labels))
+                .map(|s| Series {
+                    labels: s.labels.clone(),
+                    points: s.points.clone(),
+                })
+                .collect();
+            ev.data.insert(eval::key(vs), picked);
+        }
+        ev.eval(&expr, t).unwrap()
+    }
+
+    fn values(v: Value) -> Vec<(BTreeMap<String, String>, f64)> {
+        let Value::Vector(v) = v else {
+            panic!("not a vector: {v:?}")
+        };
+        let mut out: Vec<_> = v.into_iter().map(|e| ((*e.labels).clone(), e.v)).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn lookback_and_staleness() {
+        let stale = f64::from_bits(eval::STALE_NAN_BITS);
+        let data = [
+            series("up", &[("job", "a")], &[(0, 1.0), (60_000, 2.0)]),
+            series("up", &[("job", "b")], &[(0, 1.0), (30_000, stale)]),
+        ];
+        let v = values(eval_at("up", &data, 90_000));
+        assert_eq!(v.len(), 1, "the stale series is gone: {v:?}");
+        assert_eq!(v[0].1, 2.0);
+        // Past the 5 minute lookback nothing is left.
+        assert!(values(eval_at("up", &data, 60_000 + 300_001)).is_empty());
+        assert_eq!(values(eval_at("up", &data, 60_000 + 300_000)).len(), 1);
+        // offset moves the reference time back.
+        let v = values(eval_at("up offset 1m", &data, 90_000));
+        assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1.0]);
+    }
+
+    #[test]
+    fn vector_matching_with_group_left() {
+        let data = [
+            series("req", &[("job", "a"), ("code", "200")], &[(0, 10.0)]),
+            series("req", &[("job", "a"), ("code", "500")], &[(0, 2.0)]),
+            series("limit", &[("job", "a"), ("team", "x")], &[(0, 4.0)]),
+        ];
+        let v = values(eval_at(
+            "req / on(job) group_left(team) limit",
+            &data,
+            1_000,
+        ));
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].0.get("team").map(String::as_str), Some("x"));
+        assert!(!v[0].0.contains_key("__name__"));
+        assert_eq!(v[0].1, 2.5);
+        assert_eq!(v[1].1, 0.5);
+        // Without group_left the many side is an error.
+        let expr = parse("req / on(job) limit").unwrap();
+        let mut list = Vec::new();
+        selectors(&expr, &mut list).unwrap();
+        assert_eq!(list.len(), 2);
+        // Comparisons filter and keep the name.
+        let v = values(eval_at("req > 5", &data, 1_000));
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].0.get("__name__").map(String::as_str), Some("req"));
+        let v = values(eval_at("req > bool 5", &data, 1_000));
+        assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn aggregations_group_by_and_without() {
+        let data = [
+            series("m", &[("a", "1"), ("b", "x")], &[(0, 1.0)]),
+            series("m", &[("a", "1"), ("b", "y")], &[(0, 3.0)]),
+            series("m", &[("a", "2"), ("b", "x")], &[(0, 5.0)]),
+        ];
+        let v = values(eval_at("sum by (a) (m)", &data, 0));
+        assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), vec![4.0, 5.0]);
+        let v = values(eval_at("max without (a) (m)", &data, 0));
+        assert_eq!(v.iter().map(|x| x.1).collect::<Vec<_>>(), vec![5.0, 3.0]);
+        let v = values(eval_at("topk(2, m)", &data, 0));
+        assert_eq!(v.len(), 2);
+        assert!(v.iter().all(|x| x.0.contains_key("__name__")));
+        let v = values(eval_at("count(m)", &data, 0));
+        assert_eq!(v[0].1, 3.0);
+    }
+
+    #[test]
+    fn unsupported_functions_are_named() {
+        let expr = parse("absent_over_time(up[5m])").unwrap();
+        let ev = Evaluator {
+            start: 0,
+            end: 0,
+            lookback: DEFAULT_LOOKBACK_MS,
+            data: HashMap::new(),
+        };
+        let err = ev.eval(&expr, 0).unwrap_err().to_string();
+        assert!(err.contains("absent_over_time"), "{err}");
+        let err = selectors(&parse("max_over_time(up[5m:1m])").unwrap(), &mut Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("subqueries"), "{err}");
+    }
+
+    #[test]
+    fn api_times_and_durations() {
+        assert_eq!(parse_time("1700000000.5").unwrap(), 1_700_000_000_500);
+        assert_eq!(
+            parse_time("2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_duration("15").unwrap(), 15_000);
+        assert_eq!(parse_duration("1m30s").unwrap(), 90_000);
+    }
+}
