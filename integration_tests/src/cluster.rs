@@ -53,6 +53,8 @@ pub struct Proc {
     pub data_dir: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    /// The PostgreSQL address (instances only).
+    pub pg: Option<SocketAddr>,
     pub log: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -264,6 +266,7 @@ impl TestCluster {
             data_dir,
             grpc,
             http,
+            pg: None,
             args,
             env: Vec::new(),
         };
@@ -277,6 +280,7 @@ impl TestCluster {
         let data_dir = self.root().join(format!("server{i}"));
         let grpc = free_addr();
         let http = free_addr();
+        let pg = free_addr();
         let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config/cluster.toml");
         let args: Vec<String> = vec![
             "server".into(),
@@ -290,6 +294,8 @@ impl TestCluster {
             grpc.to_string(),
             "--http-addr".into(),
             http.to_string(),
+            "--pg-addr".into(),
+            pg.to_string(),
         ];
         let env = vec![
             (
@@ -310,6 +316,7 @@ impl TestCluster {
             data_dir,
             grpc,
             http,
+            pg: Some(pg),
             args,
             env,
         };

@@ -60,6 +60,7 @@ pub struct StrataProcess {
     pub data_dir: PathBuf,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub pg: SocketAddr,
     pub log: PathBuf,
     env: Vec<(String, String)>,
     args: Vec<String>,
@@ -87,6 +88,7 @@ impl StrataProcess {
             data_dir: data_dir.to_path_buf(),
             grpc: free_addr(),
             http: free_addr(),
+            pg: free_addr(),
             log: data_dir.with_extension("log"),
             env,
             args,
@@ -109,6 +111,8 @@ impl StrataProcess {
             .arg(self.grpc.to_string())
             .arg("--http-addr")
             .arg(self.http.to_string())
+            .arg("--pg-addr")
+            .arg(self.pg.to_string())
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

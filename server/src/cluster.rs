@@ -768,11 +768,13 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     std::fs::create_dir_all(&config.server.data_dir)
         .map_err(|e| Error::Internal(format!("creating the data directory: {e}")))?;
     let store = storage::open_object_store(&config)?;
-    let (grpc_listener, http_listener) = standalone::bind(&config).await?;
-    let grpc_addr = grpc_listener
+    let listeners = standalone::bind(&config).await?;
+    let grpc_addr = listeners
+        .grpc
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let http_addr = http_listener
+    let http_addr = listeners
+        .http
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
@@ -811,15 +813,7 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
         ShardControlService::new(cluster.clone()),
     );
-    standalone::serve(
-        &config,
-        query,
-        grpc_listener,
-        http_listener,
-        "server",
-        Some(control),
-    )
-    .await?;
+    standalone::serve(&config, query, listeners, "server", Some(control)).await?;
     heartbeats.abort();
     // Hand the shards back: flush, close and release each lock, so that
     // meta can move them at once instead of waiting for the lease to expire.

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub grpc_addr: SocketAddr,
     /// HTTP listen address.
     pub http_addr: SocketAddr,
+    /// PostgreSQL wire protocol listen address.
+    pub pg_addr: SocketAddr,
     /// The address `Route` tells clients to use; defaults to `grpc_addr`.
     pub advertise_addr: Option<SocketAddr>,
     /// Where local data lives (WAL and SSTs in standalone mode).
@@ -61,6 +63,7 @@ impl Default for ServerConfig {
         Self {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8831)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 5440)),
+            pg_addr: SocketAddr::from(([127, 0, 0, 1], 5433)),
             advertise_addr: None,
             data_dir: PathBuf::from("./strata-data"),
             auto_create_table: true,

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod http;
 pub mod influx;
 pub mod metrics;
+pub mod pg;
 pub mod prom;
 pub mod prom_api;
 pub mod prom_read;

@@ -20,6 +20,20 @@ struct Cli {
     command: Command,
 }
 
+/// The addresses an instance listens on (each overrides the configuration).
+#[derive(clap::Args, Debug, Clone, Default)]
+struct Listen {
+    /// gRPC listen address (default 127.0.0.1:8831).
+    #[arg(long)]
+    grpc_addr: Option<std::net::SocketAddr>,
+    /// HTTP listen address (default 127.0.0.1:5440).
+    #[arg(long)]
+    http_addr: Option<std::net::SocketAddr>,
+    /// PostgreSQL wire protocol listen address (default 127.0.0.1:5433).
+    #[arg(long)]
+    pg_addr: Option<std::net::SocketAddr>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run every role in one process, with data on local disk.
@@ -30,12 +44,8 @@ enum Command {
         /// Where data lives (default ./strata-data).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// gRPC listen address (default 127.0.0.1:8831).
-        #[arg(long)]
-        grpc_addr: Option<std::net::SocketAddr>,
-        /// HTTP listen address (default 127.0.0.1:5440).
-        #[arg(long)]
-        http_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        listen: Listen,
     },
     /// Run a meta process: cluster metadata on etcd, shard scheduling.
     Meta {
@@ -73,10 +83,8 @@ enum Command {
         meta: Vec<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        #[arg(long)]
-        grpc_addr: Option<std::net::SocketAddr>,
-        #[arg(long)]
-        http_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        listen: Listen,
     },
     /// Administer a cluster through meta's HTTP API.
     Admin {
@@ -219,10 +227,9 @@ async fn server(
     config: Option<PathBuf>,
     meta: Vec<String>,
     data_dir: Option<PathBuf>,
-    grpc_addr: Option<std::net::SocketAddr>,
-    http_addr: Option<std::net::SocketAddr>,
+    listen: Listen,
 ) -> Result<(), String> {
-    let cfg = load_config(config, data_dir, grpc_addr, http_addr)?;
+    let cfg = load_config(config, data_dir, listen)?;
     init_logging(&cfg.log.level);
     strata_server::cluster::run(cfg, meta)
         .await
@@ -361,18 +368,20 @@ fn init_logging(level: &str) {
 fn load_config(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
-    grpc_addr: Option<std::net::SocketAddr>,
-    http_addr: Option<std::net::SocketAddr>,
+    listen: Listen,
 ) -> Result<Config, String> {
     let mut cfg = Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
     if let Some(d) = data_dir {
         cfg.server.data_dir = d;
     }
-    if let Some(a) = grpc_addr {
+    if let Some(a) = listen.grpc_addr {
         cfg.server.grpc_addr = a;
     }
-    if let Some(a) = http_addr {
+    if let Some(a) = listen.http_addr {
         cfg.server.http_addr = a;
+    }
+    if let Some(a) = listen.pg_addr {
+        cfg.server.pg_addr = a;
     }
     Ok(cfg)
 }
@@ -380,10 +389,9 @@ fn load_config(
 async fn standalone(
     config: Option<PathBuf>,
     data_dir: Option<PathBuf>,
-    grpc_addr: Option<std::net::SocketAddr>,
-    http_addr: Option<std::net::SocketAddr>,
+    listen: Listen,
 ) -> Result<(), String> {
-    let cfg = load_config(config, data_dir, grpc_addr, http_addr)?;
+    let cfg = load_config(config, data_dir, listen)?;
     init_logging(&cfg.log.level);
     strata_server::standalone::run(cfg)
         .await
@@ -427,9 +435,8 @@ async fn main() -> ExitCode {
         Command::Standalone {
             config,
             data_dir,
-            grpc_addr,
-            http_addr,
-        } => standalone(config, data_dir, grpc_addr, http_addr).await,
+            listen,
+        } => standalone(config, data_dir, listen).await,
         Command::Meta {
             config,
             data_dir,
@@ -458,9 +465,8 @@ async fn main() -> ExitCode {
             config,
             meta,
             data_dir,
-            grpc_addr,
-            http_addr,
-        } => server(config, meta, data_dir, grpc_addr, http_addr).await,
+            listen,
+        } => server(config, meta, data_dir, listen).await,
         Command::Admin { meta, command } => admin(meta, command).await,
         Command::Sql {
             endpoint,

@@ -54,7 +54,7 @@ pub async fn run(config: Config) -> Result<()> {
 
     // Bind before the (possibly long) recovery so that a port conflict is
     // reported at once.
-    let (grpc_listener, http_listener) = bind(&config).await?;
+    let listeners = bind(&config).await?;
 
     let engine = Engine::open(config.engine.clone(), store, wal).await?;
     let query_runtime = query_runtime(&config)?;
@@ -63,15 +63,7 @@ pub async fn run(config: Config) -> Result<()> {
         query_runtime.handle().clone(),
         query_threads(&config),
     );
-    serve(
-        &config,
-        query,
-        grpc_listener,
-        http_listener,
-        "standalone",
-        None,
-    )
-    .await?;
+    serve(&config, query, listeners, "standalone", None).await?;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
         .await
         .unwrap_or(Ok(()))
@@ -101,8 +93,15 @@ pub(crate) fn query_runtime(config: &Config) -> Result<tokio::runtime::Runtime> 
         .map_err(startup("starting the query runtime"))
 }
 
-/// Binds the gRPC and HTTP listeners named by the configuration.
-pub(crate) async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> {
+/// The listeners of one process: gRPC, HTTP and PostgreSQL.
+pub(crate) struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub pg: TcpListener,
+}
+
+/// Binds the gRPC, HTTP and PostgreSQL listeners named by the configuration.
+pub(crate) async fn bind(config: &Config) -> Result<Listeners> {
     let grpc_listener = TcpListener::bind(config.server.grpc_addr)
         .await
         .map_err(|e| {
@@ -113,15 +112,19 @@ pub(crate) async fn bind(config: &Config) -> Result<(TcpListener, TcpListener)> 
         .map_err(|e| {
             Error::Internal(format!("binding HTTP to {}: {e}", config.server.http_addr))
         })?;
-    Ok((grpc_listener, http_listener))
+    let pg = crate::pg::bind(config.server.pg_addr).await?;
+    Ok(Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        pg,
+    })
 }
 
-/// Serves gRPC and HTTP until a shutdown signal, then stops both.
+/// Serves gRPC, HTTP and PostgreSQL until a shutdown signal, then stops them.
 pub(crate) async fn serve(
     config: &Config,
     query: QueryEngine,
-    grpc_listener: TcpListener,
-    http_listener: TcpListener,
+    listeners: Listeners,
     role: &str,
     control: Option<
         strata_proto::meta::shard_control_server::ShardControlServer<
@@ -129,12 +132,20 @@ pub(crate) async fn serve(
         >,
     >,
 ) -> Result<()> {
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        pg: pg_listener,
+    } = listeners;
     let grpc_addr = grpc_listener
         .local_addr()
         .map_err(startup("reading the gRPC address"))?;
     let http_addr = http_listener
         .local_addr()
         .map_err(startup("reading the HTTP address"))?;
+    let pg_addr = pg_listener
+        .local_addr()
+        .map_err(startup("reading the PostgreSQL address"))?;
     let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
     let storage =
         StorageServiceImpl::new(query.clone(), advertise, config.server.auto_create_table);
@@ -167,6 +178,11 @@ pub(crate) async fn serve(
                 },
             ),
     );
+    let pg = tokio::spawn(crate::pg::serve(
+        pg_listener,
+        query.clone(),
+        stop_rx.clone(),
+    ));
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(
         axum::serve(http_listener, http::router(query, storage))
@@ -175,7 +191,7 @@ pub(crate) async fn serve(
             })
             .into_future(),
     );
-    tracing::info!(%grpc_addr, %http_addr, data_dir = %config.server.data_dir.display(),
+    tracing::info!(%grpc_addr, %http_addr, %pg_addr, data_dir = %config.server.data_dir.display(),
         "Strata {role} is serving");
 
     shutdown_signal().await;
@@ -184,6 +200,7 @@ pub(crate) async fn serve(
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         let _ = grpc.await;
         let _ = http.await;
+        let _ = pg.await;
     })
     .await;
     Ok(())

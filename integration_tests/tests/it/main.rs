@@ -10,6 +10,7 @@ mod grpc;
 mod horaedb_python;
 mod influx;
 mod persistence;
+mod pg;
 mod prom;
 mod promql;
 mod remote;

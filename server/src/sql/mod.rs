@@ -130,6 +130,7 @@ impl QueryEngine {
             ])
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(crate::pg::current_setting_udf());
         ctx.register_catalog(
             CATALOG_NAME,
             Arc::new(catalog::StrataCatalog::new(engine.clone(), cluster)),
@@ -317,6 +318,37 @@ impl QueryEngine {
             Ok(Output::Rows { schema, batches })
         })
         .await
+    }
+
+    /// The columns a statement returns, without running it: DataFusion plans
+    /// queries; Strata's read-only `SHOW` and `DESCRIBE` run (they only read
+    /// the catalog); any other statement returns no rows (`None`). Used by
+    /// the PostgreSQL protocol's Describe.
+    pub async fn describe(&self, database: &str, sql: &str) -> Result<Option<SchemaRef>> {
+        let first = sql
+            .trim_start()
+            .split(|c: char| c.is_whitespace() || c == '(')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        match first.as_str() {
+            "select" | "with" | "values" | "" | "explain" => {
+                let state = self.session(database, false);
+                let sql = sql.to_string();
+                self.on_query_runtime(async move {
+                    let dialect = state.config().options().sql_parser.dialect;
+                    let statement = state.sql_to_statement(&sql, &dialect)?;
+                    let plan = state.statement_to_plan(statement).await?;
+                    Ok(Some(Arc::new(plan.schema().as_arrow().clone()) as SchemaRef))
+                })
+                .await
+            }
+            "show" | "describe" | "desc" => match self.execute(database, sql).await? {
+                Output::Rows { schema, .. } => Ok(Some(schema)),
+                Output::AffectedRows(_) => Ok(None),
+            },
+            _ => Ok(None),
+        }
     }
 
     /// The endpoint of the one other instance that leads every table the
