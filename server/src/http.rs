@@ -532,7 +532,10 @@ async fn prom_query(
         };
         crate::promql::instant(&state.query, &db, &text, t, lookback).await
     };
-    match run.await {
+    let started = Instant::now();
+    let result = run.await;
+    metrics::observe_request("promql_query", started, result.is_ok());
+    match result {
         Ok(v) => prom_ok(v),
         Err(e) => prom_err(&e),
     }
@@ -553,7 +556,10 @@ async fn prom_query_range(
         })?)?;
         crate::promql::range(&state.query, &db, &text, start, end, step, lookback).await
     };
-    match run.await {
+    let started = Instant::now();
+    let result = run.await;
+    metrics::observe_request("promql_query_range", started, result.is_ok());
+    match result {
         Ok(v) => prom_ok(v),
         Err(e) => prom_err(&e),
     }

@@ -507,7 +507,10 @@ impl PgHandler {
             return Ok(r);
         }
         let sql = &session_functions(sql, db);
-        let output = self.query.execute(db, sql).await.map_err(pg_error)?;
+        let started = std::time::Instant::now();
+        let result = self.query.execute(db, sql).await;
+        crate::metrics::observe_request("pg_query", started, result.is_ok());
+        let output = result.map_err(pg_error)?;
         // A forwarded query with no rows comes back without its columns.
         let output = match output {
             Output::Rows { schema, batches }

@@ -141,3 +141,76 @@ async fn line_protocol_writes_on_a_cluster_reach_every_shard() {
     let reader = c.servers[2].client().await;
     scenario(c.servers[0].http, &reader).await;
 }
+
+/// Runs `curl` as a user would; returns (HTTP status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The acceptance path: line protocol sent with `curl` (plain, gzip, with
+/// a precision, and malformed), then queried back with SQL over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_protocol_with_curl_then_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StrataProcess::start(&dir.path().join("data")).await;
+    let base = format!("http://{}", server.http);
+
+    let (code, body) = curl(&[
+        "-XPOST",
+        &format!("{base}/influxdb/v1/write?db=public&precision=s"),
+        "--data-binary",
+        "weather,city=paris temp=21.5,rain=0i 1700000000\nweather,city=oslo temp=3.25,rain=2i 1700000000",
+    ]);
+    assert_eq!(code, 204, "{body}");
+
+    let gz = dir.path().join("batch.gz");
+    std::fs::write(
+        &gz,
+        gzip("weather,city=paris temp=22.5,rain=1i 1700000060000\n"),
+    )
+    .unwrap();
+    let (code, body) = curl(&[
+        "-XPOST",
+        &format!("{base}/api/v2/write?bucket=public&precision=ms"),
+        "-H",
+        "Content-Encoding: gzip",
+        "--data-binary",
+        &format!("@{}", gz.display()),
+    ]);
+    assert_eq!(code, 204, "{body}");
+
+    // A malformed line: 400 naming it, and the good line of the batch is
+    // not written either.
+    let (code, body) = curl(&[
+        "-XPOST",
+        &format!("{base}/write?precision=s"),
+        "--data-binary",
+        "weather,city=rome temp=30 1700000120\nweather,city=rome temp= 1700000120",
+    ]);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("line 2"), "{body}");
+
+    let (code, body) = curl(&[
+        "-XPOST",
+        &format!("{base}/sql"),
+        "-d",
+        r#"{"query": "SELECT city, CAST(timestamp AS BIGINT) AS t, temp, rain FROM weather ORDER BY t, city"}"#,
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{body}");
+    assert_eq!(rows[0]["city"], "oslo");
+    assert_eq!(rows[0]["t"], 1_700_000_000_000i64);
+    assert_eq!(rows[2]["city"], "paris");
+    assert_eq!(rows[2]["temp"], 22.5);
+    assert_eq!(rows[2]["t"], 1_700_000_060_000i64);
+}

@@ -497,6 +497,44 @@ async fn prometheus_scrapes_and_remote_writes_into_strata() {
         .filter_map(Value::as_str)
         .collect();
     assert!(names.contains(&"strata_requests_total"), "{names:?}");
+
+    // Every PromQL panel of the Grafana dashboard in docker/grafana runs
+    // on Strata (with Grafana's $__rate_interval as 1m), and the panels
+    // about requests and instances have data.
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../docker/grafana/dashboards/strata.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let Some(expr) = target["expr"].as_str() else { continue };
+            let expr = expr.replace("$__rate_interval", "1m");
+            let path = format!(
+                "/api/v1/query_range?query={}&start={}&end={now}&step=2",
+                encode(&expr),
+                now - 60.0
+            );
+            let v = api(strata.http, &path).await;
+            let title = panel["title"].as_str().unwrap_or_default();
+            if title.starts_with("Requests per second") || title == "Instances up" {
+                assert!(
+                    !v["data"]["result"].as_array().unwrap().is_empty(),
+                    "panel {title} has no data: {v}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} dashboard queries");
     println!(
         "scrape → remote write → query_range: up visible after {:?}",
         began.elapsed()
