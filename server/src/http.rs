@@ -67,6 +67,13 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         .route("/api/v1/series", get(prom_series).post(prom_series))
         .route("/api/v1/metadata", get(prom_metadata))
         .route("/api/v1/status/buildinfo", get(prom_buildinfo))
+        // Grafana asks for exemplars and alerting rules; Strata keeps none.
+        .route(
+            "/api/v1/query_exemplars",
+            get(prom_no_exemplars).post(prom_no_exemplars),
+        )
+        .route("/api/v1/rules", get(prom_no_rules))
+        .route("/api/v1/alerts", get(prom_no_alerts))
         .with_state(Arc::new(AppState {
             query,
             storage,
@@ -569,6 +576,18 @@ async fn prom_query_range(
 /// Prometheus gives for metrics without metadata.
 async fn prom_metadata() -> Response {
     prom_ok(json!({}))
+}
+
+async fn prom_no_exemplars() -> Response {
+    prom_ok(json!([]))
+}
+
+async fn prom_no_rules() -> Response {
+    prom_ok(json!({ "groups": [] }))
+}
+
+async fn prom_no_alerts() -> Response {
+    prom_ok(json!({ "alerts": [] }))
 }
 
 async fn prom_buildinfo() -> Response {

@@ -650,14 +650,16 @@ fn literal(portal: &Portal<String>, i: usize) -> PgWireResult<String> {
             Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::UNKNOWN => portal
                 .parameter::<String>(i, &ty)?
                 .map_or("NULL".into(), |s| quote(&s)),
-            other => return Err(user_error(
-                "0A000",
-                format!(
+            other => {
+                return Err(user_error(
+                    "0A000",
+                    format!(
                     "parameter ${}: binary values of type {} are not supported; send it as text",
                     i + 1,
                     other.name()
                 ),
-            )),
+                ))
+            }
         });
     }
     let text = std::str::from_utf8(raw).map_err(|_| bad("UTF-8"))?;

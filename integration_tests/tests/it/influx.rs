@@ -149,7 +149,11 @@ fn curl(args: &[&str]) -> (u16, String) {
         .args(args)
         .output()
         .expect("curl is installed");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", text.as_str()));
     (code.trim().parse().unwrap_or(0), body.to_string())

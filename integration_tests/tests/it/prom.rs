@@ -271,3 +271,81 @@ async fn prometheus_remote_write_and_read_on_a_cluster() {
     let reader = c.servers[1].client().await;
     scenario(c.servers[0].http, &reader).await;
 }
+
+/// High cardinality: 10,000 metric names (20,000 series) by remote write,
+/// then the same series again. The tables stay the same eight, and the
+/// figures (per-write latency and RSS along the way) are printed, not
+/// asserted: timings are measured, not tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_metric_names_by_remote_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = StrataProcess::start(&dir.path().join("data")).await;
+    let client = server.client().await;
+    const NAMES: usize = 10_000;
+    const PER_BATCH: usize = 500;
+    let batch = |first: usize, round: i64| {
+        let mut ts = Vec::with_capacity(PER_BATCH * 2);
+        for m in first..first + PER_BATCH {
+            let name = format!("hc_metric_{m:05}");
+            for pod in ["p0", "p1"] {
+                let samples: Vec<(i64, f64)> = (0..5)
+                    .map(|k| {
+                        (
+                            1_700_000_000_000 + round * 60_000 + k * 10_000,
+                            (m + k as usize) as f64,
+                        )
+                    })
+                    .collect();
+                ts.push(series(
+                    &[("__name__", &name), ("pod", pod), ("job", "hc")],
+                    &samples,
+                ));
+            }
+        }
+        body(ts)
+    };
+    let mut lines = Vec::new();
+    for round in 0..2 {
+        for first in (0..NAMES).step_by(PER_BATCH) {
+            let request = batch(first, round);
+            let started = std::time::Instant::now();
+            let (code, text) = post(server.http, "/api/v1/write", &request).await;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            assert_eq!(code, 204, "{text}");
+            let rss = server.rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64;
+            lines.push((round, first + PER_BATCH, ms, rss));
+        }
+    }
+    println!("high cardinality: round, metric names so far, write ms (1,000 series, 5,000 samples), RSS MiB");
+    for (round, names, ms, rss) in &lines {
+        println!("  {round} {names:>6} {ms:>8.1} {rss:>8.1}");
+    }
+    let avg = |r: &[(i64, usize, f64, f64)]| r.iter().map(|l| l.2).sum::<f64>() / r.len() as f64;
+    println!(
+        "high cardinality: mean write ms, first 5 batches {:.1}, last 5 of the new names {:.1}, re-sent series {:.1}",
+        avg(&lines[..5]),
+        avg(&lines[15..20]),
+        avg(&lines[20..])
+    );
+    assert_eq!(
+        query(&client, ALL_SERIES).await,
+        vec![vec![(NAMES * 2).to_string()]]
+    );
+    assert_eq!(
+        query(&client, ALL_SAMPLES).await,
+        vec![vec![(NAMES * 2 * 5 * 2).to_string()]]
+    );
+    // Still the same eight tables, whatever the number of names.
+    assert_eq!(query(&client, "SHOW TABLES").await.len(), 8);
+    // Any one metric is found by name through PromQL: at +100 s the newest
+    // sample of each of its two series is 4321 + 4.
+    let (code, body) = http_get(
+        server.http,
+        "/api/v1/query?query=sum(hc_metric_04321)&time=1700000100",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"]["result"][0]["value"][1], "8650", "{body}");
+}

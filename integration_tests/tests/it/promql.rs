@@ -431,6 +431,20 @@ async fn promql_answers_match_prometheus() {
             "{path}: {body}"
         );
     }
+    // What Grafana's Prometheus data source sends on "Save & test" and in
+    // Explore besides queries.
+    let v = api(strata.http, "/api/v1/query?query=1%2B1&time=1700000000").await;
+    assert_eq!(v["data"]["result"], serde_json::json!([1_700_000_000, "2"]));
+    for path in [
+        "/api/v1/status/buildinfo",
+        "/api/v1/query_exemplars?query=cpu_temp&start=0&end=1",
+        "/api/v1/rules",
+        "/api/v1/alerts",
+        "/api/v1/metadata",
+    ] {
+        assert_eq!(api(strata.http, path).await["status"], "success", "{path}");
+    }
+
     // POST form bodies work like GET.
     let (code, body) = http_post_bytes(
         strata.http,
@@ -498,6 +512,29 @@ async fn prometheus_scrapes_and_remote_writes_into_strata() {
         .collect();
     assert!(names.contains(&"strata_requests_total"), "{names:?}");
 
+    // promtool, Prometheus's own client, queries Strata as a new user would.
+    let promtool =
+        strata_integration_tests::prometheus::prometheus_binary().with_file_name("promtool");
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let out = std::process::Command::new(&promtool)
+        .args(["query", "range"])
+        .arg(format!("--start={}", now_s - 60))
+        .arg(format!("--end={now_s}"))
+        .arg("--step=5s")
+        .arg(format!("http://{}", strata.http))
+        .arg(r#"up{job="strata"}"#)
+        .output()
+        .expect("run promtool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("up{instance=") && text.contains("1 @["),
+        "promtool query range: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Every PromQL panel of the Grafana dashboard in docker/grafana runs
     // on Strata (with Grafana's $__rate_interval as 1m), and the panels
     // about requests and instances have data.
@@ -516,7 +553,9 @@ async fn prometheus_scrapes_and_remote_writes_into_strata() {
     let mut checked = 0;
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
-            let Some(expr) = target["expr"].as_str() else { continue };
+            let Some(expr) = target["expr"].as_str() else {
+                continue;
+            };
             let expr = expr.replace("$__rate_interval", "1m");
             let path = format!(
                 "/api/v1/query_range?query={}&start={}&end={now}&step=2",
