@@ -340,6 +340,14 @@ async fn promql_answers_match_prometheus() {
     let data = dataset(t0);
     remote_write(prom.addr, &data).await;
     remote_write(strata.http, &data).await;
+    // Answer from SSTs (Parquet on disk), where stale markers must survive
+    // too; the other tests read memtables.
+    let client = strata.client().await;
+    for p in 0..4 {
+        for kind in ["samples", "series"] {
+            strata_integration_tests::exec(&client, &format!("FLUSH TABLE prom_{kind}_{p}")).await;
+        }
+    }
 
     let start = (t0 + 12 * 60_000) as f64 / 1000.0;
     let end = (t0 + 58 * 60_000) as f64 / 1000.0;
