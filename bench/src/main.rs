@@ -1,0 +1,450 @@
+//! `strata-bench`: the TSBS "cpu-only" workload for Strata and its peers.
+//!
+//! - `gen` writes the dataset, deterministic for a seed, as InfluxDB line
+//!   protocol (for Strata, VictoriaMetrics and InfluxDB) or as Parquet (for
+//!   DuckDB and DataFusion, the scan-and-aggregate references).
+//! - `load` sends a line-protocol file to a `/write` endpoint with N
+//!   concurrent workers and reports rows/s, points/s and the p50/p99 latency
+//!   of a batch.
+//!
+//! One row per host every 10 s: 10 tags (hostname, region, datacenter, rack,
+//! os, arch, team, service, service_version, service_environment) and 10
+//! `usage_*` fields, each a clamped random walk in [0, 100].
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use arrow::{
+    array::{ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray},
+    datatypes::{DataType, Field, Schema, TimeUnit},
+};
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub const FIELDS: [&str; 10] = [
+    "usage_user",
+    "usage_system",
+    "usage_idle",
+    "usage_nice",
+    "usage_iowait",
+    "usage_irq",
+    "usage_softirq",
+    "usage_steal",
+    "usage_guest",
+    "usage_guest_nice",
+];
+
+pub const TAGS: [&str; 10] = [
+    "hostname",
+    "region",
+    "datacenter",
+    "rack",
+    "os",
+    "arch",
+    "team",
+    "service",
+    "service_version",
+    "service_environment",
+];
+
+const REGIONS: [(&str, &[&str]); 9] = [
+    (
+        "us-east-1",
+        &["us-east-1a", "us-east-1b", "us-east-1c", "us-east-1e"],
+    ),
+    ("us-west-1", &["us-west-1a", "us-west-1b"]),
+    ("us-west-2", &["us-west-2a", "us-west-2b", "us-west-2c"]),
+    ("eu-west-1", &["eu-west-1a", "eu-west-1b", "eu-west-1c"]),
+    ("eu-central-1", &["eu-central-1a", "eu-central-1b"]),
+    ("ap-southeast-1", &["ap-southeast-1a", "ap-southeast-1b"]),
+    ("ap-southeast-2", &["ap-southeast-2a", "ap-southeast-2b"]),
+    ("ap-northeast-1", &["ap-northeast-1a", "ap-northeast-1c"]),
+    ("sa-east-1", &["sa-east-1a", "sa-east-1b", "sa-east-1c"]),
+];
+
+#[derive(Parser)]
+#[command(name = "strata-bench", about = "TSBS-style cpu-only workload")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Influx,
+    Parquet,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the dataset.
+    Gen {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 100)]
+        scale: usize,
+        /// Start time, RFC 3339.
+        #[arg(long, default_value = "2024-01-01T00:00:00Z")]
+        start: String,
+        /// Length, e.g. `1h`, `1d`.
+        #[arg(long, default_value = "1h", value_parser = humantime_like)]
+        duration: Duration,
+        #[arg(long, default_value_t = 123)]
+        seed: u64,
+        #[arg(long, value_enum, default_value = "influx")]
+        format: Format,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Send a line-protocol file to a `/write` URL.
+    Load {
+        /// The write URL, e.g. `http://127.0.0.1:5440/write?db=bench&precision=ms`.
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Lines per request.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
+}
+
+/// `10s`, `5m`, `1h`, `1d`, or seconds.
+fn humantime_like(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("bad duration {s}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("bad duration unit in {s}")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// SplitMix64: small, fast and deterministic.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn pick(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+struct Host {
+    tags: [String; 10],
+    values: [f64; 10],
+}
+
+fn hosts(scale: usize, rng: &mut Rng) -> Vec<Host> {
+    (0..scale)
+        .map(|i| {
+            let (region, dcs) = REGIONS[rng.pick(REGIONS.len())];
+            let tags = [
+                format!("host_{i}"),
+                region.to_string(),
+                dcs[rng.pick(dcs.len())].to_string(),
+                rng.pick(100).to_string(),
+                ["Ubuntu16.10", "Ubuntu16.04LTS", "Ubuntu15.10"][rng.pick(3)].to_string(),
+                ["x64", "x86"][rng.pick(2)].to_string(),
+                ["SF", "NYC", "LON", "CHI"][rng.pick(4)].to_string(),
+                rng.pick(20).to_string(),
+                rng.pick(2).to_string(),
+                ["production", "staging", "test"][rng.pick(3)].to_string(),
+            ];
+            let mut values = [0.0; 10];
+            for v in &mut values {
+                *v = (rng.unit() * 100.0).round();
+            }
+            Host { tags, values }
+        })
+        .collect()
+}
+
+/// Advances every field of a host one step: a random walk clamped to
+/// [0, 100], rounded to 0.01.
+fn step(host: &mut Host, rng: &mut Rng) {
+    for v in &mut host.values {
+        let next = (*v + (rng.unit() - 0.5) * 2.0).clamp(0.0, 100.0);
+        *v = (next * 100.0).round() / 100.0;
+    }
+}
+
+fn generate(
+    scale: usize,
+    start_ms: i64,
+    duration: Duration,
+    seed: u64,
+    format: Format,
+    out: PathBuf,
+) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut rng = Rng(seed);
+    let mut hosts = hosts(scale, &mut rng);
+    let steps = (duration.as_secs() / 10) as i64;
+    let file = File::create(&out)?;
+    let mut rows = 0usize;
+    match format {
+        Format::Influx => {
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            for s in 0..steps {
+                let ts = start_ms + s * 10_000;
+                for h in &mut hosts {
+                    step(h, &mut rng);
+                    write!(w, "cpu")?;
+                    for (k, v) in TAGS.iter().zip(&h.tags) {
+                        write!(w, ",{k}={v}")?;
+                    }
+                    for (i, (k, v)) in FIELDS.iter().zip(&h.values).enumerate() {
+                        write!(w, "{}{k}={v}", if i == 0 { ' ' } else { ',' })?;
+                    }
+                    writeln!(w, " {ts}")?;
+                    rows += 1;
+                }
+            }
+            w.flush()?;
+        }
+        Format::Parquet => {
+            let mut fields = vec![Field::new(
+                "timestamp",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            )];
+            fields.extend(TAGS.iter().map(|t| Field::new(*t, DataType::Utf8, false)));
+            fields.extend(
+                FIELDS
+                    .iter()
+                    .map(|f| Field::new(*f, DataType::Float64, false)),
+            );
+            let schema = Arc::new(Schema::new(fields));
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+                .build();
+            let mut writer =
+                parquet::arrow::ArrowWriter::try_new(file, schema.clone(), Some(props))?;
+            // One batch per 100 steps keeps memory small.
+            let mut s = 0;
+            while s < steps {
+                let end = (s + 100).min(steps);
+                let n = (end - s) as usize * hosts.len();
+                let mut ts = Vec::with_capacity(n);
+                let mut tags: Vec<Vec<String>> = (0..10).map(|_| Vec::with_capacity(n)).collect();
+                let mut vals: Vec<Vec<f64>> = (0..10).map(|_| Vec::with_capacity(n)).collect();
+                for k in s..end {
+                    for h in &mut hosts {
+                        step(h, &mut rng);
+                        ts.push(start_ms + k * 10_000);
+                        for i in 0..10 {
+                            tags[i].push(h.tags[i].clone());
+                            vals[i].push(h.values[i]);
+                        }
+                    }
+                }
+                let mut cols: Vec<ArrayRef> = vec![Arc::new(TimestampMillisecondArray::from(ts))];
+                cols.extend(
+                    tags.into_iter()
+                        .map(|t| Arc::new(StringArray::from(t)) as ArrayRef),
+                );
+                cols.extend(
+                    vals.into_iter()
+                        .map(|v| Arc::new(Float64Array::from(v)) as ArrayRef),
+                );
+                writer.write(&RecordBatch::try_new(schema.clone(), cols)?)?;
+                rows += n;
+                s = end;
+            }
+            writer.close()?;
+        }
+    }
+    Ok(rows)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+async fn load(
+    url: String,
+    file: PathBuf,
+    workers: usize,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // Read and cut into requests first, so that reading is not timed.
+    let mut batches: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut lines = 0usize;
+    for line in BufReader::new(File::open(&file)?).lines() {
+        let line = line?;
+        current.push_str(&line);
+        current.push('\n');
+        lines += 1;
+        if lines.is_multiple_of(batch) {
+            batches.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    let total_batches = batches.len();
+    let batches = Arc::new(batches);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done_rows = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(workers)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (client, url, batches, next, done_rows) = (
+            client.clone(),
+            url.clone(),
+            batches.clone(),
+            next.clone(),
+            done_rows.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(body) = batches.get(i) else { break };
+                let t = Instant::now();
+                let resp = client.post(&url).body(body.clone()).send().await;
+                match resp {
+                    Ok(r) if r.status().is_success() => {}
+                    Ok(r) => {
+                        let status = r.status();
+                        let text = r.text().await.unwrap_or_default();
+                        return Err(format!("write failed: {status} {text}"));
+                    }
+                    Err(e) => return Err(format!("write failed: {e}")),
+                }
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                done_rows.fetch_add(body.lines().count(), Ordering::Relaxed);
+            }
+            Ok(latencies)
+        }));
+    }
+    // Progress on stderr, once a second.
+    let progress = {
+        let done_rows = done_rows.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let d = done_rows.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprint!(
+                    "\r  {:>5.1}% {d}/{lines} rows, {:.0} rows/s   ",
+                    d as f64 * 100.0 / lines.max(1) as f64,
+                    d as f64 / secs
+                );
+            }
+        })
+    };
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    progress.abort();
+    eprintln!();
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let rows = done_rows.load(Ordering::Relaxed);
+    // One machine-readable line for scripts.
+    println!(
+        "{{\"rows\": {rows}, \"points\": {}, \"seconds\": {secs:.3}, \"rows_per_s\": {:.0}, \"points_per_s\": {:.0}, \"batches\": {total_batches}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}}}",
+        rows * FIELDS.len(),
+        rows as f64 / secs,
+        (rows * FIELDS.len()) as f64 / secs,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99)
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Gen {
+            scale,
+            start,
+            duration,
+            seed,
+            format,
+            out,
+        } => match chrono::DateTime::parse_from_rfc3339(&start) {
+            Ok(t) => generate(
+                scale,
+                t.timestamp_millis(),
+                duration,
+                seed,
+                format,
+                out.clone(),
+            )
+            .map(|rows| eprintln!("wrote {rows} rows to {}", out.display())),
+            Err(e) => Err(format!("bad --start {start}: {e}").into()),
+        },
+        Command::Load {
+            url,
+            file,
+            workers,
+            batch,
+        } => load(url, file, workers, batch).await,
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("strata-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_hosts_and_walks() {
+        let (mut a, mut b) = (Rng(7), Rng(7));
+        let (mut ha, mut hb) = (hosts(5, &mut a), hosts(5, &mut b));
+        for _ in 0..100 {
+            for (x, y) in ha.iter_mut().zip(hb.iter_mut()) {
+                step(x, &mut a);
+                step(y, &mut b);
+            }
+        }
+        for (x, y) in ha.iter().zip(&hb) {
+            assert_eq!(x.tags, y.tags);
+            assert_eq!(x.values, y.values);
+            assert!(x.values.iter().all(|v| (0.0..=100.0).contains(v)));
+        }
+        assert_eq!(humantime_like("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(humantime_like("90"), Ok(Duration::from_secs(90)));
+        assert!(humantime_like("1y").is_err());
+    }
+}
