@@ -103,6 +103,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Send a generated line-protocol file to Strata over gRPC `Write`
+    /// (converted to write requests before the clock starts).
+    LoadGrpc {
+        /// Strata's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8831")]
+        endpoint: String,
+        #[arg(long, default_value = "public")]
+        db: String,
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Rows per request.
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
     /// Send a line-protocol file to a `/write` URL.
     Load {
         /// The write URL, e.g. `http://127.0.0.1:5440/write?db=bench&precision=ms`.
@@ -371,18 +387,166 @@ async fn load(
     let secs = started.elapsed().as_secs_f64();
     progress.abort();
     eprintln!();
+    report(
+        done_rows.load(Ordering::Relaxed),
+        secs,
+        total_batches,
+        latencies,
+    );
+    Ok(())
+}
+
+/// One generated line (`cpu,tags fields ts` with float fields and a
+/// millisecond timestamp) as (tag values, field values, timestamp).
+fn parse_line(line: &str) -> Option<(Vec<String>, Vec<f64>, i64)> {
+    let mut parts = line.split(' ');
+    let (series, fields, ts) = (parts.next()?, parts.next()?, parts.next()?);
+    let tags = series
+        .split(',')
+        .skip(1)
+        .map(|kv| kv.split_once('=').map(|(_, v)| v.to_string()))
+        .collect::<Option<Vec<_>>>()?;
+    let values = fields
+        .split(',')
+        .map(|kv| kv.split_once('=').and_then(|(_, v)| v.parse().ok()))
+        .collect::<Option<Vec<_>>>()?;
+    Some((tags, values, ts.trim().parse().ok()?))
+}
+
+/// Rows grouped into gRPC write requests of `batch` rows, one series entry
+/// per host and request.
+fn write_requests(
+    file: &PathBuf,
+    db: &str,
+    batch: usize,
+) -> Result<Vec<(strata_proto::storage::WriteRequest, usize)>, Box<dyn std::error::Error>> {
+    use strata_proto::storage::{
+        value, Field, FieldGroup, RequestContext, Tag, Value, WriteRequest, WriteSeriesEntry,
+        WriteTableRequest,
+    };
+    let mut out = Vec::new();
+    let mut rows: Vec<(Vec<String>, Vec<f64>, i64)> = Vec::with_capacity(batch);
+    let flush = |rows: &mut Vec<(Vec<String>, Vec<f64>, i64)>,
+                 out: &mut Vec<(WriteRequest, usize)>| {
+        let mut by_series: std::collections::BTreeMap<Vec<String>, Vec<FieldGroup>> =
+            Default::default();
+        let n = rows.len();
+        for (tags, values, ts) in rows.drain(..) {
+            by_series.entry(tags).or_default().push(FieldGroup {
+                timestamp: ts,
+                fields: values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| Field {
+                        name_index: i as u32,
+                        value: Some(Value {
+                            value: Some(value::Value::Float64Value(v)),
+                        }),
+                    })
+                    .collect(),
+            });
+        }
+        let entries = by_series
+            .into_iter()
+            .map(|(tags, field_groups)| WriteSeriesEntry {
+                tags: tags
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| Tag {
+                        name_index: i as u32,
+                        value: Some(Value {
+                            value: Some(value::Value::StringValue(v)),
+                        }),
+                    })
+                    .collect(),
+                field_groups,
+            })
+            .collect();
+        out.push((
+            WriteRequest {
+                context: Some(RequestContext {
+                    database: db.to_string(),
+                }),
+                table_requests: vec![WriteTableRequest {
+                    table: "cpu".to_string(),
+                    tag_names: TAGS.iter().map(|t| t.to_string()).collect(),
+                    field_names: FIELDS.iter().map(|f| f.to_string()).collect(),
+                    entries,
+                }],
+            },
+            n,
+        ));
+    };
+    for line in BufReader::new(File::open(file)?).lines() {
+        let line = line?;
+        let row = parse_line(&line).ok_or_else(|| format!("not a generated line: {line}"))?;
+        rows.push(row);
+        if rows.len() == batch {
+            flush(&mut rows, &mut out);
+        }
+    }
+    if !rows.is_empty() {
+        flush(&mut rows, &mut out);
+    }
+    Ok(out)
+}
+
+async fn load_grpc(
+    endpoint: String,
+    db: String,
+    file: PathBuf,
+    workers: usize,
+    batch: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let requests = Arc::new(write_requests(&file, &db, batch)?);
+    let total: usize = requests.iter().map(|r| r.1).sum();
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let client = strata_client::Client::connect(&endpoint).await?;
+        let (requests, next) = (requests.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((req, _)) = requests.get(i) else {
+                    break;
+                };
+                let t = Instant::now();
+                client
+                    .write(req.clone())
+                    .await
+                    .map_err(|e| format!("write failed: {e}"))?;
+                latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            Ok::<_, String>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await??);
+    }
+    report(
+        total,
+        started.elapsed().as_secs_f64(),
+        requests.len(),
+        latencies,
+    );
+    Ok(())
+}
+
+/// Prints one machine-readable line for scripts.
+fn report(rows: usize, secs: f64, batches: usize, mut latencies: Vec<f64>) {
     latencies.sort_by(|a, b| a.total_cmp(b));
-    let rows = done_rows.load(Ordering::Relaxed);
-    // One machine-readable line for scripts.
     println!(
-        "{{\"rows\": {rows}, \"points\": {}, \"seconds\": {secs:.3}, \"rows_per_s\": {:.0}, \"points_per_s\": {:.0}, \"batches\": {total_batches}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}}}",
+        "{{\"rows\": {rows}, \"points\": {}, \"seconds\": {secs:.3}, \"rows_per_s\": {:.0}, \"points_per_s\": {:.0}, \"batches\": {batches}, \"p50_ms\": {:.2}, \"p99_ms\": {:.2}}}",
         rows * FIELDS.len(),
         rows as f64 / secs,
         (rows * FIELDS.len()) as f64 / secs,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99)
     );
-    Ok(())
 }
 
 #[tokio::main]
@@ -414,6 +578,13 @@ async fn main() -> std::process::ExitCode {
             workers,
             batch,
         } => load(url, file, workers, batch).await,
+        Command::LoadGrpc {
+            endpoint,
+            db,
+            file,
+            workers,
+            batch,
+        } => load_grpc(endpoint, db, file, workers, batch).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
