@@ -47,6 +47,8 @@ def main():
     w(f"- **Machine:** {cpu}, {cores} cores, {mem_gib:.0f} GiB memory, {platform.system()} {platform.release()}")
     w(f"- **Data:** scale {a.scale} hosts × {a.duration} = {a.rows:,} rows ({a.rows * 10:,} points), seed 123")
     w(f"- **Command:** `{a.command}`")
+    w("- **Larger configuration:** `bench/run-all --scale 1000 --duration 3h --runs 5 --out docs/benchmarks-large.md`,")
+    w("  results in [benchmarks-large.md](benchmarks-large.md).")
     w("- **Builds:** Strata release build (`cargo build --release`); VictoriaMetrics 1.79.5 and")
     w("  InfluxDB 1.6.7 from Debian packages; DuckDB 1.1.3 from PyPI (2 threads).")
     w("")
