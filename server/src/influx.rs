@@ -14,6 +14,7 @@
 //! malformed, or a value does not fit its column's type, the request fails
 //! with 400 naming every such line, and no line of the batch is written.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use strata_proto::storage::{
@@ -56,13 +57,15 @@ impl FieldValue {
 }
 
 /// One parsed line.
+/// Names and tag values borrow from the request body unless they hold
+/// escapes, so parsing allocates little per line.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Point {
+pub struct Point<'a> {
     /// 1-based line number in the request body.
     pub line: usize,
-    pub measurement: String,
-    pub tags: Vec<(String, String)>,
-    pub fields: Vec<(String, FieldValue)>,
+    pub measurement: Cow<'a, str>,
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub fields: Vec<(Cow<'a, str>, FieldValue)>,
     /// In the request's precision; `None` means "now".
     pub timestamp: Option<i64>,
 }
@@ -119,37 +122,39 @@ impl Precision {
     }
 }
 
-/// Splits at the first unescaped, unquoted occurrence of any of `stops`.
-/// Returns (before, the stop found, after).
-fn split_unescaped<'a>(
-    s: &'a str,
-    stops: &[char],
-    quotes: bool,
-) -> (&'a str, Option<char>, &'a str) {
+/// Splits at the first unescaped, unquoted occurrence of any of `stops`
+/// (ASCII). Returns (before, the stop found, after). Scans bytes: in UTF-8
+/// no byte of a multi-byte character is ASCII, so this is exact.
+fn split_unescaped<'a>(s: &'a str, stops: &[u8], quotes: bool) -> (&'a str, Option<char>, &'a str) {
+    let bytes = s.as_bytes();
     let mut escaped = false;
     let mut quoted = false;
-    for (i, c) in s.char_indices() {
+    for (i, &b) in bytes.iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
-        if c == '\\' {
+        if b == b'\\' {
             escaped = true;
             continue;
         }
-        if quotes && c == '"' {
+        if quotes && b == b'"' {
             quoted = !quoted;
             continue;
         }
-        if !quoted && stops.contains(&c) {
-            return (&s[..i], Some(c), &s[i + c.len_utf8()..]);
+        if !quoted && stops.contains(&b) {
+            return (&s[..i], Some(b as char), &s[i + 1..]);
         }
     }
     (s, None, "")
 }
 
-/// Removes backslash escapes of `chars` (and of the backslash itself).
-fn unescape(s: &str, chars: &[char]) -> String {
+/// Removes backslash escapes of `chars` (and of the backslash itself);
+/// borrows when there is none.
+fn unescape<'a>(s: &'a str, chars: &[char]) -> Cow<'a, str> {
+    if !s.contains('\\') {
+        return Cow::Borrowed(s);
+    }
     let mut out = String::with_capacity(s.len());
     let mut it = s.chars().peekable();
     while let Some(c) = it.next() {
@@ -164,7 +169,7 @@ fn unescape(s: &str, chars: &[char]) -> String {
         }
         out.push(c);
     }
-    out
+    Cow::Owned(out)
 }
 
 fn parse_field_value(raw: &str) -> Result<FieldValue, String> {
@@ -175,7 +180,7 @@ fn parse_field_value(raw: &str) -> Result<FieldValue, String> {
         let Some(inner) = body.strip_suffix('"') else {
             return Err(format!("unterminated string value {raw}"));
         };
-        return Ok(FieldValue::Str(unescape(inner, &['"'])));
+        return Ok(FieldValue::Str(unescape(inner, &['"']).into_owned()));
     }
     match raw {
         "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),
@@ -200,26 +205,26 @@ fn parse_field_value(raw: &str) -> Result<FieldValue, String> {
     }
 }
 
-fn parse_line(line: &str, number: usize) -> Result<Point, String> {
+fn parse_line(line: &str, number: usize) -> Result<Point<'_>, String> {
     // measurement and tags | fields | timestamp, separated by unescaped
     // spaces (spaces inside quoted string fields do not count).
-    let (series, sep, rest) = split_unescaped(line, &[' '], false);
+    let (series, sep, rest) = split_unescaped(line, b" ", false);
     if sep.is_none() {
         return Err("a line needs a measurement and at least one field".to_string());
     }
     let rest = rest.trim_start_matches(' ');
-    let (fields_raw, _, ts_raw) = split_unescaped(rest, &[' '], true);
+    let (fields_raw, _, ts_raw) = split_unescaped(rest, b" ", true);
     let ts_raw = ts_raw.trim();
 
-    let (measurement_raw, _, mut tags_raw) = split_unescaped(series, &[','], false);
+    let (measurement_raw, _, mut tags_raw) = split_unescaped(series, b",", false);
     if measurement_raw.is_empty() {
         return Err("the measurement name is empty".to_string());
     }
     let measurement = unescape(measurement_raw, &[',', ' ']);
     let mut tags = Vec::new();
     while !tags_raw.is_empty() {
-        let (pair, _, next) = split_unescaped(tags_raw, &[','], false);
-        let (k, eq, v) = split_unescaped(pair, &['='], false);
+        let (pair, _, next) = split_unescaped(tags_raw, b",", false);
+        let (k, eq, v) = split_unescaped(pair, b"=", false);
         if eq.is_none() || k.is_empty() || v.is_empty() {
             return Err(format!("invalid tag `{pair}`: expected key=value"));
         }
@@ -233,8 +238,8 @@ fn parse_line(line: &str, number: usize) -> Result<Point, String> {
         return Err("a line needs at least one field".to_string());
     }
     while !fields_rest.is_empty() {
-        let (pair, _, next) = split_unescaped(fields_rest, &[','], true);
-        let (k, eq, v) = split_unescaped(pair, &['='], true);
+        let (pair, _, next) = split_unescaped(fields_rest, b",", true);
+        let (k, eq, v) = split_unescaped(pair, b"=", true);
         if eq.is_none() || k.is_empty() {
             return Err(format!("invalid field `{pair}`: expected key=value"));
         }
@@ -262,7 +267,7 @@ fn parse_line(line: &str, number: usize) -> Result<Point, String> {
 
 /// Parses a body. Blank lines and `#` comments are skipped. Returns the
 /// points of the good lines and the errors of the bad ones.
-pub fn parse_lines(body: &str) -> (Vec<Point>, Vec<LineError>) {
+pub fn parse_lines(body: &str) -> (Vec<Point<'_>>, Vec<LineError>) {
     let mut points = Vec::new();
     let mut errors = Vec::new();
     for (i, raw) in body.lines().enumerate() {
@@ -282,7 +287,7 @@ pub fn parse_lines(body: &str) -> (Vec<Point>, Vec<LineError>) {
 }
 
 /// Parses a body: every point, or every line that failed.
-pub fn parse(body: &str) -> Result<Vec<Point>, Vec<LineError>> {
+pub fn parse(body: &str) -> Result<Vec<Point<'_>>, Vec<LineError>> {
     let (points, errors) = parse_lines(body);
     if errors.is_empty() {
         Ok(points)
@@ -296,7 +301,7 @@ pub fn parse(body: &str) -> Result<Vec<Point>, Vec<LineError>> {
 /// Fails with the lines whose timestamps overflow.
 pub fn to_write_request(
     database: &str,
-    points: Vec<Point>,
+    points: Vec<Point<'_>>,
     precision: Precision,
     now_ms: i64,
 ) -> Result<WriteRequest, Vec<LineError>> {
@@ -331,11 +336,16 @@ pub fn to_write_request(
                 }
             },
         };
-        let t = tables.entry(p.measurement).or_default();
+        if !tables.contains_key(p.measurement.as_ref()) {
+            tables.insert(p.measurement.to_string(), Table::default());
+        }
+        let Some(t) = tables.get_mut(p.measurement.as_ref()) else {
+            continue;
+        };
         let mut key: Vec<(u32, String)> = p
             .tags
             .into_iter()
-            .map(|(k, v)| (index_of(&mut t.tag_names, &k), v))
+            .map(|(k, v)| (index_of(&mut t.tag_names, &k), v.into_owned()))
             .collect();
         key.sort();
         key.dedup_by(|a, b| a.0 == b.0);
@@ -429,17 +439,27 @@ pub fn column_type_of(v: &FieldValue) -> strata_engine::schema::ColumnType {
 pub fn plan_columns(
     engine: &strata_engine::Engine,
     database: &str,
-    points: &[Point],
+    points: &[Point<'_>],
 ) -> Result<BTreeMap<String, Vec<strata_engine::schema::ColumnSchema>>, Vec<LineError>> {
     use strata_engine::schema::{ColumnSchema, ColumnType};
     let mut added: BTreeMap<String, Vec<ColumnSchema>> = BTreeMap::new();
     let mut errors = Vec::new();
+    // One catalog lookup per measurement, not per line.
+    let mut entries: std::collections::HashMap<&str, Option<_>> = Default::default();
     for p in points {
-        let Ok(entry) = engine.entry(database, &p.measurement) else {
+        let entry = entries
+            .entry(p.measurement.as_ref())
+            .or_insert_with(|| engine.entry(database, &p.measurement).ok());
+        let Some(entry) = entry.as_ref() else {
             // A new table: created from the batch by the write path.
             continue;
         };
-        let new = added.entry(p.measurement.clone()).or_default();
+        if !added.contains_key(p.measurement.as_ref()) {
+            added.insert(p.measurement.to_string(), Vec::new());
+        }
+        let Some(new) = added.get_mut(p.measurement.as_ref()) else {
+            continue;
+        };
         let mut fail = |reason: String| {
             errors.push(LineError {
                 line: p.line,
@@ -451,9 +471,9 @@ pub fn plan_columns(
                 Some(c) if c.is_tag => {}
                 Some(_) => fail(format!("{k} is a field of {}, not a tag", p.measurement)),
                 None => {
-                    if !new.iter().any(|c| &c.name == k) {
+                    if !new.iter().any(|c| c.name == *k) {
                         new.push(ColumnSchema {
-                            name: k.clone(),
+                            name: k.to_string(),
                             column_type: ColumnType::String,
                             is_tag: true,
                             nullable: true,
@@ -468,7 +488,7 @@ pub fn plan_columns(
                 .schema
                 .column(k)
                 .cloned()
-                .or_else(|| new.iter().find(|c| &c.name == k).cloned());
+                .or_else(|| new.iter().find(|c| c.name == *k).cloned());
             match existing {
                 Some(c) if c.is_tag => {
                     fail(format!("{k} is a tag of {}, not a field", p.measurement))
@@ -481,7 +501,7 @@ pub fn plan_columns(
                 )),
                 Some(_) => {}
                 None => new.push(ColumnSchema {
-                    name: k.clone(),
+                    name: k.to_string(),
                     column_type: column_type_of(v),
                     is_tag: false,
                     nullable: true,
@@ -514,15 +534,23 @@ mod tests {
         let p = &points[0];
         assert_eq!(p.line, 2);
         assert_eq!(p.measurement, "cpu");
+        let owned = |t: &[(Cow<'_, str>, Cow<'_, str>)]| -> Vec<(String, String)> {
+            t.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let owned_fields = |f: &[(Cow<'_, str>, FieldValue)]| -> Vec<(String, FieldValue)> {
+            f.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
         assert_eq!(
-            p.tags,
+            owned(&p.tags),
             vec![
                 ("host".to_string(), "a".to_string()),
                 ("region".to_string(), "us west".to_string())
             ]
         );
         assert_eq!(
-            p.fields,
+            owned_fields(&p.fields),
             vec![
                 ("usage".to_string(), FieldValue::Float(0.5)),
                 ("count".to_string(), FieldValue::Int(3)),
@@ -537,9 +565,12 @@ mod tests {
         assert_eq!(p.timestamp, Some(1_700_000_000_000_000_000));
         let q = &points[1];
         assert_eq!(q.measurement, "my,m");
-        assert_eq!(q.tags, vec![("tag=k".to_string(), "v,x".to_string())]);
         assert_eq!(
-            q.fields,
+            owned(&q.tags),
+            vec![("tag=k".to_string(), "v,x".to_string())]
+        );
+        assert_eq!(
+            owned_fields(&q.fields),
             vec![("f".to_string(), FieldValue::Float(-1500.0))]
         );
         assert_eq!(q.timestamp, None);
