@@ -539,9 +539,17 @@ async fn prom_query(
         };
         crate::promql::instant(&state.query, &db, &text, t, lookback).await
     };
+    promql_answer("promql_query", run).await
+}
+
+/// Runs a PromQL request, records it, and answers in Prometheus's envelope.
+async fn promql_answer(
+    endpoint: &str,
+    run: impl std::future::Future<Output = Result<Value, Error>>,
+) -> Response {
     let started = Instant::now();
     let result = run.await;
-    metrics::observe_request("promql_query", started, result.is_ok());
+    metrics::observe_request(endpoint, started, result.is_ok());
     match result {
         Ok(v) => prom_ok(v),
         Err(e) => prom_err(&e),
@@ -563,13 +571,7 @@ async fn prom_query_range(
         })?)?;
         crate::promql::range(&state.query, &db, &text, start, end, step, lookback).await
     };
-    let started = Instant::now();
-    let result = run.await;
-    metrics::observe_request("promql_query_range", started, result.is_ok());
-    match result {
-        Ok(v) => prom_ok(v),
-        Err(e) => prom_err(&e),
-    }
+    promql_answer("promql_query_range", run).await
 }
 
 /// Strata keeps no metric metadata (HELP, TYPE) yet: an empty answer, as

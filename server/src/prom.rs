@@ -43,6 +43,26 @@ pub struct TimeSeries {
     pub histograms: Vec<Vec<u8>>,
 }
 
+impl TimeSeries {
+    /// A series from label pairs and `(timestamp ms, value)` samples.
+    pub fn new(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Self {
+        Self {
+            labels: labels
+                .iter()
+                .map(|(k, v)| Label {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(timestamp, value)| Sample { value, timestamp })
+                .collect(),
+            histograms: Vec::new(),
+        }
+    }
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct Label {
     #[prost(string, tag = "1")]
@@ -302,23 +322,7 @@ mod tests {
     }
 
     fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-        TimeSeries {
-            labels: labels
-                .iter()
-                .map(|(k, v)| Label {
-                    name: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            samples: samples
-                .iter()
-                .map(|(t, v)| Sample {
-                    value: *v,
-                    timestamp: *t,
-                })
-                .collect(),
-            histograms: vec![],
-        }
+        TimeSeries::new(labels, samples)
     }
 
     #[test]

@@ -12,7 +12,7 @@ use strata_integration_tests::{
     http_get, http_post_bytes, http_post_raw, query, StrataProcess,
 };
 use strata_server::{
-    prom::{Label, RemoteWriteRequest, Sample, TimeSeries},
+    prom::{RemoteWriteRequest, TimeSeries},
     prom_read::{LabelMatcher, Query, ReadRequest, ReadResponse},
 };
 
@@ -73,23 +73,7 @@ async fn read(
 }
 
 fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
-    TimeSeries {
-        labels: labels
-            .iter()
-            .map(|(k, v)| Label {
-                name: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .iter()
-            .map(|(t, v)| Sample {
-                value: *v,
-                timestamp: *t,
-            })
-            .collect(),
-        histograms: vec![],
-    }
+    TimeSeries::new(labels, samples)
 }
 
 fn body(ts: Vec<TimeSeries>) -> Vec<u8> {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use strata_integration_tests::{
     http_get, http_post_bytes, prometheus::PrometheusProcess, StrataProcess,
 };
-use strata_server::prom::{Label, RemoteWriteRequest, Sample, TimeSeries};
+use strata_server::prom::{RemoteWriteRequest, TimeSeries};
 
 const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
 
@@ -30,20 +30,7 @@ impl Lcg {
 }
 
 fn ts(labels: &[(&str, &str)], samples: Vec<(i64, f64)>) -> TimeSeries {
-    TimeSeries {
-        labels: labels
-            .iter()
-            .map(|(k, v)| Label {
-                name: k.to_string(),
-                value: v.to_string(),
-            })
-            .collect(),
-        samples: samples
-            .into_iter()
-            .map(|(timestamp, value)| Sample { value, timestamp })
-            .collect(),
-        histograms: Vec::new(),
-    }
+    TimeSeries::new(labels, &samples)
 }
 
 /// One hour of scrapes every 15 s (with jitter) from `t0`: counters with
