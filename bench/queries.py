@@ -1,10 +1,16 @@
 """The TSBS cpu-only query set, in SQL, run against Strata (over its
-PostgreSQL protocol) and against DuckDB on the same rows in Parquet.
+PostgreSQL protocol), and against DuckDB and DataFusion (Python) on the same
+rows in Parquet.
 
 Every query runs `--runs` times after one warm-up run, and its rows must match
-DuckDB's. Floats are compared after rounding to 6 places, and timestamps by
-value. Prints one JSON object per query (engine, query, mean/median/p99 ms,
-rows).
+DuckDB's, the reference. Floats are compared after rounding to 6 places, and
+timestamps by value. Prints one JSON object per query and engine (mean,
+median and p99 ms, rows, whether they match).
+
+Each engine runs the same SQL, with one exception, as TSBS itself writes each
+query in each engine's own dialect: Strata answers `lastpoint` from its
+last-value cache, `last_values('cpu')`. `lastpoint-join` is the portable
+form, the same SQL in every engine.
 
 Usage: queries.py --pg-port P --db DB --parquet FILE --start RFC3339
                   --duration-s S --scale N [--runs R]
@@ -17,8 +23,10 @@ import statistics
 import sys
 import time
 
+import datafusion
 import duckdb
 import psycopg
+import pyarrow as pa
 
 TAGS = [
     "hostname", "region", "datacenter", "rack", "os", "arch", "team", "service",
@@ -86,7 +94,7 @@ def queries(start, duration_s, scale):
         f"SELECT {cols} FROM cpu WHERE usage_user > 90.0 AND {where(12)} "
         f"ORDER BY \"timestamp\", hostname"
     )
-    q["lastpoint"] = (
+    q["lastpoint-join"] = (
         f"SELECT {c_cols} FROM cpu c JOIN (SELECT hostname, max(\"timestamp\") AS t FROM cpu "
         "GROUP BY hostname) m ON c.hostname = m.hostname AND c.\"timestamp\" = m.t "
         "ORDER BY c.hostname"
@@ -95,7 +103,17 @@ def queries(start, duration_s, scale):
         f"SELECT date_trunc('minute', \"timestamp\") AS minute, max(usage_user) AS max_usage_user "
         f"FROM cpu WHERE \"timestamp\" < {ts(end)} GROUP BY 1 ORDER BY 1 DESC LIMIT 5"
     )
+    # Strata's form of lastpoint; the reference runs the join.
+    q["lastpoint"] = q["lastpoint-join"]
     return q
+
+
+def strata_sql(name, sql):
+    """Strata's dialect of a query, where it has one."""
+    if name == "lastpoint":
+        cols = ", ".join(['"timestamp"'] + TAGS + FIELDS)
+        return f"SELECT {cols} FROM last_values('cpu') ORDER BY hostname"
+    return sql
 
 
 def norm(rows):
@@ -140,22 +158,33 @@ def main():
     duck.execute("SET threads TO 2")
     duck.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{args.parquet}')")
     pg = psycopg.connect(f"host=127.0.0.1 port={args.pg_port} dbname={args.db} user=bench", autocommit=True)
+    fusion = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(2))
+    fusion.register_parquet("cpu", args.parquet)
+
+    def fusion_rows(sql):
+        batches = fusion.sql(sql).collect()
+        if not batches:
+            return []
+        return [tuple(r.values()) for r in pa.Table.from_batches(batches).to_pylist()]
 
     failures = 0
     for name, sql in queries(start, args.duration_s, args.scale).items():
-        ref, d_mean, d_med, d_p99 = timed(lambda: duck.execute(sql).fetchall(), args.runs)
-        got, s_mean, s_med, s_p99 = timed(lambda: pg.execute(sql).fetchall(), args.runs)
-        same = norm(got) == norm(ref)
-        if not same:
-            failures += 1
-            print(f"MISMATCH {name}: strata {len(got)} rows, duckdb {len(ref)} rows\n{sql}", file=sys.stderr)
-        for engine, mean, med, p99, rows in [
-            ("strata", s_mean, s_med, s_p99, len(got)),
-            ("duckdb", d_mean, d_med, d_p99, len(ref)),
-        ]:
+        ref, *duck_t = timed(lambda: duck.execute(sql).fetchall(), args.runs)
+        results = [("duckdb", ref, duck_t)]
+        own = strata_sql(name, sql)
+        got, *t = timed(lambda: pg.execute(own).fetchall(), args.runs)
+        results.append(("strata", got, t))
+        if name != "lastpoint":  # the same SQL as lastpoint-join
+            got, *t = timed(lambda: fusion_rows(sql), args.runs)
+            results.append(("datafusion", got, t))
+        for engine, rows, (mean, med, p99) in results:
+            same = norm(rows) == norm(ref)
+            if not same:
+                failures += 1
+                print(f"MISMATCH {name}: {engine} {len(rows)} rows, duckdb {len(ref)} rows\n{sql}", file=sys.stderr)
             print(json.dumps({
                 "engine": engine, "query": name, "mean_ms": round(mean, 2),
-                "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": rows,
+                "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": len(rows),
                 "matches_reference": same,
             }), flush=True)
     sys.exit(1 if failures else 0)

@@ -119,19 +119,35 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
-    /// Send a line-protocol file to a `/write` URL.
+    /// Send a line-protocol file, or the dataset generated as it is sent
+    /// (`--generate`, for runs too large for a file), to a `/write` URL.
     Load {
         /// The write URL, e.g. `http://127.0.0.1:5440/write?db=bench&precision=ms`.
         #[arg(long)]
         url: String,
-        #[arg(long)]
-        file: PathBuf,
+        #[arg(long, required_unless_present = "generate", conflicts_with = "generate")]
+        file: Option<PathBuf>,
+        /// Generate the rows while sending them, by a thread of the loader:
+        /// `SCALE,DURATION`, e.g. `1000,12d` (start 2024-01-01, seed 123).
+        #[arg(long, value_parser = scale_and_duration)]
+        generate: Option<(usize, Duration)>,
         #[arg(long, default_value_t = 4)]
         workers: usize,
         /// Lines per request.
         #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
+}
+
+/// `SCALE,DURATION`, e.g. `1000,12d`.
+fn scale_and_duration(s: &str) -> Result<(usize, Duration), String> {
+    let (scale, duration) = s
+        .split_once(',')
+        .ok_or_else(|| format!("expected SCALE,DURATION, got {s}"))?;
+    let scale = scale
+        .parse()
+        .map_err(|e| format!("bad scale {scale}: {e}"))?;
+    Ok((scale, humantime_like(duration)?))
 }
 
 /// `10s`, `5m`, `1h`, `1d`, or seconds.
@@ -206,6 +222,62 @@ fn step(host: &mut Host, rng: &mut Rng) {
     }
 }
 
+/// The line-protocol rows of the dataset, in order (every host at one
+/// time, then the next time), produced in pieces.
+struct LineGen {
+    rng: Rng,
+    hosts: Vec<Host>,
+    start_ms: i64,
+    steps: i64,
+    step: i64,
+    host: usize,
+}
+
+impl LineGen {
+    fn new(scale: usize, start_ms: i64, duration: Duration, seed: u64) -> Self {
+        let mut rng = Rng(seed);
+        let hosts = hosts(scale, &mut rng);
+        Self {
+            rng,
+            hosts,
+            start_ms,
+            steps: (duration.as_secs() / 10) as i64,
+            step: 0,
+            host: 0,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.steps as usize * self.hosts.len()
+    }
+
+    /// Appends up to `n` lines to `out`; returns how many (0 at the end).
+    fn fill(&mut self, n: usize, out: &mut String) -> usize {
+        use std::fmt::Write as _;
+        let mut written = 0;
+        while written < n && self.step < self.steps && !self.hosts.is_empty() {
+            let ts = self.start_ms + self.step * 10_000;
+            let h = &mut self.hosts[self.host];
+            step(h, &mut self.rng);
+            out.push_str("cpu");
+            for (k, v) in TAGS.iter().zip(&h.tags) {
+                let _ = write!(out, ",{k}={v}");
+            }
+            for (i, (k, v)) in FIELDS.iter().zip(&h.values).enumerate() {
+                let _ = write!(out, "{}{k}={v}", if i == 0 { ' ' } else { ',' });
+            }
+            let _ = writeln!(out, " {ts}");
+            written += 1;
+            self.host += 1;
+            if self.host == self.hosts.len() {
+                self.host = 0;
+                self.step += 1;
+            }
+        }
+        written
+    }
+}
+
 fn generate(
     scale: usize,
     start_ms: i64,
@@ -222,20 +294,16 @@ fn generate(
     match format {
         Format::Influx => {
             let mut w = BufWriter::with_capacity(1 << 20, file);
-            for s in 0..steps {
-                let ts = start_ms + s * 10_000;
-                for h in &mut hosts {
-                    step(h, &mut rng);
-                    write!(w, "cpu")?;
-                    for (k, v) in TAGS.iter().zip(&h.tags) {
-                        write!(w, ",{k}={v}")?;
-                    }
-                    for (i, (k, v)) in FIELDS.iter().zip(&h.values).enumerate() {
-                        write!(w, "{}{k}={v}", if i == 0 { ' ' } else { ',' })?;
-                    }
-                    writeln!(w, " {ts}")?;
-                    rows += 1;
+            let mut lines = LineGen::new(scale, start_ms, duration, seed);
+            let mut buf = String::new();
+            loop {
+                buf.clear();
+                let n = lines.fill(10_000, &mut buf);
+                if n == 0 {
+                    break;
                 }
+                w.write_all(buf.as_bytes())?;
+                rows += n;
             }
             w.flush()?;
         }
@@ -302,31 +370,65 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// Request bodies, read up front or generated while the load runs.
+enum Bodies {
+    Ready(Vec<String>, AtomicUsize),
+    Generated(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>),
+}
+
+impl Bodies {
+    async fn next(&self) -> Option<String> {
+        match self {
+            Bodies::Ready(all, next) => all.get(next.fetch_add(1, Ordering::Relaxed)).cloned(),
+            Bodies::Generated(rx) => rx.lock().await.recv().await,
+        }
+    }
+}
+
 async fn load(
     url: String,
-    file: PathBuf,
+    file: Option<PathBuf>,
+    generated: Option<(usize, Duration)>,
     workers: usize,
     batch: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // Read and cut into requests first, so that reading is not timed.
-    let mut batches: Vec<String> = Vec::new();
-    let mut current = String::new();
-    let mut lines = 0usize;
-    for line in BufReader::new(File::open(&file)?).lines() {
-        let line = line?;
-        current.push_str(&line);
-        current.push('\n');
-        lines += 1;
-        if lines.is_multiple_of(batch) {
-            batches.push(std::mem::take(&mut current));
+    let (bodies, lines) = match (file, generated) {
+        (Some(file), _) => {
+            // Read and cut into requests first, so that reading is not timed.
+            let mut batches: Vec<String> = Vec::new();
+            let mut current = String::new();
+            let mut lines = 0usize;
+            for line in BufReader::new(File::open(&file)?).lines() {
+                let line = line?;
+                current.push_str(&line);
+                current.push('\n');
+                lines += 1;
+                if lines.is_multiple_of(batch) {
+                    batches.push(std::mem::take(&mut current));
+                }
+            }
+            if !current.is_empty() {
+                batches.push(current);
+            }
+            (Bodies::Ready(batches, AtomicUsize::new(0)), lines)
         }
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    let total_batches = batches.len();
-    let batches = Arc::new(batches);
-    let next = Arc::new(AtomicUsize::new(0));
+        (None, Some((scale, duration))) => {
+            let start = chrono::DateTime::parse_from_rfc3339("2024-01-01T00:00:00Z")?;
+            let mut gen = LineGen::new(scale, start.timestamp_millis(), duration, 123);
+            let lines = gen.total();
+            let (tx, rx) = tokio::sync::mpsc::channel(workers * 2);
+            std::thread::spawn(move || loop {
+                let mut body = String::with_capacity(batch * 300);
+                if gen.fill(batch, &mut body) == 0 || tx.blocking_send(body).is_err() {
+                    break;
+                }
+            });
+            (Bodies::Generated(tokio::sync::Mutex::new(rx)), lines)
+        }
+        (None, None) => return Err("load needs --file or --generate".into()),
+    };
+    let bodies = Arc::new(bodies);
+    let sent = Arc::new(AtomicUsize::new(0));
     let done_rows = Arc::new(AtomicUsize::new(0));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(workers)
@@ -335,20 +437,20 @@ async fn load(
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..workers {
-        let (client, url, batches, next, done_rows) = (
+        let (client, url, bodies, sent, done_rows) = (
             client.clone(),
             url.clone(),
-            batches.clone(),
-            next.clone(),
+            bodies.clone(),
+            sent.clone(),
             done_rows.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(body) = batches.get(i) else { break };
+            while let Some(body) = bodies.next().await {
+                sent.fetch_add(1, Ordering::Relaxed);
+                let n = body.lines().count();
                 let t = Instant::now();
-                let resp = client.post(&url).body(body.clone()).send().await;
+                let resp = client.post(&url).body(body).send().await;
                 match resp {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
@@ -359,7 +461,7 @@ async fn load(
                     Err(e) => return Err(format!("write failed: {e}")),
                 }
                 latencies.push(t.elapsed().as_secs_f64() * 1000.0);
-                done_rows.fetch_add(body.lines().count(), Ordering::Relaxed);
+                done_rows.fetch_add(n, Ordering::Relaxed);
             }
             Ok(latencies)
         }));
@@ -390,7 +492,7 @@ async fn load(
     report(
         done_rows.load(Ordering::Relaxed),
         secs,
-        total_batches,
+        sent.load(Ordering::Relaxed),
         latencies,
     );
     Ok(())
@@ -575,9 +677,10 @@ async fn main() -> std::process::ExitCode {
         Command::Load {
             url,
             file,
+            generate,
             workers,
             batch,
-        } => load(url, file, workers, batch).await,
+        } => load(url, file, generate, workers, batch).await,
         Command::LoadGrpc {
             endpoint,
             db,

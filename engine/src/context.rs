@@ -67,6 +67,10 @@ pub struct EngineConfig {
     /// are not compacted again.
     #[serde(with = "byte_size")]
     pub compaction_target_file_size: u64,
+
+    /// Series per table kept by the last-value cache; a table with more
+    /// stops caching. 0 disables the cache.
+    pub last_value_cache_max_series: usize,
 }
 
 impl Default for EngineConfig {
@@ -91,6 +95,7 @@ impl Default for EngineConfig {
             compaction_min_files: 4,
             compaction_max_files: 32,
             compaction_target_file_size: 256 * 1024 * 1024,
+            last_value_cache_max_series: 100_000,
         }
     }
 }

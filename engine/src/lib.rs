@@ -23,6 +23,7 @@ mod engine;
 mod error;
 pub mod flush;
 pub mod gc;
+pub mod last_values;
 pub mod manifest;
 pub mod memory;
 pub mod memtable;

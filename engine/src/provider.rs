@@ -22,6 +22,7 @@
 
 mod barrier;
 mod dedup;
+mod last;
 pub(crate) mod plan;
 mod pruning;
 mod scan_exec;
@@ -43,6 +44,7 @@ use datafusion::{
     physical_plan::{filter::FilterExec, projection::ProjectionExec, ExecutionPlan},
 };
 pub use dedup::DedupExec;
+pub use last::LastValuesProvider;
 pub use scan_exec::{ScanStats, StrataScanExec};
 pub use sink::TableSink;
 use strata_sst::TimeRange;

@@ -22,6 +22,7 @@ use crate::{
     context::EngineContext,
     flush,
     gc::SstHandle,
+    last_values::LastValues,
     manifest::Manifest,
     memtable::Memtable,
     options::{TableOptions, UpdateMode},
@@ -116,6 +117,8 @@ pub struct Table {
     dropped: AtomicBool,
     pub(crate) ctx: Arc<EngineContext>,
     writer: mpsc::Sender<WriteJob>,
+    /// The newest row of every series.
+    last_values: LastValues,
 }
 
 impl Table {
@@ -128,6 +131,13 @@ impl Table {
         let manifest = Manifest::open(ctx.store.clone(), dir, entry.id).await?;
         let state = manifest.state();
         let meta = TableMeta::new(entry);
+        // With no SSTs, every row the table will hold is folded as it is
+        // applied (WAL replay included).
+        let last_values = LastValues::new(
+            &meta,
+            ctx.config.last_value_cache_max_series,
+            state.ssts.is_empty(),
+        );
         let version = TableVersion {
             active: Arc::new(Memtable::new(meta.clone())),
             frozen: Vec::new(),
@@ -148,6 +158,7 @@ impl Table {
             dropped: AtomicBool::new(false),
             ctx,
             writer,
+            last_values,
         }))
     }
 
@@ -188,6 +199,11 @@ impl Table {
     /// The current version, pinned.
     pub fn version(&self) -> Arc<TableVersion> {
         self.version.read().clone()
+    }
+
+    /// The last-value cache.
+    pub fn last_values(&self) -> &LastValues {
+        &self.last_values
     }
 
     pub(crate) fn mark_dropped(&self) {
@@ -300,6 +316,9 @@ impl Table {
             })?;
         let before = version.active.bytes();
         version.active.insert(with_seq, offset, time_range)?;
+        // Sequence 0 is for rows read back by a seeding scan.
+        self.last_values
+            .fold(version.active.meta(), &batch, offset + 1);
         self.ctx
             .write_buffer
             .add(version.active.bytes().saturating_sub(before));

@@ -323,3 +323,184 @@ async fn a_compaction_over_its_memory_budget_fails_retryably_and_nothing_changes
         .to_string()
         .contains("3000"));
 }
+
+/// The rows of `last_values` for `table`, as "host ts n" strings, sorted.
+async fn last_values(table: &Arc<Table>) -> Vec<String> {
+    use arrow::array::AsArray;
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "lv",
+        Arc::new(crate::provider::LastValuesProvider::new(table.clone())),
+    )
+    .unwrap();
+    // A scan of a table that must be seeded reads the table itself.
+    ctx.runtime_env().register_object_store(
+        table.ctx.store_url.as_ref(),
+        table.ctx.store.clone(),
+    );
+    let batches = ctx
+        .sql("SELECT host, CAST(ts AS BIGINT) AS ts, n FROM lv ORDER BY host")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for b in &batches {
+        let host = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+        let host = host.as_string::<i32>();
+        let ts = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        let n = b.column(2).as_primitive::<arrow::datatypes::Int64Type>();
+        for i in 0..b.num_rows() {
+            out.push(format!("{} {} {}", host.value(i), ts.value(i), n.value(i)));
+        }
+    }
+    out
+}
+
+fn one_row(table: &Table, host: &str, ts: i64, n: i64) -> RecordBatch {
+    RecordBatch::try_new(
+        table.arrow_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![host])),
+            Arc::new(TimestampMillisecondArray::from(vec![ts])),
+            Arc::new(Int64Array::from(vec![n])),
+            Arc::new(Float64Array::from(vec![n as f64])),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn last_values_keep_the_newest_row_per_series_through_late_writes_and_overwrites() {
+    let h = harness(no_background()).await;
+    let table = create(&h.engine, "t", TableOptions::default()).await;
+    table.write(rows(&table, "a", 0, 10, 1000)).await.unwrap();
+    table.write(rows(&table, "b", 0, 5, 1000)).await.unwrap();
+    assert_eq!(last_values(&table).await, ["a 1009 9", "b 1004 4"]);
+
+    // An older row changes nothing; a newer one of the same time replaces.
+    table.write(one_row(&table, "a", 1003, 77)).await.unwrap();
+    table.write(one_row(&table, "a", 1009, 99)).await.unwrap();
+    table.write(one_row(&table, "c", 5, 1)).await.unwrap();
+    assert_eq!(
+        last_values(&table).await,
+        ["a 1009 99", "b 1004 4", "c 5 1"]
+    );
+    // The same answer after a flush: the cache does not care where rows are.
+    table.flush().await.unwrap();
+    assert_eq!(
+        last_values(&table).await,
+        ["a 1009 99", "b 1004 4", "c 5 1"]
+    );
+    assert_eq!(table.last_values().series(), 3);
+}
+
+#[tokio::test]
+async fn last_values_are_seeded_from_ssts_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    std::fs::create_dir_all(&root).unwrap();
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(&root).unwrap());
+    let wal = Arc::new(MemoryWal::new());
+
+    let engine = Engine::open(no_background(), store.clone(), wal.clone())
+        .await
+        .unwrap();
+    let table = create(&engine, "t", TableOptions::default()).await;
+    table.write(rows(&table, "a", 0, 10, 1000)).await.unwrap();
+    table.write(rows(&table, "b", 0, 5, 1000)).await.unwrap();
+    table.flush().await.unwrap();
+    // In the WAL only: replayed, and folded, on open.
+    table.write(one_row(&table, "b", 1004, 40)).await.unwrap();
+    engine.close().await.unwrap();
+    drop(table);
+    drop(engine);
+
+    let engine = Engine::open(no_background(), store, wal).await.unwrap();
+    let table = engine.table("public", "t").unwrap();
+    // A write racing the seed: newer than what the SSTs hold.
+    table.write(one_row(&table, "a", 1009, 90)).await.unwrap();
+    assert_eq!(last_values(&table).await, ["a 1009 90", "b 1004 40"]);
+    assert_eq!(table.last_values().series(), 2);
+    table.write(one_row(&table, "c", 1, 1)).await.unwrap();
+    assert_eq!(
+        last_values(&table).await,
+        ["a 1009 90", "b 1004 40", "c 1 1"]
+    );
+}
+
+#[tokio::test]
+async fn last_values_compact_adapt_to_new_columns_and_fall_back_past_the_series_cap() {
+    let h = harness(EngineConfig {
+        last_value_cache_max_series: 700,
+        ..no_background()
+    })
+    .await;
+    let table = create(&h.engine, "t", TableOptions::default()).await;
+    // 600 series written four times: the kept rows pass twice the live
+    // ones, so the cache merges them.
+    let hosts: Vec<String> = (0..600).map(|i| format!("h{i:03}")).collect();
+    for round in 0..4i64 {
+        let batch = RecordBatch::try_new(
+            table.arrow_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(&hosts)),
+                Arc::new(TimestampMillisecondArray::from(vec![round * 10; 600])),
+                Arc::new(Int64Array::from(vec![round; 600])),
+                Arc::new(Float64Array::from(vec![round as f64; 600])),
+            ],
+        )
+        .unwrap();
+        table.write(batch).await.unwrap();
+    }
+    let got = last_values(&table).await;
+    assert_eq!(got.len(), 600);
+    assert!(got.iter().all(|r| r.ends_with(" 30 3")), "{got:?}");
+
+    // A new column reads as NULL for rows cached before it.
+    h.engine
+        .alter_table(
+            "public",
+            "t",
+            AlterTable::AddColumns(vec![col("extra", ColumnType::String, false)]),
+        )
+        .await
+        .unwrap();
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "lv",
+        Arc::new(crate::provider::LastValuesProvider::new(table.clone())),
+    )
+    .unwrap();
+    let nulls = ctx
+        .sql("SELECT count(*) FROM lv WHERE extra IS NULL")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let text = pretty_format_batches(&nulls).unwrap().to_string();
+    assert!(text.contains("| 600 "), "{text}");
+
+    // Past the cap the cache stops; answers come from a scan, still right.
+    let more: Vec<String> = (600..800).map(|i| format!("h{i:03}")).collect();
+    let schema = table.arrow_schema();
+    let batch = RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(&more)),
+            Arc::new(TimestampMillisecondArray::from(vec![50; 200])),
+            Arc::new(Int64Array::from(vec![5; 200])),
+            Arc::new(Float64Array::from(vec![5.0; 200])),
+            Arc::new(StringArray::from(vec![Some("x"); 200])),
+        ],
+    )
+    .unwrap();
+    table.write(batch).await.unwrap();
+    assert_eq!(table.last_values().series(), 0);
+    let got = last_values(&table).await;
+    assert_eq!(got.len(), 800);
+    assert_eq!(got[0], "h000 30 3");
+    assert_eq!(got[799], "h799 50 5");
+}

@@ -11,6 +11,7 @@ mod catalog;
 mod coercion;
 pub mod create_table;
 mod insert_check;
+mod last_values;
 pub(crate) mod remote;
 mod statements;
 pub mod system;
@@ -131,6 +132,13 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(crate::pg::current_setting_udf());
+        ctx.register_udtf(
+            last_values::NAME,
+            Arc::new(last_values::LastValuesFunction {
+                engine: engine.clone(),
+                cluster: cluster.clone(),
+            }),
+        );
         ctx.register_catalog(
             CATALOG_NAME,
             Arc::new(catalog::StrataCatalog::new(engine.clone(), cluster)),

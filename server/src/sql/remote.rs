@@ -32,7 +32,11 @@ use datafusion::{
 };
 use futures::StreamExt;
 use strata_client::SqlOutput;
-use strata_engine::{catalog::TableEntry, provider::StrataTableProvider, table::Table};
+use strata_engine::{
+    catalog::TableEntry,
+    provider::{LastValuesProvider, StrataTableProvider},
+    table::Table,
+};
 use strata_proto::storage::{RequestContext, SqlQueryRequest, WriteArrowRequest};
 
 use crate::cluster::Cluster;
@@ -104,6 +108,8 @@ pub struct RemoteTable {
     entry: TableEntry,
     schema: SchemaRef,
     cluster: Arc<Cluster>,
+    /// Reads `last_values('table')` instead of the table.
+    last_values: bool,
 }
 
 impl RemoteTable {
@@ -112,6 +118,16 @@ impl RemoteTable {
             schema: entry.schema.arrow_schema(),
             entry,
             cluster,
+            last_values: false,
+        }
+    }
+
+    /// The newest row of every series of the table, from its leader's
+    /// last-value cache.
+    pub fn last_values(entry: TableEntry, cluster: Arc<Cluster>) -> Self {
+        Self {
+            last_values: true,
+            ..Self::new(entry, cluster)
         }
     }
 
@@ -126,11 +142,21 @@ impl RemoteTable {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        let mut sql = format!(
-            "SELECT {cols} FROM {}.{}",
-            quote(&self.entry.database),
-            quote(&self.entry.name)
-        );
+        let from = if self.last_values {
+            // Resolved in the request's database, the table's own.
+            format!(
+                "{}('{}')",
+                super::last_values::NAME,
+                self.entry.name.replace('\'', "''")
+            )
+        } else {
+            format!(
+                "{}.{}",
+                quote(&self.entry.database),
+                quote(&self.entry.name)
+            )
+        };
+        let mut sql = format!("SELECT {cols} FROM {from}");
         let mut all_pushed = true;
         let pushed: Vec<String> = filters
             .iter()
@@ -180,6 +206,11 @@ impl TableProvider for RemoteTable {
         let deadline = Instant::now() + MOVE_WAIT;
         loop {
             match target(&self.cluster, &self.entry, deadline).await? {
+                Target::Local(t) if self.last_values => {
+                    return LastValuesProvider::new(t)
+                        .scan(state, projection, filters, limit)
+                        .await
+                }
                 Target::Local(t) => {
                     return StrataTableProvider::new(t)
                         .scan(state, projection, filters, limit)

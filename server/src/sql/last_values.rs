@@ -1,0 +1,56 @@
+//! The `last_values('table')` table function: the newest row of every series
+//! of a table in the session's database, from the table's last-value cache
+//! (strata_engine::last_values). In cluster mode a table led elsewhere is
+//! asked of its leader.
+
+use std::sync::Arc;
+
+use datafusion::{
+    catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider},
+    common::{plan_err, DataFusionError, Result as DfResult, ScalarValue},
+    logical_expr::Expr,
+};
+use strata_engine::{provider::LastValuesProvider, Engine, Located};
+
+use super::remote::RemoteTable;
+use crate::cluster::Cluster;
+
+pub const NAME: &str = "last_values";
+
+#[derive(Debug)]
+pub struct LastValuesFunction {
+    pub engine: Arc<Engine>,
+    /// Cluster mode, for requests that may be forwarded.
+    pub cluster: Option<Arc<Cluster>>,
+}
+
+impl TableFunctionImpl for LastValuesFunction {
+    fn call_with_args(&self, args: TableFunctionArgs<'_, '_>) -> DfResult<Arc<dyn TableProvider>> {
+        let name = match args.exprs() {
+            [Expr::Literal(ScalarValue::Utf8(Some(s)), _)]
+            | [Expr::Literal(ScalarValue::Utf8View(Some(s)), _)]
+            | [Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _)] => s.clone(),
+            _ => return plan_err!("{NAME} takes one argument, a table name as a string: {NAME}('cpu')"),
+        };
+        let database = args
+            .session()
+            .config()
+            .options()
+            .catalog
+            .default_schema
+            .clone();
+        match self.engine.locate(&database, &name) {
+            Ok(Located::Local(t)) => Ok(Arc::new(LastValuesProvider::new(t))),
+            Ok(Located::Remote(entry)) => match &self.cluster {
+                Some(c) => Ok(Arc::new(RemoteTable::last_values(*entry, c.clone()))),
+                None => Err(DataFusionError::External(Box::new(
+                    strata_engine::Error::NotServedHere {
+                        table: name,
+                        shard: entry.shard,
+                    },
+                ))),
+            },
+            Err(e) => Err(DataFusionError::External(Box::new(e))),
+        }
+    }
+}
