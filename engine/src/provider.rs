@@ -31,7 +31,7 @@ pub mod time_range;
 
 use std::{collections::BTreeSet, sync::Arc};
 
-use arrow::datatypes::SchemaRef;
+use arrow::{datatypes::SchemaRef, record_batch::RecordBatch};
 use async_trait::async_trait;
 use datafusion::{
     catalog::Session,
@@ -41,7 +41,9 @@ use datafusion::{
         col, dml::InsertOp, lit, utils::conjunction, Expr, TableProviderFilterPushDown,
     },
     physical_expr::{expressions::Column, PhysicalExpr},
-    physical_plan::{filter::FilterExec, projection::ProjectionExec, ExecutionPlan},
+    physical_plan::{
+        filter::FilterExec, projection::ProjectionExec, union::UnionExec, ExecutionPlan,
+    },
 };
 pub use dedup::DedupExec;
 pub use last::LastValuesProvider;
@@ -83,10 +85,6 @@ impl StrataTableProvider {
                     .is_some_and(|i| schema.is_primary_key(i))
             })
     }
-
-    fn pushable(&self, expr: &Expr) -> bool {
-        self.table.update_mode() == UpdateMode::Append || self.on_key_only(expr)
-    }
 }
 
 /// The earliest timestamp a table with `ttl` still shows, now.
@@ -108,16 +106,9 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(filters
-            .iter()
-            .map(|f| {
-                if self.pushable(f) {
-                    TableProviderFilterPushDown::Inexact
-                } else {
-                    TableProviderFilterPushDown::Unsupported
-                }
-            })
-            .collect())
+        // Every filter helps prune; which ones may go below deduplication
+        // is decided per source in `scan`. DataFusion re-applies them all.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
 
     async fn scan(
@@ -149,45 +140,33 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             None => (0..self.schema.fields().len()).collect(),
         };
 
-        let mut pushed: Vec<Expr> = filters
+        // Filters on key columns may go below deduplication; any filter
+        // may go into a source that needs none.
+        let key_only: Vec<Expr> = filters
             .iter()
-            .filter(|f| self.pushable(f))
+            .filter(|f| !overwrite || self.on_key_only(f))
             .cloned()
             .collect();
         let cutoff = ttl_cutoff(meta.options().ttl);
-        if let Some(cutoff) = cutoff {
-            pushed.push(
-                col(ts_name.as_str())
-                    .gt_eq(lit(ScalarValue::TimestampMillisecond(Some(cutoff), None))),
-            );
-        }
-        let range: TimeRange = time_range::extract(&pushed, &ts_name);
+        let ttl_filter = cutoff.map(|cutoff| {
+            col(ts_name.as_str()).gt_eq(lit(ScalarValue::TimestampMillisecond(Some(cutoff), None)))
+        });
+        let with_ttl = |mut v: Vec<Expr>| {
+            v.extend(ttl_filter.clone());
+            v
+        };
+        let merge_filters = with_ttl(key_only);
+        let all_filters = with_ttl(filters.to_vec());
+        let range: TimeRange = time_range::extract(&merge_filters, &ts_name);
 
-        // The storage columns to read: what was asked for, plus the key and
-        // the sequence when rows must be merged, plus the timestamp for TTL.
-        let mut read: BTreeSet<usize> = wanted.iter().copied().collect();
-        if overwrite {
-            read.extend(schema.primary_key.iter().copied());
-            read.insert(schema.seq_index());
-        }
-        if cutoff.is_some() {
-            read.insert(schema.timestamp_index);
-        }
         let df_schema = DFSchema::try_from(storage.clone())?;
-        let predicate = match conjunction(pushed.clone()) {
-            Some(p) => Some(state.create_physical_expr(p, &df_schema)?),
-            None => None,
+        let physical = |exprs: &[Expr]| -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
+            match conjunction(exprs.to_vec()) {
+                Some(p) => Ok(Some(state.create_physical_expr(p, &df_schema)?)),
+                None => Ok(None),
+            }
         };
-        let spec = SourceSpec {
-            meta: meta.clone(),
-            read: read.into_iter().collect(),
-            predicate: predicate.clone(),
-            merge: overwrite,
-            dedup: overwrite,
-            target_partitions: state.config().target_partitions().max(1),
-            // Pushing a limit below deduplication or a filter would be wrong.
-            limit: limit.filter(|_| !overwrite && filters.is_empty() && cutoff.is_none()),
-        };
+        let merge_predicate = physical(&merge_filters)?;
 
         let mut stats = ScanStats {
             ssts_total: version.ssts.len(),
@@ -199,7 +178,6 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             .filter(|m| m.time_range().is_some_and(|r| r.overlaps(&range)))
             .collect();
         stats.memtables_scanned = memtables.len();
-        let batches = memtables.iter().flat_map(|m| m.snapshot()).collect();
 
         let in_range: Vec<Arc<SstHandle>> = version
             .ssts
@@ -208,7 +186,7 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             .cloned()
             .collect();
         stats.ssts_pruned_by_time = version.ssts.len() - in_range.len();
-        let ssts = match &predicate {
+        let ssts = match &merge_predicate {
             Some(p) => {
                 let (kept, pruned) = pruning::prune_ssts(in_range, p, &storage, &ts_name);
                 stats.ssts_pruned_by_stats = pruned;
@@ -218,48 +196,126 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
         };
         stats.ssts_scanned = ssts.len();
 
-        let mut children = Vec::new();
-        if let Some(m) = plan::memtable_source(&spec, batches).await? {
-            children.push(m);
+        // OVERWRITE: a key includes its time, so two sources can hold the
+        // same key only where their time ranges overlap. An SST that
+        // overlaps no other source (flush and compaction leave each SST
+        // free of duplicates) is read as it is: no key columns, no merge.
+        let mut alone: Vec<Arc<SstHandle>> = Vec::new();
+        let mut merged: Vec<Arc<SstHandle>> = Vec::new();
+        if overwrite {
+            let ranges: Vec<TimeRange> = ssts
+                .iter()
+                .map(|s| s.info.time_range)
+                .chain(memtables.iter().filter_map(|m| m.time_range()))
+                .collect();
+            for (i, sst) in ssts.iter().enumerate() {
+                let overlaps = ranges
+                    .iter()
+                    .enumerate()
+                    .any(|(j, r)| j != i && r.overlaps(&sst.info.time_range));
+                if overlaps {
+                    merged.push(sst.clone());
+                } else {
+                    alone.push(sst.clone());
+                }
+            }
+        } else {
+            merged = ssts;
         }
+        stats.ssts_merged = if overwrite { merged.len() } else { 0 };
+        let batches: Vec<RecordBatch> = memtables.iter().flat_map(|m| m.snapshot()).collect();
+        let target_partitions = state.config().target_partitions().max(1);
         let parquet_options = state.table_options().parquet.clone();
-        if let Some(s) = plan::sst_source(
-            &table.ctx,
-            &spec,
-            &ssts,
-            parquet_options,
-            table.ctx.reader_factory.clone(),
-        )? {
-            children.push(s);
-        }
-        let mut input = plan::combine(&spec, children)?;
-        let read_schema = spec.read_schema()?;
 
-        // Hide expired rows. (Pushed filters above are only hints for
-        // pruning; DataFusion re-applies the user's own filters itself.)
-        if let Some(cutoff) = cutoff {
-            let ts_expr: Expr = col(ts_name.as_str())
-                .gt_eq(lit(ScalarValue::TimestampMillisecond(Some(cutoff), None)));
-            let read_df = DFSchema::try_from(read_schema.clone())?;
-            let physical = state.create_physical_expr(ts_expr, &read_df)?;
-            input = Arc::new(FilterExec::try_new(physical, input)?);
-        }
+        let branch = |spec: SourceSpec, batches: Vec<RecordBatch>, ssts: Vec<Arc<SstHandle>>| {
+            let parquet_options = parquet_options.clone();
+            let wanted = &wanted;
+            let ttl_filter = &ttl_filter;
+            async move {
+                let mut children = Vec::new();
+                if let Some(m) = plan::memtable_source(&spec, batches).await? {
+                    children.push(m);
+                }
+                if let Some(s) = plan::sst_source(
+                    &table.ctx,
+                    &spec,
+                    &ssts,
+                    parquet_options,
+                    table.ctx.reader_factory.clone(),
+                )? {
+                    children.push(s);
+                }
+                let mut input = plan::combine(&spec, children)?;
+                let read_schema = spec.read_schema()?;
+                // Hide expired rows. (Pushed filters are only hints for
+                // pruning; DataFusion re-applies the user's own filters.)
+                if let Some(ttl) = ttl_filter {
+                    let read_df = DFSchema::try_from(read_schema.clone())?;
+                    let physical = state.create_physical_expr(ttl.clone(), &read_df)?;
+                    input = Arc::new(FilterExec::try_new(physical, input)?);
+                }
+                // Exactly the requested columns, in the requested order.
+                let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = wanted
+                    .iter()
+                    .map(|&i| {
+                        let p = spec
+                            .position(i)
+                            .ok_or_else(|| DataFusionError::Internal("column not read".into()))?;
+                        let name = read_schema.field(p).name().clone();
+                        Ok((
+                            Arc::new(Column::new(&name, p)) as Arc<dyn PhysicalExpr>,
+                            name,
+                        ))
+                    })
+                    .collect::<DfResult<_>>()?;
+                Ok::<_, DataFusionError>(
+                    Arc::new(ProjectionExec::try_new(exprs, input)?) as Arc<dyn ExecutionPlan>
+                )
+            }
+        };
 
-        // Project to exactly the requested columns, in the requested order.
-        let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = wanted
-            .iter()
-            .map(|&i| {
-                let p = spec
-                    .position(i)
-                    .ok_or_else(|| DataFusionError::Internal("column not read".into()))?;
-                let name = read_schema.field(p).name().clone();
-                Ok((
-                    Arc::new(Column::new(&name, p)) as Arc<dyn PhysicalExpr>,
-                    name,
-                ))
-            })
-            .collect::<DfResult<_>>()?;
-        let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, input)?);
+        // The storage columns to read: what was asked for, plus the
+        // timestamp for TTL, plus (when merging) the key and the sequence.
+        let mut plain_read: BTreeSet<usize> = wanted.iter().copied().collect();
+        if cutoff.is_some() {
+            plain_read.insert(schema.timestamp_index);
+        }
+        let mut merge_read = plain_read.clone();
+        if overwrite {
+            merge_read.extend(schema.primary_key.iter().copied());
+            merge_read.insert(schema.seq_index());
+        }
+        let mut branches = Vec::new();
+        if !alone.is_empty() {
+            let spec = SourceSpec {
+                meta: meta.clone(),
+                read: plain_read.into_iter().collect(),
+                predicate: physical(&all_filters)?,
+                merge: false,
+                dedup: false,
+                target_partitions,
+                limit: None,
+            };
+            branches.push(branch(spec, Vec::new(), alone).await?);
+        }
+        if !merged.is_empty() || !batches.is_empty() || branches.is_empty() {
+            let spec = SourceSpec {
+                meta: meta.clone(),
+                read: merge_read.into_iter().collect(),
+                predicate: merge_predicate.clone(),
+                merge: overwrite,
+                dedup: overwrite,
+                target_partitions,
+                // Pushing a limit below deduplication or a filter would be wrong.
+                limit: limit.filter(|_| !overwrite && filters.is_empty() && cutoff.is_none()),
+            };
+            branches.push(branch(spec, batches, merged).await?);
+        }
+        let projected: Arc<dyn ExecutionPlan> = if branches.len() == 1 {
+            branches.remove(0)
+        } else {
+            UnionExec::try_new(branches)?
+        };
         Ok(Arc::new(StrataScanExec::new(
             table.name().to_string(),
             projected,

@@ -33,6 +33,9 @@ pub struct ScanStats {
     pub ssts_pruned_by_time: usize,
     pub ssts_pruned_by_stats: usize,
     pub ssts_scanned: usize,
+    /// Of those scanned, SSTs merged and deduplicated with others (their
+    /// time ranges overlap); the rest are read as they are.
+    pub ssts_merged: usize,
     pub memtables_total: usize,
     pub memtables_scanned: usize,
 }
@@ -72,12 +75,13 @@ impl DisplayAs for StrataScanExec {
         let s = &self.stats;
         write!(
             f,
-            "StrataScanExec: table={}, ssts={}/{} (pruned: time={}, stats={}), memtables={}/{}",
+            "StrataScanExec: table={}, ssts={}/{} (pruned: time={}, stats={}; merged: {}), memtables={}/{}",
             self.table,
             s.ssts_scanned,
             s.ssts_total,
             s.ssts_pruned_by_time,
             s.ssts_pruned_by_stats,
+            s.ssts_merged,
             s.memtables_scanned,
             s.memtables_total
         )
@@ -149,6 +153,7 @@ impl ExecutionPlan for StrataScanExec {
                 ("ssts_pruned_by_time", s.ssts_pruned_by_time),
                 ("ssts_pruned_by_stats", s.ssts_pruned_by_stats),
                 ("ssts_scanned", s.ssts_scanned),
+                ("ssts_merged", s.ssts_merged),
                 ("memtables_scanned", s.memtables_scanned),
             ] {
                 MetricBuilder::new(&self.metrics)
