@@ -53,8 +53,10 @@ def main():
     w(f"- **Machine:** {cpu}, {cores} cores, {mem_gib:.0f} GiB memory, {platform.system()} {platform.release()}")
     w(f"- **Data:** scale {a.scale} hosts × {a.duration} = {a.rows:,} rows ({a.rows * 10:,} points), seed 123")
     w(f"- **Command:** `{a.command}`")
-    w("- **Larger configuration:** `bench/run-all --scale 1000 --duration 3h --runs 5 --out docs/benchmarks-large.md`,")
-    w("  results in [benchmarks-large.md](benchmarks-large.md).")
+    w("- **Larger configuration** (the scale of issue 7's query targets):")
+    w("  `bench/run-all --scale 1000 --duration 1d --runs 5 --out docs/benchmarks-large.md`,")
+    w("  results in [benchmarks-large.md](benchmarks-large.md). Memory over a 100M-row load:")
+    w("  `bench/run-rss`, results in [benchmarks-rss.md](benchmarks-rss.md).")
     w("- **Builds:** Strata release build (`cargo build --release`); VictoriaMetrics 1.79.5 and")
     w("  InfluxDB 1.6.7 from Debian packages; DuckDB 1.1.3 and DataFusion 49.0.0 from PyPI (2 threads each).")
     w("")
@@ -88,6 +90,8 @@ def main():
     w("")
     w("## Queries (TSBS query set in SQL; Strata over its PostgreSQL protocol, DuckDB and DataFusion over Parquet)")
     w("")
+    w("Before the queries, Strata's table was compacted (`COMPACT TABLE`: flushed, one SST per")
+    w("2-hour segment), as the Parquet file the others read is at rest.")
     w("Each query ran once to warm up, then repeatedly; times are client-side,")
     w("including Strata's protocol. Every Strata and DataFusion answer was checked")
     w("against DuckDB's, the reference. Every engine runs the same SQL, except")
@@ -110,6 +114,22 @@ def main():
         same = all(x["matches_reference"] for x in (st, df) if x)
         w(f"| {q} | {st['mean_ms']:.1f} | {st['median_ms']:.1f} | {st['p99_ms']:.1f} | {dk['mean_ms']:.1f} | {df_ms} | {ratio:.2f}× | {df_ratio} | {st['rows']} | {'yes' if same else '**no**'} |")
     w("")
+    peer = {r["query"]: r for r in results if r.get("kind") == "peer-query"}
+    if peer:
+        w("### InfluxDB 1.6.7 in its own language (InfluxQL)")
+        w("")
+        w("TSBS's InfluxQL forms of the same queries (`GROUP BY time(…) fill(none)`; lastpoint is")
+        w("`SELECT last(*) FROM cpu GROUP BY hostname`), over HTTP, on the instance of the last load.")
+        w("Checked against DuckDB by row count only: InfluxQL's answers have another shape.")
+        w("")
+        w("| query | InfluxDB mean ms | InfluxDB median | Strata mean ms | Strata ÷ InfluxDB | rows | same row count |")
+        w("|---|---:|---:|---:|---:|---:|---|")
+        for q, r in peer.items():
+            st = by.get(q, {}).get("strata")
+            ratio = f"{st['mean_ms'] / r['mean_ms']:.2f}×" if st and r["mean_ms"] else ""
+            st_ms = f"{st['mean_ms']:.1f}" if st else ""
+            w(f"| {q} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | {st_ms} | {ratio} | {r['rows']} | {'yes' if r['matches_reference'] else '**no**'} |")
+        w("")
     w("## Against the targets of issue 7")
     w("")
     vm = ingest.get("victoriametrics")
@@ -130,8 +150,8 @@ def main():
     if "double-groupby-all" in by:
         dg = by["double-groupby-all"]["strata"]["mean_ms"] / by["double-groupby-all"]["duckdb"]["mean_ms"]
         w(f"- double-groupby-all within 2× of DuckDB: **{dg:.2f}×** ({'met' if dg <= 2 else 'missed'}).")
-    w("- The issue sets the query targets at scale 1000 × 1 day, and the 100M-row RSS target on a larger")
-    w("  run; this file holds the run above only.")
+    w("- The issue sets the query targets at scale 1000 × 1 day (the larger configuration), and the")
+    w("  100M-row RSS target on `bench/run-rss`; this file holds the run above only.")
     w("")
     w("## Steps taken, and what limits the figures")
     w("")
