@@ -125,7 +125,11 @@ enum Command {
         /// The write URL, e.g. `http://127.0.0.1:5440/write?db=bench&precision=ms`.
         #[arg(long)]
         url: String,
-        #[arg(long, required_unless_present = "generate", conflicts_with = "generate")]
+        #[arg(
+            long,
+            required_unless_present = "generate",
+            conflicts_with = "generate"
+        )]
         file: Option<PathBuf>,
         /// Generate the rows while sending them, by a thread of the loader:
         /// `SCALE,DURATION`, e.g. `1000,12d` (start 2024-01-01, seed 123).

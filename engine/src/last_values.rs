@@ -339,7 +339,8 @@ impl Inner {
             .collect();
         let columns = (0..target.fields().len())
             .map(|c| {
-                let arrays: Vec<&dyn Array> = adapted.iter().map(|b| b.column(c).as_ref()).collect();
+                let arrays: Vec<&dyn Array> =
+                    adapted.iter().map(|b| b.column(c).as_ref()).collect();
                 interleave(&arrays, &indices).map_err(arrow_err("compacting the last-value cache"))
             })
             .collect::<Result<Vec<_>>>()?;

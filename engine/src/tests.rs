@@ -334,10 +334,8 @@ async fn last_values(table: &Arc<Table>) -> Vec<String> {
     )
     .unwrap();
     // A scan of a table that must be seeded reads the table itself.
-    ctx.runtime_env().register_object_store(
-        table.ctx.store_url.as_ref(),
-        table.ctx.store.clone(),
-    );
+    ctx.runtime_env()
+        .register_object_store(table.ctx.store_url.as_ref(), table.ctx.store.clone());
     let batches = ctx
         .sql("SELECT host, CAST(ts AS BIGINT) AS ts, n FROM lv ORDER BY host")
         .await

@@ -117,7 +117,10 @@ impl TableProvider for LastValuesProvider {
         &self,
         filters: &[&Expr],
     ) -> DfResult<Vec<TableProviderFilterPushDown>> {
-        Ok(vec![TableProviderFilterPushDown::Unsupported; filters.len()])
+        Ok(vec![
+            TableProviderFilterPushDown::Unsupported;
+            filters.len()
+        ])
     }
 
     async fn scan(
@@ -136,7 +139,12 @@ impl TableProvider for LastValuesProvider {
         )?;
         // Columns by name: the planner saw `self.schema`; the rows are in
         // the schema of now, which has at least those columns.
-        let names: Vec<&str> = self.schema.fields().iter().map(|f| f.name().as_str()).collect();
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
         let rows = rows.project(
             &names
                 .iter()

@@ -30,7 +30,11 @@ impl TableFunctionImpl for LastValuesFunction {
             [Expr::Literal(ScalarValue::Utf8(Some(s)), _)]
             | [Expr::Literal(ScalarValue::Utf8View(Some(s)), _)]
             | [Expr::Literal(ScalarValue::LargeUtf8(Some(s)), _)] => s.clone(),
-            _ => return plan_err!("{NAME} takes one argument, a table name as a string: {NAME}('cpu')"),
+            _ => {
+                return plan_err!(
+                    "{NAME} takes one argument, a table name as a string: {NAME}('cpu')"
+                )
+            }
         };
         let database = args
             .session()
