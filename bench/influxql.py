@@ -14,8 +14,6 @@ import sys
 import urllib.parse
 import urllib.request
 
-import duckdb
-
 import queries as sql_queries
 
 
@@ -76,17 +74,10 @@ def rows_of(url, db, q):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--url", required=True)
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--parquet", required=True)
-    ap.add_argument("--start", required=True)
-    ap.add_argument("--duration-s", type=int, required=True)
-    ap.add_argument("--scale", type=int, required=True)
-    ap.add_argument("--runs", type=int, default=10)
+    sql_queries.dataset_args(ap)
     a = ap.parse_args()
-    start = datetime.datetime.fromisoformat(a.start.replace("Z", "+00:00")).replace(tzinfo=None)
-    duck = duckdb.connect()
-    duck.execute("SET threads TO 2")
-    duck.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{a.parquet}')")
+    start = sql_queries.start_of(a)
+    duck = sql_queries.duckdb_over(a.parquet)
     reference = sql_queries.queries(start, a.duration_s, a.scale)
     failures = 0
     for name, q in influxql(start, a.duration_s, a.scale).items():

@@ -142,21 +142,36 @@ def timed(run, runs):
     return rows, statistics.mean(times), statistics.median(times), p99
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--pg-port", type=int, required=True)
+def dataset_args(ap):
+    """The arguments every query runner takes: the dataset and the runs."""
     ap.add_argument("--db", required=True)
     ap.add_argument("--parquet", required=True)
     ap.add_argument("--start", required=True)
     ap.add_argument("--duration-s", type=int, required=True)
     ap.add_argument("--scale", type=int, required=True)
     ap.add_argument("--runs", type=int, default=10)
-    args = ap.parse_args()
-    start = datetime.datetime.fromisoformat(args.start.replace("Z", "+00:00")).replace(tzinfo=None)
 
+
+def start_of(args):
+    return datetime.datetime.fromisoformat(args.start.replace("Z", "+00:00")).replace(tzinfo=None)
+
+
+def duckdb_over(parquet):
+    """The reference: DuckDB on 2 threads, with the Parquet file as `cpu`."""
     duck = duckdb.connect()
     duck.execute("SET threads TO 2")
-    duck.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{args.parquet}')")
+    duck.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{parquet}')")
+    return duck
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pg-port", type=int, required=True)
+    dataset_args(ap)
+    args = ap.parse_args()
+    start = start_of(args)
+
+    duck = duckdb_over(args.parquet)
     pg = psycopg.connect(f"host=127.0.0.1 port={args.pg_port} dbname={args.db} user=bench", autocommit=True)
     fusion = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(2))
     fusion.register_parquet("cpu", args.parquet)

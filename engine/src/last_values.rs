@@ -84,14 +84,17 @@ fn arrow_err(op: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Error
 }
 
 /// The series key columns of a definition.
-fn key_names(meta: &TableMeta) -> Vec<String> {
+fn key_columns(meta: &TableMeta) -> impl Iterator<Item = &str> {
     let schema = meta.schema();
     schema
         .primary_key
         .iter()
         .filter(|&&i| i != schema.timestamp_index)
-        .map(|&i| schema.columns[i].name.clone())
-        .collect()
+        .map(|&i| schema.columns[i].name.as_str())
+}
+
+fn key_names(meta: &TableMeta) -> Vec<String> {
+    key_columns(meta).map(String::from).collect()
 }
 
 impl LastValues {
@@ -127,9 +130,10 @@ impl LastValues {
         if inner.disabled {
             return;
         }
-        let key = key_names(meta);
-        if inner.key != key {
-            inner.reset(key);
+        // The key columns change only with a schema change: compare
+        // without allocating, on the write path.
+        if !inner.key.iter().map(String::as_str).eq(key_columns(meta)) {
+            inner.reset(key_names(meta));
         }
         if let Err(e) = inner.fold(meta, batch, seq) {
             tracing::warn!(error = %e, "last-value cache reset after a failed update");

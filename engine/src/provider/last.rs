@@ -42,8 +42,9 @@ impl LastValuesProvider {
         }
     }
 
-    /// Folds every row of a full scan of the table into `into`.
-    async fn fold_scan(&self, state: &dyn Session, into: &LastValues, seed: bool) -> DfResult<()> {
+    /// Folds every row of a full scan of the table into `into`, as seeded
+    /// rows (sequence 0).
+    async fn fold_scan(&self, state: &dyn Session, into: &LastValues) -> DfResult<()> {
         let plan = StrataTableProvider::new(self.table.clone())
             .scan(state, None, &[], None)
             .await?;
@@ -51,11 +52,7 @@ impl LastValuesProvider {
         let mut stream = datafusion::physical_plan::execute_stream(plan, state.task_ctx())?;
         while let Some(batch) = stream.next().await {
             let batch = crate::schema::adapt_batch(&batch?, &meta.arrow_schema).map_err(df)?;
-            if seed {
-                into.seed(&meta, &batch).map_err(df)?;
-            } else {
-                into.fold(&meta, &batch, 0);
-            }
+            into.seed(&meta, &batch).map_err(df)?;
         }
         Ok(())
     }
@@ -67,7 +64,7 @@ impl LastValuesProvider {
         match cache.snapshot(&target).map_err(df)? {
             Snapshot::Rows(b) => return Ok(b),
             Snapshot::NeedsSeed(generation) => {
-                self.fold_scan(state, cache, true).await?;
+                self.fold_scan(state, cache).await?;
                 if cache.finish_seed(generation) {
                     tracing::info!(table = %self.table.name(), series = cache.series(), "last-value cache seeded");
                     if let Snapshot::Rows(b) = cache.snapshot(&target).map_err(df)? {
@@ -79,7 +76,7 @@ impl LastValuesProvider {
         }
         // Not cached: fold a scan for this query alone.
         let scratch = LastValues::scratch(&self.table.meta());
-        self.fold_scan(state, &scratch, false).await?;
+        self.fold_scan(state, &scratch).await?;
         match scratch.snapshot(&target).map_err(df)? {
             Snapshot::Rows(b) => Ok(b),
             _ => Err(DataFusionError::Internal(
