@@ -64,19 +64,26 @@ def main():
     w("")
     w("`strata`, `victoriametrics` and `influxdb` receive the same line-protocol file over")
     w("HTTP `/write`. `strata-grpc` receives the same rows as Strata gRPC `Write` requests.")
+    w("`strata-rw` and `victoriametrics-rw` receive them as Prometheus remote write")
+    w("(`/api/v1/write`, snappy protobuf): each row is 10 samples, one per field, of the")
+    w("series `cpu_<field>` labelled with the row's 10 tags.")
     n_loads = max((len(v) for v in loads.values()), default=0)
     w(f"Each engine was loaded {n_loads} times, each time into a fresh instance, in rounds; the")
     w("table shows each engine's median load, and the last column every load's rows/s.")
     w("")
-    w("| engine | protocol | rows/s (median) | points/s | p50 batch ms | p99 batch ms | Strata (line protocol) ÷ engine | every load, rows/s |")
+    w("| engine | protocol | rows/s (median) | points/s | p50 batch ms | p99 batch ms | Strata ÷ engine, same protocol | every load, rows/s |")
     w("|---|---|---:|---:|---:|---:|---:|---|")
     s = ingest.get("strata")
-    for name, proto in [("strata", "line protocol"), ("strata-grpc", "gRPC"),
-                        ("victoriametrics", "line protocol"), ("influxdb", "line protocol")]:
+    for name, proto, ours in [("strata", "line protocol", None), ("strata-grpc", "gRPC", None),
+                              ("strata-rw", "remote write", None),
+                              ("victoriametrics", "line protocol", "strata"),
+                              ("influxdb", "line protocol", "strata"),
+                              ("victoriametrics-rw", "remote write", "strata-rw")]:
         r = ingest.get(name)
         if not r:
             continue
-        ratio = f"{s['rows_per_s'] / r['rows_per_s']:.2f}×" if s and name not in ("strata", "strata-grpc") else ""
+        o = ingest.get(ours) if ours else None
+        ratio = f"{o['rows_per_s'] / r['rows_per_s']:.2f}×" if o else ""
         every = ", ".join(f"{x['rows_per_s']:,.0f}" for x in loads[name])
         w(f"| {name} | {proto} | {r['rows_per_s']:,.0f} | {r['points_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} | {every} |")
     w("")
@@ -129,6 +136,31 @@ def main():
             ratio = f"{st['mean_ms'] / r['mean_ms']:.2f}×" if st and r["mean_ms"] else ""
             st_ms = f"{st['mean_ms']:.1f}" if st else ""
             w(f"| {q} | {r['mean_ms']:.1f} | {r['median_ms']:.1f} | {st_ms} | {ratio} | {r['rows']} | {'yes' if r['matches_reference'] else '**no**'} |")
+        w("")
+    prom = {}
+    for r in results:
+        if r.get("kind") == "promql":
+            prom.setdefault(r["query"], {})[r["engine"]] = r
+    if prom:
+        w("### PromQL: Strata against VictoriaMetrics 1.79.5")
+        w("")
+        w("The queries PromQL can express, over HTTP `/api/v1/query_range` (lastpoint: `/api/v1/query`),")
+        w("on the instances of the last remote-write load (Strata's Prometheus tables compacted,")
+        w("VictoriaMetrics flushed; VictoriaMetrics with `nocache=1`, so that every run computes).")
+        w("A SQL bucket [t, t + w) is `max_over_time(cpu_<field>{…}[w] offset 1s)` evaluated at t + w;")
+        w("queries over several fields join one labelled expression per field with `or`; see")
+        w("`bench/promql.py`. Every answer was checked value by value against DuckDB's answer to the")
+        w("SQL form. high-cpu-1 and high-cpu-all return raw rows, which PromQL cannot.")
+        w("")
+        w("| query | Strata mean ms | Strata median | VictoriaMetrics mean ms | VictoriaMetrics median | Strata ÷ VictoriaMetrics | points | same values |")
+        w("|---|---:|---:|---:|---:|---:|---:|---|")
+        for q, e in prom.items():
+            st, vm = e.get("strata-promql"), e.get("victoriametrics")
+            if not st or not vm:
+                continue
+            ratio = f"{st['mean_ms'] / vm['mean_ms']:.2f}×" if vm["mean_ms"] else ""
+            same = st["matches_reference"] and vm["matches_reference"]
+            w(f"| {q} | {st['mean_ms']:.1f} | {st['median_ms']:.1f} | {vm['mean_ms']:.1f} | {vm['median_ms']:.1f} | {ratio} | {st['rows']} | {'yes' if same else '**no**'} |")
         w("")
     w("## Against the targets of issue 7")
     w("")

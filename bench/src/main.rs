@@ -5,7 +5,8 @@
 //!   DuckDB and DataFusion, the scan-and-aggregate references).
 //! - `load` sends a line-protocol file to a `/write` endpoint with N
 //!   concurrent workers and reports rows/s, points/s and the p50/p99 latency
-//!   of a batch.
+//!   of a batch; with `--remote-write` it sends the same rows as Prometheus
+//!   remote write (one series per host and field, named `cpu_<field>`).
 //!
 //! One row per host every 10 s: 10 tags (hostname, region, datacenter, rack,
 //! os, arch, team, service, service_version, service_environment) and 10
@@ -140,6 +141,11 @@ enum Command {
         /// Lines per request.
         #[arg(long, default_value_t = 5000)]
         batch: usize,
+        /// Send each batch as a Prometheus remote-write request (snappy
+        /// protobuf, one series per host and field: `cpu_usage_user{hostname=..}`)
+        /// to a `/api/v1/write` URL, instead of line protocol.
+        #[arg(long)]
+        remote_write: bool,
     },
 }
 
@@ -374,14 +380,81 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
+/// One request: its body and how many rows it carries.
+#[derive(Clone)]
+struct Body {
+    data: Vec<u8>,
+    rows: usize,
+}
+
+impl Body {
+    /// A batch of generated lines, as line protocol or as a snappy
+    /// remote-write request.
+    fn of(lines: String, remote_write: bool) -> Result<Body, String> {
+        let rows = lines.lines().count();
+        let data = if remote_write {
+            remote_write_body(&lines)?
+        } else {
+            lines.into_bytes()
+        };
+        Ok(Body { data, rows })
+    }
+}
+
+/// The rows of a batch as one Prometheus remote-write request, snappy
+/// compressed: per host and field one series `cpu_<field>` with the host's
+/// tags as labels (sorted by name, as Prometheus sends them) and the batch's
+/// samples of that host in time order.
+fn remote_write_body(lines: &str) -> Result<Vec<u8>, String> {
+    use prost::Message as _;
+    use strata_proto::prometheus::{Label, RemoteWriteRequest, Sample, TimeSeries};
+    let mut order: Vec<usize> = (0..TAGS.len()).collect();
+    order.sort_by_key(|&i| TAGS[i]);
+    let mut by_host: std::collections::BTreeMap<Vec<String>, Vec<(Vec<f64>, i64)>> =
+        Default::default();
+    for line in lines.lines() {
+        let (tags, values, ts) =
+            parse_line(line).ok_or_else(|| format!("not a generated line: {line}"))?;
+        by_host.entry(tags).or_default().push((values, ts));
+    }
+    let mut timeseries = Vec::with_capacity(by_host.len() * FIELDS.len());
+    for (tags, rows) in by_host {
+        for (f, field) in FIELDS.iter().enumerate() {
+            let mut labels = vec![Label {
+                name: "__name__".to_string(),
+                value: format!("cpu_{field}"),
+            }];
+            labels.extend(order.iter().map(|&i| Label {
+                name: TAGS[i].to_string(),
+                value: tags[i].clone(),
+            }));
+            timeseries.push(TimeSeries {
+                labels,
+                samples: rows
+                    .iter()
+                    .map(|(values, ts)| Sample {
+                        value: values[f],
+                        timestamp: *ts,
+                    })
+                    .collect(),
+                histograms: Vec::new(),
+            });
+        }
+    }
+    let raw = RemoteWriteRequest { timeseries }.encode_to_vec();
+    snap::raw::Encoder::new()
+        .compress_vec(&raw)
+        .map_err(|e| format!("snappy: {e}"))
+}
+
 /// Request bodies, read up front or generated while the load runs.
 enum Bodies {
-    Ready(Vec<String>, AtomicUsize),
-    Generated(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<String>>),
+    Ready(Vec<Body>, AtomicUsize),
+    Generated(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<Body>>),
 }
 
 impl Bodies {
-    async fn next(&self) -> Option<String> {
+    async fn next(&self) -> Option<Body> {
         match self {
             Bodies::Ready(all, next) => all.get(next.fetch_add(1, Ordering::Relaxed)).cloned(),
             Bodies::Generated(rx) => rx.lock().await.recv().await,
@@ -395,11 +468,13 @@ async fn load(
     generated: Option<(usize, Duration)>,
     workers: usize,
     batch: usize,
+    remote_write: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (bodies, lines) = match (file, generated) {
         (Some(file), _) => {
-            // Read and cut into requests first, so that reading is not timed.
-            let mut batches: Vec<String> = Vec::new();
+            // Read and cut into requests (and encode them) first, so that
+            // reading is not timed.
+            let mut batches: Vec<Body> = Vec::new();
             let mut current = String::new();
             let mut lines = 0usize;
             for line in BufReader::new(File::open(&file)?).lines() {
@@ -408,11 +483,11 @@ async fn load(
                 current.push('\n');
                 lines += 1;
                 if lines.is_multiple_of(batch) {
-                    batches.push(std::mem::take(&mut current));
+                    batches.push(Body::of(std::mem::take(&mut current), remote_write)?);
                 }
             }
             if !current.is_empty() {
-                batches.push(current);
+                batches.push(Body::of(current, remote_write)?);
             }
             (Bodies::Ready(batches, AtomicUsize::new(0)), lines)
         }
@@ -422,8 +497,12 @@ async fn load(
             let lines = gen.total();
             let (tx, rx) = tokio::sync::mpsc::channel(workers * 2);
             std::thread::spawn(move || loop {
-                let mut body = String::with_capacity(batch * 300);
-                if gen.fill(batch, &mut body) == 0 || tx.blocking_send(body).is_err() {
+                let mut lines = String::with_capacity(batch * 300);
+                if gen.fill(batch, &mut lines) == 0 {
+                    break;
+                }
+                let body = Body::of(lines, remote_write).expect("generated lines parse");
+                if tx.blocking_send(body).is_err() {
                     break;
                 }
             });
@@ -450,11 +529,17 @@ async fn load(
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
-            while let Some(body) = bodies.next().await {
+            while let Some(Body { data, rows: n }) = bodies.next().await {
                 sent.fetch_add(1, Ordering::Relaxed);
-                let n = body.lines().count();
                 let t = Instant::now();
-                let resp = client.post(&url).body(body).send().await;
+                let mut req = client.post(&url).body(data);
+                if remote_write {
+                    req = req
+                        .header("Content-Encoding", "snappy")
+                        .header("Content-Type", "application/x-protobuf")
+                        .header("X-Prometheus-Remote-Write-Version", "0.1.0");
+                }
+                let resp = req.send().await;
                 match resp {
                     Ok(r) if r.status().is_success() => {}
                     Ok(r) => {
@@ -684,7 +769,8 @@ async fn main() -> std::process::ExitCode {
             generate,
             workers,
             batch,
-        } => load(url, file, generate, workers, batch).await,
+            remote_write,
+        } => load(url, file, generate, workers, batch, remote_write).await,
         Command::LoadGrpc {
             endpoint,
             db,
@@ -724,5 +810,49 @@ mod tests {
         assert_eq!(humantime_like("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(humantime_like("90"), Ok(Duration::from_secs(90)));
         assert!(humantime_like("1y").is_err());
+    }
+
+    #[test]
+    fn a_remote_write_batch_holds_one_series_per_host_and_field() {
+        use prost::Message as _;
+        let mut gen = LineGen::new(3, 1_700_000_000_000, Duration::from_secs(60), 1);
+        let mut lines = String::new();
+        assert_eq!(gen.fill(18, &mut lines), 18);
+        let body = Body::of(lines.clone(), true).unwrap();
+        assert_eq!(body.rows, 18);
+        let raw = snap::raw::Decoder::new()
+            .decompress_vec(&body.data)
+            .unwrap();
+        let req = strata_proto::prometheus::RemoteWriteRequest::decode(raw.as_slice()).unwrap();
+        assert_eq!(req.timeseries.len(), 3 * FIELDS.len());
+        let first = parse_line(lines.lines().next().unwrap()).unwrap();
+        for ts in &req.timeseries {
+            let names: Vec<&str> = ts.labels.iter().map(|l| l.name.as_str()).collect();
+            let mut sorted = names.clone();
+            sorted.sort_unstable();
+            assert_eq!(names, sorted);
+            assert_eq!(names.len(), TAGS.len() + 1);
+            assert_eq!(ts.samples.len(), 6);
+            assert!(ts
+                .samples
+                .windows(2)
+                .all(|w| w[0].timestamp + 10_000 == w[1].timestamp));
+        }
+        // The first line's host and usage_user value, as a sample.
+        let host = &first.0[0];
+        let user = req
+            .timeseries
+            .iter()
+            .find(|t| {
+                t.labels
+                    .iter()
+                    .any(|l| l.name == "__name__" && l.value == "cpu_usage_user")
+                    && t.labels
+                        .iter()
+                        .any(|l| l.name == "hostname" && &l.value == host)
+            })
+            .unwrap();
+        assert_eq!(user.samples[0].value, first.1[0]);
+        assert_eq!(user.samples[0].timestamp, first.2);
     }
 }

@@ -25,60 +25,7 @@ use strata_proto::storage::{
 /// Physical tables per kind and database.
 pub const PARTITIONS: u64 = 4;
 
-/// Prometheus's `prompb.WriteRequest`, with the fields Strata reads.
-#[derive(Clone, PartialEq, Message)]
-pub struct RemoteWriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-    /// Native histograms: not supported; their presence is refused.
-    #[prost(bytes = "vec", repeated, tag = "4")]
-    pub histograms: Vec<Vec<u8>>,
-}
-
-impl TimeSeries {
-    /// A series from label pairs and `(timestamp ms, value)` samples.
-    pub fn new(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Self {
-        Self {
-            labels: labels
-                .iter()
-                .map(|(k, v)| Label {
-                    name: k.to_string(),
-                    value: v.to_string(),
-                })
-                .collect(),
-            samples: samples
-                .iter()
-                .map(|&(timestamp, value)| Sample { value, timestamp })
-                .collect(),
-            histograms: Vec::new(),
-        }
-    }
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    /// Milliseconds since the epoch.
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
+pub use strata_proto::prometheus::{Label, RemoteWriteRequest, Sample, TimeSeries};
 
 /// FNV-1a, 64 bits: stable across processes and versions (the series id is
 /// stored).
