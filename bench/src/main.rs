@@ -501,7 +501,13 @@ async fn load(
                 if gen.fill(batch, &mut lines) == 0 {
                     break;
                 }
-                let body = Body::of(lines, remote_write).expect("generated lines parse");
+                let body = match Body::of(lines, remote_write) {
+                    Ok(body) => body,
+                    Err(e) => {
+                        eprintln!("strata-bench: {e}");
+                        std::process::exit(1);
+                    }
+                };
                 if tx.blocking_send(body).is_err() {
                     break;
                 }
@@ -790,6 +796,7 @@ async fn main() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

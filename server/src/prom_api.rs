@@ -119,7 +119,7 @@ pub async fn series(
             for (id, labels) in prom_read::scan_series(query, db, p, name).await? {
                 let keep = parsed.is_empty() || parsed.iter().any(|(_, g)| matches(g, &labels));
                 if keep && seen.insert(id) {
-                    out.push(labels);
+                    out.push((*labels).clone());
                 }
             }
         }

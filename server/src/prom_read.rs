@@ -5,7 +5,10 @@
 //! Only the `SAMPLES` response type is produced (Prometheus's default and
 //! fallback); a request that accepts only streamed chunks is refused.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use arrow::{
     array::{Array, AsArray},
@@ -121,42 +124,108 @@ fn column(
         .map_err(|e| Error::Internal(format!("remote read: {e}")))
 }
 
+/// A label set, shared.
+pub(crate) type Labels = Arc<BTreeMap<String, String>>;
+
+/// The labels of series by id, parsed once. A series id is a hash of its
+/// whole label set (`prom::series_id`), so an id's labels never change and
+/// the cache cannot go stale, in any database or on any instance; it is
+/// only bounded: past [`LabelCache::MAX`] ids it starts again.
+#[derive(Default)]
+pub struct LabelCache(Mutex<HashMap<u64, Labels>>);
+
+impl LabelCache {
+    const MAX: usize = 1 << 20;
+
+    fn get_all(&self, ids: &[u64]) -> (Vec<(u64, Labels)>, Vec<u64>) {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut found, mut missing) = (Vec::with_capacity(ids.len()), Vec::new());
+        for &id in ids {
+            match map.get(&id) {
+                Some(l) => found.push((id, l.clone())),
+                None => missing.push(id),
+            }
+        }
+        (found, missing)
+    }
+
+    fn insert_all(&self, parsed: &[(u64, Labels)]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() + parsed.len() > Self::MAX {
+            map.clear();
+        }
+        for (id, l) in parsed {
+            map.insert(*id, l.clone());
+        }
+    }
+}
+
 /// Every series of a partition (of one metric, when given): id and labels.
+/// Reads the ids, then the labels of the ids not in the label cache.
 pub(crate) async fn scan_series(
     query: &QueryEngine,
     db: &str,
     partition: u64,
     metric: Option<&str>,
-) -> Result<Vec<(u64, BTreeMap<String, String>)>> {
+) -> Result<Vec<(u64, Labels)>> {
     let table = prom::series_table(partition);
     if query.engine().entry(db, &table).is_err() {
         return Ok(Vec::new());
     }
-    let filter = metric
-        .map(|m| format!(" WHERE metric = {}", quote(m)))
+    let metric_filter = metric
+        .map(|m| format!("metric = {}", quote(m)))
         .unwrap_or_default();
-    let mut out = Vec::new();
+    let filter = |more: &str| match (metric_filter.is_empty(), more.is_empty()) {
+        (true, true) => String::new(),
+        (false, true) => format!(" WHERE {metric_filter}"),
+        (true, false) => format!(" WHERE {more}"),
+        (false, false) => format!(" WHERE {metric_filter} AND {more}"),
+    };
+    let mut ids = Vec::new();
     for b in rows(
         query,
         db,
-        &format!("SELECT series, labels FROM {table}{filter}"),
+        &format!("SELECT series FROM {table}{}", filter("")),
     )
     .await?
     {
-        let ids = column(&b, 0, &DataType::UInt64)?;
-        let ids = ids.as_primitive::<UInt64Type>();
-        let labels = column(&b, 1, &DataType::Utf8)?;
-        let labels = labels.as_string::<i32>();
-        for i in 0..b.num_rows() {
-            if labels.is_null(i) {
-                continue;
-            }
-            if let Ok(set) = serde_json::from_str::<BTreeMap<String, String>>(labels.value(i)) {
-                out.push((ids.value(i), set));
+        let col = column(&b, 0, &DataType::UInt64)?;
+        ids.extend(col.as_primitive::<UInt64Type>().iter().flatten());
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let (mut out, missing) = query.prom_labels().get_all(&ids);
+    let mut parsed = Vec::with_capacity(missing.len());
+    for chunk in missing.chunks(1000) {
+        let sql = format!(
+            "SELECT series, labels FROM {table}{}",
+            filter(&format!("series IN ({})", id_list(chunk)))
+        );
+        for b in rows(query, db, &sql).await? {
+            let ids = column(&b, 0, &DataType::UInt64)?;
+            let ids = ids.as_primitive::<UInt64Type>();
+            let labels = column(&b, 1, &DataType::Utf8)?;
+            let labels = labels.as_string::<i32>();
+            for i in 0..b.num_rows() {
+                if labels.is_null(i) {
+                    continue;
+                }
+                if let Ok(set) = serde_json::from_str::<BTreeMap<String, String>>(labels.value(i)) {
+                    parsed.push((ids.value(i), Arc::new(set)));
+                }
             }
         }
     }
+    query.prom_labels().insert_all(&parsed);
+    out.extend(parsed);
     Ok(out)
+}
+
+fn id_list(ids: &[u64]) -> String {
+    ids.iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The raw samples, in time order, of every series that `keep` accepts,
@@ -170,7 +239,7 @@ pub(crate) async fn select(
     keep: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
     start_ms: i64,
     end_ms: i64,
-) -> Result<Vec<(BTreeMap<String, String>, Vec<Sample>)>> {
+) -> Result<Vec<(Labels, Vec<Sample>)>> {
     let partitions: Vec<u64> = match metric {
         Some(m) => vec![prom::partition(m)],
         None => (0..prom::PARTITIONS).collect(),
@@ -182,7 +251,7 @@ pub(crate) async fn select(
         if engine.entry(db, &series_table).is_err() || engine.entry(db, &samples_table).is_err() {
             continue;
         }
-        let mut found: BTreeMap<u64, BTreeMap<String, String>> = scan_series(query, db, p, metric)
+        let mut found: HashMap<u64, Labels> = scan_series(query, db, p, metric)
             .await?
             .into_iter()
             .filter(|(_, set)| keep(set))
@@ -190,43 +259,52 @@ pub(crate) async fn select(
         if found.is_empty() {
             continue;
         }
-        let mut samples: BTreeMap<u64, Vec<Sample>> = BTreeMap::new();
-        let ids: Vec<u64> = found.keys().copied().collect();
+        let mut samples: HashMap<u64, Vec<Sample>> = HashMap::with_capacity(found.len());
+        let mut ids: Vec<u64> = found.keys().copied().collect();
+        ids.sort_unstable();
         for chunk in ids.chunks(500) {
-            let list = chunk
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
+            // A series id determines its metric: no filter on `metric`
+            // is needed to keep the rows, only to prune by it.
             let mut sql = format!(
                 "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table} \
-                 WHERE ts >= {start_ms} AND ts <= {end_ms} AND series IN ({list})"
+                 WHERE ts >= {start_ms} AND ts <= {end_ms} AND series IN ({})",
+                id_list(chunk)
             );
             if let Some(m) = metric {
                 sql.push_str(&format!(" AND metric = {}", quote(m)));
             }
             for b in rows(query, db, &sql).await? {
                 let s = column(&b, 0, &DataType::UInt64)?;
-                let s = s.as_primitive::<UInt64Type>();
+                let s = s.as_primitive::<UInt64Type>().values();
                 let t = column(&b, 1, &DataType::Int64)?;
                 let t = t.as_primitive::<Int64Type>();
                 let v = column(&b, 2, &DataType::Float64)?;
                 let v = v.as_primitive::<Float64Type>();
-                for i in 0..b.num_rows() {
-                    if v.is_null(i) {
-                        continue;
-                    }
-                    samples.entry(s.value(i)).or_default().push(Sample {
-                        value: v.value(i),
-                        timestamp: t.value(i),
-                    });
+                // Rows come in runs of one series (the SSTs are sorted by
+                // series): one map lookup per run.
+                let mut i = 0;
+                while i < s.len() {
+                    let id = s[i];
+                    let run = s[i..].iter().take_while(|&&x| x == id).count();
+                    let points = samples.entry(id).or_default();
+                    points.extend((i..i + run).filter(|&k| !v.is_null(k)).map(|k| Sample {
+                        value: v.value(k),
+                        timestamp: t.value(k),
+                    }));
+                    i += run;
                 }
             }
         }
-        for (id, mut points) in samples {
-            points.sort_by_key(|s| s.timestamp);
+        let mut series: Vec<(u64, Vec<Sample>)> = samples.into_iter().collect();
+        series.sort_unstable_by_key(|(id, _)| *id);
+        for (id, mut points) in series {
+            if !points.is_sorted_by_key(|s| s.timestamp) {
+                points.sort_by_key(|s| s.timestamp);
+            }
             points.dedup_by_key(|s| s.timestamp);
-            out.push((found.remove(&id).unwrap_or_default(), points));
+            if let Some(labels) = found.remove(&id) {
+                out.push((labels, points));
+            }
         }
     }
     Ok(out)
@@ -257,8 +335,11 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
     .into_iter()
     .map(|(labels, samples)| TimeSeries {
         labels: labels
-            .into_iter()
-            .map(|(name, value)| Label { name, value })
+            .iter()
+            .map(|(name, value)| Label {
+                name: name.clone(),
+                value: value.clone(),
+            })
             .collect(),
         samples,
         histograms: Vec::new(),

@@ -38,6 +38,8 @@ pub struct Elem {
 #[derive(Clone, Debug)]
 pub struct Window {
     pub labels: Labels,
+    /// `labels` without the metric name.
+    pub unnamed: Labels,
     pub points: Vec<(i64, f64)>,
 }
 
@@ -53,7 +55,20 @@ pub enum Value {
 #[derive(Debug)]
 pub struct Series {
     pub labels: Labels,
+    /// `labels` without the metric name, made once per query rather than
+    /// at every step of every function that drops it.
+    pub unnamed: Labels,
     pub points: Vec<(i64, f64)>,
+}
+
+impl Series {
+    pub fn new(labels: Labels, points: Vec<(i64, f64)>) -> Self {
+        Self {
+            unnamed: drop_name(&labels),
+            labels,
+            points,
+        }
+    }
 }
 
 /// The special NaN with which Prometheus marks a series as ended.
@@ -151,6 +166,7 @@ impl Evaluator {
             if !points.is_empty() {
                 out.push(Window {
                     labels: s.labels.clone(),
+                    unnamed: s.unnamed.clone(),
                     points,
                 });
             }

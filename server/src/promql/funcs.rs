@@ -296,11 +296,7 @@ fn range_fn(
     for w in windows {
         if let Some(v) = f(&w.points, end - range, end) {
             out.push(Elem {
-                labels: if keep_name {
-                    w.labels
-                } else {
-                    drop_name(&w.labels)
-                },
+                labels: if keep_name { w.labels } else { w.unnamed },
                 v,
                 ts: t,
             });

@@ -15,7 +15,6 @@ mod eval;
 mod funcs;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use promql_parser::parser::{self, Expr, VectorSelector};
 use serde_json::{json, Value as Json};
@@ -85,27 +84,35 @@ async fn prefetch(
     };
     let mut list = Vec::new();
     selectors(expr, &mut list)?;
-    for (vs, range) in list {
+    // The selectors are read concurrently: each is a few SQL queries.
+    let reads = list.into_iter().map(|(vs, range)| {
         let (a, b) = (
             ev.ref_time(start, &vs.at, &vs.offset),
             ev.ref_time(end, &vs.at, &vs.offset),
         );
         let window = if range > 0 { range } else { lookback };
         let (mint, maxt) = (a.min(b) - window, a.max(b));
-        let (name, groups) = prom_api::groups_of(vs);
-        let keep = |l: &BTreeMap<String, String>| prom_api::matches(&groups, l);
-        let found = prom_read::select(query, db, name.as_deref(), &keep, mint, maxt).await?;
-        let series = found
-            .into_iter()
-            .map(|(labels, samples)| Series {
-                labels: Arc::new(labels),
-                points: samples
-                    .into_iter()
-                    .map(|s| (s.timestamp, s.value))
-                    .collect(),
-            })
-            .collect();
-        ev.data.insert(eval::key(vs), series);
+        async move {
+            let (name, groups) = prom_api::groups_of(vs);
+            let keep = |l: &BTreeMap<String, String>| prom_api::matches(&groups, l);
+            let found = prom_read::select(query, db, name.as_deref(), &keep, mint, maxt).await?;
+            let series: Vec<Series> = found
+                .into_iter()
+                .map(|(labels, samples)| {
+                    Series::new(
+                        labels,
+                        samples
+                            .into_iter()
+                            .map(|s| (s.timestamp, s.value))
+                            .collect(),
+                    )
+                })
+                .collect();
+            Ok::<_, Error>((eval::key(vs), series))
+        }
+    });
+    for (key, series) in futures::future::try_join_all(reads).await? {
+        ev.data.insert(key, series);
     }
     Ok(ev)
 }
@@ -273,10 +280,7 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         l.insert("__name__".to_string(), name.to_string());
-        Series {
-            labels: Arc::new(l),
-            points: points.to_vec(),
-        }
+        Series::new(std::sync::Arc::new(l), points.to_vec())
     }
 
     /// Evaluates `text` at `t` over in-memory series (every selector gets
@@ -296,10 +300,7 @@ mod tests {
             let picked = data
                 .iter()
                 .filter(|s| prom_api::matches(&groups, &s.labels))
-                .map(|s| Series {
-                    labels: s.labels.clone(),
-                    points: s.points.clone(),
-                })
+                .map(|s| Series::new(s.labels.clone(), s.points.clone()))
                 .collect();
             ev.data.insert(eval::key(vs), picked);
         }

@@ -64,6 +64,8 @@ pub struct QueryEngine {
     local_ctx: SessionContext,
     cluster: Option<Arc<Cluster>>,
     runtime: tokio::runtime::Handle,
+    /// Prometheus series labels by series id, for PromQL and remote read.
+    prom_labels: Arc<crate::prom_read::LabelCache>,
 }
 
 /// Aborts the spawned task when dropped, so a cancelled request stops its
@@ -102,7 +104,12 @@ impl QueryEngine {
             local_ctx,
             cluster,
             runtime,
+            prom_labels: Default::default(),
         }
+    }
+
+    pub(crate) fn prom_labels(&self) -> &crate::prom_read::LabelCache {
+        &self.prom_labels
     }
 
     pub fn cluster(&self) -> Option<&Arc<Cluster>> {
