@@ -221,6 +221,9 @@ pub(crate) async fn scan_series(
     Ok(out)
 }
 
+/// Above this many series, a read scans the metric rather than listing them.
+const MAX_LISTED_SERIES: usize = 500;
+
 fn id_list(ids: &[u64]) -> String {
     ids.iter()
         .map(u64::to_string)
@@ -262,37 +265,44 @@ pub(crate) async fn select(
         let mut samples: HashMap<u64, Vec<Sample>> = HashMap::with_capacity(found.len());
         let mut ids: Vec<u64> = found.keys().copied().collect();
         ids.sort_unstable();
-        for chunk in ids.chunks(500) {
-            // A series id determines its metric: no filter on `metric`
-            // is needed to keep the rows, only to prune by it.
-            let mut sql = format!(
-                "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table} \
-                 WHERE ts >= {start_ms} AND ts <= {end_ms} AND series IN ({})",
-                id_list(chunk)
-            );
-            if let Some(m) = metric {
-                sql.push_str(&format!(" AND metric = {}", quote(m)));
-            }
-            for b in rows(query, db, &sql).await? {
-                let s = column(&b, 0, &DataType::UInt64)?;
-                let s = s.as_primitive::<UInt64Type>().values();
-                let t = column(&b, 1, &DataType::Int64)?;
-                let t = t.as_primitive::<Int64Type>();
-                let v = column(&b, 2, &DataType::Float64)?;
-                let v = v.as_primitive::<Float64Type>();
-                // Rows come in runs of one series (the SSTs are sorted by
-                // series): one map lookup per run.
-                let mut i = 0;
-                while i < s.len() {
-                    let id = s[i];
-                    let run = s[i..].iter().take_while(|&&x| x == id).count();
-                    let points = samples.entry(id).or_default();
-                    points.extend((i..i + run).filter(|&k| !v.is_null(k)).map(|k| Sample {
-                        value: v.value(k),
-                        timestamp: t.value(k),
-                    }));
+        // A few series are named in the query, so that the scan prunes by
+        // them; many are read in one scan (of the metric, when named) and
+        // kept here.
+        let list = if ids.len() <= MAX_LISTED_SERIES {
+            format!(" AND series IN ({})", id_list(&ids))
+        } else {
+            String::new()
+        };
+        let mut sql = format!(
+            "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table} \
+             WHERE ts >= {start_ms} AND ts <= {end_ms}{list}"
+        );
+        if let Some(m) = metric {
+            sql.push_str(&format!(" AND metric = {}", quote(m)));
+        }
+        for b in rows(query, db, &sql).await? {
+            let s = column(&b, 0, &DataType::UInt64)?;
+            let s = s.as_primitive::<UInt64Type>().values();
+            let t = column(&b, 1, &DataType::Int64)?;
+            let t = t.as_primitive::<Int64Type>();
+            let v = column(&b, 2, &DataType::Float64)?;
+            let v = v.as_primitive::<Float64Type>();
+            // Rows come in runs of one series (the SSTs are sorted by
+            // series): one map lookup per run.
+            let mut i = 0;
+            while i < s.len() {
+                let id = s[i];
+                let run = s[i..].iter().take_while(|&&x| x == id).count();
+                if !found.contains_key(&id) {
                     i += run;
+                    continue;
                 }
+                let points = samples.entry(id).or_default();
+                points.extend((i..i + run).filter(|&k| !v.is_null(k)).map(|k| Sample {
+                    value: v.value(k),
+                    timestamp: t.value(k),
+                }));
+                i += run;
             }
         }
         let mut series: Vec<(u64, Vec<Sample>)> = samples.into_iter().collect();
