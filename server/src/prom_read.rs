@@ -130,12 +130,13 @@ pub(crate) type Labels = Arc<BTreeMap<String, String>>;
 /// The labels of series by id, parsed once. A series id is a hash of its
 /// whole label set (`prom::series_id`), so an id's labels never change and
 /// the cache cannot go stale, in any database or on any instance; it is
-/// only bounded: past [`LabelCache::MAX`] ids it starts again.
+/// only bounded: past [`LabelCache::MAX`] ids (at roughly 1 KiB per label
+/// set of a dozen labels, about 128 MiB) it starts again.
 #[derive(Default)]
 pub struct LabelCache(Mutex<HashMap<u64, Labels>>);
 
 impl LabelCache {
-    const MAX: usize = 1 << 20;
+    const MAX: usize = 1 << 17;
 
     fn get_all(&self, ids: &[u64]) -> (Vec<(u64, Labels)>, Vec<u64>) {
         let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -394,4 +395,35 @@ pub async fn read(query: &QueryEngine, db: &str, body: &[u8]) -> Result<Vec<u8>>
     snap::raw::Encoder::new()
         .compress_vec(&ReadResponse { results }.encode_to_vec())
         .map_err(|e| Error::Internal(format!("remote read: compressing the answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(host: u64) -> Labels {
+        Arc::new(BTreeMap::from([
+            ("__name__".to_string(), "up".to_string()),
+            ("host".to_string(), format!("h{host}")),
+        ]))
+    }
+
+    #[test]
+    fn the_label_cache_returns_what_it_holds_and_stays_bounded() {
+        let cache = LabelCache::default();
+        cache.insert_all(&[(1, labels(1)), (2, labels(2))]);
+        let (found, missing) = cache.get_all(&[1, 3, 2]);
+        assert_eq!(found, vec![(1, labels(1)), (2, labels(2))]);
+        assert_eq!(missing, vec![3]);
+        // Past the bound it starts again rather than growing.
+        let many: Vec<(u64, Labels)> = (10..10 + LabelCache::MAX as u64)
+            .map(|id| (id, labels(0)))
+            .collect();
+        cache.insert_all(&many);
+        let (found, missing) = cache.get_all(&[1, 10]);
+        assert_eq!(found, vec![(10, labels(0))]);
+        assert_eq!(missing, vec![1]);
+        let len = cache.0.lock().map(|m| m.len()).unwrap_or(usize::MAX);
+        assert_eq!(len, LabelCache::MAX);
+    }
 }
