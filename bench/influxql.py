@@ -82,16 +82,12 @@ def main():
     failures = 0
     for name, q in influxql(start, a.duration_s, a.scale).items():
         want = len(duck.execute(reference[name]).fetchall())
-        got, mean, med, p99 = sql_queries.timed(lambda: rows_of(a.url, a.db, q), a.runs)
+        got, *timing = sql_queries.timed(lambda: rows_of(a.url, a.db, q), a.runs)
         same = got == want
         if not same:
             failures += 1
             print(f"MISMATCH {name}: influxdb {got} rows, duckdb {want}\n{q}", file=sys.stderr)
-        print(json.dumps({
-            "engine": "influxdb", "query": name, "mean_ms": round(mean, 2),
-            "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": got,
-            "matches_reference": same,
-        }), flush=True)
+        sql_queries.print_result("influxdb", name, timing, got, same)
     sys.exit(1 if failures else 0)
 
 

@@ -159,7 +159,7 @@ def main():
                     raise RuntimeError(f"{engine} {name}: {doc}")
                 return doc["data"]
 
-            data, mean, med, p99 = sql_queries.timed(run, args.runs)
+            data, *timing = sql_queries.timed(run, args.runs)
             got = answer_points(shape, width, data)
             ok = same(ref, got)
             if not ok:
@@ -168,11 +168,7 @@ def main():
                 extra_keys = len(got.keys() - ref.keys())
                 print(f"MISMATCH {name}: {engine} {len(got)} points ({missing} missing, "
                       f"{extra_keys} extra), duckdb {len(ref)}\n{expr}", file=sys.stderr)
-            print(json.dumps({
-                "engine": engine, "query": name, "language": "promql", "mean_ms": round(mean, 2),
-                "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": len(got),
-                "matches_reference": ok,
-            }), flush=True)
+            sql_queries.print_result(engine, name, timing, len(got), ok, language="promql")
     sys.exit(1 if failures else 0)
 
 

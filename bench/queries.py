@@ -142,6 +142,16 @@ def timed(run, runs):
     return rows, statistics.mean(times), statistics.median(times), p99
 
 
+def print_result(engine, query, timing, rows, matches, **extra):
+    """One JSON line per query and engine, as every runner prints it."""
+    mean, med, p99 = timing
+    print(json.dumps({
+        "engine": engine, "query": query, **extra, "mean_ms": round(mean, 2),
+        "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": rows,
+        "matches_reference": matches,
+    }), flush=True)
+
+
 def dataset_args(ap):
     """The arguments every query runner takes: the dataset and the runs."""
     ap.add_argument("--db", required=True)
@@ -192,16 +202,12 @@ def main():
         if name != "lastpoint":  # the same SQL as lastpoint-join
             got, *t = timed(lambda: fusion_rows(sql), args.runs)
             results.append(("datafusion", got, t))
-        for engine, rows, (mean, med, p99) in results:
+        for engine, rows, timing in results:
             same = norm(rows) == norm(ref)
             if not same:
                 failures += 1
                 print(f"MISMATCH {name}: {engine} {len(rows)} rows, duckdb {len(ref)} rows\n{sql}", file=sys.stderr)
-            print(json.dumps({
-                "engine": engine, "query": name, "mean_ms": round(mean, 2),
-                "median_ms": round(med, 2), "p99_ms": round(p99, 2), "rows": len(rows),
-                "matches_reference": same,
-            }), flush=True)
+            print_result(engine, name, timing, len(rows), same)
     sys.exit(1 if failures else 0)
 
 

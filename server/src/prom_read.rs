@@ -173,20 +173,24 @@ pub(crate) async fn scan_series(
     if query.engine().entry(db, &table).is_err() {
         return Ok(Vec::new());
     }
-    let metric_filter = metric
-        .map(|m| format!("metric = {}", quote(m)))
-        .unwrap_or_default();
-    let filter = |more: &str| match (metric_filter.is_empty(), more.is_empty()) {
-        (true, true) => String::new(),
-        (false, true) => format!(" WHERE {metric_filter}"),
-        (true, false) => format!(" WHERE {more}"),
-        (false, false) => format!(" WHERE {metric_filter} AND {more}"),
+    // `WHERE` with the metric's condition, if any, and `more`.
+    let filter = |more: Option<String>| {
+        let conds: Vec<String> = metric
+            .map(|m| format!("metric = {}", quote(m)))
+            .into_iter()
+            .chain(more)
+            .collect();
+        if conds.is_empty() {
+            String::new()
+        } else {
+            format!(" WHERE {}", conds.join(" AND "))
+        }
     };
     let mut ids = Vec::new();
     for b in rows(
         query,
         db,
-        &format!("SELECT series FROM {table}{}", filter("")),
+        &format!("SELECT series FROM {table}{}", filter(None)),
     )
     .await?
     {
@@ -200,7 +204,7 @@ pub(crate) async fn scan_series(
     for chunk in missing.chunks(1000) {
         let sql = format!(
             "SELECT series, labels FROM {table}{}",
-            filter(&format!("series IN ({})", id_list(chunk)))
+            filter(Some(format!("series IN ({})", id_list(chunk))))
         );
         for b in rows(query, db, &sql).await? {
             let ids = column(&b, 0, &DataType::UInt64)?;
