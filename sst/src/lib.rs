@@ -15,6 +15,7 @@
 
 pub mod disk_cache;
 mod error;
+pub mod fault;
 pub mod ids;
 pub mod layout;
 pub mod meta;
