@@ -99,6 +99,9 @@ pub struct Engine {
     shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
     ddl_lock: tokio::sync::Mutex<()>,
     maintenance: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Standalone opened fenced: where the owner's epoch is published, so
+    /// that an older process notices a newer one before it runs DDL.
+    owner_marker: Option<Path>,
 }
 
 fn build_context(config: EngineConfig, store: Arc<dyn ObjectStore>) -> Result<Arc<EngineContext>> {
@@ -133,6 +136,23 @@ impl Engine {
         store: Arc<dyn ObjectStore>,
         wal: Arc<dyn Wal>,
     ) -> Result<Arc<Self>> {
+        Self::open_fenced(config, store, wal, None).await
+    }
+
+    /// Opens a standalone engine whose WAL or object store another process
+    /// could reach (Kafka, S3): the shard is opened like a cluster shard,
+    /// under an epoch above any the WAL or a manifest holds (starting from
+    /// `epoch`, normally the time in milliseconds), with a fence marker in
+    /// the WAL and a claim on every manifest. An older process still
+    /// running on the same WAL and store (a rolling update) is fenced:
+    /// it can commit nothing more. `None` opens unfenced under
+    /// [`STANDALONE_EPOCH`] (a local WAL, which one process holds).
+    pub async fn open_fenced(
+        config: EngineConfig,
+        store: Arc<dyn ObjectStore>,
+        wal: Arc<dyn Wal>,
+        epoch: Option<Epoch>,
+    ) -> Result<Arc<Self>> {
         let ctx = build_context(config, store)?;
         let catalog = Catalog::open(ctx.store.clone(), &ctx.config.cluster).await?;
         let entries: Vec<TableEntry> = catalog
@@ -140,20 +160,60 @@ impl Engine {
             .into_iter()
             .filter(|t| t.shard == STANDALONE_SHARD)
             .collect();
-        let shard = Shard::open(
-            STANDALONE_SHARD,
-            wal,
-            STANDALONE_EPOCH,
-            entries,
-            ctx.clone(),
-            false,
-        )
-        .await?;
+        let mut attempt_epoch = epoch.unwrap_or(STANDALONE_EPOCH);
+        let mut attempts = 0;
+        let shard = loop {
+            attempts += 1;
+            match Shard::open(
+                STANDALONE_SHARD,
+                wal.clone(),
+                attempt_epoch,
+                entries.clone(),
+                ctx.clone(),
+                epoch.is_some(),
+            )
+            .await
+            {
+                Ok(shard) => break shard,
+                Err(Error::EpochBehind { highest, .. }) if epoch.is_some() && attempts < 4 => {
+                    tracing::warn!(
+                        epoch = attempt_epoch.0,
+                        highest,
+                        "the WAL or a manifest holds a higher epoch (clock skew?); opening above it"
+                    );
+                    attempt_epoch = Epoch(highest + 1);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(
+            epoch = attempt_epoch.0,
+            fenced = epoch.is_some(),
+            "opened the standalone shard"
+        );
+        let marker = epoch.map(|_| {
+            Path::from(format!(
+                "{}/shards/{}/owner.json",
+                ctx.config.cluster, STANDALONE_SHARD
+            ))
+        });
+        if let Some(path) = &marker {
+            let body = serde_json::json!({ "epoch": attempt_epoch.0 }).to_string();
+            ctx.store
+                .put(path, body.into_bytes().into())
+                .await
+                .map_err(|source| Error::ObjectStore {
+                    op: "publish the owner epoch",
+                    path: path.to_string(),
+                    source: Box::new(source),
+                })?;
+        }
         Ok(Self::start(
             ctx,
             catalog,
             None,
             BTreeMap::from([(STANDALONE_SHARD, shard)]),
+            marker,
         ))
     }
 
@@ -171,6 +231,7 @@ impl Engine {
             Catalog::in_memory(),
             Some(ddl),
             BTreeMap::new(),
+            None,
         ))
     }
 
@@ -179,6 +240,7 @@ impl Engine {
         catalog: Catalog,
         cluster: Option<Arc<dyn ClusterCatalog>>,
         shards: BTreeMap<ShardId, Arc<Shard>>,
+        owner_marker: Option<Path>,
     ) -> Arc<Self> {
         let engine = Arc::new(Self {
             ctx,
@@ -187,6 +249,7 @@ impl Engine {
             shards: parking_lot::RwLock::new(shards),
             ddl_lock: tokio::sync::Mutex::new(()),
             maintenance: parking_lot::Mutex::new(None),
+            owner_marker,
         });
         let task = tokio::spawn(run_maintenance(Arc::downgrade(&engine)));
         *engine.maintenance.lock() = Some(task);
@@ -244,6 +307,12 @@ impl Engine {
         let mut result = Ok(());
         if flush && !shard.is_fenced() {
             result = shard.flush_all().await;
+        }
+        // Background flushes and compactions still running commit nothing
+        // from here on; wait for a commit already under way to end.
+        shard.owner().relinquish();
+        for t in shard.tables() {
+            drop(t.manifest.lock().await);
         }
         for t in shard.tables() {
             self.ctx.write_buffer.release(t.version().memtable_bytes());
@@ -369,8 +438,40 @@ impl Engine {
         (wb.used(), wb.soft_limit(), wb.hard_limit())
     }
 
+    /// Standalone on shared storage: refuses DDL once a newer process
+    /// published a higher epoch (a rolling update), before it changes the
+    /// catalog or deletes files.
+    async fn check_owner(&self) -> Result<()> {
+        let (Some(path), Some(shard)) = (&self.owner_marker, self.shard(STANDALONE_SHARD)) else {
+            return Ok(());
+        };
+        shard.owner().check()?;
+        let got = self
+            .ctx
+            .store
+            .get(path)
+            .await
+            .map_err(|source| Error::ObjectStore {
+                op: "read the owner epoch",
+                path: path.to_string(),
+                source: Box::new(source),
+            })?;
+        let bytes = got.bytes().await.map_err(|source| Error::ObjectStore {
+            op: "read the owner epoch",
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+        let epoch = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["epoch"].as_u64())
+            .unwrap_or(0);
+        shard.owner().fence(epoch);
+        shard.owner().check()
+    }
+
     pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
         match &self.cluster {
             Some(meta) => {
                 crate::catalog::validate_database_name(name)?;
@@ -384,6 +485,7 @@ impl Engine {
 
     pub async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
         match &self.cluster {
             Some(meta) => {
                 if name == crate::catalog::DEFAULT_DATABASE {
@@ -417,6 +519,7 @@ impl Engine {
         if_not_exists: bool,
     ) -> Result<Option<TableEntry>> {
         let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
         let entry = match &self.cluster {
             Some(meta) => {
                 if name.is_empty() {
@@ -453,6 +556,7 @@ impl Engine {
     /// is persisted before it applies; writes and queries continue.
     pub async fn alter_table(&self, database: &str, name: &str, change: AlterTable) -> Result<()> {
         let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
         let current = self.entry(database, name)?;
         let apply = |current: &TableEntry| -> Result<TableEntry> {
             let mut next = current.clone();
@@ -490,6 +594,7 @@ impl Engine {
     /// when it did not exist and `if_exists`.
     pub async fn drop_table(&self, database: &str, name: &str, if_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
         let entry = match &self.cluster {
             Some(meta) => meta.drop_table(database, name, if_exists).await?,
             None => self.catalog.drop_table(database, name, if_exists).await?,
@@ -590,6 +695,10 @@ impl Engine {
     /// garbage collection and (when `orphans`) the orphan scan.
     pub async fn maintain(&self, orphans: bool) -> Result<()> {
         for table in self.all_tables() {
+            if let Err(e) = table.resync_if_stale().await {
+                tracing::warn!(table = %table.name(), error = %e, "re-reading the manifest failed; retrying later");
+                continue;
+            }
             if let Err(e) = table.expire().await {
                 tracing::warn!(table = %table.name(), error = %e, "TTL expiry failed; retrying later");
             }
@@ -610,14 +719,31 @@ impl Engine {
         let cfg = &self.ctx.config;
         let mut deleted = 0;
         for shard in self.shards() {
+            if shard.is_fenced() {
+                continue;
+            }
             for table in shard.tables() {
                 let dir = layout::sst_dir(&cfg.cluster, shard.id(), table.id());
-                let live = || table.version().ssts.iter().map(|s| s.info.id).collect();
+                // The live set is read from the manifest on the store after
+                // the listing (and joined with what this process has in
+                // memory), never from memory alone: an SST another writer
+                // committed is live whether or not this process knows it.
+                // Reading it also notices a newer owner, and then nothing
+                // is deleted.
                 deleted += self
                     .ctx
                     .gc
-                    .remove_orphans(&dir, live, cfg.orphan_min_age)
-                    .await?;
+                    .remove_orphans_checked(&dir, cfg.orphan_min_age, || async {
+                        let mut live = table.stored_live_ssts().await?;
+                        live.extend(table.version().ssts.iter().map(|s| s.info.id));
+                        Ok(live)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(table = %table.name(), error = %e,
+                            "orphan scan of a table skipped; retrying next time");
+                        0
+                    });
             }
         }
         if self.is_cluster() {
@@ -646,6 +772,19 @@ impl Engine {
             if !live_tables.contains(&TableId(id))
                 && self.catalog.table_by_id(TableId(id)).is_none()
             {
+                // A table this process does not know may be a newer
+                // process's (a rolling update): its manifest says so.
+                let Some(shard) = self.shard(STANDALONE_SHARD) else {
+                    break;
+                };
+                let dir = layout::manifest_dir(&cfg.cluster, STANDALONE_SHARD, TableId(id));
+                let state = crate::manifest::load(&self.ctx.store, &dir, TableId(id)).await?;
+                if state.epoch > shard.owner().epoch {
+                    shard.owner().fence(state.epoch);
+                }
+                if shard.owner().is_over() {
+                    break;
+                }
                 deleted += delete_prefix(&self.ctx.store, &prefix, cfg.orphan_min_age).await?;
             }
         }

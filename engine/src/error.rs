@@ -133,6 +133,12 @@ pub enum Error {
         highest: u64,
     },
 
+    #[error("manifest of table {table} changed under this writer: {reason}")]
+    ManifestConflict { table: TableId, reason: String },
+
+    #[error("manifest commit of table {table} has an unknown outcome (the object store did not answer: {reason}); the manifest is re-read before the next change")]
+    CommitUnknown { table: TableId, reason: String },
+
     #[error("Meta unavailable: {0}")]
     MetaUnavailable(String),
 
@@ -166,6 +172,8 @@ impl Error {
             | Error::WalAppend { .. }
             | Error::Sst { .. }
             | Error::Manifest { .. }
+            | Error::ManifestConflict { .. }
+            | Error::CommitUnknown { .. }
             | Error::Catalog(_)
             | Error::Codec(_)
             | Error::EpochBehind { .. }

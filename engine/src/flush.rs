@@ -17,6 +17,7 @@ use arrow::{
     datatypes::TimestampMillisecondType,
     record_batch::RecordBatch,
 };
+use object_store::ObjectStoreExt;
 use strata_sst::{
     layout,
     writer::{write_sst, SstWriteOptions},
@@ -84,7 +85,10 @@ pub(crate) fn drop_expired(
 /// Flushes one frozen memtable of `table`.
 pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> Result<()> {
     let started = Instant::now();
-    let Some(max_offset) = memtable.max_offset() else {
+    // A replaced owner uploads nothing (and could commit nothing anyway).
+    table.owner.check()?;
+    let (Some(min_offset), Some(max_offset)) = (memtable.min_offset(), memtable.max_offset())
+    else {
         let flushed = table.version().flushed_offset;
         table.install_flush(memtable, Vec::new(), flushed);
         return Ok(());
@@ -161,18 +165,67 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
     }
 
     let flushed_offset = max_offset + 1;
+    crate::failpoint::pause("flush.before_commit").await;
     {
         let mut manifest = table.manifest.lock().await;
-        manifest
-            .commit(ManifestEdit {
-                add: infos.clone(),
-                flushed_offset: Some(flushed_offset),
-                ..Default::default()
-            })
-            .await?;
+        if !table
+            .version()
+            .frozen
+            .iter()
+            .any(|m| Arc::ptr_eq(m, memtable))
+        {
+            // Another path (a re-read of the manifest after an unknown
+            // outcome) found these rows flushed already.
+            for info in &infos {
+                let _ = table
+                    .ctx
+                    .store
+                    .delete(&object_store::path::Path::from(info.path.as_str()))
+                    .await;
+            }
+            return Ok(());
+        }
+        // Re-planned after a conflict only while these rows are not
+        // recorded as flushed already (by an earlier attempt whose outcome
+        // was unknown).
+        let committed = manifest
+            .commit(
+                ManifestEdit {
+                    add: infos.clone(),
+                    flushed_offset: Some(flushed_offset),
+                    ..Default::default()
+                },
+                |s| s.flushed_offset <= min_offset,
+            )
+            .await;
+        match committed {
+            Ok(_) => {}
+            Err(Error::ManifestConflict { .. }) if !table.owner.is_fenced() => {
+                // These SSTs are in no manifest: remove them, and take the
+                // manifest's word for the rows (it records them as flushed).
+                for info in &infos {
+                    let _ = table
+                        .ctx
+                        .store
+                        .delete(&object_store::path::Path::from(info.path.as_str()))
+                        .await;
+                }
+                table.sync_with(manifest.state());
+                return Ok(());
+            }
+            // Unknown: the SSTs may be referenced; leave them, and keep
+            // them from the orphan scan until the manifest is re-read.
+            Err(e) => {
+                if matches!(e, Error::CommitUnknown { .. }) {
+                    table.park_guards(std::mem::take(&mut guards));
+                }
+                return Err(e);
+            }
+        }
+        table.install_flush(memtable, infos.clone(), flushed_offset);
+        table.sync_with(manifest.state());
     }
     let files = infos.len();
-    table.install_flush(memtable, infos, flushed_offset);
     drop(guards);
     metrics::FLUSHES.inc();
     metrics::FLUSH_BYTES.inc_by(bytes);

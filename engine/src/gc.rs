@@ -175,6 +175,23 @@ impl Gc {
         live: impl FnOnce() -> HashSet<SstId>,
         min_age: Duration,
     ) -> Result<usize> {
+        self.remove_orphans_checked(dir, min_age, || async { Ok(live()) })
+            .await
+    }
+
+    /// [`Self::remove_orphans`] with a live set read asynchronously (from the
+    /// manifest on the store) after the listing; when reading it fails,
+    /// nothing is deleted.
+    pub async fn remove_orphans_checked<F, Fut>(
+        &self,
+        dir: &Path,
+        min_age: Duration,
+        live: F,
+    ) -> Result<usize>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<HashSet<SstId>>>,
+    {
         let objects: Vec<_> = self
             .store
             .list(Some(dir))
@@ -185,9 +202,14 @@ impl Gc {
                 path: dir.to_string(),
                 source: Box::new(source),
             })?;
+        crate::failpoint::pause("orphans.after_list").await;
+        // In this order: a file being written when listed is either still in
+        // flight or committed (and so live) by the time the live set is
+        // read; one removed from the manifest before that is retired by the
+        // time the retired set is read.
         let in_flight = self.in_flight.lock().clone();
+        let live = live().await?;
         let retired = self.retired_ids();
-        let live = live();
         let now = chrono::Utc::now();
         let mut deleted = 0;
         for meta in objects {

@@ -181,7 +181,29 @@ pub static MEMTABLE_BYTES: LazyLock<IntGauge> =
 
 /// Registers every metric, so that `/metrics` lists them all from the
 /// start (a counter that never moved still says 0).
+pub static SHARDS_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_shards_fenced_total",
+        "Shards that stopped writing because a newer owner took them over",
+    )
+});
+pub static MANIFEST_CONFLICTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_manifest_conflicts_total",
+        "Manifest commits that lost a conditional put and reloaded the manifest",
+    )
+});
+pub static MANIFEST_UNKNOWN_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_manifest_unknown_commits_total",
+        "Manifest commits whose outcome the object store left unknown",
+    )
+});
+
 pub fn register_all() {
+    LazyLock::force(&SHARDS_FENCED);
+    LazyLock::force(&MANIFEST_CONFLICTS);
+    LazyLock::force(&MANIFEST_UNKNOWN_COMMITS);
     LazyLock::force(&ROWS_WRITTEN);
     LazyLock::force(&WRITE_BATCHES);
     LazyLock::force(&WAL_GROUP_COMMITS);

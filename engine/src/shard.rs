@@ -26,6 +26,7 @@ use crate::{
     codec,
     context::EngineContext,
     metrics,
+    ownership::Ownership,
     table::{Table, WriteJob},
     Error, Result,
 };
@@ -42,9 +43,9 @@ pub(crate) struct ShardInner {
     pub tables: RwLock<HashMap<TableId, Arc<Table>>>,
     /// The offset after the last WAL record applied to memtables.
     pub applied: AtomicU64,
-    /// Set when the WAL refused an append because a writer with a higher
-    /// epoch took the region over: this shard must close.
-    pub fenced: std::sync::atomic::AtomicBool,
+    /// This process's claim on the shard: fenced once the WAL or a
+    /// manifest shows a newer owner, and the shard must then close.
+    pub owner: Arc<Ownership>,
     pub ctx: Arc<EngineContext>,
 }
 
@@ -81,15 +82,25 @@ impl Shard {
             epoch,
             tables: RwLock::new(HashMap::new()),
             applied: AtomicU64::new(0),
-            fenced: std::sync::atomic::AtomicBool::new(false),
+            owner: Arc::new(Ownership::new(id, epoch.0)),
             ctx,
         });
         let opened = futures::future::try_join_all(
             entries
                 .into_iter()
-                .map(|e| Table::open(e, inner.ctx.clone(), sender.clone())),
+                .map(|e| Table::open(e, inner.ctx.clone(), inner.owner.clone(), sender.clone())),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            // A manifest carries a newer epoch than the one we were given
+            // (meta lost its state): a higher epoch is needed.
+            Error::ShardFenced { shard, epoch, by } => Error::EpochBehind {
+                shard,
+                epoch,
+                highest: by,
+            },
+            e => e,
+        })?;
         {
             let mut tables = inner.tables.write();
             for t in opened {
@@ -147,7 +158,13 @@ impl Shard {
 
     /// Opens a newly created table on this shard.
     pub(crate) async fn add_table(&self, entry: TableEntry) -> Result<Arc<Table>> {
-        let table = Table::open(entry, self.inner.ctx.clone(), self.sender.clone()).await?;
+        let table = Table::open(
+            entry,
+            self.inner.ctx.clone(),
+            self.inner.owner.clone(),
+            self.sender.clone(),
+        )
+        .await?;
         self.inner.tables.write().insert(table.id(), table.clone());
         Ok(table)
     }
@@ -208,7 +225,12 @@ impl Shard {
     /// Whether a newer writer took this shard's WAL over: the shard refuses
     /// writes and must be closed.
     pub fn is_fenced(&self) -> bool {
-        self.inner.fenced.load(Ordering::Acquire)
+        self.inner.owner.is_fenced()
+    }
+
+    /// This process's claim on the shard.
+    pub fn owner(&self) -> &Arc<Ownership> {
+        &self.inner.owner
     }
 }
 
@@ -312,13 +334,9 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
         if receiver.recv_many(&mut jobs, max_batch).await == 0 {
             return;
         }
-        if inner.fenced.load(Ordering::Acquire) {
+        if let Some(by) = inner.owner.fenced_by() {
             for job in jobs.drain(..) {
-                let _ = job.reply.send(Err(Error::ShardFenced {
-                    shard: inner.id,
-                    epoch: inner.epoch.0,
-                    by: 0,
-                }));
+                let _ = job.reply.send(Err(inner.owner.fenced_error(by)));
             }
             continue;
         }
@@ -357,7 +375,7 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
             Err(strata_wal::Error::Fenced { epoch, by }) => {
                 tracing::warn!(shard = %inner.id, epoch = epoch.0, by = by.0,
                     "this shard was taken over by a newer leader; refusing writes");
-                inner.fenced.store(true, Ordering::Release);
+                inner.owner.fence(by.0);
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(Error::ShardFenced {
                         shard: inner.id,
@@ -422,7 +440,7 @@ pub(crate) fn schedule_flush(inner: &Arc<ShardInner>, table: Arc<Table>) {
             };
             match result {
                 Ok(()) => break,
-                Err(e) if table.is_dropped() => {
+                Err(e) if table.is_dropped() || inner.owner.is_over() => {
                     tracing::debug!(table = %table.name(), error = %e, "flush of a dropped table abandoned");
                     break;
                 }

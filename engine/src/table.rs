@@ -23,9 +23,10 @@ use crate::{
     flush,
     gc::SstHandle,
     last_values::LastValues,
-    manifest::Manifest,
+    manifest::{Manifest, ManifestEdit, ManifestState},
     memtable::Memtable,
     options::{TableOptions, UpdateMode},
+    ownership::Ownership,
     schema::{adapt_batch, TableSchema},
     Error, Result,
 };
@@ -116,19 +117,28 @@ pub struct Table {
     pub(crate) maintenance: tokio::sync::Mutex<()>,
     dropped: AtomicBool,
     pub(crate) ctx: Arc<EngineContext>,
+    /// The shard's owner: every commit of this table is under its epoch.
+    pub(crate) owner: Arc<Ownership>,
     writer: mpsc::Sender<WriteJob>,
     /// The newest row of every series.
     last_values: LastValues,
+    /// Write guards of SSTs referenced by an edit whose commit outcome is
+    /// unknown: the orphan scan leaves them alone until the manifest is
+    /// re-read.
+    parked: parking_lot::Mutex<Vec<crate::gc::WriteGuard>>,
 }
 
 impl Table {
     pub(crate) async fn open(
         entry: TableEntry,
         ctx: Arc<EngineContext>,
+        owner: Arc<Ownership>,
         writer: mpsc::Sender<WriteJob>,
     ) -> Result<Arc<Self>> {
         let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
-        let manifest = Manifest::open(ctx.store.clone(), dir, entry.id).await?;
+        // Loading claims the manifest for this owner: from here on an older
+        // owner can commit nothing to it.
+        let manifest = Manifest::open(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
         let state = manifest.state();
         let meta = TableMeta::new(entry);
         // With no SSTs, every row the table will hold is folded as it is
@@ -157,8 +167,10 @@ impl Table {
             maintenance: tokio::sync::Mutex::new(()),
             dropped: AtomicBool::new(false),
             ctx,
+            owner,
             writer,
             last_values,
+            parked: parking_lot::Mutex::new(Vec::new()),
         }))
     }
 
@@ -427,15 +439,24 @@ impl Table {
         if expired.is_empty() {
             return Ok(0);
         }
-        self.manifest
-            .lock()
-            .await
-            .commit(crate::manifest::ManifestEdit {
-                remove: expired.clone(),
-                ..Default::default()
-            })
-            .await?;
-        self.install_sst_change(&expired, Vec::new());
+        {
+            let mut manifest = self.manifest.lock().await;
+            let committed = manifest
+                .commit(
+                    ManifestEdit {
+                        remove: expired.clone(),
+                        ..Default::default()
+                    },
+                    |s| expired.iter().all(|id| s.ssts.contains_key(id)),
+                )
+                .await;
+            if let Err(e) = committed {
+                self.sync_with(manifest.state());
+                return Err(e);
+            }
+            self.install_sst_change(&expired, Vec::new());
+            self.sync_with(manifest.state());
+        }
         crate::metrics::TTL_EXPIRED_FILES.inc_by(expired.len() as u64);
         tracing::info!(table = %self.name, files = expired.len(), "removed expired SSTs");
         Ok(expired.len())
@@ -445,12 +466,100 @@ impl Table {
     /// frozen ones oldest first. Returns once the manifest records them.
     pub async fn flush(&self) -> Result<()> {
         let _guard = self.flush_lock.lock().await;
+        self.owner.check()?;
         self.freeze();
         loop {
+            self.resync_if_stale().await?;
             let Some(memtable) = self.version().frozen.first().cloned() else {
                 return Ok(());
             };
             flush::flush_memtable(self, &memtable).await?;
         }
+    }
+
+    /// After a commit whose outcome was unknown: re-reads the manifest and
+    /// brings the version in line with it.
+    pub(crate) async fn resync_if_stale(&self) -> Result<()> {
+        let mut manifest = self.manifest.lock().await;
+        if manifest.is_stale() {
+            manifest.reload().await?;
+            self.sync_with(manifest.state());
+            // Settled: what the manifest lists is live, the rest orphans.
+            self.parked.lock().clear();
+        }
+        Ok(())
+    }
+
+    /// Keeps write guards until the manifest is re-read (see `parked`).
+    pub(crate) fn park_guards(&self, guards: Vec<crate::gc::WriteGuard>) {
+        self.parked.lock().extend(guards);
+    }
+
+    /// Brings the version in line with the manifest's `state` (after a
+    /// reload found changes this process did not make, or made without
+    /// knowing: a commit with an unknown outcome): SSTs it no longer lists
+    /// are retired, SSTs it lists are added, and frozen memtables whose rows
+    /// it records as flushed are dropped.
+    pub(crate) fn sync_with(&self, state: &ManifestState) {
+        if self.owner.is_fenced() {
+            // The state is a newer owner's: this process must not retire
+            // (and so delete) files on its behalf.
+            return;
+        }
+        let mut guard = self.version.write();
+        let same = guard.ssts.len() == state.ssts.len()
+            && guard
+                .ssts
+                .iter()
+                .all(|h| state.ssts.contains_key(&h.info.id))
+            && guard.flushed_offset >= state.flushed_offset;
+        if same {
+            return;
+        }
+        let mut next = (**guard).clone();
+        let mut all: Vec<Arc<SstHandle>> = Vec::with_capacity(state.ssts.len());
+        for h in next.ssts.iter() {
+            if state.ssts.contains_key(&h.info.id) {
+                all.push(h.clone());
+            } else {
+                self.ctx.gc.retire(h);
+            }
+        }
+        for (id, info) in &state.ssts {
+            if !all.iter().any(|h| h.info.id == *id) {
+                all.push(SstHandle::new(info.clone()));
+            }
+        }
+        next.ssts = Arc::new(all);
+        next.flushed_offset = next.flushed_offset.max(state.flushed_offset);
+        let flushed = next.flushed_offset;
+        let mut released = 0;
+        next.frozen.retain(|m| {
+            let done = m.max_offset().is_some_and(|max| max < flushed);
+            if done {
+                released += m.bytes();
+            }
+            !done
+        });
+        *guard = Arc::new(next);
+        drop(guard);
+        self.ctx.write_buffer.release(released);
+        tracing::info!(table = %self.name, ssts = state.ssts.len(), flushed_offset = flushed,
+            "brought the table in line with its manifest");
+    }
+
+    /// The ids of the SSTs the manifest on the store lists, read now (not
+    /// from memory). Fences the owner when the manifest carries a newer
+    /// epoch.
+    pub(crate) async fn stored_live_ssts(
+        &self,
+    ) -> Result<std::collections::HashSet<strata_sst::SstId>> {
+        let dir = layout::manifest_dir(&self.ctx.config.cluster, self.meta().entry.shard, self.id);
+        let state = crate::manifest::load(&self.ctx.store, &dir, self.id).await?;
+        if state.epoch > self.owner.epoch {
+            self.owner.fence(state.epoch);
+        }
+        self.owner.check()?;
+        Ok(state.ssts.keys().copied().collect())
     }
 }

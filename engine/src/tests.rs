@@ -502,3 +502,5 @@ async fn last_values_compact_adapt_to_new_columns_and_fall_back_past_the_series_
     assert_eq!(got[0], "h000 30 3");
     assert_eq!(got[799], "h799 50 5");
 }
+
+mod fencing;

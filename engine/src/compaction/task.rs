@@ -194,21 +194,44 @@ pub(crate) async fn run(
     let mut guards = Vec::new();
     let outputs = merge_and_write(table, task, memory_limit, &mut guards).await?;
     let removed: Vec<SstId> = task.inputs.iter().map(|s| s.info.id).collect();
+    crate::failpoint::pause("compaction.before_commit").await;
     {
         let mut manifest = table.manifest.lock().await;
-        if let Err(e) = manifest
-            .commit(ManifestEdit {
-                add: outputs.clone(),
-                remove: removed.clone(),
-                ..Default::default()
-            })
-            .await
-        {
-            delete_outputs(table, &outputs).await;
-            return Err(e);
+        let committed = manifest
+            .commit(
+                ManifestEdit {
+                    add: outputs.clone(),
+                    remove: removed.clone(),
+                    ..Default::default()
+                },
+                // Re-planned after a conflict only while every input is
+                // still in the table.
+                |s| removed.iter().all(|id| s.ssts.contains_key(id)),
+            )
+            .await;
+        match committed {
+            Ok(_) => {
+                table.install_sst_change(&removed, outputs.clone());
+                table.sync_with(manifest.state());
+            }
+            Err(e @ Error::ManifestConflict { .. }) if !table.owner.is_fenced() => {
+                // Known not committed: the outputs are in no manifest.
+                delete_outputs(table, &outputs).await;
+                table.sync_with(manifest.state());
+                return Err(e);
+            }
+            Err(e) => {
+                // Unknown, fenced, or the store failed: the outputs may be
+                // live (or a newer owner's state may list them). Delete
+                // nothing; keep them from the orphan scan until the
+                // manifest is re-read, which settles it.
+                if matches!(e, Error::CommitUnknown { .. }) {
+                    table.park_guards(std::mem::take(&mut guards));
+                }
+                return Err(e);
+            }
         }
     }
-    table.install_sst_change(&removed, outputs.clone());
     drop(guards);
     let outcome = TaskOutcome {
         inputs: task.inputs.len(),
