@@ -33,6 +33,10 @@ pub struct ClusterConfig {
 pub struct ShardLock {
     pub node: NodeId,
     pub epoch: u64,
+    /// The process holding it (unique per process start): two processes
+    /// on one node id are two holders.
+    #[serde(default)]
+    pub instance: String,
 }
 
 /// An instance, as it registered and last reported.
@@ -44,6 +48,13 @@ pub struct NodeInfo {
     /// HTTP address.
     pub http_endpoint: String,
     pub started_at_ms: i64,
+    /// The process behind the node id (unique per process start).
+    #[serde(default)]
+    pub instance: String,
+    /// Processes this node id stood for before (most recent last, at most
+    /// 8): their heartbeats are answered `superseded`.
+    #[serde(default)]
+    pub superseded: Vec<String>,
     /// Shards the node serves, as of its last heartbeat.
     #[serde(default)]
     pub shards: Vec<ShardReport>,

@@ -250,6 +250,44 @@ impl Meta {
             .await?
             .into_iter()
             .find(|n| n.id == req.node_id);
+        // Two processes behind one node id: the one meta heard from last
+        // for the first time is the node (no clocks are compared); the one
+        // it replaced is told it was superseded (it then stops writing) for
+        // as long as the node's record lives, and its lease, with every
+        // shard lock under it, is revoked so that the newer one takes the
+        // locks under new epochs. A record from before instance ids (empty)
+        // counts as an older process.
+        let mut existing = existing;
+        let mut superseded: Vec<String> = Vec::new();
+        if let Some(n) = &existing {
+            superseded = n.superseded.clone();
+            if n.instance != req.instance_id {
+                if n.superseded.contains(&req.instance_id) {
+                    return Ok(HeartbeatResponse {
+                        header: header_err(
+                            409,
+                            format!(
+                                "superseded: node {} is now served by another process (instance {})",
+                                req.node_id, n.instance
+                            ),
+                        ),
+                        ..Default::default()
+                    });
+                }
+                tracing::warn!(node = %req.node_id, old = %n.instance, new = %req.instance_id,
+                    "a new process took over this node id; revoking the old one's lease and locks");
+                if n.lease != 0 {
+                    match store.kv().revoke(n.lease).await {
+                        Ok(()) | Err(Error::LeaseExpired(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                superseded.push(n.instance.clone());
+                let excess = superseded.len().saturating_sub(8);
+                superseded.drain(..excess);
+                existing = None;
+            }
+        }
         let mut lease = match &existing {
             Some(n) if n.lease != 0 => match store.kv().keep_alive(n.lease).await {
                 Ok(()) => n.lease,
@@ -277,6 +315,8 @@ impl Meta {
             endpoint: req.endpoint.clone(),
             http_endpoint: req.http_endpoint.clone(),
             started_at_ms: req.started_at_ms,
+            instance: req.instance_id.clone(),
+            superseded,
             shards: reports.clone(),
             last_heartbeat_ms: now_ms(),
             lease,
@@ -365,6 +405,30 @@ impl Meta {
                 ..Default::default()
             });
         };
+        if node.instance != req.instance_id {
+            // A process this node id no longer stands for.
+            return Ok(ShardLockResponse {
+                header: header_err(
+                    409,
+                    format!(
+                        "superseded: node {} is served by another process",
+                        req.node_id
+                    ),
+                ),
+                ..Default::default()
+            });
+        }
+        if req.confirm_only {
+            let lock = store
+                .confirm_shard_lock(req.shard, &req.node_id, &req.instance_id, node.lease)
+                .await?;
+            return Ok(ShardLockResponse {
+                header: header_ok(),
+                granted: lock.is_some(),
+                epoch: lock.as_ref().map_or(0, |l| l.epoch),
+                holder: lock.map(|l| l.node).unwrap_or_default(),
+            });
+        }
         let assigned = store
             .shards()
             .await?
@@ -380,7 +444,13 @@ impl Meta {
             });
         }
         match store
-            .acquire_shard_lock(req.shard, &req.node_id, node.lease, req.min_epoch)
+            .acquire_shard_lock(
+                req.shard,
+                &req.node_id,
+                &req.instance_id,
+                node.lease,
+                req.min_epoch,
+            )
             .await?
         {
             Some(lock) => Ok(ShardLockResponse {
@@ -405,7 +475,7 @@ impl Meta {
     pub async fn release_shard(&self, req: ShardLockRequest) -> Result<ShardLockResponse> {
         let released = self
             .store()
-            .release_shard_lock(req.shard, &req.node_id)
+            .release_shard_lock(req.shard, &req.node_id, &req.instance_id)
             .await?;
         Ok(ShardLockResponse {
             header: header_ok(),

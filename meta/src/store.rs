@@ -184,6 +184,7 @@ impl MetaStore {
         &self,
         shard: u64,
         node: &str,
+        instance: &str,
         lease: LeaseId,
         min_epoch: u64,
     ) -> Result<Option<ShardLock>> {
@@ -192,7 +193,9 @@ impl MetaStore {
             match self.kv.get(&key).await? {
                 Some(kv) => {
                     let lock: ShardLock = decode(&kv)?;
-                    if lock.node != node {
+                    // Another node, or another process of this node: a
+                    // different writer, which must not share the epoch.
+                    if lock.node != node || lock.instance != instance {
                         return Ok(None);
                     }
                     if kv.lease == lease {
@@ -231,6 +234,7 @@ impl MetaStore {
                     let lock = ShardLock {
                         node: node.to_string(),
                         epoch,
+                        instance: instance.to_string(),
                     };
                     let t = self
                         .kv
@@ -257,14 +261,31 @@ impl MetaStore {
         )))
     }
 
-    /// Releases the lock if `node` holds it.
-    pub async fn release_shard_lock(&self, shard: u64, node: &str) -> Result<bool> {
+    /// The lock, when process `instance` of `node` holds it under `lease`
+    /// (it is then sure to be the shard's only writer until the lease
+    /// expires).
+    pub async fn confirm_shard_lock(
+        &self,
+        shard: u64,
+        node: &str,
+        instance: &str,
+        lease: LeaseId,
+    ) -> Result<Option<ShardLock>> {
+        let Some(kv) = self.kv.get(&self.keys.shard_lock(shard)).await? else {
+            return Ok(None);
+        };
+        let lock: ShardLock = decode(&kv)?;
+        Ok((lock.node == node && lock.instance == instance && kv.lease == lease).then_some(lock))
+    }
+
+    /// Releases the lock if process `instance` of `node` holds it.
+    pub async fn release_shard_lock(&self, shard: u64, node: &str, instance: &str) -> Result<bool> {
         let key = self.keys.shard_lock(shard);
         let Some(kv) = self.kv.get(&key).await? else {
             return Ok(false);
         };
         let lock: ShardLock = decode(&kv)?;
-        if lock.node != node {
+        if lock.node != node || lock.instance != instance {
             return Ok(false);
         }
         let r = self
@@ -606,32 +627,83 @@ mod tests {
         s.init_cluster(1).await.unwrap();
         let l1 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
         let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
-        let e1 = s.acquire_shard_lock(0, "n1", l1, 0).await.unwrap().unwrap();
+        let e1 = s
+            .acquire_shard_lock(0, "n1", "i1", l1, 0)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
-            s.acquire_shard_lock(0, "n1", l1, 0).await.unwrap(),
+            s.acquire_shard_lock(0, "n1", "i1", l1, 0).await.unwrap(),
             Some(e1.clone()),
             "re-acquiring is idempotent"
         );
         assert_eq!(
-            s.acquire_shard_lock(0, "n2", l2, 0).await.unwrap(),
+            s.acquire_shard_lock(0, "n2", "i2", l2, 0).await.unwrap(),
             None,
             "another node is refused"
         );
         s.kv().revoke(l1).await.unwrap();
-        let e2 = s.acquire_shard_lock(0, "n2", l2, 0).await.unwrap().unwrap();
+        let e2 = s
+            .acquire_shard_lock(0, "n2", "i2", l2, 0)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(e2.epoch > e1.epoch, "a new holder gets a higher epoch");
         assert_eq!(s.lock_holder(0).await.unwrap(), Some(e2.clone()));
         // An epoch the WAL has seen beyond the store's (a fresh etcd) wins.
-        s.release_shard_lock(0, "n2").await.unwrap();
+        s.release_shard_lock(0, "n2", "i2").await.unwrap();
         let far = e2.epoch + 1_000_000_000;
         let e3 = s
-            .acquire_shard_lock(0, "n2", l2, far)
+            .acquire_shard_lock(0, "n2", "i2", l2, far)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(e3.epoch, far);
-        assert!(!s.release_shard_lock(0, "n1").await.unwrap());
-        assert!(s.release_shard_lock(0, "n2").await.unwrap());
+        assert!(!s.release_shard_lock(0, "n1", "i1").await.unwrap());
+        assert!(s.release_shard_lock(0, "n2", "i2").await.unwrap());
+    }
+
+    /// Two processes behind one node id (two pods on 0.0.0.0:8831 without
+    /// an advertised address) are two holders: the second is refused while
+    /// the first holds the lock, and gets a higher epoch once it is gone.
+    #[tokio::test]
+    async fn two_processes_of_one_node_do_not_share_a_lock() {
+        let s = store();
+        s.init_cluster(1).await.unwrap();
+        let l1 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        let a = s
+            .acquire_shard_lock(0, "n1", "a", l1, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.acquire_shard_lock(0, "n1", "b", l1, 0).await.unwrap(),
+            None
+        );
+        assert!(s
+            .confirm_shard_lock(0, "n1", "a", l1)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(s
+            .confirm_shard_lock(0, "n1", "b", l1)
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!s.release_shard_lock(0, "n1", "b").await.unwrap());
+        s.kv().revoke(l1).await.unwrap();
+        assert!(s
+            .confirm_shard_lock(0, "n1", "a", l1)
+            .await
+            .unwrap()
+            .is_none());
+        let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
+        let b = s
+            .acquire_shard_lock(0, "n1", "b", l2, 0)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(b.epoch > a.epoch);
     }
 
     #[tokio::test]

@@ -162,6 +162,11 @@ fn check(
     }
 }
 
+/// Whether meta answered that a newer process took this node id over.
+fn is_superseded(header: Option<&MetaHeader>) -> bool {
+    header.is_some_and(|h| h.code == 409 && h.error.starts_with("superseded"))
+}
+
 /// Checks an answer that has no expected 404 or 409.
 fn check_ok(header: Option<&MetaHeader>) -> EngineResult<()> {
     check(
@@ -378,6 +383,12 @@ pub struct Assignment {
 #[derive(Debug)]
 pub struct Cluster {
     pub node_id: String,
+    /// Unique per process start: meta tells two processes behind one node
+    /// id apart by it, and shard locks are held by it.
+    pub instance_id: String,
+    /// Set once meta said a newer process took this node id over: every
+    /// shard was closed without a flush, and none is opened again.
+    pub superseded: AtomicBool,
     pub http_endpoint: String,
     started_at_ms: i64,
     meta: Arc<MetaClient>,
@@ -407,6 +418,8 @@ impl Cluster {
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
+            instance_id: format!("{:016x}", rand::random::<u64>()),
+            superseded: AtomicBool::new(false),
             http_endpoint,
             started_at_ms: strata_meta::model::now_ms(),
             meta,
@@ -533,6 +546,7 @@ impl Cluster {
                 .collect(),
             tables_json,
             memtable_bytes: self.engine.write_buffer_usage().0 as u64,
+            instance_id: self.instance_id.clone(),
         };
         let resp = self
             .meta
@@ -541,7 +555,17 @@ impl Cluster {
                 async move { c.heartbeat(req).await }
             })
             .await?;
+        if is_superseded(resp.header.as_ref()) {
+            self.supersede().await;
+            return Err(strata_engine::Error::MetaUnavailable(
+                resp.header.map(|h| h.error).unwrap_or_default(),
+            ));
+        }
         check_ok(resp.header.as_ref())?;
+        if self.superseded.swap(false, Ordering::AcqRel) {
+            // The newer process is gone and meta took this one back.
+            tracing::warn!(node = %self.node_id, "meta accepts this process for its node id again");
+        }
         if report_tables {
             self.report_tables.store(false, Ordering::Relaxed);
         }
@@ -579,6 +603,9 @@ impl Cluster {
     }
 
     async fn reconcile(self: &Arc<Self>) {
+        if self.superseded.load(Ordering::Acquire) {
+            return;
+        }
         let assignments = self.assignments();
         let open: BTreeSet<u64> = self.engine.shards().iter().map(|s| s.id().0).collect();
         for a in &assignments {
@@ -589,13 +616,35 @@ impl Cluster {
                     |me, shard| async move { me.open_shard(shard).await },
                 );
             } else if !mine && open.contains(&a.shard) {
-                self.spawn_busy(a.shard, |me, shard| async move {
-                    me.close_shard(shard, true).await
-                });
+                self.spawn_busy(
+                    a.shard,
+                    |me, shard| async move { me.hand_back(shard).await },
+                );
             } else if mine && open.contains(&a.shard) {
                 // Confirm the lock: after a lease expiry (meta or etcd away)
                 // it is re-taken; if another node took it, stop at once.
                 match self.acquire(a.shard).await {
+                    Ok(Some(epoch))
+                        if self
+                            .engine
+                            .shard(ShardId(a.shard))
+                            .is_some_and(|s| s.epoch().0 != epoch) =>
+                    {
+                        // The lease expired meanwhile and the lock was taken
+                        // again under a new epoch: what runs under the old
+                        // one may have been fenced; reopen under the new one.
+                        tracing::warn!(
+                            shard = a.shard,
+                            epoch,
+                            "the shard's lock was re-taken under a new epoch; reopening"
+                        );
+                        self.spawn_busy(a.shard, |me, shard| async move {
+                            me.engine
+                                .close_shard(ShardId(shard), false)
+                                .await
+                                .map(|_| ())
+                        });
+                    }
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         tracing::warn!(shard = a.shard, "lost the shard's lock; closing it");
@@ -634,6 +683,8 @@ impl Cluster {
             node_id: self.node_id.clone(),
             shard,
             min_epoch,
+            instance_id: self.instance_id.clone(),
+            confirm_only: false,
         };
         let resp = self
             .meta
@@ -642,6 +693,9 @@ impl Cluster {
                 async move { c.acquire_shard(req).await }
             })
             .await?;
+        if is_superseded(resp.header.as_ref()) {
+            return Ok(None);
+        }
         check(
             resp.header.as_ref(),
             || strata_engine::Error::Catalog("unexpected 404".into()),
@@ -655,6 +709,67 @@ impl Cluster {
             },
         )?;
         Ok(resp.granted.then_some(resp.epoch))
+    }
+
+    /// Whether this process holds the shard's lock now (never takes it).
+    async fn confirm(&self, shard: u64) -> EngineResult<bool> {
+        let req = ShardLockRequest {
+            node_id: self.node_id.clone(),
+            shard,
+            min_epoch: 0,
+            instance_id: self.instance_id.clone(),
+            confirm_only: true,
+        };
+        let resp = self
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.acquire_shard(req).await }
+            })
+            .await?;
+        if is_superseded(resp.header.as_ref()) {
+            return Ok(false);
+        }
+        check_ok(resp.header.as_ref())?;
+        Ok(resp.granted)
+    }
+
+    /// Hands a shard meta moved elsewhere back: flushes it first (so the
+    /// next owner replays little) only while this process still holds its
+    /// lock; a shard whose lock was lost (a pause past the lease, a
+    /// partition) closes without writing anything. The manifest's epoch
+    /// check refuses a flush that races a takeover anyway.
+    async fn hand_back(self: Arc<Self>, shard: u64) -> EngineResult<()> {
+        let held = match self.confirm(shard).await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "cannot confirm the shard's lock; closing without a flush");
+                false
+            }
+        };
+        if !held {
+            tracing::warn!(
+                shard,
+                "the shard was moved and its lock is gone; closing it without a flush"
+            );
+        }
+        self.close_shard(shard, held).await
+    }
+
+    /// Meta said a newer process serves this node id: close every shard
+    /// without writing anything more.
+    async fn supersede(self: &Arc<Self>) {
+        if self.superseded.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(node = %self.node_id, instance = %self.instance_id,
+            "a newer process took this node id over; closing every shard without a flush");
+        for s in self.engine.shards() {
+            s.owner().fence(u64::MAX);
+            if let Err(e) = self.engine.close_shard(s.id(), false).await {
+                tracing::warn!(shard = %s.id(), error = %e, "closing a superseded shard");
+            }
+        }
     }
 
     async fn open_shard(self: Arc<Self>, shard: u64) -> EngineResult<()> {
@@ -715,6 +830,8 @@ impl Cluster {
             node_id: self.node_id.clone(),
             shard,
             min_epoch: 0,
+            instance_id: self.instance_id.clone(),
+            confirm_only: false,
         };
         if let Err(e) = self
             .meta
@@ -778,6 +895,12 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the advertised address {advertise} is not one peers can reach: set server.advertise_addr \
+             (or --advertise-addr) to this instance's address, or listen on a specific one"
+        )));
+    }
     let meta = Arc::new(MetaClient::new(&meta_endpoints).map_err(Error::InvalidArgument)?);
     let engine = Engine::open_cluster(
         config.engine.clone(),
@@ -819,7 +942,7 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     // meta can move them at once instead of waiting for the lease to expire.
     for shard in engine.shards() {
         let id = shard.id().0;
-        if let Err(e) = cluster.clone().close_shard(id, true).await {
+        if let Err(e) = cluster.clone().hand_back(id).await {
             tracing::warn!(shard = id, error = %e, "closing a shard on shutdown failed");
         }
     }

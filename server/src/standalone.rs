@@ -56,7 +56,19 @@ pub async fn run(config: Config) -> Result<()> {
     // reported at once.
     let listeners = bind(&config).await?;
 
-    let engine = Engine::open(config.engine.clone(), store, wal).await?;
+    // With a WAL on Kafka or SSTs on S3, another process (the next version
+    // in a rolling update, a second copy started by mistake) can reach the
+    // same data: open the shard fenced, under an epoch from the clock, so
+    // that whichever process started last is the only one that can write.
+    let shared = matches!(config.wal, crate::config::WalConfig::Kafka(_))
+        || !matches!(
+            config.object_store,
+            crate::config::ObjectStoreConfig::Local { .. }
+        );
+    let epoch = shared.then(|| {
+        strata_wal::Epoch(u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(1))
+    });
+    let engine = Engine::open_fenced(config.engine.clone(), store, wal, epoch).await?;
     let query_runtime = query_runtime(&config)?;
     let query = QueryEngine::new(
         engine.clone(),
