@@ -31,6 +31,11 @@ pub struct ClusterOptions {
     /// Meta with its own embedded etcd (only with one meta), instead of the
     /// shared test etcd.
     pub embedded_etcd: bool,
+    /// Extra environment of every instance (engine settings, failpoints).
+    pub server_env: Vec<(String, String)>,
+    /// Run on a private set of services (its own broker, S3 server and
+    /// etcd), for a test that stops them.
+    pub private_services: bool,
 }
 
 impl Default for ClusterOptions {
@@ -42,6 +47,8 @@ impl Default for ClusterOptions {
             node_ttl: Duration::from_secs(3),
             startup_grace: Duration::from_secs(2),
             embedded_etcd: false,
+            server_env: Vec::new(),
+            private_services: false,
         }
     }
 }
@@ -138,6 +145,41 @@ impl Proc {
         }
     }
 
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP: the process stops dead (a long pause, as a stalled VM or a
+    /// partition would look from outside) until [`Self::resume`].
+    pub fn pause(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg("-STOP")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// How many lines of the log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// SIGTERM (a clean shutdown), then wait.
     pub fn stop(&mut self) {
         if let Some(child) = self.child.take() {
@@ -178,8 +220,13 @@ impl TestCluster {
     /// Starts the services' clients, the meta processes and the instances,
     /// and waits until every shard is served.
     pub async fn start(opts: ClusterOptions) -> Self {
-        let services = Services::from_env();
-        let etcd: Vec<String> = std::env::var("STRATA_ETCD_ENDPOINTS")
+        let services = if opts.private_services {
+            Services::private()
+        } else {
+            Services::from_env()
+        };
+        let etcd: Vec<String> = services
+            .var("STRATA_ETCD_ENDPOINTS")
             .expect("STRATA_ETCD_ENDPOINTS is not set; see scripts/test-services env")
             .split(',')
             .map(str::to_string)
@@ -268,7 +315,7 @@ impl TestCluster {
             http,
             pg: None,
             args,
-            env: Vec::new(),
+            env: self.services.env().to_vec(),
         };
         p.spawn();
         p.wait_ready(Duration::from_secs(60)).await;
@@ -309,6 +356,9 @@ impl TestCluster {
             // Small test clusters: keep the local SST cache small.
             ("STRATA_CACHE__DISK_SIZE".to_string(), "64MB".to_string()),
         ];
+        let mut env = env;
+        env.extend(self.services.env().iter().cloned());
+        env.extend(self.opts.server_env.iter().cloned());
         let mut p = Proc {
             child: None,
             name: format!("server{i}"),

@@ -347,6 +347,21 @@ impl Services {
         self.run("start-one", name);
     }
 
+    /// The endpoints of a private set as environment variables (empty for
+    /// the shared set, whose variables every process inherits).
+    pub fn env(&self) -> &[(String, String)] {
+        &self.env
+    }
+
+    /// One endpoint variable: the private set's, else the process's.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var(name).ok())
+    }
+
     /// Arguments and environment that run `strata standalone` on Kafka and
     /// S3, isolated from other tests by a unique topic and key prefix.
     pub fn remote_storage(&self, name: &str) -> (Vec<String>, Vec<(String, String)>) {
