@@ -347,6 +347,46 @@ impl Services {
         self.run("start-one", name);
     }
 
+    fn run_verb(&self, verb: &str) {
+        assert!(
+            self.private.is_some(),
+            "stop or kill the broker only in a private set (Services::private)"
+        );
+        let status = self
+            .command()
+            .arg(verb)
+            .status()
+            .expect("run test-services");
+        assert!(status.success(), "test-services {verb} failed");
+    }
+
+    /// Stops the Kafka broker alone with SIGTERM (its storage stays up).
+    pub fn stop_broker(&self) {
+        self.run_verb("stop-broker");
+    }
+
+    /// Kills the Kafka broker alone with SIGKILL.
+    pub fn kill_broker(&self) {
+        self.run_verb("kill-broker");
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn start_broker(&self) {
+        self.run_verb("start-broker");
+    }
+
+    /// A variable of this set's environment (`STRATA_KAFKA_BROKERS`, …).
+    pub fn var(&self, name: &str) -> Option<String> {
+        match &self.private {
+            Some(_) => self
+                .env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+            None => std::env::var(name).ok(),
+        }
+    }
+
     /// Arguments and environment that run `strata standalone` on Kafka and
     /// S3, isolated from other tests by a unique topic and key prefix.
     pub fn remote_storage(&self, name: &str) -> (Vec<String>, Vec<(String, String)>) {
