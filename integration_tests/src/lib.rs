@@ -353,13 +353,44 @@ impl Services {
         &self.env
     }
 
-    /// One endpoint variable: the private set's, else the process's.
+    fn run_verb(&self, verb: &str) {
+        assert!(
+            self.private.is_some(),
+            "stop or kill the broker only in a private set (Services::private)"
+        );
+        let status = self
+            .command()
+            .arg(verb)
+            .status()
+            .expect("run test-services");
+        assert!(status.success(), "test-services {verb} failed");
+    }
+
+    /// Stops the Kafka broker alone with SIGTERM (its storage stays up).
+    pub fn stop_broker(&self) {
+        self.run_verb("stop-broker");
+    }
+
+    /// Kills the Kafka broker alone with SIGKILL.
+    pub fn kill_broker(&self) {
+        self.run_verb("kill-broker");
+    }
+
+    /// Starts the broker again on the same port and data.
+    pub fn start_broker(&self) {
+        self.run_verb("start-broker");
+    }
+
+    /// A variable of this set's environment (`STRATA_KAFKA_BROKERS`, …).
     pub fn var(&self, name: &str) -> Option<String> {
-        self.env
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .or_else(|| std::env::var(name).ok())
+        match &self.private {
+            Some(_) => self
+                .env
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone()),
+            None => std::env::var(name).ok(),
+        }
     }
 
     /// Arguments and environment that run `strata standalone` on Kafka and

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use object_store::{local::LocalFileSystem, ObjectStore};
+use object_store::ObjectStore;
 use strata_sst::{
     disk_cache::DiskCacheStore,
+    durable::DurableLocalStore,
     s3::{self, S3Options},
     ShardId,
 };
@@ -23,14 +24,11 @@ use crate::{
 pub fn open_object_store(config: &Config) -> Result<Arc<dyn ObjectStore>> {
     let mut store: Arc<dyn ObjectStore> = match &config.object_store {
         ObjectStoreConfig::Local { .. } => {
+            // Durable: every SST and manifest edit is fsynced (file and
+            // directories) before the put returns, so the WAL below a flush
+            // is never truncated ahead of the data that replaces it.
             let root = config.store_root();
-            std::fs::create_dir_all(&root).map_err(|e| {
-                Error::Internal(format!(
-                    "creating the object store directory {}: {e}",
-                    root.display()
-                ))
-            })?;
-            Arc::new(LocalFileSystem::new_with_prefix(&root).map_err(|e| {
+            Arc::new(DurableLocalStore::new(&root).map_err(|e| {
                 Error::Internal(format!(
                     "opening the object store at {}: {e}",
                     root.display()

@@ -14,6 +14,7 @@
 //! [`SstInfo`] as JSON.
 
 pub mod disk_cache;
+pub mod durable;
 mod error;
 pub mod fault;
 pub mod ids;

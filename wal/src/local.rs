@@ -105,6 +105,26 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .map_err(io_err("syncing directory", dir))
 }
 
+/// Creates `dir` and any missing parents, and makes each new directory's
+/// entry durable in its parent: a record is only durable if the directory
+/// holding its segment still exists after a power loss.
+fn create_dir_durable(dir: &Path) -> Result<()> {
+    // The deepest ancestor that already exists; everything below is new.
+    let existing = dir.ancestors().find(|d| d.is_dir()).map(Path::to_path_buf);
+    fs::create_dir_all(dir).map_err(io_err("creating directory", dir))?;
+    for new in dir.ancestors() {
+        if Some(new) == existing.as_deref() {
+            break;
+        }
+        match new.parent() {
+            Some(parent) if parent.as_os_str().is_empty() => sync_dir(Path::new("."))?,
+            Some(parent) => sync_dir(parent)?,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 impl LocalWal {
     /// Opens (or creates) the region in `dir`. Recovers from a crash: a torn
     /// record at the end of the last segment is cut off, and segments wholly
@@ -120,7 +140,7 @@ impl LocalWal {
     }
 
     fn open_blocking(dir: PathBuf, options: LocalWalOptions) -> Result<Self> {
-        fs::create_dir_all(&dir).map_err(io_err("creating directory", &dir))?;
+        create_dir_durable(&dir)?;
         let low = read_watermark(&dir)?;
 
         let mut segments = Vec::new();
