@@ -819,9 +819,10 @@ impl Cluster {
         if let Err(e) = &result {
             tracing::warn!(shard, error = %e, "flushing on close failed; the WAL keeps the rows");
         }
-        if flush {
-            self.release(shard).await;
-        }
+        // Release whether or not it flushed: a lock left held by a live
+        // process (its lease kept alive) would keep the shard from its next
+        // owner for good. Meta releases it only if this process holds it.
+        self.release(shard).await;
         Ok(())
     }
 
