@@ -97,6 +97,8 @@ pub struct Engine {
     /// `Some` in cluster mode.
     cluster: Option<Arc<dyn ClusterCatalog>>,
     shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    /// Opens interrupted during replay, resumed by the next open.
+    partials: crate::shard::PartialOpens,
     ddl_lock: tokio::sync::Mutex<()>,
     maintenance: parking_lot::Mutex<Option<JoinHandle<()>>>,
     /// Standalone opened fenced: where the owner's epoch is published, so
@@ -162,6 +164,7 @@ impl Engine {
             .collect();
         let mut attempt_epoch = epoch.unwrap_or(STANDALONE_EPOCH);
         let mut attempts = 0;
+        let partials = crate::shard::PartialOpens::default();
         let shard = loop {
             attempts += 1;
             match Shard::open(
@@ -171,6 +174,7 @@ impl Engine {
                 entries.clone(),
                 ctx.clone(),
                 epoch.is_some(),
+                &partials,
             )
             .await
             {
@@ -182,6 +186,15 @@ impl Engine {
                         "the WAL or a manifest holds a higher epoch (clock skew?); opening above it"
                     );
                     attempt_epoch = Epoch(highest + 1);
+                }
+                // The broker or disk hiccuped during the marker or the
+                // replay: go on from where it stopped, under the same epoch.
+                Err(Error::Wal { op, source })
+                    if epoch.is_some() && source.is_retryable() && attempts < 6 =>
+                {
+                    tracing::warn!(op, error = %source, attempt = attempts,
+                        "opening the standalone shard was interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(250 << attempts)).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -247,6 +260,7 @@ impl Engine {
             catalog,
             cluster,
             shards: parking_lot::RwLock::new(shards),
+            partials: Default::default(),
             ddl_lock: tokio::sync::Mutex::new(()),
             maintenance: parking_lot::Mutex::new(None),
             owner_marker,
@@ -279,8 +293,16 @@ impl Engine {
             .into_iter()
             .filter(|t| t.shard == id)
             .collect();
-        let shard =
-            Shard::open(id, wal, epoch, entries, self.ctx.clone(), self.is_cluster()).await?;
+        let shard = Shard::open(
+            id,
+            wal,
+            epoch,
+            entries,
+            self.ctx.clone(),
+            self.is_cluster(),
+            &self.partials,
+        )
+        .await?;
         // Tables created or altered while the shard was opening: apply them
         // now, under the DDL lock so that no change slips in between.
         let _guard = self.ddl_lock.lock().await;
@@ -319,6 +341,15 @@ impl Engine {
         }
         tracing::info!(shard = %id, "closed shard");
         result.map(|()| true)
+    }
+
+    /// Forgets what an interrupted open of shard `id` had replayed (the
+    /// shard is no longer this instance's to open).
+    pub fn discard_interrupted_open(&self, id: ShardId) {
+        if let Some(p) = self.partials.lock().remove(&id) {
+            tracing::info!(shard = %id, "discarding an interrupted open");
+            p.discard(&self.ctx);
+        }
     }
 
     /// A shard open on this instance.

@@ -67,6 +67,11 @@ impl Shard {
     /// the whole retained WAL: the open fails with [`Error::EpochBehind`]
     /// when the WAL already holds a higher epoch, since records written
     /// under `epoch` would then be dropped by the next replay.
+    ///
+    /// An open that fails during the fence marker or the replay leaves its
+    /// progress in `partials`; the next open of the shard under the same
+    /// epoch goes on from there (the marker is appended once per epoch, and
+    /// what was replayed is not read again). A different epoch discards it.
     pub(crate) async fn open(
         id: ShardId,
         wal: Arc<dyn Wal>,
@@ -74,51 +79,105 @@ impl Shard {
         entries: Vec<TableEntry>,
         ctx: Arc<EngineContext>,
         fence: bool,
+        partials: &PartialOpens,
     ) -> Result<Arc<Self>> {
-        let (sender, receiver) = mpsc::channel(ctx.config.max_write_batch.max(16) * 4);
+        let partial = match partials.lock().remove(&id) {
+            Some(p) if p.epoch == epoch => Some(p),
+            Some(p) => {
+                p.discard(&ctx);
+                None
+            }
+            None => None,
+        };
+        let (tables, owner, sender, receiver, progress) = match partial {
+            Some(p) => {
+                tracing::info!(shard = %id, epoch = epoch.0,
+                    next = p.progress.as_ref().map(|r| r.next.0),
+                    "resuming an interrupted shard open");
+                (p.tables, p.owner, p.sender, p.receiver, p.progress)
+            }
+            None => {
+                let (sender, receiver) = mpsc::channel(ctx.config.max_write_batch.max(16) * 4);
+                let owner = Arc::new(Ownership::new(id, epoch.0));
+                let opened = futures::future::try_join_all(
+                    entries
+                        .into_iter()
+                        .map(|e| Table::open(e, ctx.clone(), owner.clone(), sender.clone())),
+                )
+                .await
+                .map_err(|e| match e {
+                    // A manifest carries a newer epoch than the one we were
+                    // given (meta lost its state): a higher epoch is needed.
+                    Error::ShardFenced { shard, epoch, by } => Error::EpochBehind {
+                        shard,
+                        epoch,
+                        highest: by,
+                    },
+                    e => e,
+                })?;
+                let tables = opened.into_iter().map(|t| (t.id(), t)).collect();
+                (tables, owner, sender, receiver, None)
+            }
+        };
         let inner = Arc::new(ShardInner {
             id,
             wal,
             epoch,
-            tables: RwLock::new(HashMap::new()),
+            tables: RwLock::new(tables),
             applied: AtomicU64::new(0),
-            owner: Arc::new(Ownership::new(id, epoch.0)),
+            owner,
             ctx,
         });
-        let opened = futures::future::try_join_all(
-            entries
-                .into_iter()
-                .map(|e| Table::open(e, inner.ctx.clone(), inner.owner.clone(), sender.clone())),
-        )
-        .await
-        .map_err(|e| match e {
-            // A manifest carries a newer epoch than the one we were given
-            // (meta lost its state): a higher epoch is needed.
-            Error::ShardFenced { shard, epoch, by } => Error::EpochBehind {
-                shard,
-                epoch,
-                highest: by,
-            },
-            e => e,
-        })?;
-        {
-            let mut tables = inner.tables.write();
-            for t in opened {
-                tables.insert(t.id(), t);
+        let stash = |inner: &Arc<ShardInner>,
+                     receiver: mpsc::Receiver<WriteJob>,
+                     progress: Option<ReplayProgress>| {
+            partials.lock().insert(
+                id,
+                PartialOpen {
+                    epoch,
+                    tables: inner.tables.read().clone(),
+                    owner: inner.owner.clone(),
+                    sender: sender.clone(),
+                    receiver,
+                    progress,
+                },
+            );
+        };
+        let progress = match progress {
+            Some(p) => p,
+            None => {
+                if fence {
+                    if let Err(e) = check_wal_reaches_manifests(&inner) {
+                        stash(&inner, receiver, None);
+                        return Err(e);
+                    }
+                    let marker = inner
+                        .wal
+                        .append(epoch, vec![codec::encode_fence(epoch.0)])
+                        .await;
+                    if let Err(source) = marker {
+                        stash(&inner, receiver, None);
+                        return Err(Error::Wal {
+                            op: "fence marker append",
+                            source: Box::new(source),
+                        });
+                    }
+                }
+                ReplayProgress::start(&inner, fence)
             }
-        }
-        if fence {
-            inner
-                .wal
-                .append(epoch, vec![codec::encode_fence(epoch.0)])
-                .await
-                .map_err(|source| Error::Wal {
-                    op: "fence marker append",
-                    source: Box::new(source),
-                })?;
-        }
-        let highest = replay(&inner, fence).await?;
+        };
+        let highest = match replay(&inner, progress).await {
+            Ok(highest) => highest,
+            Err((e, progress)) => {
+                stash(&inner, receiver, Some(progress));
+                return Err(e);
+            }
+        };
         if fence && highest > epoch {
+            inner.owner.relinquish();
+            for t in inner.tables.read().values() {
+                inner.ctx.write_buffer.release(t.version().memtable_bytes());
+            }
             return Err(Error::EpochBehind {
                 shard: id,
                 epoch: epoch.0,
@@ -134,6 +193,7 @@ impl Shard {
             tracing::warn!(shard = %id, error = %e, "WAL truncation after replay failed");
         }
 
+        strata_wal::loss::clear(&format!("shard {id}"));
         let writer = tokio::spawn(run_writer(inner.clone(), receiver));
         let ticker = tokio::spawn(run_ticker(inner.clone()));
         Ok(Arc::new(Self {
@@ -245,60 +305,173 @@ impl Drop for Shard {
     }
 }
 
-/// Replays the WAL from the smallest flushed offset of the shard's tables
-/// (from the truncation watermark with `whole`); returns the highest epoch
-/// seen.
-async fn replay(inner: &ShardInner, whole: bool) -> Result<Epoch> {
-    let tables: Vec<Arc<Table>> = inner.tables.read().values().cloned().collect();
-    let start = match tables.iter().map(|t| t.version().flushed_offset).min() {
-        _ if whole => 0,
-        Some(start) => start,
-        None => return Ok(Epoch(0)),
-    };
-    let started = Instant::now();
-    let mut fence = EpochFence::new();
-    let mut next = WalOffset(start);
-    let mut replayed = 0u64;
-    let mut skipped = 0u64;
-    loop {
-        let entries = inner
-            .wal
-            .read(next, REPLAY_READ_BYTES)
-            .await
-            .map_err(|source| Error::Wal {
-                op: "replay read",
-                source: Box::new(source),
-            })?;
-        let Some(last) = entries.last() else { break };
-        next = last.offset.next();
-        for entry in entries {
-            if !fence.admit(&entry) || codec::is_fence(&entry.payload) {
-                continue;
-            }
-            let record = codec::decode(&entry.payload)?;
-            let Some(table) = inner.tables.read().get(&record.table).cloned() else {
-                skipped += 1;
-                continue;
-            };
-            table.apply_replayed(record.batch, entry.offset.0)?;
-            replayed += 1;
-            if table.version().active.bytes() as u64 >= table.write_buffer_size() {
-                table.flush().await?;
-            }
+/// Shards whose open was interrupted, with what it had done.
+pub(crate) type PartialOpens = parking_lot::Mutex<HashMap<ShardId, PartialOpen>>;
+
+/// What an open interrupted at the fence marker or during replay leaves for
+/// the next attempt under the same epoch.
+#[derive(Debug)]
+pub(crate) struct PartialOpen {
+    epoch: Epoch,
+    tables: HashMap<TableId, Arc<Table>>,
+    owner: Arc<Ownership>,
+    sender: mpsc::Sender<WriteJob>,
+    receiver: mpsc::Receiver<WriteJob>,
+    /// Set once the fence marker (when one is needed) is durable.
+    progress: Option<ReplayProgress>,
+}
+
+impl PartialOpen {
+    /// Drops an interrupted open that will not be resumed: its tables give
+    /// their memory back and commit nothing more.
+    pub(crate) fn discard(self, ctx: &EngineContext) {
+        self.owner.relinquish();
+        for t in self.tables.values() {
+            ctx.write_buffer.release(t.version().memtable_bytes());
         }
     }
-    metrics::WAL_REPLAYED_RECORDS.inc_by(replayed);
+}
+
+/// How far a replay got.
+#[derive(Debug, Clone)]
+pub(crate) struct ReplayProgress {
+    start: u64,
+    next: WalOffset,
+    fence: EpochFence,
+    replayed: u64,
+    skipped: u64,
+    /// None: nothing to replay (no tables, outside fenced mode).
+    needed: bool,
+}
+
+impl ReplayProgress {
+    /// Replay starts at the smallest flushed offset of the shard's tables,
+    /// or at the truncation watermark with `whole`.
+    fn start(inner: &ShardInner, whole: bool) -> Self {
+        let min_flushed = inner
+            .tables
+            .read()
+            .values()
+            .map(|t| t.version().flushed_offset)
+            .min();
+        let (start, needed) = match min_flushed {
+            _ if whole => (0, true),
+            Some(start) => (start, true),
+            None => (0, false),
+        };
+        Self {
+            start,
+            next: WalOffset(start),
+            fence: EpochFence::new(),
+            replayed: 0,
+            skipped: 0,
+            needed,
+        }
+    }
+}
+
+/// Fails when a table's manifest counts offsets as flushed that the WAL
+/// never reached: the WAL was recreated or lost its records.
+fn check_wal_reaches_manifests(inner: &ShardInner) -> Result<()> {
+    let id = inner.id;
+    let flushed = inner
+        .tables
+        .read()
+        .values()
+        .map(|t| t.version().flushed_offset)
+        .max()
+        .unwrap_or(0);
+    let end = inner.wal.next_offset().0;
+    if flushed <= end {
+        return Ok(());
+    }
+    let region = format!("shard {id}");
+    let detail = format!(
+        "the WAL ends at offset {end}, below offset {flushed} that a table has already flushed"
+    );
+    tracing::error!(shard = %id, %detail, "the WAL lost acknowledged records; refusing to open the shard");
+    strata_wal::loss::record(&region, &detail);
+    Err(Error::Wal {
+        op: "open",
+        source: Box::new(strata_wal::Error::RecordsLost {
+            topic: region,
+            detail,
+        }),
+    })
+}
+
+/// Replays the WAL from where `progress` stands; returns the highest epoch
+/// seen, or the error with how far it got.
+async fn replay(
+    inner: &ShardInner,
+    mut progress: ReplayProgress,
+) -> std::result::Result<Epoch, (Error, ReplayProgress)> {
+    if !progress.needed {
+        return Ok(Epoch(0));
+    }
+    let started = Instant::now();
+    loop {
+        let entries = match inner.wal.read(progress.next, REPLAY_READ_BYTES).await {
+            Ok(entries) => entries,
+            Err(source) => {
+                tracing::warn!(shard = %inner.id, next = progress.next.0, replayed = progress.replayed,
+                    error = %source, "WAL replay interrupted; the next attempt goes on from here");
+                return Err((
+                    Error::Wal {
+                        op: "replay read",
+                        source: Box::new(source),
+                    },
+                    progress,
+                ));
+            }
+        };
+        if entries.is_empty() {
+            break;
+        }
+        for entry in entries {
+            // Applied records are never applied twice: `next` moves past
+            // each one as it is applied, so a retry starts after it.
+            let offset = entry.offset;
+            if !progress.fence.admit(&entry) || codec::is_fence(&entry.payload) {
+                progress.next = offset.next();
+                continue;
+            }
+            let record = match codec::decode(&entry.payload) {
+                Ok(r) => r,
+                Err(e) => return Err((e, progress)),
+            };
+            let Some(table) = inner.tables.read().get(&record.table).cloned() else {
+                progress.skipped += 1;
+                progress.next = offset.next();
+                continue;
+            };
+            if let Err(e) = table.apply_replayed(record.batch, offset.0) {
+                return Err((e, progress));
+            }
+            progress.replayed += 1;
+            progress.next = offset.next();
+            if table.version().active.bytes() as u64 >= table.write_buffer_size() {
+                // Past the record already: a retry does not apply it twice.
+                if let Err(e) = table.flush().await {
+                    return Err((e, progress));
+                }
+            }
+        }
+        // Other shards' work goes on between batches.
+        tokio::task::yield_now().await;
+    }
+    metrics::WAL_REPLAYED_RECORDS.inc_by(progress.replayed);
     tracing::info!(
         shard = %inner.id,
-        from = start,
-        to = next.0,
-        replayed,
-        skipped,
-        fenced = fence.dropped(),
+        from = progress.start,
+        to = progress.next.0,
+        replayed = progress.replayed,
+        skipped = progress.skipped,
+        fenced = progress.fence.dropped(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replayed WAL"
     );
-    Ok(fence.highest())
+    Ok(progress.fence.highest())
 }
 
 /// Deletes WAL records that every table has flushed.
@@ -344,6 +517,23 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
         let started = Instant::now();
         let appended = inner.wal.append(inner.epoch, payloads).await;
         metrics::WAL_APPEND_SECONDS.observe(started.elapsed().as_secs_f64());
+        // A fenced append may still have committed its leading records
+        // (they landed before the newer writer's first record, and its
+        // replay applies them): acknowledge those, refuse the rest.
+        let (appended, refused) = match appended {
+            Err(strata_wal::Error::Fenced {
+                epoch,
+                by,
+                committed,
+            }) if !committed.is_empty() => {
+                let rest = jobs.split_off(committed.len().min(jobs.len()));
+                (
+                    Ok(strata_wal::AppendResult { offsets: committed }),
+                    Some((epoch, by, rest)),
+                )
+            }
+            other => (other, None),
+        };
         match appended {
             Ok(res) => {
                 metrics::WAL_GROUP_COMMITS.inc();
@@ -372,17 +562,8 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                     flush_largest(&inner);
                 }
             }
-            Err(strata_wal::Error::Fenced { epoch, by }) => {
-                tracing::warn!(shard = %inner.id, epoch = epoch.0, by = by.0,
-                    "this shard was taken over by a newer leader; refusing writes");
-                inner.owner.fence(by.0);
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(Error::ShardFenced {
-                        shard: inner.id,
-                        epoch: epoch.0,
-                        by: by.0,
-                    }));
-                }
+            Err(strata_wal::Error::Fenced { epoch, by, .. }) => {
+                refuse_fenced(&inner, epoch, by, &mut jobs);
             }
             Err(e) => {
                 tracing::error!(shard = %inner.id, error = %e, "WAL append failed");
@@ -396,6 +577,24 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                 }
             }
         }
+        if let Some((epoch, by, mut rest)) = refused {
+            refuse_fenced(&inner, epoch, by, &mut rest);
+        }
+    }
+}
+
+/// Refuses `jobs`: a newer leader took the shard's WAL over, and replay
+/// drops their records.
+fn refuse_fenced(inner: &ShardInner, epoch: Epoch, by: Epoch, jobs: &mut Vec<WriteJob>) {
+    tracing::warn!(shard = %inner.id, epoch = epoch.0, by = by.0, refused = jobs.len(),
+        "this shard was taken over by a newer leader; refusing writes");
+    inner.owner.fence(by.0);
+    for job in jobs.drain(..) {
+        let _ = job.reply.send(Err(Error::ShardFenced {
+            shard: inner.id,
+            epoch: epoch.0,
+            by: by.0,
+        }));
     }
 }
 

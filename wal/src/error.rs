@@ -27,11 +27,23 @@ pub enum Error {
     #[error("WAL is closed")]
     Closed,
 
+    /// The append was refused because a writer with a higher epoch took the
+    /// region over. `committed` holds the offsets of the append's leading
+    /// records that landed before the newer writer's first record: those are
+    /// durable and replay applies them, so the caller may acknowledge them.
+    /// Every other record of the append is dropped by replay.
     #[error("this writer (epoch {}) was fenced: a writer with epoch {} took the WAL region over", epoch.0, by.0)]
     Fenced {
         epoch: crate::Epoch,
         by: crate::Epoch,
+        committed: Vec<crate::WalOffset>,
     },
+
+    /// The region no longer holds records it acknowledged (the broker lost
+    /// them, or the topic was deleted and recreated). Nothing is replayed
+    /// until an operator accepts the loss.
+    #[error("WAL topic {topic} lost acknowledged records: {detail}")]
+    RecordsLost { topic: String, detail: String },
 
     #[error("Kafka WAL failed while {op}: {source}")]
     Kafka {
@@ -48,6 +60,7 @@ impl Error {
         match self {
             Error::Io { .. } => true,
             Error::Corrupted { .. } | Error::RecordTooLarge { .. } => false,
+            Error::RecordsLost { .. } => false,
             Error::Poisoned { .. } | Error::Closed | Error::Fenced { .. } => false,
             Error::Kafka { retryable, .. } => *retryable,
         }

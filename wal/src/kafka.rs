@@ -14,13 +14,22 @@
 //!   replay drops records older than an epoch it has seen
 //!   ([`crate::fence`]). No transactions are needed. A writer also notices
 //!   when it has been replaced: its appends are serialised, so its records
-//!   follow one another; when an append lands past a gap, the gap is read,
-//!   and a record there with a higher epoch means another writer took the
-//!   region over. The append then fails with [`Error::Fenced`] and is not
-//!   acknowledged (replay drops it too). A new writer appends a record
-//!   before it replays (the engine's fence marker), so every record of the
-//!   old writer is either before that marker, and replayed, or after it,
-//!   and refused to its writer.
+//!   follow one another, chunk after chunk. Every chunk's offset is checked:
+//!   where one lands past a gap (also between two chunks of one record),
+//!   the gap is read, and a record there with a higher epoch means another
+//!   writer took the region over. The append then fails with
+//!   [`Error::Fenced`], which names the leading records that landed wholly
+//!   before the newer writer's first record: replay applies exactly those,
+//!   and drops every later record of the old epoch, including one whose
+//!   chunks straddle the newer record. A new writer appends a record before
+//!   it replays (the engine's fence marker), so every record of the old
+//!   writer is either before that marker, replayed and acknowledgeable, or
+//!   not wholly before it, dropped and refused to its writer.
+//! - **Lost records are noticed.** A broker must keep what it acknowledged;
+//!   when the topic starts above the truncation watermark committed by the
+//!   shard, or a new record gets an offset below one handed out before, the
+//!   region lost records: opening fails with [`Error::RecordsLost`] unless
+//!   the operator accepted the loss (`accept_loss`).
 //! - **Truncation** commits the watermark as the committed offset of a
 //!   consumer group dedicated to the topic; reads never go below it, also
 //!   after a restart. Records are physically deleted (DeleteRecords) only
@@ -66,6 +75,9 @@ pub struct KafkaWalOptions {
     pub brokers: String,
     pub topic: String,
     pub replication_factor: i32,
+    /// `min.insync.replicas` of new topics when `replication_factor > 1`;
+    /// `None`: see [`KafkaWalOptions::min_insync_replicas`].
+    pub min_insync: Option<i32>,
     /// Chunks are at most this large; keep it below the broker's
     /// `message.max.bytes`.
     pub max_message_bytes: usize,
@@ -82,8 +94,16 @@ pub struct KafkaWalOptions {
     /// cannot duplicate one either; a failed append is reported and the
     /// caller decides.
     pub idempotence: bool,
+    /// Open a region whose broker lost records below what the shard had
+    /// truncated (the operator's explicit acceptance of that loss): the
+    /// watermark moves up to the broker's first record.
+    pub accept_loss: bool,
     /// Extra librdkafka properties, for both producer and consumer.
     pub extra: BTreeMap<String, String>,
+    /// Tests only: a pause after producing each chunk, so that another
+    /// writer's record can land between the chunks of one append.
+    #[doc(hidden)]
+    pub pause_between_chunks: Option<Duration>,
 }
 
 impl KafkaWalOptions {
@@ -92,14 +112,27 @@ impl KafkaWalOptions {
             brokers: brokers.into(),
             topic: topic.into(),
             replication_factor: 1,
+            min_insync: None,
             max_message_bytes: 900 * 1024,
             produce_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(1),
             request_timeout: Duration::from_secs(10),
             delete_records: false,
             idempotence: true,
+            accept_loss: false,
             extra: BTreeMap::new(),
+            pause_between_chunks: None,
         }
+    }
+
+    /// The `min.insync.replicas` a new topic gets when replicated: a
+    /// majority of the replicas and at least 2 (3 replicas: 2), so an
+    /// acknowledged record is on two brokers; `min_insync` overrides it.
+    pub fn min_insync_replicas(&self) -> i32 {
+        self.min_insync
+            .unwrap_or_else(|| (self.replication_factor / 2 + 1).max(2))
+            .min(self.replication_factor)
+            .max(1)
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -228,6 +261,13 @@ impl KafkaWal {
         .set("retention.ms", "-1")
         .set("retention.bytes", "-1")
         .set("cleanup.policy", "delete");
+        let min_insync = options.min_insync_replicas().to_string();
+        let topic = if options.replication_factor > 1 {
+            // acks=all is only as strong as the in-sync set it waits for.
+            topic.set("min.insync.replicas", &min_insync)
+        } else {
+            topic
+        };
         let admin_opts = AdminOptions::new().operation_timeout(Some(options.request_timeout));
         let created = admin
             .create_topics([&topic], &admin_opts)
@@ -254,7 +294,9 @@ impl KafkaWal {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
-            .set("auto.offset.reset", "earliest")
+            // A read below the broker's first record fails instead of
+            // silently starting at the first record.
+            .set("auto.offset.reset", "error")
             // Reads want what is there now, not to wait for more.
             .set("fetch.wait.max.ms", "20")
             .set(
@@ -313,17 +355,49 @@ impl KafkaWal {
             .await
             .map_err(closed)??
         };
-        wal.next.store(high.max(0) as u64, Ordering::Release);
-        wal.low.store(
-            low.max(committed.unwrap_or(0)).max(0) as u64,
-            Ordering::Release,
-        );
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let committed = committed.map(|c| c.max(0) as u64);
+        let mut watermark = low.max(committed.unwrap_or(0));
+        if let Some(detail) = lost_records(low, high, committed) {
+            let topic = wal.options.topic.clone();
+            if !wal.options.accept_loss || high < committed.unwrap_or(0) {
+                tracing::error!(%topic, low, high, ?committed, %detail,
+                    "the WAL lost acknowledged records; refusing to open it (see \"Lost WAL records\" in docs/operations/kafka-wal.md)");
+                crate::loss::record(&topic, &detail);
+                return Err(Error::RecordsLost { topic, detail });
+            }
+            tracing::error!(%topic, low, high, ?committed, %detail,
+                "the WAL lost acknowledged records; opening it anyway because the operator accepted the loss");
+            watermark = low;
+            wal.commit_watermark(low).await?;
+        }
+        crate::loss::clear(&wal.options.topic);
+        wal.next.store(high, Ordering::Release);
+        wal.low.store(watermark, Ordering::Release);
         tracing::info!(topic = %wal.options.topic, low, high, ?committed, "opened Kafka WAL");
         Ok(wal)
     }
 
     pub fn topic(&self) -> &str {
         &self.options.topic
+    }
+
+    /// Persists `below` as the truncation watermark (the committed offset of
+    /// the region's consumer group).
+    async fn commit_watermark(&self, below: u64) -> Result<()> {
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, 0, Offset::Offset(below as i64))
+                .map_err(kafka_err("committing the watermark"))?;
+            consumer
+                .lock()
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(kafka_err("committing the watermark"))
+        })
+        .await
+        .map_err(closed)?
     }
 
     /// Produces one chunk; returns its delivery future.
@@ -395,58 +469,207 @@ impl KafkaWal {
             let mut futures = Vec::with_capacity(chunks.len());
             for (i, chunk) in chunks.into_iter().enumerate() {
                 futures.push(self.send_chunk(epoch, chunk, i as u32, count)?);
+                if let Some(pause) = self.options.pause_between_chunks {
+                    tokio::time::sleep(pause).await;
+                }
             }
             pending.push(futures);
         }
         let expected = self.next.load(Ordering::Acquire);
-        let mut offsets = Vec::with_capacity(pending.len());
-        let mut last = None;
+        // The offsets of the first and the last chunk of each record.
+        let mut spans: Vec<(u64, u64)> = Vec::with_capacity(pending.len());
+        // Offsets between our chunks: another writer's records.
+        let mut gaps: Vec<(u64, u64)> = Vec::new();
+        let mut want = expected;
         for futures in pending {
             let mut first = None;
+            let mut last = 0;
             for f in futures {
                 let delivered = f.await.map_err(|_| Error::Closed)?;
-                let (_, offset) = delivered
-                    .map(|d| (d.partition, d.offset))
-                    .map_err(|(e, _)| kafka_err("producing")(e))?;
+                let offset = delivered
+                    .map(|d| d.offset)
+                    .map_err(|(e, _)| kafka_err("producing")(e))?
+                    .max(0) as u64;
+                if offset < want {
+                    // Offsets never go back on a broker that keeps what it
+                    // acknowledged: the topic lost records (or was recreated).
+                    return Err(Error::RecordsLost {
+                        topic: self.options.topic.clone(),
+                        detail: format!(
+                            "the broker gave offset {offset} to a record appended after offset {}",
+                            want.saturating_sub(1)
+                        ),
+                    });
+                }
+                if offset > want {
+                    gaps.push((want, offset));
+                }
+                want = offset + 1;
                 first.get_or_insert(offset);
-                last = Some(offset);
+                last = offset;
             }
-            offsets.push(WalOffset(first.unwrap_or_default().max(0) as u64));
+            spans.push((first.unwrap_or(last), last));
         }
-        if let Some(last) = last {
-            self.next
-                .fetch_max(last.max(0) as u64 + 1, Ordering::AcqRel);
+        self.next.fetch_max(want, Ordering::AcqRel);
+        if !gaps.is_empty() {
+            self.check_gaps(epoch, &gaps, &spans).await?;
         }
-        if let Some(first) = offsets.first() {
-            if first.0 > expected {
-                self.check_gap(epoch, expected, first.0).await?;
-            }
-        }
-        Ok(offsets)
+        Ok(spans.iter().map(|(first, _)| WalOffset(*first)).collect())
     }
 
-    /// Reads the records in `[from, to)`, which another writer appended
-    /// between two of ours, and fails with [`Error::Fenced`] when one of them
-    /// has an epoch above `epoch`.
-    async fn check_gap(&self, epoch: Epoch, from: u64, to: u64) -> Result<()> {
+    /// Reads the records in each gap `[from, to)` between the chunks of one
+    /// append (records another writer appended meanwhile). When one carries
+    /// an epoch above `epoch`, another writer took the region over: the
+    /// append fails with [`Error::Fenced`], naming the records that landed
+    /// wholly before that writer's first record (replay applies those, and
+    /// drops every later record of this epoch).
+    async fn check_gaps(
+        &self,
+        epoch: Epoch,
+        gaps: &[(u64, u64)],
+        spans: &[(u64, u64)],
+    ) -> Result<()> {
         let consumer = self.consumer.clone();
         let topic = self.options.topic.clone();
         let timeout = self.options.request_timeout;
-        let entries = tokio::task::spawn_blocking(move || {
-            read_blocking(&consumer.lock(), &topic, from, to, usize::MAX, timeout)
+        let gaps = gaps.to_vec();
+        let newer = tokio::task::spawn_blocking(move || -> Result<Option<(u64, u64, u64)>> {
+            let c = consumer.lock();
+            for (from, to) in gaps {
+                let epochs = scan_epochs_blocking(&c, &topic, from, to, timeout)?;
+                let mut first_newer: Option<u64> = None;
+                let mut highest = 0u64;
+                for (offset, e) in epochs {
+                    if e > epoch.0 {
+                        first_newer.get_or_insert(offset);
+                        highest = highest.max(e);
+                    }
+                }
+                if let Some(at) = first_newer {
+                    return Ok(Some((at, highest, to)));
+                }
+            }
+            Ok(None)
         })
         .await
         .map_err(closed)??;
-        if let Some(newer) = entries.iter().map(|e| e.epoch).filter(|e| *e > epoch).max() {
-            tracing::warn!(topic = %self.options.topic, ours = %epoch.0, theirs = %newer.0,
-                "another writer took this WAL region over; refusing further appends");
-            self.fenced_by.fetch_max(newer.0, Ordering::AcqRel);
-            return Err(Error::Fenced { epoch, by: newer });
+        let Some((at, by, _)) = newer else {
+            tracing::debug!(topic = %self.options.topic, "WAL gaps hold only older records");
+            return Ok(());
+        };
+        let committed: Vec<WalOffset> = spans
+            .iter()
+            .take_while(|(_, last)| *last < at)
+            .map(|(first, _)| WalOffset(*first))
+            .collect();
+        tracing::warn!(topic = %self.options.topic, ours = %epoch.0, theirs = %by, at,
+            committed = committed.len(), refused = spans.len() - committed.len(),
+            "another writer took this WAL region over; refusing further appends");
+        self.fenced_by.fetch_max(by, Ordering::AcqRel);
+        Err(Error::Fenced {
+            epoch,
+            by: Epoch(by),
+            committed,
+        })
+    }
+}
+
+/// A read asked for an offset the broker no longer has.
+fn out_of_range(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::OffsetOutOfRange | RDKafkaErrorCode::AutoOffsetReset)
+    )
+}
+
+/// The epoch and chunk headers of one message: (epoch, index, count).
+fn chunk_headers(message: &impl Message) -> (u64, u32, u32) {
+    let mut epoch = 0u64;
+    let mut index = 0u32;
+    let mut count = 1u32;
+    if let Some(headers) = message.headers() {
+        for h in headers.iter() {
+            match (h.key, h.value) {
+                (EPOCH_HEADER, Some(v)) if v.len() == 8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(v);
+                    epoch = u64::from_le_bytes(b);
+                }
+                (CHUNK_HEADER, Some(v)) if v.len() == 8 => {
+                    index = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                    count = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+                }
+                _ => {}
+            }
         }
-        if !entries.is_empty() {
-            tracing::debug!(topic = %self.options.topic, from, to, "WAL gap holds only older records");
+    }
+    (epoch, index, count)
+}
+
+/// The (offset, epoch) of every message in `[from, to)`, chunks included.
+fn scan_epochs_blocking(
+    consumer: &BaseConsumer,
+    topic: &str,
+    from: u64,
+    to: u64,
+    timeout: Duration,
+) -> Result<Vec<(u64, u64)>> {
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Offset(from as i64))
+        .map_err(kafka_err("assigning the partition"))?;
+    consumer
+        .assign(&tpl)
+        .map_err(kafka_err("assigning the partition"))?;
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + timeout * 3;
+    loop {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Kafka {
+                op: "reading a gap between appended records",
+                retryable: true,
+                source: KafkaError::Canceled,
+            });
         }
-        Ok(())
+        let Some(polled) = consumer.poll(timeout) else {
+            continue;
+        };
+        let message = match polled {
+            Ok(m) => m,
+            Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) => return Err(kafka_err("reading a gap between appended records")(e)),
+        };
+        let offset = message.offset().max(0) as u64;
+        if offset >= to {
+            break;
+        }
+        if offset >= from {
+            out.push((offset, chunk_headers(&message).0));
+        }
+        if offset + 1 >= to {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Why a region with first offset `low`, end `high` and committed
+/// truncation watermark `committed` no longer holds records it acknowledged,
+/// or `None` when it holds them all. Topics keep records forever (infinite
+/// retention; DeleteRecords only below the watermark), so a first record
+/// above the watermark, or an end below it, means the broker lost records.
+pub fn lost_records(low: u64, high: u64, committed: Option<u64>) -> Option<String> {
+    match committed {
+        Some(c) if high < c => Some(format!(
+            "the topic ends at offset {high}, below the truncation watermark {c}: it was recreated or lost its records"
+        )),
+        Some(c) if low > c => Some(format!(
+            "the topic starts at offset {low}, above the truncation watermark {c}: {} records are gone",
+            low - c
+        )),
+        None if low > 0 => Some(format!(
+            "the topic starts at offset {low} but was never truncated: {low} records are gone"
+        )),
+        _ => None,
     }
 }
 
@@ -456,6 +679,10 @@ struct ChunkGroup {
     count: u32,
     data: BytesMut,
     seen: u32,
+    /// A record of a higher epoch landed between this group's chunks: its
+    /// writer was refused the append (see [`KafkaWal::check_gaps`]), so the
+    /// record is dropped.
+    overtaken: bool,
 }
 
 /// Reads whole records starting at `from` until `max_bytes` or `high`.
@@ -494,27 +721,21 @@ fn read_blocking(
         let message = match polled {
             Ok(m) => m,
             Err(KafkaError::PartitionEOF(_)) => break,
+            Err(e) if out_of_range(&e) => {
+                let detail = format!("reading from offset {from}: {e}");
+                tracing::error!(topic, %detail, "the WAL lost acknowledged records");
+                crate::loss::record(topic, &detail);
+                return Err(Error::RecordsLost {
+                    topic: topic.to_string(),
+                    detail,
+                });
+            }
             Err(e) => return Err(kafka_err("reading")(e)),
         };
         let offset = message.offset().max(0) as u64;
-        let mut epoch = 0u64;
-        let mut index = 0u32;
-        let mut count = 1u32;
-        if let Some(headers) = message.headers() {
-            for h in headers.iter() {
-                match (h.key, h.value) {
-                    (EPOCH_HEADER, Some(v)) if v.len() == 8 => {
-                        let mut b = [0u8; 8];
-                        b.copy_from_slice(v);
-                        epoch = u64::from_le_bytes(b);
-                    }
-                    (CHUNK_HEADER, Some(v)) if v.len() == 8 => {
-                        index = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
-                        count = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
-                    }
-                    _ => {}
-                }
-            }
+        let (epoch, index, count) = chunk_headers(&message);
+        for (_, g) in groups.range_mut(..epoch) {
+            g.overtaken = true;
         }
         let data = message.payload().unwrap_or_default();
         if index == 0 {
@@ -523,6 +744,7 @@ fn read_blocking(
                 count,
                 data: BytesMut::from(data),
                 seen: 1,
+                overtaken: false,
             };
             if groups.insert(epoch, fresh).is_some() {
                 tracing::warn!(
@@ -544,7 +766,17 @@ fn read_blocking(
             }
         }
         if groups.get(&epoch).is_some_and(|g| g.seen == g.count) {
-            if let Some(g) = groups.remove(&epoch) {
+            if let Some(g) = groups.remove(&epoch).filter(|g| {
+                if g.overtaken {
+                    tracing::warn!(
+                        topic,
+                        offset = g.first,
+                        epoch,
+                        "dropping a WAL record overtaken by a newer writer between its chunks"
+                    );
+                }
+                !g.overtaken
+            }) {
                 bytes += g.data.len();
                 out.push(WalEntry {
                     offset: WalOffset(g.first),
@@ -573,6 +805,7 @@ impl Wal for KafkaWal {
             return Err(Error::Fenced {
                 epoch,
                 by: Epoch(by),
+                committed: Vec::new(),
             });
         }
         match self.produce_all(epoch, &payloads).await {
@@ -609,19 +842,7 @@ impl Wal for KafkaWal {
         if below <= self.low.load(Ordering::Acquire) {
             return Ok(());
         }
-        let consumer = self.consumer.clone();
-        let topic = self.options.topic.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(&topic, 0, Offset::Offset(below as i64))
-                .map_err(kafka_err("committing the watermark"))?;
-            consumer
-                .lock()
-                .commit(&tpl, CommitMode::Sync)
-                .map_err(kafka_err("committing the watermark"))
-        })
-        .await
-        .map_err(closed)??;
+        self.commit_watermark(below).await?;
         self.low.fetch_max(below, Ordering::AcqRel);
         if self.options.delete_records {
             let mut tpl = TopicPartitionList::new();

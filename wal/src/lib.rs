@@ -25,6 +25,7 @@ mod error;
 pub mod fence;
 pub mod kafka;
 pub mod local;
+pub mod loss;
 pub mod memory;
 
 pub use error::{Error, Result};

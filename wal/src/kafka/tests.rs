@@ -94,7 +94,8 @@ async fn a_replaced_writer_is_fenced_and_its_late_records_are_dropped() {
             err,
             Error::Fenced {
                 epoch: Epoch(5),
-                by: Epoch(6)
+                by: Epoch(6),
+                ..
             }
         ),
         "{err}"
@@ -148,11 +149,21 @@ async fn a_gap_of_older_records_does_not_fence() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn interleaved_chunk_groups_of_two_writers_are_both_reassembled() {
+async fn interleaved_chunk_groups_keep_only_records_no_newer_writer_overtook() {
     let opts = options("interleaved");
     let wal = KafkaWal::open(opts.clone()).await.unwrap();
-    // Two writers' two-chunk records, interleaved chunk by chunk.
-    for (epoch, data, index) in [(1, "a1", 0), (2, "b1", 0), (1, "a2", 1), (2, "b2", 1)] {
+    // Two-chunk records of three writers, interleaved chunk by chunk: a
+    // lower epoch between the chunks of a higher one leaves it whole; a
+    // higher epoch between the chunks of a lower one means the lower
+    // writer was refused that append, so its record is dropped.
+    for (epoch, data, index) in [
+        (2, "b1", 0),
+        (1, "a1", 0),
+        (2, "b2", 1),
+        (1, "a2", 1),
+        (3, "c1", 0),
+        (3, "c2", 1),
+    ] {
         wal.send_chunk(Epoch(epoch), data.as_bytes(), index, 2)
             .unwrap()
             .await
@@ -167,11 +178,113 @@ async fn interleaved_chunk_groups_of_two_writers_are_both_reassembled() {
     assert_eq!(
         got,
         vec![
-            (1, Bytes::from_static(b"a1a2")),
-            (2, Bytes::from_static(b"b1b2"))
+            (2, Bytes::from_static(b"b1b2")),
+            (3, Bytes::from_static(b"c1c2"))
         ]
     );
-    assert!(entries[0].offset < entries[1].offset);
+}
+
+/// The Kafka conformance case of issue 14: a newer writer's marker lands
+/// between the chunks of one append. The append fails as fenced, naming the
+/// records that landed wholly before the marker, and replay applies exactly
+/// those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_record_between_the_chunks_of_one_append_fences_it() {
+    let mut opts = options("chunk-fence");
+    opts.max_message_bytes = 1024;
+    let mut slow = opts.clone();
+    slow.pause_between_chunks = Some(Duration::from_millis(500));
+    let old = Arc::new(KafkaWal::open(slow).await.unwrap());
+    old.append(Epoch(5), vec![Bytes::from_static(b"before")])
+        .await
+        .unwrap();
+    let first = Bytes::from(vec![b'a'; 100]);
+    let straddling = Bytes::from(vec![b'b'; 4 * 1024]);
+    let last = Bytes::from_static(b"c");
+    let append = {
+        let old = old.clone();
+        let payloads = vec![first.clone(), straddling, last];
+        tokio::spawn(async move { old.append(Epoch(5), payloads).await })
+    };
+    // The old writer sends `first` at once, then a chunk of `straddling`
+    // every 500 ms: the marker lands between those chunks.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let new = KafkaWal::open(opts.clone()).await.unwrap();
+    let marker = new
+        .append(Epoch(6), vec![Bytes::from_static(b"marker")])
+        .await
+        .unwrap();
+    let err = append.await.unwrap().unwrap_err();
+    let Error::Fenced {
+        epoch,
+        by,
+        committed,
+    } = &err
+    else {
+        panic!("expected a fenced append, got {err}");
+    };
+    assert_eq!((*epoch, *by), (Epoch(5), Epoch(6)));
+    assert_eq!(
+        committed.len(),
+        1,
+        "only `first` landed before the marker: {err:?}"
+    );
+    assert!(committed[0] < marker.offsets[0]);
+    // Fenced for good.
+    let again = old
+        .append(Epoch(5), vec![Bytes::from_static(b"late")])
+        .await
+        .unwrap_err();
+    assert!(matches!(again, Error::Fenced { .. }), "{again}");
+
+    let mut fence = crate::fence::EpochFence::new();
+    let replayed: Vec<Bytes> = read_all(&new, WalOffset(0))
+        .await
+        .into_iter()
+        .filter(|e| fence.admit(e))
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(
+        replayed,
+        vec![
+            Bytes::from_static(b"before"),
+            first,
+            Bytes::from_static(b"marker")
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_that_lost_acknowledged_records_is_refused() {
+    let opts = options("lost");
+    let wal = KafkaWal::open(opts.clone()).await.unwrap();
+    wal.append(Epoch(1), vec![Bytes::from_static(b"a"); 3])
+        .await
+        .unwrap();
+    // As after the broker lost a topic the shard had truncated to 100: the
+    // topic now ends below the shard's watermark.
+    wal.commit_watermark(100).await.unwrap();
+    drop(wal);
+    let err = KafkaWal::open(opts.clone()).await.unwrap_err();
+    assert!(matches!(err, Error::RecordsLost { .. }), "{err}");
+    assert!(!err.is_retryable());
+    assert!(crate::loss::regions().iter().any(|(t, _)| *t == opts.topic));
+    // A reset topic cannot be accepted by moving the watermark.
+    let mut accepting = opts.clone();
+    accepting.accept_loss = true;
+    let err = KafkaWal::open(accepting).await.unwrap_err();
+    assert!(matches!(err, Error::RecordsLost { .. }), "{err}");
+}
+
+#[test]
+fn lost_records_compares_the_topic_with_the_watermark() {
+    assert_eq!(lost_records(0, 10, None), None);
+    assert_eq!(lost_records(0, 10, Some(4)), None);
+    assert_eq!(lost_records(4, 10, Some(4)), None);
+    assert_eq!(lost_records(3, 10, Some(4)), None);
+    assert!(lost_records(752, 2584, Some(1)).is_some_and(|d| d.contains("751 records")));
+    assert!(lost_records(5, 10, None).is_some());
+    assert!(lost_records(0, 2, Some(4)).is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,4 +308,16 @@ fn in_doubt_errors_are_retryable() {
     assert!(!kafka_retryable(&KafkaError::MessageProduction(
         RDKafkaErrorCode::MessageSizeTooLarge
     )));
+}
+
+#[test]
+fn replicated_topics_wait_for_a_majority_of_at_least_two() {
+    let mut o = KafkaWalOptions::new("b", "t");
+    for (rf, want) in [(1, 1), (2, 2), (3, 2), (5, 3)] {
+        o.replication_factor = rf;
+        assert_eq!(o.min_insync_replicas(), want, "rf {rf}");
+    }
+    o.replication_factor = 3;
+    o.min_insync = Some(3);
+    assert_eq!(o.min_insync_replicas(), 3);
 }
