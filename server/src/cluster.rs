@@ -400,6 +400,9 @@ pub struct Cluster {
     report_tables: AtomicBool,
     /// Shards being opened or closed by a background task.
     busy: Mutex<BTreeSet<u64>>,
+    /// Shards whose last open failed: when to try again, and the delay
+    /// that led there (doubling from 1 s up to 30 s).
+    open_backoff: Mutex<std::collections::HashMap<u64, (std::time::Instant, Duration)>>,
     /// Epochs the WAL showed above the one meta gave, per shard.
     min_epoch: Mutex<BTreeMap<u64, u64>>,
     refresh: tokio::sync::Mutex<()>,
@@ -430,6 +433,7 @@ impl Cluster {
             incarnation: AtomicU64::new(0),
             report_tables: AtomicBool::new(false),
             busy: Mutex::new(BTreeSet::new()),
+            open_backoff: Mutex::new(Default::default()),
             min_epoch: Mutex::new(BTreeMap::new()),
             refresh: tokio::sync::Mutex::new(()),
             clients: Mutex::new(BTreeMap::new()),
@@ -611,10 +615,21 @@ impl Cluster {
         for a in &assignments {
             let mine = a.leader == self.node_id;
             if mine && !open.contains(&a.shard) {
-                self.spawn_busy(
-                    a.shard,
-                    |me, shard| async move { me.open_shard(shard).await },
-                );
+                if self
+                    .open_backoff
+                    .lock()
+                    .get(&a.shard)
+                    .is_some_and(|(at, _)| std::time::Instant::now() < *at)
+                {
+                    continue;
+                }
+                self.spawn_busy(a.shard, |me, shard| async move {
+                    let result = me.clone().open_shard(shard).await;
+                    me.note_open(shard, result.is_ok());
+                    result
+                });
+            } else if !mine && !open.contains(&a.shard) {
+                self.engine.discard_interrupted_open(ShardId(a.shard));
             } else if !mine && open.contains(&a.shard) {
                 self.spawn_busy(
                     a.shard,
@@ -656,6 +671,28 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Records how an open of `shard` went: after a failure the next try
+    /// waits, twice as long each time (1 s to 30 s); an interrupted replay
+    /// goes on from where it stopped.
+    fn note_open(&self, shard: u64, ok: bool) {
+        let mut backoff = self.open_backoff.lock();
+        if ok {
+            backoff.remove(&shard);
+            return;
+        }
+        let delay = backoff
+            .get(&shard)
+            .map_or(Duration::from_secs(1), |(_, d)| {
+                (*d * 2).min(Duration::from_secs(30))
+            });
+        tracing::info!(
+            shard,
+            retry_in_ms = delay.as_millis() as u64,
+            "shard open failed; backing off"
+        );
+        backoff.insert(shard, (std::time::Instant::now() + delay, delay));
     }
 
     fn spawn_busy<F, Fut>(self: &Arc<Self>, shard: u64, f: F)

@@ -110,6 +110,10 @@ pub struct KafkaConfig {
     pub topic_prefix: String,
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics Strata creates when
+    /// `replication_factor > 1`; default a majority, at least 2.
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
     /// Records are split into chunks of at most this size; keep it below the
     /// broker's `message.max.bytes`.
     #[serde(
@@ -136,6 +140,11 @@ pub struct KafkaConfig {
     /// brokers that mishandle it (see docs/operations/kafka-wal.md).
     #[serde(default = "default_true")]
     pub idempotence: bool,
+    /// Open shards whose broker lost acknowledged records anyway, moving
+    /// their WAL watermark past the loss. An operator's explicit decision:
+    /// set it, restart, check, then unset it (docs/operations/kafka-wal.md).
+    #[serde(default)]
+    pub accept_loss: bool,
     /// Extra librdkafka properties (security, TLS, …).
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,

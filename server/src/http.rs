@@ -315,8 +315,21 @@ async fn sql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     }
 }
 
-async fn health() -> &'static str {
-    "OK"
+/// `200 OK` while the server serves. Still 200 (restarting the process
+/// would not help) but `DEGRADED`, with the reasons, while a shard is
+/// refused because its WAL lost acknowledged records.
+async fn health() -> String {
+    let lost = strata_wal::loss::regions();
+    if lost.is_empty() {
+        return "OK".to_string();
+    }
+    let mut out = String::from("DEGRADED\n");
+    for (region, detail) in lost {
+        out.push_str(&format!(
+            "WAL {region} lost acknowledged records: {detail}\n"
+        ));
+    }
+    out
 }
 
 async fn prometheus_metrics() -> Response {

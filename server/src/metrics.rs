@@ -3,7 +3,7 @@
 
 use std::{sync::LazyLock, time::Instant};
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts};
 
 #[allow(clippy::expect_used)]
 static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -46,12 +46,24 @@ pub fn observe_request(endpoint: &str, started: Instant, ok: bool) {
         .observe(started.elapsed().as_secs_f64());
 }
 
+#[allow(clippy::expect_used)]
+static WAL_LOST_REGIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    let g = IntGauge::new(
+        "strata_wal_lost_regions",
+        "WAL regions (shards) refused because their broker lost acknowledged records",
+    )
+    .expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(g.clone()));
+    g
+});
+
 /// The text exposition of every registered metric.
 pub fn render() -> String {
     use prometheus::Encoder;
     // Touch the lazily registered families so they appear from the start.
     LazyLock::force(&REQUESTS);
     LazyLock::force(&LATENCY);
+    WAL_LOST_REGIONS.set(strata_wal::loss::regions().len() as i64);
     let families = prometheus::default_registry().gather();
     let mut out = Vec::new();
     if prometheus::TextEncoder::new()

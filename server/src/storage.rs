@@ -101,11 +101,13 @@ pub async fn open_wal(config: &Config, shard: ShardId) -> Result<Arc<dyn Wal>> {
                 kafka_topic(&k.topic_prefix, &config.engine.cluster, shard),
             );
             opts.replication_factor = k.replication_factor;
+            opts.min_insync = k.min_insync_replicas;
             opts.max_message_bytes = k.max_message_bytes as usize;
             opts.produce_timeout = k.produce_timeout;
             opts.linger = k.linger;
             opts.delete_records = k.delete_records;
             opts.idempotence = k.idempotence;
+            opts.accept_loss = k.accept_loss;
             opts.extra = k.properties.clone();
             let wal = KafkaWal::open(opts)
                 .await
