@@ -112,9 +112,24 @@ impl StorageServiceImpl {
     /// (unless the request was itself forwarded).
     pub(crate) async fn write_request(
         &self,
+        req: WriteRequest,
+        forwarded: bool,
+        proxy: bool,
+    ) -> Result<u32> {
+        let deadline = std::time::Instant::now() + crate::sql::remote::MOVE_WAIT;
+        self.write_request_until(req, forwarded, proxy, deadline)
+            .await
+    }
+
+    /// [`Self::write_request`]; a forward that a leader refuses because its
+    /// shard moved (nothing was written) is routed again until `deadline`,
+    /// then answered `ShardMoving`.
+    async fn write_request_until(
+        &self,
         mut req: WriteRequest,
         forwarded: bool,
         proxy: bool,
+        deadline: std::time::Instant,
     ) -> Result<u32> {
         let db = database(&req.context);
         // One refresh covers every table; a request can name several (a
@@ -133,7 +148,6 @@ impl StorageServiceImpl {
         if let (Some(cluster), false) = (self.query.cluster(), forwarded) {
             let mut remote: std::collections::BTreeMap<String, WriteRequest> = Default::default();
             let mut local = Vec::new();
-            let deadline = std::time::Instant::now() + crate::sql::remote::MOVE_WAIT;
             for t in std::mem::take(&mut req.table_requests) {
                 self.ensure_known(&db, &t.table).await?;
                 if self.auto_create_table
@@ -180,7 +194,31 @@ impl StorageServiceImpl {
                     message: e.to_string(),
                 };
                 let client = cluster.client(&endpoint).await.map_err(remote_err)?;
-                written_remote += client.write_forwarded(fwd).await.map_err(remote_err)?;
+                match client.write_forwarded(fwd.clone()).await {
+                    Ok(n) => written_remote += n,
+                    // The leader refused before writing anything: its shard
+                    // moved after the route was read. Route again.
+                    Err(e)
+                        if matches!(
+                            crate::error::remote_kind(&e),
+                            ErrorKind::NotLeader | ErrorKind::ShardMoving
+                        ) =>
+                    {
+                        if std::time::Instant::now() >= deadline {
+                            return Err(Error::Query {
+                                kind: ErrorKind::ShardMoving,
+                                message: format!(
+                                    "ShardMoving: a table's shard is between leaders ({e}); retry shortly"
+                                ),
+                            });
+                        }
+                        tracing::debug!(%endpoint, error = %e, "forwarded write refused: the shard moved; routing again");
+                        tokio::time::sleep(crate::sql::remote::MOVE_POLL).await;
+                        written_remote +=
+                            Box::pin(self.write_request_until(fwd, false, proxy, deadline)).await?;
+                    }
+                    Err(e) => return Err(remote_err(e)),
+                }
             }
             if req.table_requests.is_empty() {
                 return Ok(written_remote);
@@ -205,7 +243,21 @@ impl StorageServiceImpl {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let batch = write::to_batch(&table, table_req)?;
+            let (table, batch) = match write::to_batch(&table, table_req) {
+                Ok(batch) => (table, batch),
+                // A column added through another instance a moment ago
+                // (its write was forwarded here before this instance's
+                // catalog caught up): take meta's catalog and try again.
+                Err(Error::InvalidArgument(_)) if self.query.cluster().is_some() => {
+                    if let Some(c) = self.query.cluster() {
+                        c.refresh_catalog().await?;
+                    }
+                    let table = self.engine().table(&db, &table_req.table)?;
+                    let batch = write::to_batch(&table, table_req)?;
+                    (table, batch)
+                }
+                Err(e) => return Err(e),
+            };
             batches.push((table, batch));
         }
         // The tables are written concurrently, so that their WAL records

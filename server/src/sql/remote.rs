@@ -225,8 +225,14 @@ impl TableProvider for RemoteTable {
                             tracing::debug!(table = %self.entry.name, error = %e, "shard moved; retrying");
                             tokio::time::sleep(MOVE_POLL).await;
                         }
+                        // Still moving after the wait: the documented
+                        // answer is ShardMoving (503), not the last
+                        // leader's NotLeader.
                         Err(RemoteScan::Moved(e)) => {
-                            return Err(DataFusionError::External(Box::new(RemoteError(e))))
+                            tracing::info!(table = %self.entry.name, error = %e, "shard still moving after the wait");
+                            return Err(external(strata_engine::Error::ShardNotOpen {
+                                shard: self.entry.shard,
+                            }));
                         }
                         Err(RemoteScan::Failed(e)) => return Err(e),
                         Ok(plan) => return Ok(plan),
@@ -431,6 +437,17 @@ impl DataSink for RemoteSink {
                             ) && Instant::now() < deadline =>
                         {
                             tokio::time::sleep(MOVE_POLL).await;
+                        }
+                        Err(e)
+                            if matches!(
+                                crate::error::remote_kind(&e),
+                                strata_engine::ErrorKind::NotLeader
+                                    | strata_engine::ErrorKind::ShardMoving
+                            ) =>
+                        {
+                            return Err(external(strata_engine::Error::ShardNotOpen {
+                                shard: self.entry.shard,
+                            }))
                         }
                         Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
                     }
