@@ -43,6 +43,13 @@ pub(crate) struct ShardInner {
     pub tables: RwLock<HashMap<TableId, Arc<Table>>>,
     /// The offset after the last WAL record applied to memtables.
     pub applied: AtomicU64,
+    /// Fenced mode: the offset of this writer's latest record (its fence
+    /// marker at first); `u64::MAX` otherwise. The WAL is never truncated
+    /// above it, so a later replay always starts at a record of this epoch
+    /// and drops every older writer's record after it (an older writer's
+    /// refused records land after our marker; a replay that started past
+    /// our last record would see them before any record of ours).
+    pub anchor: AtomicU64,
     /// This process's claim on the shard: fenced once the WAL or a
     /// manifest shows a newer owner, and the shard must then close.
     pub owner: Arc<Ownership>,
@@ -82,7 +89,12 @@ impl Shard {
         partials: &PartialOpens,
     ) -> Result<Arc<Self>> {
         let partial = match partials.lock().remove(&id) {
-            Some(p) if p.epoch == epoch => Some(p),
+            // Resumed only under the same epoch (the lock was held all
+            // along), past the marker, and with the same tables as the
+            // catalog now lists (no DDL in between).
+            Some(p) if p.epoch == epoch && p.progress.is_some() && p.same_tables(&entries) => {
+                Some(p)
+            }
             Some(p) => {
                 p.discard(&ctx);
                 None
@@ -125,6 +137,7 @@ impl Shard {
             epoch,
             tables: RwLock::new(tables),
             applied: AtomicU64::new(0),
+            anchor: AtomicU64::new(u64::MAX),
             owner,
             ctx,
         });
@@ -144,7 +157,10 @@ impl Shard {
             );
         };
         let progress = match progress {
-            Some(p) => p,
+            Some(p) => {
+                inner.anchor.store(p.anchor, Ordering::Release);
+                p
+            }
             None => {
                 if fence {
                     if let Err(e) = check_wal_reaches_manifests(&inner) {
@@ -155,12 +171,19 @@ impl Shard {
                         .wal
                         .append(epoch, vec![codec::encode_fence(epoch.0)])
                         .await;
-                    if let Err(source) = marker {
-                        stash(&inner, receiver, None);
-                        return Err(Error::Wal {
-                            op: "fence marker append",
-                            source: Box::new(source),
-                        });
+                    match marker {
+                        Ok(res) => {
+                            if let Some(at) = res.first() {
+                                inner.anchor.store(at.0, Ordering::Release);
+                            }
+                        }
+                        Err(source) => {
+                            stash(&inner, receiver, None);
+                            return Err(Error::Wal {
+                                op: "fence marker append",
+                                source: Box::new(source),
+                            });
+                        }
                     }
                 }
                 ReplayProgress::start(&inner, fence)
@@ -322,6 +345,15 @@ pub(crate) struct PartialOpen {
 }
 
 impl PartialOpen {
+    /// Whether the catalog's entries for the shard are the ones this open
+    /// started with.
+    fn same_tables(&self, entries: &[TableEntry]) -> bool {
+        entries.len() == self.tables.len()
+            && entries
+                .iter()
+                .all(|e| self.tables.get(&e.id).is_some_and(|t| t.meta().entry == *e))
+    }
+
     /// Drops an interrupted open that will not be resumed: its tables give
     /// their memory back and commit nothing more.
     pub(crate) fn discard(self, ctx: &EngineContext) {
@@ -340,8 +372,10 @@ pub(crate) struct ReplayProgress {
     fence: EpochFence,
     replayed: u64,
     skipped: u64,
-    /// None: nothing to replay (no tables, outside fenced mode).
+    /// Nothing to replay (no tables, outside fenced mode).
     needed: bool,
+    /// The fence marker's offset (`u64::MAX` without one).
+    anchor: u64,
 }
 
 impl ReplayProgress {
@@ -366,6 +400,7 @@ impl ReplayProgress {
             replayed: 0,
             skipped: 0,
             needed,
+            anchor: inner.anchor.load(Ordering::Acquire),
         }
     }
 }
@@ -428,7 +463,12 @@ async fn replay(
         if entries.is_empty() {
             break;
         }
-        for entry in entries {
+        for (i, entry) in entries.into_iter().enumerate() {
+            // Decoding and applying is CPU work: let the other shards'
+            // writes and queries run every few records.
+            if i % 32 == 31 {
+                tokio::task::yield_now().await;
+            }
             // Applied records are never applied twice: `next` moves past
             // each one as it is applied, so a retry starts after it.
             let offset = entry.offset;
@@ -457,7 +497,6 @@ async fn replay(
                 }
             }
         }
-        // Other shards' work goes on between batches.
         tokio::task::yield_now().await;
     }
     metrics::WAL_REPLAYED_RECORDS.inc_by(progress.replayed);
@@ -485,7 +524,9 @@ pub(crate) async fn truncate_wal(inner: &ShardInner) -> Result<()> {
         .iter()
         .filter_map(|t| t.version().min_unflushed_offset())
         .min();
-    let below = min_unflushed.map_or(applied, |m| m.min(applied));
+    let below = min_unflushed
+        .map_or(applied, |m| m.min(applied))
+        .min(inner.anchor.load(Ordering::Acquire));
     if below > inner.wal.low_watermark().0 {
         inner
             .wal
@@ -552,6 +593,9 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                 }
                 if let Some(last) = res.last() {
                     inner.applied.store(last.0 + 1, Ordering::Release);
+                    if inner.anchor.load(Ordering::Acquire) != u64::MAX {
+                        inner.anchor.fetch_max(last.0, Ordering::AcqRel);
+                    }
                 }
                 for table in touched {
                     if table.version().active.bytes() as u64 >= table.write_buffer_size() {

@@ -390,3 +390,45 @@ async fn an_interrupted_replay_resumes_where_it_stopped() {
         .count();
     assert_eq!(markers, 1, "one fence marker for epoch 20");
 }
+
+/// A replaced owner's write that lands after the new owner's last record
+/// (refused to its client: the new owner's marker precedes it) is never
+/// replayed, also after the new owner flushed and truncated the WAL: the
+/// watermark stays at a record of the new owner's epoch, so the next
+/// replay drops the older epoch's record instead of admitting it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_record_after_the_new_owners_truncation_is_never_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = local_store(dir.path());
+    let memory = MemoryWal::new();
+    let now = chrono::Utc::now().timestamp_millis();
+    let old = open(store.clone(), Arc::new(memory.reopen()), 10)
+        .await
+        .unwrap();
+    let t_old = create(&old, "t", TableOptions::default()).await;
+    t_old.write(rows(&t_old, "a", 0, 10, now)).await.unwrap();
+    let new = open(store.clone(), Arc::new(memory.reopen()), 20)
+        .await
+        .unwrap();
+    let t_new = new.table("public", "t").unwrap();
+    t_new.write(rows(&t_new, "b", 0, 10, now)).await.unwrap();
+    new.flush_table(&t_new).await.unwrap();
+    // The old owner's late record: its writer found the new marker in the
+    // gap before it and refused the write to its client.
+    let late = rows(&t_old, "late", 0, 5, now);
+    memory
+        .append(
+            Epoch(10),
+            vec![
+                crate::codec::encode_write(t_old.id(), t_old.meta().entry.schema.version, &late)
+                    .unwrap(),
+            ],
+        )
+        .await
+        .unwrap();
+    drop(new);
+    let third = open(store.clone(), Arc::new(memory.reopen()), 30)
+        .await
+        .unwrap();
+    assert_eq!(count(&third, "t").await, 20, "the refused rows came back");
+}

@@ -194,17 +194,21 @@ impl StorageServiceImpl {
                     message: e.to_string(),
                 };
                 let client = cluster.client(&endpoint).await.map_err(remote_err)?;
+                let single = fwd.table_requests.len() == 1;
                 match client.write_forwarded(fwd.clone()).await {
-                    Ok(n) => written_remote += n,
-                    // The leader refused before writing anything: its shard
-                    // moved after the route was read. Route again.
+                    Ok(n) => written_remote = written_remote.saturating_add(n),
+                    // The shard moved after the route was read. A leader
+                    // refuses a one-table write as a whole (a fenced append
+                    // is dropped by replay), so it is routed again; a
+                    // several-table write may have landed in part, so it is
+                    // not re-sent.
                     Err(e)
                         if matches!(
                             crate::error::remote_kind(&e),
                             ErrorKind::NotLeader | ErrorKind::ShardMoving
                         ) =>
                     {
-                        if std::time::Instant::now() >= deadline {
+                        if !single || std::time::Instant::now() >= deadline {
                             return Err(Error::Query {
                                 kind: ErrorKind::ShardMoving,
                                 message: format!(
@@ -214,8 +218,9 @@ impl StorageServiceImpl {
                         }
                         tracing::debug!(%endpoint, error = %e, "forwarded write refused: the shard moved; routing again");
                         tokio::time::sleep(crate::sql::remote::MOVE_POLL).await;
-                        written_remote +=
+                        let n =
                             Box::pin(self.write_request_until(fwd, false, proxy, deadline)).await?;
+                        written_remote = written_remote.saturating_add(n);
                     }
                     Err(e) => return Err(remote_err(e)),
                 }
@@ -248,7 +253,9 @@ impl StorageServiceImpl {
                 // A column added through another instance a moment ago
                 // (its write was forwarded here before this instance's
                 // catalog caught up): take meta's catalog and try again.
-                Err(Error::InvalidArgument(_)) if self.query.cluster().is_some() => {
+                Err(Error::InvalidArgument(m))
+                    if self.query.cluster().is_some() && m.contains("does not exist") =>
+                {
                     if let Some(c) = self.query.cluster() {
                         c.refresh_catalog().await?;
                     }
