@@ -100,17 +100,52 @@ fn check(header: Option<ResponseHeader>) -> Result<()> {
     }
 }
 
-/// Decodes an `ArrowPayload` into record batches.
+/// The most [`decode_payload`] decompresses: 1 GiB.
+pub const MAX_DECODED_PAYLOAD: usize = 1 << 30;
+
+/// Decodes an `ArrowPayload` into record batches, decompressing at most
+/// [`MAX_DECODED_PAYLOAD`] bytes.
 pub fn decode_payload(payload: ArrowPayload) -> Result<Vec<RecordBatch>> {
+    decode_payload_limited(payload, MAX_DECODED_PAYLOAD)
+}
+
+/// Decodes an `ArrowPayload` into record batches. The payload's bytes after
+/// decompression may total at most `max_decoded`: zstd is read through a
+/// bounded reader, and the IPC stream's declared message and body lengths
+/// are checked against the bytes present before anything is allocated for
+/// them.
+pub fn decode_payload_limited(
+    payload: ArrowPayload,
+    max_decoded: usize,
+) -> Result<Vec<RecordBatch>> {
+    use std::io::Read;
     let compressed = payload.compression() == Compression::Zstd;
+    let too_large = || {
+        Error::Decode(format!(
+            "the payload decodes to more than {max_decoded} bytes"
+        ))
+    };
+    let mut total = 0usize;
     let mut out = Vec::new();
     for bytes in payload.record_batches {
+        let left = max_decoded.saturating_sub(total);
         let bytes = if compressed {
-            zstd::stream::decode_all(Cursor::new(bytes))
-                .map_err(|e| Error::Decode(e.to_string()))?
+            let decoder = zstd::stream::read::Decoder::new(Cursor::new(bytes))
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            let mut decoded = Vec::new();
+            decoder
+                .take(u64::try_from(left).unwrap_or(u64::MAX).saturating_add(1))
+                .read_to_end(&mut decoded)
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            decoded
         } else {
             bytes
         };
+        if bytes.len() > left {
+            return Err(too_large());
+        }
+        total += bytes.len();
+        check_ipc_framing(&bytes)?;
         let reader = StreamReader::try_new(Cursor::new(bytes), None)
             .map_err(|e| Error::Decode(e.to_string()))?;
         for batch in reader {
@@ -118,6 +153,49 @@ pub fn decode_payload(payload: ArrowPayload) -> Result<Vec<RecordBatch>> {
         }
     }
     Ok(out)
+}
+
+/// Checks that every message of an Arrow IPC stream lies within `bytes`:
+/// the reader allocates a message's declared metadata and body lengths
+/// before reading them, so a few bytes declaring gigabytes must be refused
+/// first.
+fn check_ipc_framing(bytes: &[u8]) -> Result<()> {
+    let bad = |what: &str| Error::Decode(format!("malformed Arrow IPC stream: {what}"));
+    let read_i32 = |pos: usize| -> Result<i32> {
+        bytes
+            .get(pos..pos.saturating_add(4))
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_le_bytes)
+            .ok_or_else(|| bad("truncated length"))
+    };
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let mut len = read_i32(pos)?;
+        pos += 4;
+        if len == -1 {
+            // The continuation marker of the current format.
+            len = read_i32(pos)?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let len = usize::try_from(len).map_err(|_| bad("negative metadata length"))?;
+        let end = pos
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| bad("metadata past the end"))?;
+        let message = arrow::ipc::root_as_message(&bytes[pos..end])
+            .map_err(|e| bad(&format!("metadata: {e}")))?;
+        pos = end;
+        let body =
+            usize::try_from(message.bodyLength()).map_err(|_| bad("negative body length"))?;
+        pos = pos
+            .checked_add(body)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| bad("body past the end"))?;
+    }
+    Ok(())
 }
 
 /// The gRPC metadata key that marks a request one instance forwarded to
@@ -251,5 +329,69 @@ impl Client {
             .into_inner();
         check(resp.header.clone())?;
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use arrow::{
+        array::{ArrayRef, Int64Array},
+        ipc::writer::StreamWriter,
+    };
+
+    use super::*;
+
+    fn ipc(rows: i64) -> Vec<u8> {
+        let col: ArrayRef = Arc::new(Int64Array::from_iter_values(0..rows));
+        let batch = RecordBatch::try_from_iter([("v", col)]).unwrap();
+        let mut buf = Vec::new();
+        let mut w = StreamWriter::try_new(&mut buf, &batch.schema()).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        buf
+    }
+
+    fn payload(bytes: Vec<u8>, compression: Compression) -> ArrowPayload {
+        ArrowPayload {
+            record_batches: vec![bytes],
+            compression: compression as i32,
+        }
+    }
+
+    #[test]
+    fn payloads_decode_within_their_bound() {
+        let bytes = ipc(1000);
+        let batches = decode_payload(payload(bytes.clone(), Compression::None)).unwrap();
+        assert_eq!(batches[0].num_rows(), 1000);
+        let z = zstd::bulk::compress(&bytes, 1).unwrap();
+        let batches =
+            decode_payload_limited(payload(z.clone(), Compression::Zstd), 1 << 20).unwrap();
+        assert_eq!(batches[0].num_rows(), 1000);
+        // The same payload over a smaller bound is refused.
+        let err = decode_payload_limited(payload(z, Compression::Zstd), 100).unwrap_err();
+        assert!(err.to_string().contains("more than 100 bytes"), "{err}");
+        // A zstd bomb: 256 MiB of zeros in a few kilobytes.
+        let bomb = zstd::bulk::compress(&vec![0u8; 256 << 20], 3).unwrap();
+        assert!(bomb.len() < 1 << 20);
+        let err = decode_payload_limited(payload(bomb, Compression::Zstd), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn declared_lengths_past_the_bytes_are_refused() {
+        let mut bytes = ipc(10);
+        // The first message's metadata length, after the continuation
+        // marker: declare 1 GiB.
+        bytes[4..8].copy_from_slice(&(1i32 << 30).to_le_bytes());
+        let err = decode_payload(payload(bytes, Compression::None)).unwrap_err();
+        assert!(err.to_string().contains("past the end"), "{err}");
+        // A truncated stream (the record batch's body cut off).
+        let bytes = ipc(1000);
+        let cut = bytes[..bytes.len() - 100].to_vec();
+        assert!(decode_payload(payload(cut, Compression::None)).is_err());
     }
 }

@@ -56,6 +56,39 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Create a table on the first gRPC write to it.
     pub auto_create_table: bool,
+
+    // Request size limits (docs/operations/limits.md).
+    /// The largest HTTP request body accepted, on every endpoint (413).
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub max_body_size: u64,
+    /// The largest size a request body may decompress to: snappy remote
+    /// write and read, gzip line protocol, zstd Arrow payloads (413 over
+    /// HTTP, InvalidArgument over gRPC).
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub max_decoded_size: u64,
+    /// The largest gRPC message received or sent (ResourceExhausted).
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub grpc_max_message_size: u64,
+}
+
+/// The default of each request size limit: 64 MiB.
+pub const DEFAULT_REQUEST_LIMIT: u64 = 64 << 20;
+
+impl ServerConfig {
+    /// [`Self::max_body_size`] as a `usize`.
+    pub fn max_body(&self) -> usize {
+        usize::try_from(self.max_body_size).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::max_decoded_size`] as a `usize`.
+    pub fn max_decoded(&self) -> usize {
+        usize::try_from(self.max_decoded_size).unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::grpc_max_message_size`] as a `usize`.
+    pub fn grpc_max_message(&self) -> usize {
+        usize::try_from(self.grpc_max_message_size).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for ServerConfig {
@@ -67,6 +100,9 @@ impl Default for ServerConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("./strata-data"),
             auto_create_table: true,
+            max_body_size: DEFAULT_REQUEST_LIMIT,
+            max_decoded_size: DEFAULT_REQUEST_LIMIT,
+            grpc_max_message_size: DEFAULT_REQUEST_LIMIT,
         }
     }
 }
@@ -392,6 +428,31 @@ mod tests {
         assert!(!cfg.server.auto_create_table);
         assert_eq!(cfg.engine.max_concurrent_flushes, 3);
         assert_eq!(cfg.server.http_addr.port(), 5440);
+    }
+
+    #[test]
+    fn request_limits_default_to_64_mib_and_read_sizes() {
+        let cfg = Config::load(None, vec![]).unwrap();
+        assert_eq!(cfg.server.max_body_size, 64 << 20);
+        assert_eq!(cfg.server.max_decoded_size, 64 << 20);
+        assert_eq!(cfg.server.grpc_max_message_size, 64 << 20);
+        let cfg = Config::load(
+            None,
+            vec![
+                (
+                    "STRATA_SERVER__MAX_BODY_SIZE".to_string(),
+                    "1MB".to_string(),
+                ),
+                (
+                    "STRATA_SERVER__MAX_DECODED_SIZE".to_string(),
+                    "2048".to_string(),
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.server.max_body_size, 1 << 20);
+        assert_eq!(cfg.server.max_decoded_size, 2048);
+        assert_eq!(cfg.server.grpc_max_message_size, 64 << 20);
     }
 
     #[test]

@@ -20,6 +20,15 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
 
+    /// A request past one of the server's limits on nesting or size (an
+    /// invalid argument; PostgreSQL's `statement_too_complex`).
+    #[error("{0}")]
+    TooComplex(String),
+
+    /// A body or message past a configured size limit (HTTP 413).
+    #[error("{0}")]
+    TooLarge(String),
+
     #[error(transparent)]
     Engine(#[from] strata_engine::Error),
 
@@ -35,7 +44,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Parse { .. } | Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
+            Error::Parse { .. }
+            | Error::InvalidArgument(_)
+            | Error::TooComplex(_)
+            | Error::TooLarge(_) => ErrorKind::InvalidArgument,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::Engine(e) => e.kind(),
             Error::Query { kind, .. } => *kind,
@@ -45,6 +57,9 @@ impl Error {
 
     /// The HTTP-style code used in gRPC response headers and HTTP responses.
     pub fn status_code(&self) -> u16 {
+        if matches!(self, Error::TooLarge(_)) {
+            return 413;
+        }
         match self.kind() {
             ErrorKind::InvalidArgument | ErrorKind::Unsupported => 400,
             ErrorKind::TableNotFound | ErrorKind::DatabaseNotFound => 404,

@@ -45,7 +45,10 @@ struct SqlRequest {
     database: Option<String>,
 }
 
-pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
+/// The HTTP API. Every request body is bounded by `max_body` bytes
+/// (`server.max_body_size`; 413 above it), and every decompressed body by
+/// the storage service's `max_decoded` (`server.max_decoded_size`).
+pub fn router(query: QueryEngine, storage: StorageServiceImpl, max_body: usize) -> Router {
     Router::new()
         .route("/sql", post(sql))
         .route("/health", get(health))
@@ -74,15 +77,13 @@ pub fn router(query: QueryEngine, storage: StorageServiceImpl) -> Router {
         )
         .route("/api/v1/rules", get(prom_no_rules))
         .route("/api/v1/alerts", get(prom_no_alerts))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .with_state(Arc::new(AppState {
             query,
             storage,
             prom_series: prom::SeenSeries::default(),
         }))
 }
-
-/// The largest line-protocol body accepted, after decompression.
-const MAX_LINE_PROTOCOL_BODY: u64 = 64 << 20;
 
 /// An InfluxDB-style error: `{"code": "invalid", "message": "…"}`.
 fn influx_error(status: StatusCode, code: &str, message: String) -> Response {
@@ -135,9 +136,13 @@ async fn influx_write(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    // A gzip body is read through a bounded reader: a small body can
+    // declare (and decompress to) gigabytes.
+    let max_decoded = state.storage.max_decoded();
     let raw = if gzip {
         let mut out = Vec::new();
-        let mut reader = flate2::read::GzDecoder::new(&body[..]).take(MAX_LINE_PROTOCOL_BODY + 1);
+        let limit = u64::try_from(max_decoded).unwrap_or(u64::MAX);
+        let mut reader = flate2::read::GzDecoder::new(&body[..]).take(limit.saturating_add(1));
         if let Err(e) = reader.read_to_end(&mut out) {
             return influx_error(
                 StatusCode::BAD_REQUEST,
@@ -145,17 +150,19 @@ async fn influx_write(
                 format!("the gzip body cannot be decompressed: {e}"),
             );
         }
+        if out.len() > max_decoded {
+            return influx_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too large",
+                format!(
+                    "the body decompresses to more than {max_decoded} bytes (server.max_decoded_size)"
+                ),
+            );
+        }
         out
     } else {
         body.to_vec()
     };
-    if raw.len() as u64 > MAX_LINE_PROTOCOL_BODY {
-        return influx_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too large",
-            format!("the body is larger than {MAX_LINE_PROTOCOL_BODY} bytes"),
-        );
-    }
     let Ok(text) = String::from_utf8(raw) else {
         return influx_error(
             StatusCode::BAD_REQUEST,
@@ -386,7 +393,8 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
             state.prom_series.forget_database(db);
         }
     }
-    let decoded = prom::decode(db, body, |id| state.prom_series.contains(db, id))
+    let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;
+    let decoded = prom::decode(db, &raw, |id| state.prom_series.contains(db, id))
         .map_err(|e| Error::InvalidArgument(format!("remote write: {e}")))?;
     if decoded.samples == 0 {
         return Ok(());
@@ -408,7 +416,8 @@ async fn prom_read(
 ) -> Response {
     let started = Instant::now();
     let db = database_param(params.get("db"));
-    let result = crate::prom_read::read(&state.query, &db, &body).await;
+    let result =
+        crate::prom_read::read(&state.query, &db, &body, state.storage.max_decoded()).await;
     metrics::observe_request("prom_read", started, result.is_ok());
     match result {
         Ok(bytes) => (

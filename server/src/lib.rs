@@ -12,6 +12,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod influx;
+pub mod limits;
 pub mod metrics;
 pub mod pg;
 pub mod prom;

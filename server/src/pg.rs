@@ -8,9 +8,13 @@
 //! - **Simple protocol.** Each statement of a query string runs through the
 //!   same SQL front end as gRPC and HTTP, and gets its own response.
 //! - **Extended protocol** (prepared statements). `$n` parameters are
-//!   bound as SQL literals of their declared types, outside quotes and
-//!   comments; Describe plans the statement with DataFusion to report its
-//!   columns without running it.
+//!   bound as values, never pasted into the SQL text: the statement is
+//!   planned by DataFusion with its placeholders, each parameter is decoded
+//!   (text or binary) by its declared type and cast to the type DataFusion
+//!   inferred for its placeholder, and the plan's placeholders are replaced
+//!   by those values. One statement per Parse; several are refused
+//!   (SQLSTATE 42601). Describe plans the statement to report its columns
+//!   without running it.
 //! - **Session statements** that Strata has no use for are accepted and
 //!   ignored: `SET`, `RESET`, `DISCARD`, `DEALLOCATE`, and transaction
 //!   control (`BEGIN`, `COMMIT`, `ROLLBACK`): every statement commits on
@@ -31,6 +35,7 @@ use arrow::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime};
+use datafusion::common::ScalarValue;
 use futures::stream;
 use pgwire::{
     api::{
@@ -175,6 +180,7 @@ fn database<C: ClientInfo>(client: &C) -> String {
 /// A Strata error as a PostgreSQL error with a fitting SQLSTATE.
 fn pg_error(e: Error) -> PgWireError {
     let code = match e.kind() {
+        _ if matches!(e, Error::TooComplex(_)) => "54001",
         ErrorKind::InvalidArgument => "42601",
         ErrorKind::TableNotFound => "42P01",
         ErrorKind::DatabaseNotFound => "3D000",
@@ -316,6 +322,8 @@ fn canonical(col: &ArrayRef) -> PgWireResult<ArrayRef> {
         | DataType::Decimal128(_, _)
         | DataType::Date32
         | DataType::Utf8 => return Ok(col.clone()),
+        // A NULL without a type (an untyped NULL parameter): text NULLs.
+        DataType::Null => return Ok(arrow::array::new_null_array(&DataType::Utf8, col.len())),
         _ => DataType::Utf8,
     };
     let castable = matches!(
@@ -585,8 +593,11 @@ impl SimpleQueryHandler for PgHandler {
     }
 }
 
-/// Renders parameter `i` of a portal as an SQL literal.
-fn literal(portal: &Portal<String>, i: usize) -> PgWireResult<String> {
+/// Decodes parameter `i` of a portal into a value of its declared type:
+/// text or binary format, as the client sent it. Parameters of undeclared
+/// type (and text types) become strings, which binding casts to the type
+/// the statement needs. Values never become SQL text.
+fn param_value(portal: &Portal<String>, i: usize) -> PgWireResult<ScalarValue> {
     let ty = portal
         .statement
         .parameter_types
@@ -595,15 +606,7 @@ fn literal(portal: &Portal<String>, i: usize) -> PgWireResult<String> {
         .flatten()
         .unwrap_or(Type::UNKNOWN);
     let Some(Some(raw)) = portal.parameters.get(i) else {
-        return Ok("NULL".to_string());
-    };
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "''"));
-    let float = |v: f64| {
-        if v.is_finite() {
-            format!("{v:?}")
-        } else {
-            format!("CAST('{v}' AS DOUBLE)")
-        }
+        return Ok(ScalarValue::Null);
     };
     let bad = |what: &str| {
         user_error(
@@ -611,45 +614,42 @@ fn literal(portal: &Portal<String>, i: usize) -> PgWireResult<String> {
             format!("parameter ${}: invalid {what} value", i + 1),
         )
     };
+    let micros = |t: NaiveDateTime| t.and_utc().timestamp_micros();
+    let utc = || Some(Arc::from("+00:00"));
     if portal.parameter_format.is_binary(i) {
         return Ok(match ty {
-            Type::BOOL => portal
-                .parameter::<bool>(i, &ty)?
-                .map_or("NULL".into(), |b| b.to_string()),
-            Type::INT2 => portal
-                .parameter::<i16>(i, &ty)?
-                .map_or("NULL".into(), |v| v.to_string()),
-            Type::INT4 => portal
-                .parameter::<i32>(i, &ty)?
-                .map_or("NULL".into(), |v| v.to_string()),
-            Type::INT8 => portal
-                .parameter::<i64>(i, &ty)?
-                .map_or("NULL".into(), |v| v.to_string()),
-            Type::FLOAT4 => portal
-                .parameter::<f32>(i, &ty)?
-                .map_or("NULL".into(), |v| float(f64::from(v))),
-            Type::FLOAT8 => portal
-                .parameter::<f64>(i, &ty)?
-                .map_or("NULL".into(), float),
-            Type::NUMERIC => portal
-                .parameter::<Decimal>(i, &ty)?
-                .map_or("NULL".into(), |v| v.to_string()),
-            Type::TIMESTAMP => portal
-                .parameter::<NaiveDateTime>(i, &ty)?
-                .map_or("NULL".into(), |t| {
-                    format!("CAST('{}' AS TIMESTAMP)", t.format("%Y-%m-%dT%H:%M:%S%.f"))
-                }),
-            Type::TIMESTAMPTZ => portal
-                .parameter::<DateTime<FixedOffset>>(i, &ty)?
-                .map_or("NULL".into(), |t| {
-                    format!("CAST('{}' AS TIMESTAMP)", t.to_rfc3339())
-                }),
-            Type::DATE => portal
-                .parameter::<NaiveDate>(i, &ty)?
-                .map_or("NULL".into(), |d| format!("CAST('{d}' AS DATE)")),
-            Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::UNKNOWN => portal
-                .parameter::<String>(i, &ty)?
-                .map_or("NULL".into(), |s| quote(&s)),
+            Type::BOOL => ScalarValue::Boolean(portal.parameter::<bool>(i, &ty)?),
+            Type::INT2 => ScalarValue::Int16(portal.parameter::<i16>(i, &ty)?),
+            Type::INT4 => ScalarValue::Int32(portal.parameter::<i32>(i, &ty)?),
+            Type::INT8 => ScalarValue::Int64(portal.parameter::<i64>(i, &ty)?),
+            Type::FLOAT4 => ScalarValue::Float32(portal.parameter::<f32>(i, &ty)?),
+            Type::FLOAT8 => ScalarValue::Float64(portal.parameter::<f64>(i, &ty)?),
+            Type::NUMERIC => match portal.parameter::<Decimal>(i, &ty)? {
+                Some(d) => ScalarValue::Decimal128(
+                    Some(d.mantissa()),
+                    38,
+                    i8::try_from(d.scale()).map_err(|_| bad("numeric"))?,
+                ),
+                None => ScalarValue::Decimal128(None, 38, 0),
+            },
+            Type::TIMESTAMP => ScalarValue::TimestampMicrosecond(
+                portal.parameter::<NaiveDateTime>(i, &ty)?.map(micros),
+                None,
+            ),
+            Type::TIMESTAMPTZ => ScalarValue::TimestampMicrosecond(
+                portal
+                    .parameter::<DateTime<FixedOffset>>(i, &ty)?
+                    .map(|t| t.timestamp_micros()),
+                utc(),
+            ),
+            Type::DATE => ScalarValue::Date32(
+                portal
+                    .parameter::<NaiveDate>(i, &ty)?
+                    .map(Date32Type::from_naive_date),
+            ),
+            Type::TEXT | Type::VARCHAR | Type::NAME | Type::BPCHAR | Type::UNKNOWN => {
+                ScalarValue::Utf8(portal.parameter::<String>(i, &ty)?)
+            }
             other => {
                 return Err(user_error(
                     "0A000",
@@ -663,35 +663,69 @@ fn literal(portal: &Portal<String>, i: usize) -> PgWireResult<String> {
         });
     }
     let text = std::str::from_utf8(raw).map_err(|_| bad("UTF-8"))?;
+    let t = text.trim();
+    let int = || t.parse::<i64>().map_err(|_| bad("integer"));
+    let cast = |to: DataType, what: &str| {
+        ScalarValue::Utf8(Some(t.to_string()))
+            .cast_to(&to)
+            .map_err(|_| bad(what))
+    };
     Ok(match ty {
-        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => text
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| bad("integer"))?
-            .to_string(),
-        Type::FLOAT4 | Type::FLOAT8 | Type::NUMERIC => {
-            let t = text.trim();
-            let v = t.parse::<f64>().map_err(|_| bad("number"))?;
-            if v.is_finite() {
-                t.to_string()
-            } else {
-                float(v)
-            }
+        Type::INT2 => ScalarValue::Int16(Some(i16::try_from(int()?).map_err(|_| bad("int2"))?)),
+        Type::INT4 => ScalarValue::Int32(Some(i32::try_from(int()?).map_err(|_| bad("int4"))?)),
+        Type::INT8 | Type::OID => ScalarValue::Int64(Some(int()?)),
+        Type::FLOAT4 => ScalarValue::Float32(Some(t.parse::<f32>().map_err(|_| bad("float4"))?)),
+        Type::FLOAT8 => ScalarValue::Float64(Some(t.parse::<f64>().map_err(|_| bad("float8"))?)),
+        Type::NUMERIC => {
+            let d: Decimal = t.parse().map_err(|_| bad("numeric"))?;
+            ScalarValue::Decimal128(
+                Some(d.mantissa()),
+                38,
+                i8::try_from(d.scale()).map_err(|_| bad("numeric"))?,
+            )
         }
-        Type::BOOL => match text.trim().to_ascii_lowercase().as_str() {
-            "t" | "true" | "1" | "yes" | "on" => "TRUE".to_string(),
-            "f" | "false" | "0" | "no" | "off" => "FALSE".to_string(),
+        Type::BOOL => ScalarValue::Boolean(Some(match t.to_ascii_lowercase().as_str() {
+            "t" | "true" | "1" | "yes" | "on" | "y" => true,
+            "f" | "false" | "0" | "no" | "off" | "n" => false,
             _ => return Err(bad("boolean")),
-        },
-        Type::TIMESTAMP | Type::TIMESTAMPTZ => format!("CAST({} AS TIMESTAMP)", quote(text)),
-        Type::DATE => format!("CAST({} AS DATE)", quote(text)),
-        _ => quote(text),
+        })),
+        Type::TIMESTAMP => cast(
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            "timestamp",
+        )?,
+        Type::TIMESTAMPTZ => cast(
+            DataType::Timestamp(TimeUnit::Microsecond, utc()),
+            "timestamptz",
+        )?,
+        Type::DATE => cast(DataType::Date32, "date")?,
+        // Text, and types sent as text that the statement decides.
+        _ => ScalarValue::Utf8(Some(text.to_string())),
     })
 }
 
+/// Refuses several statements in one extended-protocol query, as
+/// PostgreSQL does: parameters bind to one statement.
+fn one_statement(sql: &str) -> PgWireResult<()> {
+    if strata_client::split::split_statements(sql).len() > 1 {
+        return Err(user_error(
+            "42601",
+            "cannot insert multiple commands into a prepared statement".to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Every parameter of a portal, decoded.
+fn param_values(portal: &Portal<String>) -> PgWireResult<Vec<ScalarValue>> {
+    (0..portal.parameter_len())
+        .map(|i| param_value(portal, i))
+        .collect()
+}
+
 /// Replaces `$1`, `$2`, … outside string literals, quoted identifiers and
-/// comments with the given literals.
-pub fn bind_parameters(sql: &str, values: &[String]) -> Result<String, String> {
+/// comments with the given text. Only for markers the server makes (to count
+/// a statement's parameters): client values are bound on the plan.
+fn bind_parameters(sql: &str, values: &[String]) -> Result<String, String> {
     let chars: Vec<char> = sql.chars().collect();
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
@@ -758,12 +792,6 @@ pub fn bind_parameters(sql: &str, values: &[String]) -> Result<String, String> {
     Ok(out)
 }
 
-/// The statement with NULL for every parameter, to plan its columns.
-fn with_null_parameters(sql: &str) -> String {
-    let nulls = vec!["NULL".to_string(); 256];
-    bind_parameters(sql, &nulls).unwrap_or_else(|_| sql.to_string())
-}
-
 fn parameter_count(sql: &str) -> usize {
     let markers: Vec<String> = (1..=256).map(|n| format!("\u{0}{n}\u{0}")).collect();
     let bound = bind_parameters(sql, &markers).unwrap_or_default();
@@ -796,11 +824,20 @@ impl ExtendedQueryHandler for PgHandler {
         if sql.trim().is_empty() {
             return Ok(Response::EmptyQuery);
         }
-        let values = (0..portal.parameter_len())
-            .map(|i| literal(portal, i))
-            .collect::<PgWireResult<Vec<_>>>()?;
-        let bound = bind_parameters(sql, &values).map_err(|e| user_error("08P01", e))?;
-        self.run(&db, &bound, &portal.result_column_format).await
+        one_statement(sql)?;
+        if portal.parameter_len() == 0 {
+            return self.run(&db, sql, &portal.result_column_format).await;
+        }
+        // Parameters are bound as values on the plan, never into the text.
+        let values = param_values(portal)?;
+        let sql = &session_functions(sql, &db);
+        let started = std::time::Instant::now();
+        let result = self
+            .query
+            .execute_bound(&db, sql, crate::sql::cast_binder(values))
+            .await;
+        crate::metrics::observe_request("pg_query", started, result.is_ok());
+        response(result.map_err(pg_error)?, &portal.result_column_format, sql)
     }
 
     async fn do_describe_statement<C>(
@@ -812,8 +849,10 @@ impl ExtendedQueryHandler for PgHandler {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let db = database(client);
+        one_statement(&stmt.statement)?;
         // Parameters of undeclared type are described as text: the client
-        // then sends text, which is bound as a literal the SQL coerces.
+        // then sends text, which binding casts to the type the statement
+        // needs.
         let count = parameter_count(&stmt.statement).max(stmt.parameter_types.len());
         let params = (0..count)
             .map(|i| {
@@ -825,13 +864,19 @@ impl ExtendedQueryHandler for PgHandler {
                     .unwrap_or(Type::TEXT)
             })
             .collect();
-        let fields = self
-            .describe_sql(
-                &db,
-                &with_null_parameters(&stmt.statement),
-                &Format::UnifiedBinary,
-            )
-            .await?;
+        let sql = &stmt.statement;
+        let fields = if count == 0 {
+            self.describe_sql(&db, sql, &Format::UnifiedBinary).await?
+        } else {
+            // Planned with a NULL of the inferred type for each parameter.
+            let nulls = crate::sql::cast_binder(vec![ScalarValue::Null; count]);
+            self.query
+                .describe_bound(&db, &session_functions(sql, &db), nulls)
+                .await
+                .map_err(pg_error)?
+                .map(|s| fields(&s, &Format::UnifiedBinary))
+                .unwrap_or_default()
+        };
         Ok(DescribeStatementResponse::new(params, fields))
     }
 
@@ -844,14 +889,27 @@ impl ExtendedQueryHandler for PgHandler {
         C: ClientInfo + Unpin + Send + Sync,
     {
         let db = database(client);
-        let values = (0..portal.parameter_len())
-            .map(|i| literal(portal, i))
-            .collect::<PgWireResult<Vec<_>>>()?;
-        let bound = bind_parameters(&portal.statement.statement, &values)
-            .map_err(|e| user_error("08P01", e))?;
-        let fields = self
-            .describe_sql(&db, &bound, &portal.result_column_format)
-            .await?;
+        let sql = &portal.statement.statement;
+        one_statement(sql)?;
+        if portal.parameter_len() == 0 {
+            let fields = self
+                .describe_sql(&db, sql, &portal.result_column_format)
+                .await?;
+            return Ok(DescribePortalResponse::new(fields));
+        }
+        let values = param_values(portal)?;
+        let schema = self
+            .query
+            .describe_bound(
+                &db,
+                &session_functions(sql, &db),
+                crate::sql::cast_binder(values),
+            )
+            .await
+            .map_err(pg_error)?;
+        let fields = schema
+            .map(|s| fields(&s, &portal.result_column_format))
+            .unwrap_or_default();
         Ok(DescribePortalResponse::new(fields))
     }
 }

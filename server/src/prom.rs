@@ -115,13 +115,32 @@ fn tag_u64(i: u32, v: u64) -> Tag {
     }
 }
 
-/// Decodes a snappy-compressed `WriteRequest`. `known` says whether a
-/// series' row was written already (then it is not written again).
-pub fn decode(database: &str, body: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
-    let raw = snap::raw::Decoder::new()
+/// Decompresses a snappy body (remote write or read; `what` names it in
+/// errors). The decompressed length the body declares is checked against
+/// `max_decoded` (`server.max_decoded_size`) before anything is allocated:
+/// five bytes can declare 4 GiB.
+pub fn decompress(body: &[u8], max_decoded: usize, what: &str) -> crate::error::Result<Vec<u8>> {
+    use crate::error::Error;
+    let not_snappy = |e: snap::Error| {
+        Error::InvalidArgument(format!("{what}: the body is not snappy-compressed: {e}"))
+    };
+    let len = snap::raw::decompress_len(body).map_err(not_snappy)?;
+    if len > max_decoded {
+        return Err(Error::TooLarge(format!(
+            "{what}: the body declares {len} bytes decompressed, more than {max_decoded} \
+             (server.max_decoded_size)"
+        )));
+    }
+    snap::raw::Decoder::new()
         .decompress_vec(body)
-        .map_err(|e| format!("the body is not snappy-compressed: {e}"))?;
-    let req = RemoteWriteRequest::decode(raw.as_slice())
+        .map_err(not_snappy)
+}
+
+/// Decodes a decompressed `WriteRequest` (see [`decompress`]). `known` says
+/// whether a series' row was written already (then it is not written
+/// again).
+pub fn decode(database: &str, raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
+    let req = RemoteWriteRequest::decode(raw)
         .map_err(|e| format!("the body is not a Prometheus WriteRequest: {e}"))?;
     // (samples, series) rows per partition.
     type Rows = (
@@ -264,8 +283,7 @@ mod tests {
     use super::*;
 
     fn body(series: Vec<TimeSeries>) -> Vec<u8> {
-        let raw = RemoteWriteRequest { timeseries: series }.encode_to_vec();
-        snap::raw::Encoder::new().compress_vec(&raw).unwrap()
+        RemoteWriteRequest { timeseries: series }.encode_to_vec()
     }
 
     fn ts(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> TimeSeries {
@@ -350,9 +368,21 @@ mod tests {
 
     #[test]
     fn refuses_bad_bodies_with_reasons() {
-        assert!(decode("db", b"not snappy", |_| false)
-            .unwrap_err()
-            .contains("snappy"));
+        let err = decompress(b"not snappy", 1 << 20, "remote write").unwrap_err();
+        assert!(err.to_string().contains("snappy"), "{err}");
+        // A five-byte body declaring 4 GiB is refused before allocating.
+        let mut huge = Vec::new();
+        let mut n: u64 = 0xFFFF_FFFF;
+        while n >= 0x80 {
+            huge.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        huge.push(n as u8);
+        let err = decompress(&huge, 64 << 20, "remote write").unwrap_err();
+        assert!(matches!(err, crate::error::Error::TooLarge(_)), "{err}");
+        let fine = snap::raw::Encoder::new().compress_vec(b"abc").unwrap();
+        assert_eq!(decompress(&fine, 3, "remote write").unwrap(), b"abc");
+        assert!(decompress(&fine, 2, "remote write").is_err());
         let no_name = body(vec![ts(&[("job", "a")], &[(1, 1.0)])]);
         assert!(decode("db", &no_name, |_| false)
             .unwrap_err()

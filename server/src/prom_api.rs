@@ -27,6 +27,7 @@ pub(crate) type Group = Vec<Matcher>;
 /// Parses a `match[]` selector into its alternatives, and the metric name
 /// when the selector names one.
 fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
+    crate::limits::check_promql(text)?;
     let expr = parser::parse(text)
         .map_err(|e| Error::InvalidArgument(format!("invalid match[] {text}: {e}")))?;
     let Expr::VectorSelector(vs) = expr else {

@@ -374,14 +374,13 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
 
 /// Decodes a snappy-compressed `ReadRequest`, answers it, and returns the
 /// snappy-compressed `ReadResponse`.
-pub async fn read(query: &QueryEngine, db: &str, body: &[u8]) -> Result<Vec<u8>> {
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| {
-            Error::InvalidArgument(format!(
-                "remote read: the body is not snappy-compressed: {e}"
-            ))
-        })?;
+pub async fn read(
+    query: &QueryEngine,
+    db: &str,
+    body: &[u8],
+    max_decoded: usize,
+) -> Result<Vec<u8>> {
+    let raw = crate::prom::decompress(body, max_decoded, "remote read")?;
     let req = ReadRequest::decode(raw.as_slice()).map_err(|e| {
         Error::InvalidArgument(format!(
             "remote read: the body is not a Prometheus ReadRequest: {e}"

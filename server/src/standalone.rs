@@ -16,9 +16,6 @@ use crate::{
     storage,
 };
 
-/// The largest gRPC message accepted or sent.
-const MAX_MESSAGE: usize = 256 * 1024 * 1024;
-
 fn startup(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::Internal(format!("{what}: {e}"))
 }
@@ -95,11 +92,17 @@ pub(crate) fn query_threads(config: &Config) -> usize {
     }
 }
 
+/// The stack of each query runtime thread.
+const QUERY_THREAD_STACK: usize = 16 << 20;
+
 /// The runtime queries execute on, apart from network I/O.
 pub(crate) fn query_runtime(config: &Config) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(query_threads(config))
         .thread_name("strata-query")
+        // Planning recurses over the statement's tree: room for the
+        // deepest one the nesting limits let through, in a debug build too.
+        .thread_stack_size(QUERY_THREAD_STACK)
         .enable_all()
         .build()
         .map_err(startup("starting the query runtime"))
@@ -160,10 +163,16 @@ pub(crate) async fn serve(
         .map_err(startup("reading the PostgreSQL address"))?;
     let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
     let storage =
-        StorageServiceImpl::new(query.clone(), advertise, config.server.auto_create_table);
+        StorageServiceImpl::new(query.clone(), advertise, config.server.auto_create_table)
+            .with_max_decoded(config.server.max_decoded());
+    let max_message = config.server.grpc_max_message();
     let service = StorageServiceServer::new(storage.clone())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let control = control.map(|c| {
+        c.max_decoding_message_size(max_message)
+            .max_encoding_message_size(max_message)
+    });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut grpc_stop = stop_rx.clone();
@@ -197,11 +206,14 @@ pub(crate) async fn serve(
     ));
     let mut http_stop = stop_rx.clone();
     let http = tokio::spawn(
-        axum::serve(http_listener, http::router(query, storage))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .into_future(),
+        axum::serve(
+            http_listener,
+            http::router(query, storage, config.server.max_body()),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = http_stop.changed().await;
+        })
+        .into_future(),
     );
     tracing::info!(%grpc_addr, %http_addr, %pg_addr, data_dir = %config.server.data_dir.display(),
         "Strata {role} is serving");

@@ -1,11 +1,13 @@
 //! Bad input gets a clear, typed error, and the server keeps serving.
 
-use strata_integration_tests::{exec, http_request, query, StrataProcess};
+use std::io::Write;
+
+use strata_integration_tests::{exec, http_post_bytes, http_request, query, StrataProcess};
 use strata_proto::{
     common::ErrorKind,
     storage::{
-        value, Field, FieldGroup, RequestContext, Value, WriteRequest, WriteSeriesEntry,
-        WriteTableRequest,
+        arrow_payload::Compression, value, ArrowPayload, Field, FieldGroup, RequestContext, Value,
+        WriteArrowRequest, WriteRequest, WriteSeriesEntry, WriteTableRequest,
     },
 };
 
@@ -145,4 +147,316 @@ async fn malformed_requests_get_typed_errors_and_the_server_survives() {
         .unwrap();
     assert_eq!(code, 200);
     assert!(metrics.contains("strata_rows_written_total"), "{metrics}");
+}
+
+/// Percent-encodes a form value.
+fn form(v: &str) -> String {
+    let mut out = String::with_capacity(v.len() * 3);
+    for b in v.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `/health` answers and the process still runs.
+async fn assert_serving(server: &mut StrataProcess) {
+    assert!(
+        server.is_running(),
+        "the server died; log:\n{}",
+        server.log_tail()
+    );
+    let (code, body) = http_request(server.http, "GET", "/health", None)
+        .await
+        .unwrap_or_else(|| panic!("no answer from /health; log:\n{}", server.log_tail()));
+    assert_eq!(code, 200, "{body}");
+}
+
+fn nested(n: usize, inner: &str) -> String {
+    format!("{}{inner}{}", "(".repeat(n), ")".repeat(n))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_promql_and_huge_ranges_get_400_and_the_server_survives() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start(&dir.path().join("data")).await;
+    let form_body = |q: &str| format!("query={}&time=1700000000", form(q));
+
+    // 1,000 nested parentheses (about 2 KB) overflowed a worker's stack and
+    // aborted the process; 100,000 of them, and long operator chains, are
+    // refused just the same, before the parser sees them.
+    for q in [
+        nested(1_000, "1"),
+        nested(100_000, "1"),
+        format!("sum({})", nested(300, "up")),
+        vec!["1"; 100_000].join("+"),
+        vec!["-"; 100_000].join(" ") + " 1",
+    ] {
+        let (code, body) = http_post_bytes(
+            server.http,
+            "/api/v1/query",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            form_body(&q).as_bytes(),
+        )
+        .await
+        .unwrap_or_else(|| panic!("no answer; log:\n{}", server.log_tail()));
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains(r#""errorType":"bad_data""#), "{body}");
+        assert!(
+            body.contains("nest") || body.contains("operators"),
+            "{body}"
+        );
+        assert_serving(&mut server).await;
+    }
+    // Nesting within the limit still answers.
+    let (code, body) = http_post_bytes(
+        server.http,
+        "/api/v1/query",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        form_body(&nested(100, "1")).as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""result":[1700000000,"1"]"#), "{body}");
+
+    // A range of ±1e300 seconds: the step count overflowed (a debug build
+    // panicked, a release build looped). Refused as Prometheus refuses it.
+    let (code, body) = http_request(
+        server.http,
+        "GET",
+        "/api/v1/query_range?query=1&start=-1e300&end=1e300&step=1",
+        None,
+    )
+    .await
+    .unwrap_or_else(|| panic!("no answer; log:\n{}", server.log_tail()));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.contains(r#""status":"error""#)
+            && body.contains(r#""errorType":"bad_data""#)
+            && body.contains(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"
+            ),
+        "{body}"
+    );
+    assert_serving(&mut server).await;
+    // Huge but few steps, offsets and ranges answer without overflowing.
+    for path in [
+        "/api/v1/query_range?query=1&start=-1e300&end=1e300&step=1e300",
+        "/api/v1/query_range?query=up%20offset%20100000000y&start=0&end=60&step=15",
+        "/api/v1/query?query=rate(up%5B100000000y%5D)&time=-1e300",
+        "/api/v1/query?query=up%20%40%201e300&time=1e300",
+    ] {
+        let (code, body) = http_request(server.http, "GET", path, None)
+            .await
+            .unwrap_or_else(|| panic!("no answer to {path}; log:\n{}", server.log_tail()));
+        assert!(code == 200 || code == 400, "{path}: {code} {body}");
+        assert_serving(&mut server).await;
+    }
+    for path in [
+        "/api/v1/query_range?query=1&start=NaN&end=1&step=1",
+        "/api/v1/query_range?query=1&start=0&end=Inf&step=1",
+        "/api/v1/query_range?query=1&start=0&end=1&step=NaN",
+    ] {
+        let (code, body) = http_request(server.http, "GET", path, None).await.unwrap();
+        assert_eq!(code, 400, "{path}: {body}");
+    }
+    assert_serving(&mut server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_sql_gets_a_typed_error_over_http_and_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start(&dir.path().join("data")).await;
+    let client = server.client().await;
+    exec(
+        &client,
+        "CREATE TABLE t (h STRING TAG, ts TIMESTAMP NOT NULL, v DOUBLE, TIMESTAMP KEY(ts))",
+    )
+    .await;
+    let deep = [
+        format!("SELECT {}", nested(100_000, "1")),
+        format!("SELECT {}1{}", "(SELECT ".repeat(2_000), ")".repeat(2_000)),
+        format!(
+            "SELECT * FROM {}t{}",
+            "(SELECT * FROM ".repeat(2_000),
+            ") AS x".repeat(2_000)
+        ),
+        format!("SELECT * FROM t WHERE {}", nested(5_000, "v > 1")),
+        // Operator chains nest without parentheses.
+        format!("SELECT {}", vec!["1"; 200_000].join("+")),
+        format!(
+            "SELECT * FROM t WHERE {}",
+            vec!["v = 1"; 100_000].join(" OR ")
+        ),
+    ];
+    for sql in &deep {
+        let body = serde_json::json!({ "query": sql }).to_string();
+        let (code, text) = http_request(server.http, "POST", "/sql", Some(&body))
+            .await
+            .unwrap_or_else(|| panic!("no answer; log:\n{}", server.log_tail()));
+        assert_eq!(code, 400, "{text}");
+        assert!(
+            text.contains("InvalidArgument") && text.contains("nest"),
+            "{text}"
+        );
+        assert_serving(&mut server).await;
+        let err = client.sql("", sql).await.unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::InvalidArgument), "{err}");
+        assert_serving(&mut server).await;
+    }
+    // Parentheses inside strings and comments do not count.
+    let quoted = format!(
+        "SELECT '{}' AS s -- {}\n",
+        "(".repeat(10_000),
+        "(".repeat(10_000)
+    );
+    assert_eq!(query(&client, &quoted).await[0][0].len(), 10_000);
+    assert_serving(&mut server).await;
+}
+
+/// A snappy body that declares `len` bytes decompressed and holds none.
+fn snappy_declaring(len: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut n = len;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_and_messages_are_refused_before_decoding() {
+    const MB: usize = 1 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start_with_env(
+        &dir.path().join("data"),
+        [
+            ("STRATA_SERVER__MAX_BODY_SIZE", "1MB"),
+            ("STRATA_SERVER__MAX_DECODED_SIZE", "1MB"),
+            ("STRATA_SERVER__GRPC_MAX_MESSAGE_SIZE", "1MB"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+    .await;
+    let client = server.client().await;
+    exec(
+        &client,
+        "CREATE TABLE t (h STRING TAG, ts TIMESTAMP NOT NULL, v BIGINT, TIMESTAMP KEY(ts))",
+    )
+    .await;
+
+    // Remote write and read: a 5-byte body declaring 4 GiB, one declaring
+    // 100 MB, and a real snappy body of 2 MB (over the decoded limit).
+    let zeros = snap::raw::Encoder::new()
+        .compress_vec(&vec![0u8; 2 * MB])
+        .unwrap();
+    assert!(zeros.len() < MB);
+    for path in ["/api/v1/write", "/api/v1/read"] {
+        for body in [
+            snappy_declaring(0xFFFF_FFFF),
+            snappy_declaring(100_000_000),
+            zeros.clone(),
+        ] {
+            let (code, text) =
+                http_post_bytes(server.http, path, &[("Content-Encoding", "snappy")], &body)
+                    .await
+                    .unwrap_or_else(|| panic!("no answer; log:\n{}", server.log_tail()));
+            assert_eq!(code, 413, "{path}: {text}");
+            assert!(text.contains("max_decoded_size"), "{text}");
+            assert_serving(&mut server).await;
+        }
+    }
+
+    // Line protocol: a gzip body that decompresses past the limit.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&vec![b'\n'; 2 * MB]).unwrap();
+    let gz = gz.finish().unwrap();
+    assert!(gz.len() < MB);
+    let (code, text) = http_post_bytes(
+        server.http,
+        "/api/v2/write?bucket=public",
+        &[("Content-Encoding", "gzip")],
+        &gz,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("max_decoded_size"), "{text}");
+    assert_serving(&mut server).await;
+
+    // Any endpoint's body past the limit (valid JSON, 1.5 MB).
+    let big_sql =
+        serde_json::json!({ "query": format!("SELECT 1 -- {}", "x".repeat(MB + MB / 2)) })
+            .to_string();
+    let (code, text) = http_request(server.http, "POST", "/sql", Some(&big_sql))
+        .await
+        .unwrap();
+    assert_eq!(code, 413, "{text}");
+    let (code, text) = http_post_bytes(server.http, "/api/v1/write", &[], &vec![0u8; MB + MB / 2])
+        .await
+        .unwrap();
+    assert_eq!(code, 413, "{text}");
+    assert_serving(&mut server).await;
+
+    // gRPC: a message past the limit.
+    let err = client
+        .write(write_one(
+            "t",
+            "h",
+            value::Value::StringValue("x".repeat(2 * MB)),
+        ))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("too large"), "{err}");
+    // A zstd payload of Arrow rows that decodes past the limit.
+    let rows: arrow::array::ArrayRef =
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![0i64; 2 * MB / 8]));
+    let batch = arrow::record_batch::RecordBatch::try_from_iter([("v", rows)]).unwrap();
+    let mut ipc = Vec::new();
+    let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    let err = client
+        .write_arrow(WriteArrowRequest {
+            context: None,
+            table: "t".to_string(),
+            rows: Some(ArrowPayload {
+                record_batches: vec![zstd::bulk::compress(&ipc, 3).unwrap()],
+                compression: Compression::Zstd as i32,
+            }),
+            shard_version: 0,
+            catalog_fingerprint: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("more than"), "{err}");
+    assert_serving(&mut server).await;
+
+    // Within the limits everything still works.
+    exec(&client, "INSERT INTO t (h, ts, v) VALUES ('a', 1, 2)").await;
+    let (code, text) = http_post_bytes(
+        server.http,
+        "/api/v2/write?bucket=public",
+        &[],
+        b"t,h=b v=3i 2000000",
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 204, "{text}");
+    assert_eq!(
+        query(&client, "SELECT count(*) FROM t").await,
+        vec![vec!["2".to_string()]]
+    );
+    assert_serving(&mut server).await;
 }

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, process::Command};
 
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    query, StrataProcess,
+    http_get, query, StrataProcess,
 };
 
 /// Runs SQL through `psql`; returns (success, stdout, stderr).
@@ -100,10 +100,17 @@ async fn psql_runs_ddl_inserts_and_queries() {
 }
 
 fn run_psycopg(pg: SocketAddr, log: &str) {
+    run_python("psycopg_check.py", pg, log);
+}
+
+/// Runs `integration_tests/python/{script} PORT`, which prints ALL OK.
+fn run_python(script: &str, pg: SocketAddr, log: &str) {
     let python = std::env::var("STRATA_PYTHON").unwrap_or_else(|_| {
         panic!("STRATA_PYTHON is not set: run the suite with scripts/test, which installs psycopg into a virtualenv")
     });
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/psycopg_check.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
     let out = Command::new(&python)
         .arg(&script)
         .arg(pg.port().to_string())
@@ -113,7 +120,8 @@ fn run_psycopg(pg: SocketAddr, log: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("ALL OK"),
-        "psycopg check failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{log}"
+        "{} failed\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{log}",
+        script.display()
     );
 }
 
@@ -122,6 +130,19 @@ async fn psycopg_prepared_statements_and_types_on_standalone() {
     let dir = tempfile::tempdir().unwrap();
     let server = StrataProcess::start(&dir.path().join("data")).await;
     run_psycopg(server.pg, &server.log_tail());
+}
+
+/// Issue 14: parameters were pasted into the SQL text, so a value could
+/// rewrite the statement. They are bound as values now; several statements
+/// per extended-protocol query and deep nesting get typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psycopg_parameters_are_values_and_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start(&dir.path().join("data")).await;
+    run_python("psycopg_bad_input.py", server.pg, &server.log_tail());
+    assert!(server.is_running(), "{}", server.log_tail());
+    let (code, _) = http_get(server.http, "/health").await.unwrap();
+    assert_eq!(code, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

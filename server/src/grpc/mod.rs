@@ -81,6 +81,8 @@ pub struct StorageServiceImpl {
     /// The address clients are told to use for this node.
     advertise: SocketAddr,
     auto_create_table: bool,
+    /// The most a request's compressed payload may decode to.
+    max_decoded: usize,
 }
 
 impl StorageServiceImpl {
@@ -89,7 +91,21 @@ impl StorageServiceImpl {
             query,
             advertise,
             auto_create_table,
+            max_decoded: usize::try_from(crate::config::DEFAULT_REQUEST_LIMIT)
+                .unwrap_or(usize::MAX),
         }
+    }
+
+    /// Bounds what a request's compressed payload may decode to
+    /// (`server.max_decoded_size`).
+    pub fn with_max_decoded(mut self, max_decoded: usize) -> Self {
+        self.max_decoded = max_decoded;
+        self
+    }
+
+    /// `server.max_decoded_size`: also bounds decompressed HTTP bodies.
+    pub fn max_decoded(&self) -> usize {
+        self.max_decoded
     }
 
     fn engine(&self) -> &Arc<Engine> {
@@ -296,7 +312,7 @@ impl StorageServiceImpl {
                 "a write carries no rows".to_string(),
             ));
         };
-        let batches = strata_client::decode_payload(rows)
+        let batches = strata_client::decode_payload_limited(rows, self.max_decoded)
             .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
         let mut written = 0usize;
         for batch in batches {

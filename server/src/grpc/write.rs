@@ -89,8 +89,14 @@ enum Builder {
     Bin(BinaryBuilder),
 }
 
+/// The most rows a column builder is sized for up front: the row count
+/// comes from the request, and one small message can declare many empty
+/// rows per column of a wide table.
+const MAX_PRESIZED_ROWS: usize = 8192;
+
 impl Builder {
     fn new(t: ColumnType, rows: usize) -> Self {
+        let rows = rows.min(MAX_PRESIZED_ROWS);
         match t {
             ColumnType::Timestamp => Builder::Ts(TimestampMillisecondBuilder::with_capacity(rows)),
             ColumnType::Double => Builder::F64(Float64Builder::with_capacity(rows)),

@@ -78,11 +78,26 @@ pub fn is_stale(v: f64) -> bool {
     v.to_bits() == STALE_NAN_BITS
 }
 
+/// The largest time or duration, in milliseconds, a query computes with
+/// (about 36 million years): times and durations are clamped to it, so that
+/// sums and differences of a few of them never overflow an `i64`.
+pub const MAX_MS: i64 = 1 << 60;
+
+/// A duration in milliseconds, clamped to [`MAX_MS`].
+pub fn duration_ms(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).map_or(MAX_MS, |ms| ms.min(MAX_MS))
+}
+
+/// A time or signed duration in milliseconds, clamped to ±[`MAX_MS`].
+pub fn clamp_ms(ms: i64) -> i64 {
+    ms.clamp(-MAX_MS, MAX_MS)
+}
+
 pub fn offset_ms(o: &Option<Offset>) -> i64 {
     match o {
         None => 0,
-        Some(Offset::Pos(d)) => d.as_millis() as i64,
-        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+        Some(Offset::Pos(d)) => duration_ms(*d),
+        Some(Offset::Neg(d)) => -duration_ms(*d),
     }
 }
 
@@ -92,6 +107,9 @@ pub struct Evaluator {
     pub lookback: i64,
     /// Selector data keyed by the selector's address in the parsed tree.
     pub data: HashMap<usize, Vec<Series>>,
+    /// How deep [`Evaluator::eval`] has recursed: bounded by
+    /// [`crate::limits::MAX_PROMQL_DEPTH`] whatever tree it is given.
+    pub depth: std::cell::Cell<usize>,
 }
 
 pub fn key(vs: &VectorSelector) -> usize {
@@ -117,11 +135,11 @@ impl Evaluator {
             Some(AtModifier::Start) => self.start,
             Some(AtModifier::End) => self.end,
             Some(AtModifier::At(st)) => match st.duration_since(std::time::UNIX_EPOCH) {
-                Ok(d) => d.as_millis() as i64,
-                Err(e) => -(e.duration().as_millis() as i64),
+                Ok(d) => duration_ms(d),
+                Err(e) => -duration_ms(e.duration()),
             },
         };
-        base - offset_ms(offset)
+        clamp_ms(base) - offset_ms(offset)
     }
 
     fn series(&self, vs: &VectorSelector) -> Result<&[Series]> {
@@ -174,7 +192,30 @@ impl Evaluator {
         Ok(out)
     }
 
+    pub fn new(start: i64, end: i64, lookback: i64) -> Self {
+        Self {
+            start,
+            end,
+            lookback,
+            data: HashMap::new(),
+            depth: std::cell::Cell::new(0),
+        }
+    }
+
+    /// Evaluates `e` at step `t`; refuses a tree deeper than
+    /// [`crate::limits::MAX_PROMQL_DEPTH`] rather than exhaust the stack.
     pub fn eval(&self, e: &Expr, t: i64) -> Result<Value> {
+        let depth = self.depth.get() + 1;
+        if depth > crate::limits::MAX_PROMQL_DEPTH {
+            return Err(super::too_deep());
+        }
+        self.depth.set(depth);
+        let result = self.eval_node(e, t);
+        self.depth.set(depth - 1);
+        result
+    }
+
+    fn eval_node(&self, e: &Expr, t: i64) -> Result<Value> {
         Ok(match e {
             Expr::NumberLiteral(n) => Value::Scalar(n.val),
             Expr::StringLiteral(s) => Value::Str(s.val.clone()),
@@ -194,7 +235,7 @@ impl Evaluator {
             },
             Expr::VectorSelector(vs) => Value::Vector(self.instant(vs, t)?),
             Expr::MatrixSelector(ms) => {
-                Value::Matrix(self.range(&ms.vs, ms.range.as_millis() as i64, t)?)
+                Value::Matrix(self.range(&ms.vs, duration_ms(ms.range), t)?)
             }
             Expr::Call(c) => funcs::call(self, c, t)?,
             Expr::Aggregate(a) => Value::Vector(self.aggregate(a, t)?),

@@ -288,7 +288,7 @@ fn range_fn(
             c.func.name
         )));
     };
-    let range = ms.range.as_millis() as i64;
+    let range = super::eval::duration_ms(ms.range);
     let end = ev.ref_time(t, &ms.vs.at, &ms.vs.offset);
     let keep_name = c.func.name == "last_over_time";
     let windows: Vec<Window> = ev.range(&ms.vs, range, t)?;

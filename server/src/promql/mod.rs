@@ -14,7 +14,7 @@
 mod eval;
 mod funcs;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use promql_parser::parser::{self, Expr, VectorSelector};
 use serde_json::{json, Value as Json};
@@ -33,8 +33,55 @@ pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 /// Prometheus refuses range queries with more points per series than this.
 pub const MAX_POINTS: i64 = 11_000;
 
-fn parse(text: &str) -> Result<Expr> {
-    parser::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))
+/// The error for an expression nested deeper than the limit.
+pub(crate) fn too_deep() -> Error {
+    Error::TooComplex(format!(
+        "invalid PromQL: the expression nests more than {} levels",
+        crate::limits::MAX_PROMQL_DEPTH
+    ))
+}
+
+/// Parses a query: its nesting is checked on the text before the parser
+/// sees it, and on the tree (without recursion) before anything walks it.
+pub(crate) fn parse(text: &str) -> Result<Expr> {
+    crate::limits::check_promql(text)?;
+    let expr =
+        parser::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))?;
+    if depth(&expr) > crate::limits::MAX_PROMQL_DEPTH {
+        return Err(too_deep());
+    }
+    Ok(expr)
+}
+
+/// The depth of an expression tree, walked with an explicit stack.
+fn depth(e: &Expr) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        max = max.max(d);
+        match e {
+            Expr::Aggregate(a) => {
+                stack.push((&a.expr, d + 1));
+                if let Some(p) = &a.param {
+                    stack.push((p, d + 1));
+                }
+            }
+            Expr::Unary(u) => stack.push((&u.expr, d + 1)),
+            Expr::Binary(b) => {
+                stack.push((&b.lhs, d + 1));
+                stack.push((&b.rhs, d + 1));
+            }
+            Expr::Paren(p) => stack.push((&p.expr, d + 1)),
+            Expr::Subquery(s) => stack.push((&s.expr, d + 1)),
+            Expr::Call(c) => stack.extend(c.args.args.iter().map(|a| (a.as_ref(), d + 1))),
+            Expr::MatrixSelector(_)
+            | Expr::VectorSelector(_)
+            | Expr::NumberLiteral(_)
+            | Expr::StringLiteral(_)
+            | Expr::Extension(_) => {}
+        }
+    }
+    max
 }
 
 /// Every selector of the expression with the window it is read over (the
@@ -42,7 +89,7 @@ fn parse(text: &str) -> Result<Expr> {
 fn selectors<'a>(e: &'a Expr, out: &mut Vec<(&'a VectorSelector, i64)>) -> Result<()> {
     match e {
         Expr::VectorSelector(vs) => out.push((vs, 0)),
-        Expr::MatrixSelector(ms) => out.push((&ms.vs, ms.range.as_millis() as i64)),
+        Expr::MatrixSelector(ms) => out.push((&ms.vs, eval::duration_ms(ms.range))),
         Expr::Aggregate(a) => {
             selectors(&a.expr, out)?;
             if let Some(p) = &a.param {
@@ -76,12 +123,7 @@ async fn prefetch(
     end: i64,
     lookback: i64,
 ) -> Result<Evaluator> {
-    let mut ev = Evaluator {
-        start,
-        end,
-        lookback,
-        data: HashMap::new(),
-    };
+    let mut ev = Evaluator::new(start, end, lookback);
     let mut list = Vec::new();
     selectors(expr, &mut list)?;
     // The selectors are read concurrently: each is a few SQL queries.
@@ -196,7 +238,8 @@ pub async fn range(
                 .to_string(),
         ));
     }
-    if (end - start) / step > MAX_POINTS {
+    // In i128: the span of two API times does not fit an i64.
+    if (i128::from(end) - i128::from(start)) / i128::from(step) > i128::from(MAX_POINTS) {
         return Err(Error::InvalidArgument(
             "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the \
              query resolution (?step=XX)"
@@ -237,7 +280,10 @@ pub async fn range(
                 ))
             }
         }
-        t += step;
+        match t.checked_add(step) {
+            Some(next) => t = next,
+            None => break,
+        }
     }
     Ok(json!({
         "resultType": "matrix",
@@ -245,27 +291,37 @@ pub async fn range(
     }))
 }
 
+/// Seconds as milliseconds, clamped to ±[`eval::MAX_MS`] (as Prometheus
+/// clamps API times to its own minimum and maximum); `None` when not finite.
+fn seconds_to_ms(f: f64) -> Option<i64> {
+    // `as` saturates a finite f64 to the i64 range.
+    f.is_finite()
+        .then(|| eval::clamp_ms((f * 1000.0).round() as i64))
+}
+
 /// A Prometheus API time: Unix seconds (with a fraction) or RFC 3339.
+/// `NaN` and infinities are refused; times past about 36 million years
+/// from 1970 are clamped.
 pub fn parse_time(s: &str) -> Result<i64> {
-    if let Ok(f) = s.parse::<f64>() {
-        if f.is_finite() {
-            return Ok((f * 1000.0).round() as i64);
-        }
+    if let Some(ms) = s.parse::<f64>().ok().and_then(seconds_to_ms) {
+        return Ok(ms);
     }
     chrono::DateTime::parse_from_rfc3339(s)
-        .map(|d| d.timestamp_millis())
+        .map(|d| eval::clamp_ms(d.timestamp_millis()))
         .map_err(|_| Error::InvalidArgument(format!("cannot parse {s:?} to a valid timestamp")))
 }
 
 /// A Prometheus API duration: seconds (with a fraction) or `1m30s`.
 pub fn parse_duration(s: &str) -> Result<i64> {
     if let Ok(f) = s.parse::<f64>() {
-        if f.is_finite() {
-            return Ok((f * 1000.0).round() as i64);
-        }
+        // Never handed to promql-parser, which panics on a number of
+        // seconds that is NaN, infinite or negative.
+        return seconds_to_ms(f).ok_or_else(|| {
+            Error::InvalidArgument(format!("cannot parse {s:?} to a valid duration"))
+        });
     }
     promql_parser::util::duration::parse_duration(s)
-        .map(|d| d.as_millis() as i64)
+        .map(eval::duration_ms)
         .map_err(|_| Error::InvalidArgument(format!("cannot parse {s:?} to a valid duration")))
 }
 
@@ -289,12 +345,7 @@ mod tests {
         let expr = parse(text).unwrap();
         let mut list = Vec::new();
         selectors(&expr, &mut list).unwrap();
-        let mut ev = Evaluator {
-            start: t,
-            end: t,
-            lookback: DEFAULT_LOOKBACK_MS,
-            data: HashMap::new(),
-        };
+        let mut ev = Evaluator::new(t, t, DEFAULT_LOOKBACK_MS);
         for (vs, _) in list {
             let (_, groups) = prom_api::groups_of(vs);
             let picked = data
@@ -385,12 +436,7 @@ mod tests {
     #[test]
     fn unsupported_functions_are_named() {
         let expr = parse("absent_over_time(up[5m])").unwrap();
-        let ev = Evaluator {
-            start: 0,
-            end: 0,
-            lookback: DEFAULT_LOOKBACK_MS,
-            data: HashMap::new(),
-        };
+        let ev = Evaluator::new(0, 0, DEFAULT_LOOKBACK_MS);
         let err = ev.eval(&expr, 0).unwrap_err().to_string();
         assert!(err.contains("absent_over_time"), "{err}");
         let err = selectors(&parse("max_over_time(up[5m:1m])").unwrap(), &mut Vec::new())
@@ -409,5 +455,13 @@ mod tests {
         assert!(parse_time("yesterday").is_err());
         assert_eq!(parse_duration("15").unwrap(), 15_000);
         assert_eq!(parse_duration("1m30s").unwrap(), 90_000);
+        for bad in ["NaN", "inf", "-Inf", "1e400"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+            assert!(parse_time(bad).is_err(), "{bad}");
+        }
+        // Times and durations past 2^60 ms are clamped, not wrapped.
+        assert_eq!(parse_time("-1e300").unwrap(), -eval::MAX_MS);
+        assert_eq!(parse_duration("1e300").unwrap(), eval::MAX_MS);
+        assert_eq!(parse_duration("100000000y").unwrap(), eval::MAX_MS);
     }
 }

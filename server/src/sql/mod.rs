@@ -21,9 +21,10 @@ use std::{future::Future, sync::Arc};
 
 use arrow::{
     array::{AsArray, RecordBatch},
-    datatypes::{SchemaRef, UInt64Type},
+    datatypes::{DataType, SchemaRef, UInt64Type},
 };
 use datafusion::{
+    common::ScalarValue,
     dataframe::DataFrame,
     execution::{
         context::SQLOptions,
@@ -76,6 +77,78 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Gives the values of a statement's parameters (`$1` first), given the
+/// types DataFusion inferred for its placeholders (`None` where it inferred
+/// none; the slice may be shorter than the parameters sent).
+pub type Binder = Arc<dyn Fn(&[Option<DataType>]) -> Result<Vec<ScalarValue>> + Send + Sync>;
+
+/// A [`Binder`] for values already decoded: each is cast to the type
+/// inferred for its placeholder, if it has another.
+pub fn cast_binder(values: Vec<ScalarValue>) -> Binder {
+    Arc::new(move |types: &[Option<DataType>]| {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match types.get(i).cloned().flatten() {
+                Some(want) if want != DataType::Null && v.data_type() != want => {
+                    v.cast_to(&want).map_err(|e| {
+                        Error::InvalidArgument(format!(
+                            "parameter ${}: {v} cannot be read as {want}: {e}",
+                            i + 1
+                        ))
+                    })
+                }
+                _ => Ok(v.clone()),
+            })
+            .collect()
+    })
+}
+
+/// Binds a plan's placeholders to the values `bind` gives for their types.
+fn bind_plan(plan: LogicalPlan, bind: &Binder) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    let count = types
+        .keys()
+        .filter_map(|id| id.strip_prefix('$')?.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    let ordered: Vec<Option<DataType>> = (1..=count)
+        .map(|n| types.get(&format!("${n}")).cloned().flatten())
+        .collect();
+    let values = bind(&ordered)?;
+    Ok(plan.with_param_values(values)?)
+}
+
+/// The one statement of `sql` (parameters bind to one statement only).
+fn single_statement(sql: &str) -> Result<String> {
+    crate::limits::check_sql(sql)?;
+    let mut statements = split_statements(sql);
+    match statements.len() {
+        0 => Err(Error::InvalidArgument("empty SQL statement".to_string())),
+        1 => Ok(statements.remove(0)),
+        n => Err(Error::InvalidArgument(format!(
+            "cannot insert multiple commands into a prepared statement ({n} statements given)"
+        ))),
+    }
+}
+
+/// The statement's first word, lower-cased.
+fn first_word(sql: &str) -> String {
+    sql.trim_start()
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Whether a statement DataFusion plans returns rows.
+fn returns_rows(sql: &str) -> bool {
+    matches!(
+        first_word(sql).as_str(),
+        "select" | "with" | "values" | "" | "explain"
+    )
 }
 
 impl QueryEngine {
@@ -196,6 +269,7 @@ impl QueryEngine {
         } else {
             database
         };
+        crate::limits::check_sql(sql)?;
         let statements = split_statements(sql);
         if statements.is_empty() {
             return Err(Error::InvalidArgument("empty SQL statement".to_string()));
@@ -291,6 +365,20 @@ impl QueryEngine {
             }
             Err(e) => return Err(e),
         }
+        self.run_datafusion(database, sql, forwarded, None).await
+    }
+
+    /// Plans and runs one statement with DataFusion. With `bind`, the
+    /// statement's `$n` placeholders are bound to the values it gives (for
+    /// the types DataFusion inferred for them) on the logical plan: values
+    /// never become SQL text.
+    async fn run_datafusion(
+        &self,
+        database: &str,
+        sql: &str,
+        forwarded: bool,
+        bind: Option<Binder>,
+    ) -> Result<Output> {
         let state = self.session(database, forwarded);
         let engine = self.engine.clone();
         let database = database.to_string();
@@ -300,6 +388,10 @@ impl QueryEngine {
             let statement = state.sql_to_statement(&sql, &dialect)?;
             insert_check::check(&statement, &engine, &database)?;
             let plan = state.statement_to_plan(statement).await?;
+            let plan = match bind {
+                Some(bind) => bind_plan(plan, &bind)?,
+                None => plan,
+            };
             if SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_statements(false)
@@ -335,18 +427,69 @@ impl QueryEngine {
         .await
     }
 
+    /// Runs one statement whose `$1`, `$2`, … placeholders are bound to
+    /// values by `bind` (the PostgreSQL extended protocol). Only statements
+    /// DataFusion plans take parameters (queries, `INSERT`, `EXPLAIN`);
+    /// several statements at once are refused. In a cluster the statement
+    /// runs here, reaching other instances' tables through their leaders.
+    pub async fn execute_bound(&self, database: &str, sql: &str, bind: Binder) -> Result<Output> {
+        let database = if database.is_empty() {
+            DEFAULT_DATABASE
+        } else {
+            database
+        };
+        let sql = single_statement(sql)?;
+        match self
+            .run_datafusion(database, &sql, false, Some(bind.clone()))
+            .await
+        {
+            Err(e)
+                if self.cluster.is_some()
+                    && matches!(
+                        e.kind(),
+                        strata_engine::ErrorKind::TableNotFound
+                            | strata_engine::ErrorKind::DatabaseNotFound
+                    ) =>
+            {
+                if let Some(c) = &self.cluster {
+                    c.refresh_catalog().await?;
+                }
+                self.run_datafusion(database, &sql, false, Some(bind)).await
+            }
+            other => other,
+        }
+    }
+
+    /// The columns of a statement whose placeholders `bind` binds (see
+    /// [`Self::execute_bound`]), without running it; `None` for statements
+    /// that return no rows.
+    pub async fn describe_bound(
+        &self,
+        database: &str,
+        sql: &str,
+        bind: Binder,
+    ) -> Result<Option<SchemaRef>> {
+        let sql = single_statement(sql)?;
+        if !returns_rows(&sql) {
+            return Ok(None);
+        }
+        let state = self.session(database, false);
+        self.on_query_runtime(async move {
+            let dialect = state.config().options().sql_parser.dialect;
+            let statement = state.sql_to_statement(&sql, &dialect)?;
+            let plan = bind_plan(state.statement_to_plan(statement).await?, &bind)?;
+            Ok(Some(Arc::new(plan.schema().as_arrow().clone()) as SchemaRef))
+        })
+        .await
+    }
+
     /// The columns a statement returns, without running it: DataFusion plans
     /// queries; Strata's read-only `SHOW` and `DESCRIBE` run (they only read
     /// the catalog); any other statement returns no rows (`None`). Used by
     /// the PostgreSQL protocol's Describe.
     pub async fn describe(&self, database: &str, sql: &str) -> Result<Option<SchemaRef>> {
-        let first = sql
-            .trim_start()
-            .split(|c: char| c.is_whitespace() || c == '(')
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        match first.as_str() {
+        crate::limits::check_sql(sql)?;
+        match first_word(sql).as_str() {
             "select" | "with" | "values" | "" | "explain" => {
                 let state = self.session(database, false);
                 let sql = sql.to_string();

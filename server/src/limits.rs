@@ -1,0 +1,211 @@
+//! Bounds on what one request may ask of a server: how deeply a query may
+//! nest, checked with a cheap scan of the text *before* any recursive parser
+//! sees it, so that a hostile or broken query gets a typed error instead of
+//! overflowing a thread's stack (which aborts the whole process).
+//!
+//! The sizes of bodies and messages are configured (`[server]` in
+//! [`crate::config`]); see `docs/operations/limits.md` for every limit.
+
+use crate::error::{Error, Result};
+
+/// The deepest PromQL expression accepted: brackets in the text, and the
+/// depth of the parsed expression tree (the evaluator recurses once per
+/// level).
+pub const MAX_PROMQL_DEPTH: usize = 256;
+
+/// The deepest bracket nesting accepted in SQL text, checked before
+/// parsing. Also handed to the SQL parser as its recursion limit.
+pub const MAX_SQL_DEPTH: usize = 256;
+
+/// The most operators one PromQL query may hold: `a + b + c …` nests
+/// without brackets, one tree level per operator.
+pub const MAX_PROMQL_OPERATORS: usize = 4096;
+
+/// The most operators (and `AND`/`OR`) one SQL text may hold, for the same
+/// reason; planning time also grows with the square of a chain's length (a
+/// debug build takes about 9 s for `1+1+…` with 2,000 terms).
+pub const MAX_SQL_OPERATORS: usize = 2_000;
+
+/// What a scan of a query's text found, outside string literals and
+/// comments as the language spells them.
+#[derive(Debug, Default, PartialEq)]
+struct Scan {
+    /// The deepest bracket nesting (`(`, `[`, `{`).
+    depth: usize,
+    /// Operator characters (`+ - * / % ^ = < > | &`, each counted), and for
+    /// SQL the words `AND` and `OR`: an upper bound on the depth a chain of
+    /// binary or unary operators gives a parsed tree.
+    operators: usize,
+}
+
+/// Scans `text`; stops (with the depth at `depth_limit + 1`) as soon as the
+/// nesting passes `depth_limit`.
+fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut out = Scan::default();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match (lang, c) {
+            (_, b'(' | b'[' | b'{') => {
+                depth += 1;
+                out.depth = out.depth.max(depth);
+                if out.depth > depth_limit {
+                    return out;
+                }
+            }
+            (_, b')' | b']' | b'}') => depth = depth.saturating_sub(1),
+            // SQL strings and quoted identifiers: a doubled quote stays
+            // inside.
+            (Lang::Sql, b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() {
+                    if bytes[i] == c {
+                        if bytes.get(i + 1) == Some(&c) {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            (Lang::Sql, b'-') if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            (Lang::Sql, b'/') if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i < bytes.len() && !(bytes[i] == b'*' && bytes.get(i + 1) == Some(&b'/')) {
+                    i += 1;
+                }
+                i += 1;
+            }
+            (Lang::Sql, b'a'..=b'z' | b'A'..=b'Z' | b'_') => {
+                let start = i;
+                while i + 1 < bytes.len()
+                    && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_')
+                {
+                    i += 1;
+                }
+                let word = &bytes[start..=i];
+                if word.eq_ignore_ascii_case(b"and") || word.eq_ignore_ascii_case(b"or") {
+                    out.operators += 1;
+                }
+            }
+            // PromQL strings: "…" and '…' with backslash escapes, `…` raw.
+            (Lang::PromQl, b'"' | b'\'') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != c {
+                    if bytes[i] == b'\\' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+            }
+            (Lang::PromQl, b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'`' {
+                    i += 1;
+                }
+            }
+            (Lang::PromQl, b'#') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            (_, b'+' | b'-' | b'*' | b'/' | b'%' | b'^' | b'=' | b'<' | b'>' | b'|' | b'&') => {
+                out.operators += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Lang {
+    Sql,
+    PromQl,
+}
+
+/// Refuses SQL nested deeper than [`MAX_SQL_DEPTH`] brackets or chaining
+/// more than [`MAX_SQL_OPERATORS`] operators, before parsing.
+pub fn check_sql(sql: &str) -> Result<()> {
+    let found = scan(sql, MAX_SQL_DEPTH, Lang::Sql);
+    if found.depth > MAX_SQL_DEPTH {
+        return Err(Error::TooComplex(format!(
+            "the statement nests more than {MAX_SQL_DEPTH} levels of parentheses"
+        )));
+    }
+    if found.operators > MAX_SQL_OPERATORS {
+        return Err(Error::TooComplex(format!(
+            "the statement nests too deeply: more than {MAX_SQL_OPERATORS} operators"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses PromQL nested deeper than [`MAX_PROMQL_DEPTH`] brackets or
+/// chaining more than [`MAX_PROMQL_OPERATORS`] operators, before parsing.
+pub fn check_promql(text: &str) -> Result<()> {
+    let found = scan(text, MAX_PROMQL_DEPTH, Lang::PromQl);
+    if found.depth > MAX_PROMQL_DEPTH {
+        return Err(Error::TooComplex(format!(
+            "invalid PromQL: the query nests more than {MAX_PROMQL_DEPTH} levels of brackets"
+        )));
+    }
+    if found.operators > MAX_PROMQL_OPERATORS {
+        return Err(Error::TooComplex(format!(
+            "invalid PromQL: the query nests too deeply: more than {MAX_PROMQL_OPERATORS} operators"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn depth_ignores_brackets_in_strings_and_comments() {
+        let depth = |t: &str, lang| scan(t, 10, lang).depth;
+        assert_eq!(depth("SELECT ((1))", Lang::Sql), 2);
+        assert_eq!(depth("SELECT '((((' , \"(((\"", Lang::Sql), 0);
+        assert_eq!(depth("SELECT 'it''s ((' -- (((\n", Lang::Sql), 0);
+        assert_eq!(depth("SELECT /* ((( */ (1)", Lang::Sql), 1);
+        assert_eq!(depth(r#"up{a="(((\"(("}"#, Lang::PromQl), 1);
+        assert_eq!(depth("sum(up) # ((((\n", Lang::PromQl), 1);
+        // Counting stops past the limit.
+        let deep = format!("{}1{}", "(".repeat(100_000), ")".repeat(100_000));
+        assert_eq!(depth(&deep, Lang::Sql), 11);
+        // Operators, and AND/OR as words only.
+        let ops = |t: &str| scan(t, 10, Lang::Sql).operators;
+        assert_eq!(ops("SELECT a+b FROM t WHERE x = 1 AND y OR z"), 4);
+        assert_eq!(
+            ops("SELECT orders, android, band FROM t WHERE s = '+-*'"),
+            1
+        );
+    }
+
+    #[test]
+    fn deep_queries_are_refused_before_parsing() {
+        let nested = |n: usize| format!("{}1{}", "(".repeat(n), ")".repeat(n));
+        assert!(check_promql(&nested(MAX_PROMQL_DEPTH)).is_ok());
+        assert!(check_promql(&nested(MAX_PROMQL_DEPTH + 1)).is_err());
+        assert!(check_sql(&format!("SELECT {}", nested(MAX_SQL_DEPTH))).is_ok());
+        let err = check_sql(&format!("SELECT {}", nested(100_000))).unwrap_err();
+        assert!(matches!(err, Error::TooComplex(_)), "{err}");
+        let chain = vec!["1"; MAX_PROMQL_OPERATORS + 2].join("+");
+        assert!(check_promql(&chain).is_err());
+        let chain = vec!["1"; MAX_SQL_OPERATORS + 2].join(" OR ");
+        assert!(check_sql(&format!("SELECT {chain}")).is_err());
+        let chain = vec!["1"; 100].join("+");
+        assert!(check_sql(&format!("SELECT {chain}")).is_ok());
+        assert!(check_promql("sum by (job) (rate(up[5m])) > 0.5 * 2").is_ok());
+    }
+}
