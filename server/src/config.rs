@@ -56,6 +56,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Create a table on the first gRPC write to it.
     pub auto_create_table: bool,
+    /// Cluster mode: the secret shared with meta, which authenticates the
+    /// control RPCs meta sends (`ShardControl`) and the calls this instance
+    /// makes to meta. `$STRATA_CLUSTER_SECRET` sets it too. Without one, an
+    /// instance refuses every control RPC.
+    pub cluster_secret: Option<strata_meta::secret::ClusterSecret>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +72,7 @@ impl Default for ServerConfig {
             advertise_addr: None,
             data_dir: PathBuf::from("./strata-data"),
             auto_create_table: true,
+            cluster_secret: None,
         }
     }
 }
@@ -254,6 +260,7 @@ impl Default for LogConfig {
 }
 
 const ENV_PREFIX: &str = "STRATA_";
+const CLUSTER_SECRET_ENV: &str = "STRATA_SERVER__CLUSTER_SECRET";
 
 /// Reads a scalar the way a TOML file would spell it, else as a string.
 fn env_value(raw: &str) -> toml::Value {
@@ -308,17 +315,35 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let mut overrides: Vec<(String, String)> = env
-            .into_iter()
+            .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .cloned()
             .collect();
+        // `$STRATA_CLUSTER_SECRET`, which meta reads too, is
+        // `server.cluster_secret` (unless that is set by name).
+        if !overrides.iter().any(|(k, _)| k == CLUSTER_SECRET_ENV) {
+            if let Some((_, v)) = env
+                .iter()
+                .find(|(k, v)| k == strata_meta::secret::ENV && !v.is_empty())
+            {
+                overrides.push((CLUSTER_SECRET_ENV.to_string(), v.clone()));
+            }
+        }
         overrides.sort();
         for (key, raw) in overrides {
             let path: Vec<String> = key[ENV_PREFIX.len()..]
                 .split("__")
                 .map(|p| p.to_ascii_lowercase())
                 .collect();
-            set_path(&mut table, &path, env_value(&raw))?;
+            // A secret is a string even when it reads as a number.
+            let value = if key == CLUSTER_SECRET_ENV {
+                toml::Value::String(raw)
+            } else {
+                env_value(&raw)
+            };
+            set_path(&mut table, &path, value)?;
         }
         let source = file.map_or("defaults".to_string(), |p| p.display().to_string());
         toml::Value::Table(table).try_into::<Config>().map_err(|e| {
@@ -383,6 +408,52 @@ mod tests {
         assert!(!cfg.server.auto_create_table);
         assert_eq!(cfg.engine.max_concurrent_flushes, 3);
         assert_eq!(cfg.server.http_addr.port(), 5440);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_file_and_env_and_is_never_shown() {
+        assert!(Config::load(None, vec![])
+            .unwrap()
+            .server
+            .cluster_secret
+            .is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\ncluster_secret = \"from-the-file\"\n").unwrap();
+        let cfg = Config::load(Some(&path), vec![]).unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("from-the-file")
+        );
+        assert!(!format!("{cfg:?}").contains("from-the-file"));
+
+        // $STRATA_CLUSTER_SECRET overrides the file, as a string even when
+        // it reads as a number; the sectioned name wins over it.
+        let cfg = Config::load(Some(&path), env(&[("STRATA_CLUSTER_SECRET", "12345")])).unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("12345")
+        );
+        let cfg = Config::load(
+            Some(&path),
+            env(&[
+                ("STRATA_CLUSTER_SECRET", "generic"),
+                ("STRATA_SERVER__CLUSTER_SECRET", "specific"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("specific")
+        );
+        assert!(Config::load(None, env(&[("STRATA_CLUSTER_SECRET", " x")])).is_err());
     }
 
     #[test]
