@@ -960,7 +960,8 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
         query_runtime.handle().clone(),
         standalone::query_threads(&config),
         Some(cluster.clone()),
-    );
+    )
+    .with_limits(crate::sql::QueryLimits::new(&config.query));
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
         ShardControlService::new(cluster.clone(), secret),
     );

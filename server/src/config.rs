@@ -77,12 +77,42 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// Threads of the query runtime, and DataFusion's target partitions;
     /// 0 means one per CPU.
     pub threads: usize,
+
+    // Query limits (docs/operations/limits.md, "Query limits"). Each applies
+    // to one request of any query protocol: HTTP /sql, gRPC SqlQuery, the
+    // PostgreSQL protocol, the PromQL API and Prometheus remote read.
+    /// The memory one query's operators may hold (DataFusion's memory
+    /// pool); beyond it the query fails with `ResourcesExhausted`. 0: no
+    /// limit.
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub memory_limit: u64,
+    /// A query running longer is cancelled and fails with `Timeout`.
+    /// `"0s"`: no limit.
+    #[serde(with = "strata_engine::context::humantime_serde_compat")]
+    pub timeout: std::time::Duration,
+    /// Queries that run at once; others wait for a slot. 0: no limit.
+    pub max_concurrent: usize,
+    /// How long a query waits for a slot before it fails with `Overloaded`.
+    #[serde(with = "strata_engine::context::humantime_serde_compat")]
+    pub queue_timeout: std::time::Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            memory_limit: 2 << 30,
+            timeout: std::time::Duration::from_secs(120),
+            max_concurrent: 32,
+            queue_timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 /// Where the WAL lives.
@@ -415,6 +445,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn query_limits_come_from_file_and_env() {
+        let defaults = Config::load(None, vec![]).unwrap();
+        assert_eq!(defaults.query.memory_limit, 2 << 30);
+        assert_eq!(defaults.query.timeout, std::time::Duration::from_secs(120));
+        assert_eq!(defaults.query.max_concurrent, 32);
+        assert_eq!(
+            defaults.query.queue_timeout,
+            std::time::Duration::from_secs(5)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[query]\nmemory_limit = \"64MB\"\ntimeout = \"30s\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            env(&[
+                ("STRATA_QUERY__MAX_CONCURRENT", "4"),
+                ("STRATA_QUERY__QUEUE_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.query.memory_limit, 64 * 1024 * 1024);
+        assert_eq!(cfg.query.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(cfg.query.max_concurrent, 4);
+        assert_eq!(
+            cfg.query.queue_timeout,
+            std::time::Duration::from_millis(250)
+        );
     }
 
     #[test]

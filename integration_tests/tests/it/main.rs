@@ -12,6 +12,7 @@ mod crash;
 mod grpc;
 mod horaedb_python;
 mod influx;
+mod limits;
 mod persistence;
 mod pg;
 mod prom;
