@@ -21,6 +21,14 @@ pub enum ErrorKind {
     /// The table's shard is between leaders (a move or a failover): retry
     /// shortly.
     ShardMoving,
+    /// The query needs more memory than `query.memory_limit` allows; the
+    /// same query fails again unless the limit is raised.
+    ResourcesExhausted,
+    /// The query ran longer than `query.timeout` and was cancelled.
+    Timeout,
+    /// `query.max_concurrent` queries were running and none finished within
+    /// `query.queue_timeout`: retry later.
+    Overloaded,
 }
 
 /// Errors of engine operations, named for the operation that failed.

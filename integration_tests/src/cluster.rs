@@ -214,6 +214,9 @@ pub struct TestCluster {
     pub metas: Vec<Proc>,
     pub servers: Vec<Proc>,
     etcd: Vec<String>,
+    /// The cluster secret meta and every instance share (random per
+    /// cluster, passed as `$STRATA_CLUSTER_SECRET`).
+    pub secret: String,
 }
 
 impl TestCluster {
@@ -248,6 +251,7 @@ impl TestCluster {
             metas: Vec::new(),
             servers: Vec::new(),
             etcd,
+            secret: format!("{:032x}", rand::random::<u128>()),
         };
         for _ in 0..opts.metas {
             c.add_meta().await;
@@ -257,6 +261,10 @@ impl TestCluster {
         }
         c.wait_serving(Duration::from_secs(90)).await;
         c
+    }
+
+    fn secret_env(&self) -> (String, String) {
+        ("STRATA_CLUSTER_SECRET".to_string(), self.secret.clone())
     }
 
     pub fn root(&self) -> &Path {
@@ -315,7 +323,13 @@ impl TestCluster {
             http,
             pg: None,
             args,
-            env: self.services.env().to_vec(),
+            env: self
+                .services
+                .env()
+                .iter()
+                .cloned()
+                .chain([self.secret_env()])
+                .collect(),
         };
         p.spawn();
         p.wait_ready(Duration::from_secs(60)).await;
@@ -357,6 +371,7 @@ impl TestCluster {
             ("STRATA_CACHE__DISK_SIZE".to_string(), "64MB".to_string()),
         ];
         let mut env = env;
+        env.push(self.secret_env());
         env.extend(self.services.env().iter().cloned());
         env.extend(self.opts.server_env.iter().cloned());
         let mut p = Proc {

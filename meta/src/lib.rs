@@ -15,6 +15,7 @@ pub mod http;
 pub mod kv;
 pub mod model;
 pub mod scheduler;
+pub mod secret;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -202,6 +202,13 @@ pub async fn run(config: MetaServerConfig, shutdown: impl Future<Output = ()>) -
     let kv = connect(&endpoints, Duration::from_secs(60)).await?;
     let store = MetaStore::new(kv, &config.cluster);
     let meta = Meta::new(store, config.options.clone());
+    if config.options.cluster_secret.is_none() {
+        tracing::error!(
+            "no cluster secret is configured (cluster_secret in the config file, or $STRATA_CLUSTER_SECRET): \
+             meta accepts heartbeats, shard locks and DDL from anyone who can reach its gRPC port, \
+             and instances refuse the shard events it sends; set the same secret on meta and every instance"
+        );
+    }
     match meta.ensure_cluster().await {
         Ok(c) => tracing::info!(shards = c.shard_count, "cluster metadata ready"),
         Err(e) => tracing::warn!(error = %e, "cluster metadata not ready yet"),

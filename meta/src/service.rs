@@ -21,11 +21,12 @@ use strata_proto::meta::{
     MetaHeader, MetaRouteRequest, MetaRouteResponse, ShardAssignment, ShardEvent, ShardLockRequest,
     ShardLockResponse, TableEvent, TableRequest, TableResponse, TableRoute,
 };
-use tonic::{Request, Response, Status};
+use tonic::{service::interceptor::InterceptedService, Request, Response, Status};
 
 use crate::{
     model::{now_ms, NodeInfo, NodeLoad, ShardInfo, ShardReport, TableRecord},
     scheduler,
+    secret::AttachSecret,
     store::{CreateTable, MetaStore},
     Error, Result,
 };
@@ -46,6 +47,9 @@ pub struct MetaOptions {
     /// After becoming leader, how long to wait before moving shards: enough
     /// for every live instance to heartbeat and re-take its shard locks.
     pub startup_grace: Duration,
+    /// The cluster secret: sent with every `ShardControl` call to instances,
+    /// and required of every `MetaService` call when set.
+    pub cluster_secret: Option<crate::secret::ClusterSecret>,
 }
 
 impl MetaOptions {
@@ -57,6 +61,7 @@ impl MetaOptions {
             leader_ttl: Duration::from_secs(5),
             schedule_interval: Duration::from_millis(500),
             startup_grace: Duration::from_secs(12),
+            cluster_secret: None,
         }
     }
 }
@@ -155,6 +160,7 @@ impl Meta {
         if endpoint.is_empty() {
             return;
         }
+        let secret = crate::secret::AttachSecret::new(self.inner.opts.cluster_secret.as_ref());
         tokio::spawn(async move {
             let Ok(ep) = tonic::transport::Endpoint::from_shared(format!("http://{endpoint}"))
             else {
@@ -164,7 +170,7 @@ impl Meta {
                 .connect_timeout(Duration::from_secs(1))
                 .timeout(Duration::from_secs(5))
                 .connect_lazy();
-            let mut client = ShardControlClient::new(ch);
+            let mut client = ShardControlClient::with_interceptor(ch, secret);
             let result = match event {
                 Event::Open(e) => client.open_shard(e).await.map(|_| ()),
                 Event::Close(e) => client.close_shard(e).await.map(|_| ()),
@@ -885,7 +891,8 @@ impl MetaGrpc {
     async fn leader_client<T>(
         &self,
         request: &Request<T>,
-    ) -> Option<MetaServiceClient<tonic::transport::Channel>> {
+    ) -> Option<MetaServiceClient<InterceptedService<tonic::transport::Channel, AttachSecret>>>
+    {
         if self.meta.is_leader() || request.metadata().contains_key(FORWARDED) {
             return None;
         }
@@ -906,7 +913,18 @@ impl MetaGrpc {
                 ch
             }
         };
-        Some(MetaServiceClient::new(channel))
+        Some(MetaServiceClient::with_interceptor(
+            channel,
+            AttachSecret::new(self.meta.options().cluster_secret.as_ref()),
+        ))
+    }
+
+    /// With a cluster secret configured, only requests carrying it pass.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.meta.options().cluster_secret {
+            Some(secret) => crate::secret::verify(secret, request.metadata()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -978,6 +996,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
+        self.authorize(&request)?;
         answer!(
             self.meta.heartbeat(request.into_inner()).await,
             HeartbeatResponse
@@ -988,6 +1007,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<ShardLockRequest>,
     ) -> Result<Response<ShardLockResponse>, Status> {
+        self.authorize(&request)?;
         answer!(
             self.meta.acquire_shard(request.into_inner()).await,
             ShardLockResponse
@@ -998,6 +1018,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<ShardLockRequest>,
     ) -> Result<Response<ShardLockResponse>, Status> {
+        self.authorize(&request)?;
         answer!(
             self.meta.release_shard(request.into_inner()).await,
             ShardLockResponse
@@ -1008,6 +1029,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<DatabaseRequest>,
     ) -> Result<Response<DdlResponse>, Status> {
+        self.authorize(&request)?;
         via_leader!(self, request, create_database);
         answer!(
             self.meta.create_database(request.into_inner()).await,
@@ -1019,6 +1041,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<DatabaseRequest>,
     ) -> Result<Response<DdlResponse>, Status> {
+        self.authorize(&request)?;
         via_leader!(self, request, drop_database);
         answer!(
             self.meta.drop_database(request.into_inner()).await,
@@ -1030,6 +1053,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<CreateTableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        self.authorize(&request)?;
         via_leader!(self, request, create_table);
         answer!(
             self.meta.create_table(request.into_inner()).await,
@@ -1041,6 +1065,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<TableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        self.authorize(&request)?;
         via_leader!(self, request, drop_table);
         answer!(
             self.meta.drop_table(request.into_inner()).await,
@@ -1052,6 +1077,7 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<AlterTableRequest>,
     ) -> Result<Response<TableResponse>, Status> {
+        self.authorize(&request)?;
         via_leader!(self, request, alter_table);
         answer!(
             self.meta.alter_table(request.into_inner()).await,
@@ -1061,8 +1087,9 @@ impl MetaService for MetaGrpc {
 
     async fn get_catalog(
         &self,
-        _request: Request<CatalogRequest>,
+        request: Request<CatalogRequest>,
     ) -> Result<Response<CatalogResponse>, Status> {
+        self.authorize(&request)?;
         answer!(self.meta.catalog().await, CatalogResponse)
     }
 
@@ -1070,9 +1097,69 @@ impl MetaService for MetaGrpc {
         &self,
         request: Request<MetaRouteRequest>,
     ) -> Result<Response<MetaRouteResponse>, Status> {
+        self.authorize(&request)?;
         answer!(
             self.meta.route(request.into_inner()).await,
             MetaRouteResponse
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{kv::memory::MemoryKv, secret::ClusterSecret};
+
+    fn grpc(secret: Option<&str>) -> MetaGrpc {
+        let mut opts = MetaOptions::new("127.0.0.1:1".to_string());
+        opts.cluster_secret = secret.map(|s| ClusterSecret::new(s).unwrap());
+        MetaGrpc::new(Meta::new(
+            MetaStore::new(Arc::new(MemoryKv::new()), "c1"),
+            opts,
+        ))
+    }
+
+    fn request<T>(message: T, secret: Option<&str>) -> Request<T> {
+        let mut r = Request::new(message);
+        if let Some(s) = secret {
+            r.metadata_mut()
+                .insert(crate::secret::HEADER, s.parse().unwrap());
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn with_a_secret_meta_answers_only_requests_that_carry_it() {
+        let meta = grpc(Some("the-secret"));
+        let err = meta
+            .get_catalog(request(CatalogRequest {}, None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = meta
+            .heartbeat(request(HeartbeatRequest::default(), Some("another")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        let err = meta
+            .acquire_shard(request(ShardLockRequest::default(), None))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let ok = meta
+            .get_catalog(request(CatalogRequest {}, Some("the-secret")))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ok.header.map(|h| h.code), Some(200));
+
+        // Without a secret, meta checks nothing.
+        let open = grpc(None)
+            .get_catalog(request(CatalogRequest {}, None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(open.header.map(|h| h.code), Some(200));
     }
 }

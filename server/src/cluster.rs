@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 use strata_engine::{
     catalog::TableEntry, options::TableOptions, schema::TableSchema, ClusterCatalog, Engine,
 };
+use strata_meta::secret::{AttachSecret, ClusterSecret};
 use strata_proto::meta::{
     meta_service_client::MetaServiceClient, shard_control_server::ShardControl, AlterTableRequest,
     CatalogRequest, CreateTableRequest, DatabaseRequest, HeartbeatRequest, MetaHeader,
@@ -38,7 +39,10 @@ use strata_proto::meta::{
 };
 use strata_sst::{ShardId, TableId};
 use strata_wal::Epoch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
 
 use crate::{config::Config, storage};
 
@@ -49,19 +53,25 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct MetaClient {
     channels: Vec<(String, Channel)>,
+    /// Attaches the cluster secret to every call.
+    secret: AttachSecret,
     /// The index of the meta process that answered last.
     current: AtomicU64,
 }
 
 type EngineResult<T> = strata_engine::Result<T>;
 
+/// A meta client whose calls carry the cluster secret.
+type MetaRpc = MetaServiceClient<InterceptedService<Channel, AttachSecret>>;
+
 fn unavailable(what: impl std::fmt::Display) -> strata_engine::Error {
     strata_engine::Error::MetaUnavailable(format!("meta unavailable: {what}"))
 }
 
 impl MetaClient {
-    /// `endpoints` are meta gRPC addresses (`host:port`).
-    pub fn new(endpoints: &[String]) -> Result<Self, String> {
+    /// `endpoints` are meta gRPC addresses (`host:port`); `secret` goes
+    /// with every call.
+    pub fn new(endpoints: &[String], secret: Option<&ClusterSecret>) -> Result<Self, String> {
         if endpoints.is_empty() {
             return Err("no meta endpoints given".to_string());
         }
@@ -81,6 +91,7 @@ impl MetaClient {
         }
         Ok(Self {
             channels,
+            secret: AttachSecret::new(secret),
             current: AtomicU64::new(0),
         })
     }
@@ -89,7 +100,7 @@ impl MetaClient {
     /// that answered, until one answers without a transport error or a 503.
     async fn call<T, F, Fut>(&self, f: F) -> EngineResult<T>
     where
-        F: Fn(MetaServiceClient<Channel>) -> Fut,
+        F: Fn(MetaRpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
         T: HasHeader,
     {
@@ -99,7 +110,12 @@ impl MetaClient {
         for i in 0..n {
             let idx = (start + i) % n;
             let (name, ch) = &self.channels[idx];
-            match f(MetaServiceClient::new(ch.clone())).await {
+            match f(MetaServiceClient::with_interceptor(
+                ch.clone(),
+                self.secret.clone(),
+            ))
+            .await
+            {
                 Ok(resp) => {
                     let resp = resp.into_inner();
                     match resp.header() {
@@ -939,7 +955,18 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
              (or --advertise-addr) to this instance's address, or listen on a specific one"
         )));
     }
-    let meta = Arc::new(MetaClient::new(&meta_endpoints).map_err(Error::InvalidArgument)?);
+    let secret = config.server.cluster_secret.clone();
+    if secret.is_none() {
+        tracing::error!(
+            "no cluster secret is configured (server.cluster_secret or $STRATA_CLUSTER_SECRET): \
+             this instance refuses every control RPC from meta (shard events, table drops) and \
+             learns of changes only from its heartbeats; a meta that has a secret refuses this \
+             instance. Set the same secret on meta and every instance"
+        );
+    }
+    let meta = Arc::new(
+        MetaClient::new(&meta_endpoints, secret.as_ref()).map_err(Error::InvalidArgument)?,
+    );
     let engine = Engine::open_cluster(
         config.engine.clone(),
         store,
@@ -970,9 +997,10 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
         query_runtime.handle().clone(),
         standalone::query_threads(&config),
         Some(cluster.clone()),
-    );
+    )
+    .with_limits(crate::sql::QueryLimits::new(&config.query));
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
-        ShardControlService::new(cluster.clone()),
+        ShardControlService::new(cluster.clone(), secret),
     );
     standalone::serve(&config, query, listeners, "server", Some(control)).await?;
     heartbeats.abort();
@@ -994,14 +1022,27 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
 
 /// The instance's side of meta's shard events (`ShardControl`): each applies
 /// at once what the next heartbeat would bring anyway.
+///
+/// Every call must carry the cluster secret (`DropTableOnShard` deletes a
+/// table's files); without a secret configured, every call is refused.
 #[derive(Debug, Clone)]
 pub struct ShardControlService {
     cluster: Arc<Cluster>,
+    secret: Option<ClusterSecret>,
 }
 
 impl ShardControlService {
-    pub fn new(cluster: Arc<Cluster>) -> Self {
-        Self { cluster }
+    pub fn new(cluster: Arc<Cluster>, secret: Option<ClusterSecret>) -> Self {
+        Self { cluster, secret }
+    }
+
+    fn authorize<T>(&self, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        match &self.secret {
+            Some(secret) => strata_meta::secret::verify(secret, request.metadata()),
+            None => Err(tonic::Status::permission_denied(
+                "this instance has no cluster secret configured and refuses every control request",
+            )),
+        }
     }
 }
 
@@ -1051,6 +1092,7 @@ impl ShardControl for ShardControlService {
         &self,
         request: tonic::Request<ShardEvent>,
     ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.authorize(&request)?;
         self.cluster.apply_shard_event(request.into_inner()).await;
         Ok(event_ok())
     }
@@ -1059,6 +1101,7 @@ impl ShardControl for ShardControlService {
         &self,
         request: tonic::Request<ShardEvent>,
     ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.authorize(&request)?;
         self.cluster.apply_shard_event(request.into_inner()).await;
         Ok(event_ok())
     }
@@ -1067,6 +1110,7 @@ impl ShardControl for ShardControlService {
         &self,
         request: tonic::Request<TableEvent>,
     ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.authorize(&request)?;
         let result = match entry_of(&request.into_inner().record_json) {
             Ok(entry) => self.cluster.engine.install_table(entry).await,
             Err(e) => Err(e),
@@ -1081,6 +1125,7 @@ impl ShardControl for ShardControlService {
         &self,
         request: tonic::Request<TableEvent>,
     ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.authorize(&request)?;
         let result = match entry_of(&request.into_inner().record_json) {
             // The leader deletes the files (the instance that ran the DROP
             // may not serve the shard).

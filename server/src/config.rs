@@ -69,6 +69,11 @@ pub struct ServerConfig {
     /// The largest gRPC message received or sent (ResourceExhausted).
     #[serde(with = "strata_engine::context::byte_size")]
     pub grpc_max_message_size: u64,
+    /// Cluster mode: the secret shared with meta, which authenticates the
+    /// control RPCs meta sends (`ShardControl`) and the calls this instance
+    /// makes to meta. `$STRATA_CLUSTER_SECRET` sets it too. Without one, an
+    /// instance refuses every control RPC.
+    pub cluster_secret: Option<strata_meta::secret::ClusterSecret>,
 }
 
 /// The default of each request size limit: 64 MiB.
@@ -103,16 +108,47 @@ impl Default for ServerConfig {
             max_body_size: DEFAULT_REQUEST_LIMIT,
             max_decoded_size: DEFAULT_REQUEST_LIMIT,
             grpc_max_message_size: DEFAULT_REQUEST_LIMIT,
+            cluster_secret: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct QueryConfig {
     /// Threads of the query runtime, and DataFusion's target partitions;
     /// 0 means one per CPU.
     pub threads: usize,
+
+    // Query limits (docs/operations/limits.md, "Query limits"). Each applies
+    // to one request of any query protocol: HTTP /sql, gRPC SqlQuery, the
+    // PostgreSQL protocol, the PromQL API and Prometheus remote read.
+    /// The memory one query's operators may hold (DataFusion's memory
+    /// pool); beyond it the query fails with `ResourcesExhausted`. 0: no
+    /// limit.
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub memory_limit: u64,
+    /// A query running longer is cancelled and fails with `Timeout`.
+    /// `"0s"`: no limit.
+    #[serde(with = "strata_engine::context::humantime_serde_compat")]
+    pub timeout: std::time::Duration,
+    /// Queries that run at once; others wait for a slot. 0: no limit.
+    pub max_concurrent: usize,
+    /// How long a query waits for a slot before it fails with `Overloaded`.
+    #[serde(with = "strata_engine::context::humantime_serde_compat")]
+    pub queue_timeout: std::time::Duration,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            threads: 0,
+            memory_limit: 2 << 30,
+            timeout: std::time::Duration::from_secs(120),
+            max_concurrent: 32,
+            queue_timeout: std::time::Duration::from_secs(5),
+        }
+    }
 }
 
 /// Where the WAL lives.
@@ -299,6 +335,7 @@ impl Default for LogConfig {
 }
 
 const ENV_PREFIX: &str = "STRATA_";
+const CLUSTER_SECRET_ENV: &str = "STRATA_SERVER__CLUSTER_SECRET";
 
 /// Reads a scalar the way a TOML file would spell it, else as a string.
 fn env_value(raw: &str) -> toml::Value {
@@ -353,17 +390,35 @@ impl Config {
             }
             None => toml::Table::new(),
         };
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let mut overrides: Vec<(String, String)> = env
-            .into_iter()
+            .iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .cloned()
             .collect();
+        // `$STRATA_CLUSTER_SECRET`, which meta reads too, is
+        // `server.cluster_secret` (unless that is set by name).
+        if !overrides.iter().any(|(k, _)| k == CLUSTER_SECRET_ENV) {
+            if let Some((_, v)) = env
+                .iter()
+                .find(|(k, v)| k == strata_meta::secret::ENV && !v.is_empty())
+            {
+                overrides.push((CLUSTER_SECRET_ENV.to_string(), v.clone()));
+            }
+        }
         overrides.sort();
         for (key, raw) in overrides {
             let path: Vec<String> = key[ENV_PREFIX.len()..]
                 .split("__")
                 .map(|p| p.to_ascii_lowercase())
                 .collect();
-            set_path(&mut table, &path, env_value(&raw))?;
+            // A secret is a string even when it reads as a number.
+            let value = if key == CLUSTER_SECRET_ENV {
+                toml::Value::String(raw)
+            } else {
+                env_value(&raw)
+            };
+            set_path(&mut table, &path, value)?;
         }
         let source = file.map_or("defaults".to_string(), |p| p.display().to_string());
         toml::Value::Table(table).try_into::<Config>().map_err(|e| {
@@ -428,6 +483,87 @@ mod tests {
         assert!(!cfg.server.auto_create_table);
         assert_eq!(cfg.engine.max_concurrent_flushes, 3);
         assert_eq!(cfg.server.http_addr.port(), 5440);
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn query_limits_come_from_file_and_env() {
+        let defaults = Config::load(None, vec![]).unwrap();
+        assert_eq!(defaults.query.memory_limit, 2 << 30);
+        assert_eq!(defaults.query.timeout, std::time::Duration::from_secs(120));
+        assert_eq!(defaults.query.max_concurrent, 32);
+        assert_eq!(
+            defaults.query.queue_timeout,
+            std::time::Duration::from_secs(5)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[query]\nmemory_limit = \"64MB\"\ntimeout = \"30s\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(
+            Some(&path),
+            env(&[
+                ("STRATA_QUERY__MAX_CONCURRENT", "4"),
+                ("STRATA_QUERY__QUEUE_TIMEOUT", "250ms"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(cfg.query.memory_limit, 64 * 1024 * 1024);
+        assert_eq!(cfg.query.timeout, std::time::Duration::from_secs(30));
+        assert_eq!(cfg.query.max_concurrent, 4);
+        assert_eq!(
+            cfg.query.queue_timeout,
+            std::time::Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn the_cluster_secret_comes_from_file_and_env_and_is_never_shown() {
+        assert!(Config::load(None, vec![])
+            .unwrap()
+            .server
+            .cluster_secret
+            .is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\ncluster_secret = \"from-the-file\"\n").unwrap();
+        let cfg = Config::load(Some(&path), vec![]).unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("from-the-file")
+        );
+        assert!(!format!("{cfg:?}").contains("from-the-file"));
+
+        // $STRATA_CLUSTER_SECRET overrides the file, as a string even when
+        // it reads as a number; the sectioned name wins over it.
+        let cfg = Config::load(Some(&path), env(&[("STRATA_CLUSTER_SECRET", "12345")])).unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("12345")
+        );
+        let cfg = Config::load(
+            Some(&path),
+            env(&[
+                ("STRATA_CLUSTER_SECRET", "generic"),
+                ("STRATA_SERVER__CLUSTER_SECRET", "specific"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.server.cluster_secret.as_ref().map(|s| s.expose()),
+            Some("specific")
+        );
+        assert!(Config::load(None, env(&[("STRATA_CLUSTER_SECRET", " x")])).is_err());
     }
 
     #[test]

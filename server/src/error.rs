@@ -69,13 +69,21 @@ impl Error {
             ErrorKind::NotLeader => 421,
             ErrorKind::ShardMoving => 503,
             ErrorKind::Internal => 500,
+            // As gRPC's RESOURCE_EXHAUSTED maps onto HTTP (Google's API
+            // guide); `retryable` stays false: the same query fails again.
+            ErrorKind::ResourcesExhausted => 429,
+            ErrorKind::Timeout => 504,
+            ErrorKind::Overloaded => 503,
         }
     }
 
     pub fn is_retryable(&self) -> bool {
         matches!(
             self.kind(),
-            ErrorKind::Unavailable | ErrorKind::NotLeader | ErrorKind::ShardMoving
+            ErrorKind::Unavailable
+                | ErrorKind::NotLeader
+                | ErrorKind::ShardMoving
+                | ErrorKind::Overloaded
         )
     }
 }
@@ -92,6 +100,9 @@ pub fn remote_kind(e: &strata_client::Error) -> ErrorKind {
         Some(Pb::ShardMoving) => ErrorKind::ShardMoving,
         Some(Pb::Unsupported) => ErrorKind::Unsupported,
         Some(Pb::Unavailable) => ErrorKind::Unavailable,
+        Some(Pb::ResourcesExhausted) => ErrorKind::ResourcesExhausted,
+        Some(Pb::Timeout) => ErrorKind::Timeout,
+        Some(Pb::Overloaded) => ErrorKind::Overloaded,
         Some(Pb::Internal | Pb::Unspecified) => ErrorKind::Internal,
         // Not reached, or the connection failed: worth a retry.
         None => ErrorKind::Unavailable,
@@ -178,7 +189,7 @@ impl From<DataFusionError> for Error {
                 }
             }
             DataFusionError::ResourcesExhausted(_) => Error::Query {
-                kind: ErrorKind::Unavailable,
+                kind: ErrorKind::ResourcesExhausted,
                 message: root.to_string(),
             },
             DataFusionError::Execution(msg) => Error::Query {

@@ -310,7 +310,11 @@ async fn sql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         }
     };
     let db = req.database.unwrap_or_else(|| DEFAULT_DATABASE.to_string());
-    let result = state.query.execute(&db, &req.query).await;
+    let sql = req.query;
+    let result = state
+        .query
+        .limited(false, |q| async move { q.execute(&db, &sql).await })
+        .await;
     metrics::observe_request("http_sql", started, result.is_ok());
     match result {
         Ok(Output::AffectedRows(n)) => Json(json!({ "affected_rows": n })).into_response(),
@@ -416,8 +420,13 @@ async fn prom_read(
 ) -> Response {
     let started = Instant::now();
     let db = database_param(params.get("db"));
-    let result =
-        crate::prom_read::read(&state.query, &db, &body, state.storage.max_decoded()).await;
+    let max_decoded = state.storage.max_decoded();
+    let result = state
+        .query
+        .limited(false, |q| async move {
+            crate::prom_read::read(&q, &db, &body, max_decoded).await
+        })
+        .await;
     metrics::observe_request("prom_read", started, result.is_ok());
     match result {
         Ok(bytes) => (
@@ -455,10 +464,17 @@ fn prom_ok(data: Value) -> Response {
     Json(json!({ "status": "success", "data": data })).into_response()
 }
 
+/// Prometheus's error types and statuses: a timeout is `timeout` with 503,
+/// a query over its memory limit `execution` with 422 (as Prometheus answers
+/// a query that would load too many samples), too many queries at once
+/// `unavailable` with 503.
 fn prom_err(e: &Error) -> Response {
-    let (status, kind) = match e.status_code() {
-        400..=499 => (StatusCode::BAD_REQUEST, "bad_data"),
-        503 => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    use strata_engine::ErrorKind;
+    let (status, kind) = match (e.kind(), e.status_code()) {
+        (ErrorKind::Timeout, _) => (StatusCode::SERVICE_UNAVAILABLE, "timeout"),
+        (ErrorKind::ResourcesExhausted, _) => (StatusCode::UNPROCESSABLE_ENTITY, "execution"),
+        (_, 400..=499) => (StatusCode::BAD_REQUEST, "bad_data"),
+        (_, 503) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     };
     (
@@ -474,7 +490,13 @@ async fn prom_labels(
     body: Bytes,
 ) -> Response {
     let (db, matches) = prom_params(raw, &body);
-    match crate::prom_api::label_names(&state.query, &db, &matches).await {
+    let result = state
+        .query
+        .limited(false, |q| async move {
+            crate::prom_api::label_names(&q, &db, &matches).await
+        })
+        .await;
+    match result {
         Ok(v) => prom_ok(json!(v)),
         Err(e) => prom_err(&e),
     }
@@ -486,7 +508,13 @@ async fn prom_label_values(
     RawQuery(raw): RawQuery,
 ) -> Response {
     let (db, matches) = prom_params(raw, &[]);
-    match crate::prom_api::label_values(&state.query, &db, &name, &matches).await {
+    let result = state
+        .query
+        .limited(false, |q| async move {
+            crate::prom_api::label_values(&q, &db, &name, &matches).await
+        })
+        .await;
+    match result {
         Ok(v) => prom_ok(json!(v)),
         Err(e) => prom_err(&e),
     }
@@ -503,7 +531,13 @@ async fn prom_series(
             "no match[] parameter provided".to_string(),
         ));
     }
-    match crate::prom_api::series(&state.query, &db, &matches).await {
+    let result = state
+        .query
+        .limited(false, |q| async move {
+            crate::prom_api::series(&q, &db, &matches).await
+        })
+        .await;
+    match result {
         Ok(v) => prom_ok(json!(v)),
         Err(e) => prom_err(&e),
     }
@@ -559,7 +593,12 @@ async fn prom_query(
             Some(_) => required_time(&p, "time")?,
             None => chrono::Utc::now().timestamp_millis(),
         };
-        crate::promql::instant(&state.query, &db, &text, t, lookback).await
+        state
+            .query
+            .limited(false, |q| async move {
+                crate::promql::instant(&q, &db, &text, t, lookback).await
+            })
+            .await
     };
     promql_answer("promql_query", run).await
 }
@@ -591,7 +630,12 @@ async fn prom_query_range(
         let step = crate::promql::parse_duration(p.get("step").ok_or_else(|| {
             Error::InvalidArgument("invalid parameter \"step\": missing".to_string())
         })?)?;
-        crate::promql::range(&state.query, &db, &text, start, end, step, lookback).await
+        state
+            .query
+            .limited(false, |q| async move {
+                crate::promql::range(&q, &db, &text, start, end, step, lookback).await
+            })
+            .await
     };
     promql_answer("promql_query_range", run).await
 }

@@ -49,7 +49,8 @@ enum Command {
     },
     /// Run a meta process: cluster metadata on etcd, shard scheduling.
     Meta {
-        /// A TOML file with `shard_count`, `node_ttl`, `cluster`, `etcd`.
+        /// A TOML file with `shard_count`, `node_ttl`, `cluster`, `etcd`,
+        /// `cluster_secret`.
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -147,6 +148,8 @@ struct MetaFile {
     #[serde(default, with = "humantime_serde_opt")]
     startup_grace: Option<std::time::Duration>,
     etcd: Option<Vec<String>>,
+    /// Shared with every instance; `$STRATA_CLUSTER_SECRET` overrides it.
+    cluster_secret: Option<strata_meta::secret::ClusterSecret>,
 }
 
 mod humantime_serde_opt {
@@ -208,6 +211,9 @@ async fn meta(
     if let Some(g) = startup_grace.or(file.startup_grace) {
         options.startup_grace = g;
     }
+    options.cluster_secret = strata_meta::secret::ClusterSecret::from_env()
+        .map_err(|e| format!("${}: {e}", strata_meta::secret::ENV))?
+        .or(file.cluster_secret);
     strata_meta::server::run(
         MetaServerConfig {
             data_dir,

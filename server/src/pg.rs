@@ -187,7 +187,12 @@ fn pg_error(e: Error) -> PgWireError {
         ErrorKind::AlreadyExists => "42P07",
         ErrorKind::Unsupported => "0A000",
         ErrorKind::Unavailable | ErrorKind::ShardMoving | ErrorKind::NotLeader => "57P03",
-        _ => "XX000",
+        // out_of_memory, query_canceled (as for statement_timeout) and
+        // insufficient_resources.
+        ErrorKind::ResourcesExhausted => "53200",
+        ErrorKind::Timeout => "57014",
+        ErrorKind::Overloaded => "53000",
+        ErrorKind::Internal => "XX000",
     };
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".to_string(),
@@ -516,21 +521,27 @@ impl PgHandler {
         }
         let sql = &session_functions(sql, db);
         let started = std::time::Instant::now();
-        let result = self.query.execute(db, sql).await;
+        let result = self
+            .query
+            .limited(false, |q| async move {
+                let output = q.execute(db, sql).await?;
+                // A forwarded query with no rows comes back without its
+                // columns.
+                Ok(match output {
+                    Output::Rows { schema, batches }
+                        if schema.fields().is_empty() && batches.is_empty() =>
+                    {
+                        match q.describe(db, sql).await {
+                            Ok(Some(schema)) => Output::Rows { schema, batches },
+                            _ => Output::Rows { schema, batches },
+                        }
+                    }
+                    other => other,
+                })
+            })
+            .await;
         crate::metrics::observe_request("pg_query", started, result.is_ok());
         let output = result.map_err(pg_error)?;
-        // A forwarded query with no rows comes back without its columns.
-        let output = match output {
-            Output::Rows { schema, batches }
-                if schema.fields().is_empty() && batches.is_empty() =>
-            {
-                match self.query.describe(db, sql).await {
-                    Ok(Some(schema)) => Output::Rows { schema, batches },
-                    _ => Output::Rows { schema, batches },
-                }
-            }
-            other => other,
-        };
         response(output, format, sql)
     }
 
@@ -554,9 +565,10 @@ impl PgHandler {
             }
             return Ok(Vec::new());
         }
+        let sql = session_functions(sql, db);
         match self
             .query
-            .describe(db, &session_functions(sql, db))
+            .limited(false, |q| async move { q.describe(db, &sql).await })
             .await
             .map_err(pg_error)?
         {

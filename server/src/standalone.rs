@@ -71,7 +71,8 @@ pub async fn run(config: Config) -> Result<()> {
         engine.clone(),
         query_runtime.handle().clone(),
         query_threads(&config),
-    );
+    )
+    .with_limits(crate::sql::QueryLimits::new(&config.query));
     serve(&config, query, listeners, "standalone", None).await?;
     if let Err(e) = tokio::time::timeout(Duration::from_secs(60), engine.close())
         .await

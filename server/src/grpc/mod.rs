@@ -53,6 +53,9 @@ pub fn error_header(e: &Error) -> ResponseHeader {
         ErrorKind::ShardMoving => PbKind::ShardMoving,
         ErrorKind::Internal => PbKind::Internal,
         ErrorKind::Unsupported => PbKind::Unsupported,
+        ErrorKind::ResourcesExhausted => PbKind::ResourcesExhausted,
+        ErrorKind::Timeout => PbKind::Timeout,
+        ErrorKind::Overloaded => PbKind::Overloaded,
     };
     ResponseHeader {
         code: u32::from(e.status_code()),
@@ -331,12 +334,18 @@ impl StorageServiceImpl {
         Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 
+    /// Runs a request's SQL under the query limits (a forwarded request,
+    /// part of a query another instance admitted, takes no slot).
     async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
         let db = database(&req.context);
         if let (Some(c), true) = (self.query.cluster(), req.forwarded) {
             c.sync_catalog(req.catalog_fingerprint).await?;
         }
-        self.query.execute_with(&db, &req.sql, req.forwarded).await
+        self.query
+            .limited(req.forwarded, |q| async move {
+                q.execute_with(&db, &req.sql, req.forwarded).await
+            })
+            .await
     }
 
     /// Routes from this instance's view of the cluster.

@@ -12,6 +12,7 @@ mod coercion;
 pub mod create_table;
 mod insert_check;
 mod last_values;
+pub mod limits;
 pub(crate) mod remote;
 mod statements;
 pub mod system;
@@ -28,6 +29,7 @@ use datafusion::{
     dataframe::DataFrame,
     execution::{
         context::SQLOptions,
+        runtime_env::RuntimeEnv,
         session_state::{SessionState, SessionStateBuilder},
     },
     logical_expr::LogicalPlan,
@@ -39,7 +41,7 @@ use datafusion::{
 use strata_client::split::split_statements;
 use strata_engine::{catalog::DEFAULT_DATABASE, Engine};
 
-pub use self::{catalog::CATALOG_NAME, remote::RemoteError};
+pub use self::{catalog::CATALOG_NAME, limits::QueryLimits, remote::RemoteError};
 use crate::{
     cluster::Cluster,
     error::{Error, Result},
@@ -67,6 +69,10 @@ pub struct QueryEngine {
     runtime: tokio::runtime::Handle,
     /// Prometheus series labels by series id, for PromQL and remote read.
     prom_labels: Arc<crate::prom_read::LabelCache>,
+    limits: Arc<QueryLimits>,
+    /// Set on the copy [`QueryEngine::limited`] hands a request: its slot
+    /// and memory pool, which every statement of the request shares.
+    admission: Option<Arc<limits::Admission>>,
 }
 
 /// Aborts the spawned task when dropped, so a cancelled request stops its
@@ -178,7 +184,43 @@ impl QueryEngine {
             cluster,
             runtime,
             prom_labels: Default::default(),
+            limits: Arc::new(QueryLimits::unlimited()),
+            admission: None,
         }
+    }
+
+    /// Applies `limits` to the requests run through [`Self::limited`].
+    pub fn with_limits(mut self, limits: QueryLimits) -> Self {
+        self.limits = Arc::new(limits);
+        self
+    }
+
+    /// Runs one client request under the query limits: waits (up to
+    /// `query.queue_timeout`) for one of `query.max_concurrent` slots,
+    /// hands `run` a query engine whose statements share one memory pool of
+    /// `query.memory_limit`, and cancels the request after `query.timeout`.
+    /// `forwarded` requests (part of a query another instance admitted)
+    /// take no slot. Nested calls run under the outer request's limits.
+    pub async fn limited<T, F, Fut>(&self, forwarded: bool, run: F) -> Result<T>
+    where
+        F: FnOnce(QueryEngine) -> Fut,
+        Fut: Future<Output = Result<T>>,
+    {
+        if self.admission.is_some() {
+            return run(self.clone()).await;
+        }
+        let slot = self.limits.admit(forwarded).await?;
+        let admitted = QueryEngine {
+            admission: Some(Arc::new(limits::Admission::new(self.limits.pool(), slot))),
+            ..self.clone()
+        };
+        let result = match self.limits.timeout() {
+            Some(after) => tokio::time::timeout(after, run(admitted))
+                .await
+                .unwrap_or_else(|_| Err(self.limits.timed_out(after))),
+            None => run(admitted).await,
+        };
+        result.map_err(|e| self.limits.explain(e))
     }
 
     pub(crate) fn prom_labels(&self) -> &crate::prom_read::LabelCache {
@@ -232,13 +274,34 @@ impl QueryEngine {
         &self.engine
     }
 
-    /// A session whose unqualified table names resolve in `database`.
+    /// A session whose unqualified table names resolve in `database`, for
+    /// parsing and resolving names only.
+    fn parse_session(&self, database: &str) -> SessionState {
+        let mut state = self.ctx.state();
+        state.config_mut().options_mut().catalog.default_schema = database.to_string();
+        state
+    }
+
+    /// A session whose unqualified table names resolve in `database`, and
+    /// whose operators draw on the request's memory pool (a pool of its own
+    /// outside [`Self::limited`]).
     fn session(&self, database: &str, forwarded: bool) -> SessionState {
-        let mut state = if forwarded {
+        let base = if forwarded {
             self.local_ctx.state()
         } else {
             self.ctx.state()
         };
+        let pool = self
+            .admission
+            .as_ref()
+            .map_or_else(|| self.limits.pool(), |a| a.pool.clone());
+        let runtime = Arc::new(RuntimeEnv {
+            memory_pool: pool,
+            ..RuntimeEnv::clone(base.runtime_env())
+        });
+        let mut state = SessionStateBuilder::new_from_existing(base)
+            .with_runtime_env(runtime)
+            .build();
         state.config_mut().options_mut().catalog.default_schema = database.to_string();
         state
     }
@@ -383,7 +446,11 @@ impl QueryEngine {
         let engine = self.engine.clone();
         let database = database.to_string();
         let sql = sql.to_string();
+        // The slot stays taken until the task ends, even when a timeout
+        // dropped the request first.
+        let admission = self.admission.clone();
         self.on_query_runtime(async move {
+            let _admission = admission;
             let dialect = state.config().options().sql_parser.dialect;
             let statement = state.sql_to_statement(&sql, &dialect)?;
             insert_check::check(&statement, &engine, &database)?;
@@ -512,7 +579,7 @@ impl QueryEngine {
     /// The endpoint of the one other instance that leads every table the
     /// statement names, if there is one.
     fn single_remote_leader(&self, cluster: &Cluster, database: &str, sql: &str) -> Option<String> {
-        let state = self.session(database, false);
+        let state = self.parse_session(database);
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect).ok()?;
         let refs = state.resolve_table_references(&statement).ok()?;
