@@ -372,9 +372,9 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
     Ok(QueryResult { timeseries: out })
 }
 
-/// Decodes a snappy-compressed `ReadRequest`, answers it, and returns the
-/// snappy-compressed `ReadResponse`.
-pub async fn read(query: &QueryEngine, db: &str, body: &[u8]) -> Result<Vec<u8>> {
+/// Decodes a snappy-compressed `ReadRequest` (the body of a remote read)
+/// and checks that it accepts the `SAMPLES` response type.
+pub fn decode_request(body: &[u8]) -> Result<ReadRequest> {
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| {
@@ -392,6 +392,22 @@ pub async fn read(query: &QueryEngine, db: &str, body: &[u8]) -> Result<Vec<u8>>
             "remote read: only the SAMPLES response type is supported".to_string(),
         ));
     }
+    Ok(req)
+}
+
+/// Compiles the matchers of one query, as answering it does first (the
+/// fuzz targets check this step too: the regexes come from the client).
+pub(crate) fn compile_matchers(q: &Query) -> Result<()> {
+    for m in &q.matchers {
+        Matcher::compile(m)?;
+    }
+    Ok(())
+}
+
+/// Decodes a snappy-compressed `ReadRequest`, answers it, and returns the
+/// snappy-compressed `ReadResponse`.
+pub async fn read(query: &QueryEngine, db: &str, body: &[u8]) -> Result<Vec<u8>> {
+    let req = decode_request(body)?;
     let mut results = Vec::with_capacity(req.queries.len());
     for q in &req.queries {
         results.push(answer(query, db, q).await?);
