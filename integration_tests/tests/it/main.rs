@@ -8,6 +8,7 @@ mod chaos;
 mod cli;
 mod cluster;
 mod crash;
+mod fuzz_corpus;
 mod grpc;
 mod horaedb_python;
 mod influx;
