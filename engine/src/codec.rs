@@ -86,6 +86,89 @@ pub fn is_fence(payload: &[u8]) -> bool {
         && payload[2] == KIND_FENCE
 }
 
+/// The most one LZ4 frame can expand to: about 255 times (a length byte
+/// per 255 bytes of a match), with slack for tiny buffers.
+fn max_decompressed(compressed: usize) -> u64 {
+    (compressed as u64).saturating_mul(256).saturating_add(1024)
+}
+
+/// Checks the lengths an Arrow IPC stream declares before arrow-ipc reads
+/// it: arrow allocates what the stream declares (metadata, body, the
+/// decompressed size of each buffer) before reading it, so a few damaged
+/// bytes could ask for exabytes and abort the process. Every message must
+/// fit in the payload, and every compressed buffer must declare a size it
+/// can expand to. Anything else wrong is left to arrow-ipc to refuse.
+fn check_ipc_lengths(mut ipc: &[u8]) -> Result<()> {
+    let damaged = |what: String| Err(Error::Codec(format!("damaged Arrow IPC stream: {what}")));
+    loop {
+        let Some((word, rest)) = ipc.split_first_chunk::<4>() else {
+            return Ok(());
+        };
+        // A continuation marker, then the length (or, in the legacy
+        // format, the length alone).
+        let Some((word, rest)) = (if *word == [0xff; 4] {
+            rest.split_first_chunk::<4>()
+        } else {
+            Some((word, rest))
+        }) else {
+            return Ok(());
+        };
+        let Ok(meta_len) = usize::try_from(i32::from_le_bytes(*word)) else {
+            return Ok(());
+        };
+        if meta_len == 0 {
+            return Ok(());
+        }
+        if meta_len > rest.len() {
+            return damaged(format!(
+                "a message of {meta_len} bytes in {} bytes",
+                rest.len()
+            ));
+        }
+        let (meta, rest) = rest.split_at(meta_len);
+        let Ok(message) = arrow::ipc::root_as_message(meta) else {
+            return Ok(());
+        };
+        let body_len = message.bodyLength();
+        let Some(body_len) = usize::try_from(body_len).ok().filter(|&n| n <= rest.len()) else {
+            return damaged(format!(
+                "a body of {body_len} bytes in {} bytes",
+                rest.len()
+            ));
+        };
+        let (body, rest) = rest.split_at(body_len);
+        ipc = rest;
+        let batch = message
+            .header_as_record_batch()
+            .or_else(|| message.header_as_dictionary_batch().and_then(|d| d.data()));
+        let Some(batch) = batch.filter(|b| b.compression().is_some()) else {
+            continue;
+        };
+        for b in batch.buffers().into_iter().flatten() {
+            let (Ok(offset), Ok(len)) = (usize::try_from(b.offset()), usize::try_from(b.length()))
+            else {
+                continue;
+            };
+            let Some(buf) = offset
+                .checked_add(len)
+                .and_then(|end| body.get(offset..end))
+            else {
+                continue;
+            };
+            let Some(prefix) = buf.first_chunk::<8>() else {
+                continue;
+            };
+            let declared = i64::from_le_bytes(*prefix);
+            if declared > 0 && declared as u64 > max_decompressed(buf.len() - 8) {
+                return damaged(format!(
+                    "a buffer of {} bytes declares {declared} bytes uncompressed",
+                    buf.len()
+                ));
+            }
+        }
+    }
+}
+
 /// Decodes one write payload.
 pub fn decode(payload: &[u8]) -> Result<WriteRecord> {
     if payload.len() < HEADER_LEN {
@@ -107,20 +190,37 @@ pub fn decode(payload: &[u8]) -> Result<WriteRecord> {
     id.copy_from_slice(&payload[3..11]);
     let mut version = [0u8; 4];
     version.copy_from_slice(&payload[11..15]);
-    let reader =
-        StreamReader::try_new(Cursor::new(&payload[HEADER_LEN..]), None).map_err(|source| {
-            Error::Arrow {
-                op: "decoding a WAL record",
-                source: Box::new(source),
-            }
-        })?;
-    let mut batches = Vec::with_capacity(1);
-    for batch in reader {
-        batches.push(batch.map_err(|source| Error::Arrow {
+    // arrow-ipc trusts the stream it reads: a damaged schema or batch can
+    // make it panic (an unknown type is `unimplemented!`), where replay needs
+    // an error. The bytes are checked by the WAL's CRC, but a Kafka topic
+    // can be written by anyone who reaches the broker.
+    let ipc = &payload[HEADER_LEN..];
+    check_ipc_lengths(ipc)?;
+    let read = std::panic::catch_unwind(|| -> Result<Vec<RecordBatch>> {
+        let arrow_err = |source| Error::Arrow {
             op: "decoding a WAL record",
             source: Box::new(source),
-        })?);
-    }
+        };
+        let reader = StreamReader::try_new(Cursor::new(ipc), None).map_err(arrow_err)?;
+        let mut batches = Vec::with_capacity(1);
+        for batch in reader {
+            batches.push(batch.map_err(arrow_err)?);
+        }
+        Ok(batches)
+    });
+    let mut batches = match read {
+        Ok(batches) => batches?,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            return Err(Error::Codec(format!(
+                "the record's Arrow IPC stream is damaged: {what}"
+            )));
+        }
+    };
     if batches.len() != 1 {
         return Err(Error::Codec(format!(
             "a write record holds one batch, found {}",
@@ -173,5 +273,19 @@ mod tests {
         assert!(is_fence(&fence));
         assert!(decode(&fence).is_err());
         assert!(decode(&bytes[..bytes.len() - 4]).is_err());
+    }
+
+    /// Found by fuzzing (`fuzz/corpus/wal_payload/crash-unknown-arrow-type`):
+    /// an unknown Arrow type id in the IPC schema made arrow-ipc panic
+    /// (`unimplemented!`); decoding answers an error.
+    #[test]
+    fn damaged_ipc_schema_is_an_error() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fuzz/corpus/wal_payload/crash-unknown-arrow-type"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let err = decode(&bytes).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 }

@@ -83,8 +83,23 @@ pub struct ManifestState {
     pub epoch: u64,
 }
 
+/// Decodes an edit as stored (`…/manifest/edits/{seq}.json`). The bytes
+/// come from the object store: anything may be there.
+pub fn decode_edit(bytes: &[u8]) -> serde_json::Result<ManifestEdit> {
+    serde_json::from_slice(bytes)
+}
+
+/// Decodes a snapshot as stored (`…/manifest/snapshots/{seq}.json`, or the
+/// legacy `snapshot.json`).
+pub fn decode_snapshot(bytes: &[u8]) -> serde_json::Result<ManifestState> {
+    serde_json::from_slice(bytes)
+}
+
 impl ManifestState {
-    fn apply(&mut self, edit: &ManifestEdit) {
+    /// Applies one edit (as loading a manifest does). Public for the fuzz
+    /// targets (`fuzz/`), which decode and apply arbitrary edits.
+    #[doc(hidden)]
+    pub fn apply(&mut self, edit: &ManifestEdit) {
         for id in &edit.remove {
             self.ssts.remove(id);
         }
@@ -209,7 +224,7 @@ async fn load_once(
     if let Some(path) = snapshot {
         match get_bytes(store, &path).await {
             Ok(bytes) => {
-                state = serde_json::from_slice::<ManifestState>(&bytes)
+                state = decode_snapshot(&bytes)
                     .map_err(|e| invalid(format!("snapshot {path}: {e}")))?;
             }
             Err(object_store::Error::NotFound { .. }) if legacy => {}
@@ -238,8 +253,7 @@ async fn load_once(
             }
             Err(e) => return Err(store_err("read", &path)(e).into()),
         };
-        let edit: ManifestEdit =
-            serde_json::from_slice(&bytes).map_err(|e| invalid(format!("edit {path}: {e}")))?;
+        let edit = decode_edit(&bytes).map_err(|e| invalid(format!("edit {path}: {e}")))?;
         if edit.epoch < state.epoch {
             // Writers only ever follow a higher epoch: this is an edit a
             // stale writer re-created below a snapshot written meanwhile.
@@ -500,7 +514,7 @@ impl Manifest {
     /// The nonce of the edit at `path`; `None` when absent.
     async fn read_nonce(&self, path: &Path) -> std::result::Result<Option<u64>, String> {
         match get_bytes(&self.store, path).await {
-            Ok(bytes) => serde_json::from_slice::<ManifestEdit>(&bytes)
+            Ok(bytes) => decode_edit(&bytes)
                 .map(|e| Some(e.nonce))
                 .map_err(|e| format!("decoding {path}: {e}")),
             Err(object_store::Error::NotFound { .. }) => Ok(None),

@@ -9,6 +9,8 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod grpc;
 pub mod http;
 pub mod influx;

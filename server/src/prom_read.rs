@@ -372,14 +372,10 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
     Ok(QueryResult { timeseries: out })
 }
 
-/// Decodes a snappy-compressed `ReadRequest`, answers it, and returns the
-/// snappy-compressed `ReadResponse`.
-pub async fn read(
-    query: &QueryEngine,
-    db: &str,
-    body: &[u8],
-    max_decoded: usize,
-) -> Result<Vec<u8>> {
+/// Decodes a snappy-compressed `ReadRequest` (the body of a remote read),
+/// refusing one that decompresses to more than `max_decoded` bytes, and
+/// checks that it accepts the `SAMPLES` response type.
+pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<ReadRequest> {
     let raw = crate::prom::decompress(body, max_decoded, "remote read")?;
     let req = ReadRequest::decode(raw.as_slice()).map_err(|e| {
         Error::InvalidArgument(format!(
@@ -391,6 +387,27 @@ pub async fn read(
             "remote read: only the SAMPLES response type is supported".to_string(),
         ));
     }
+    Ok(req)
+}
+
+/// Compiles the matchers of one query, as answering it does first (the
+/// fuzz targets check this step too: the regexes come from the client).
+pub(crate) fn compile_matchers(q: &Query) -> Result<()> {
+    for m in &q.matchers {
+        Matcher::compile(m)?;
+    }
+    Ok(())
+}
+
+/// Decodes a snappy-compressed `ReadRequest`, answers it, and returns the
+/// snappy-compressed `ReadResponse`.
+pub async fn read(
+    query: &QueryEngine,
+    db: &str,
+    body: &[u8],
+    max_decoded: usize,
+) -> Result<Vec<u8>> {
+    let req = decode_request(body, max_decoded)?;
     let mut results = Vec::with_capacity(req.queries.len());
     for q in &req.queries {
         results.push(answer(query, db, q).await?);

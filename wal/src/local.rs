@@ -11,7 +11,9 @@
 //! Readers open segment files themselves and never read past the committed
 //! end, so they never see a half-written record.
 
-mod format;
+/// The record format, public for the fuzz targets (`fuzz/`).
+#[doc(hidden)]
+pub mod format;
 mod writer;
 
 use std::{

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod cluster_secret;
 mod crash;
+mod fuzz_corpus;
 mod grpc;
 mod horaedb_python;
 mod influx;

@@ -114,6 +114,15 @@ fn selectors<'a>(e: &'a Expr, out: &mut Vec<(&'a VectorSelector, i64)>) -> Resul
     Ok(())
 }
 
+/// What a query does with its text before reading any data: parse it and
+/// walk its selectors (refusing what is not supported). The fuzz targets
+/// (`fuzz/`) call this.
+pub(crate) fn check(text: &str) -> Result<()> {
+    let expr = parse(text)?;
+    let mut list = Vec::new();
+    selectors(&expr, &mut list)
+}
+
 /// Reads the samples of every selector for steps in `[start, end]`.
 async fn prefetch(
     query: &QueryEngine,

@@ -47,6 +47,38 @@ use crate::{
     error::{Error, Result},
 };
 
+/// Parses `sql` as [`QueryEngine::execute`] would before planning
+/// anything: splits it into statements, then runs Strata's own statement
+/// parsers (`USE`, `CREATE TABLE`, `ALTER TABLE`) and DataFusion's parser
+/// (with the dialect and limits of a default session) over each. Nothing
+/// is planned or run. The fuzz targets (`fuzz/`) call this; any input must
+/// return, with `Ok` or an error.
+pub(crate) fn parse_only(sql: &str) -> Result<()> {
+    static STATE: std::sync::OnceLock<SessionState> = std::sync::OnceLock::new();
+    let state = STATE.get_or_init(|| {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features()
+            .build()
+    });
+    let dialect = state.config().options().sql_parser.dialect;
+    for stmt in split_statements(sql) {
+        if statements::parse_use(&stmt)?.is_some() {
+            continue;
+        }
+        // Each parser refuses what is not its statement; errors are
+        // answers, only a panic (or a hang) is a bug.
+        let _ = create_table::parse(&stmt);
+        let _ = alter_table::parse(&stmt);
+        state.sql_to_statement(&stmt, &dialect)?;
+    }
+    Ok(())
+}
+
 /// The result of one statement.
 #[derive(Debug)]
 pub enum Output {
