@@ -83,7 +83,7 @@ fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
                 }
                 i += 1;
             }
-            (Lang::Sql, b'a'..=b'z' | b'A'..=b'Z' | b'_') => {
+            (_, b'a'..=b'z' | b'A'..=b'Z' | b'_') => {
                 let start = i;
                 while i + 1 < bytes.len()
                     && (bytes[i + 1].is_ascii_alphanumeric() || bytes[i + 1] == b'_')
@@ -91,7 +91,17 @@ fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
                     i += 1;
                 }
                 let word = &bytes[start..=i];
-                if word.eq_ignore_ascii_case(b"and") || word.eq_ignore_ascii_case(b"or") {
+                // Keyword operators chain without brackets as deep as
+                // symbols do (`up or up or …`).
+                let keyword = match lang {
+                    Lang::Sql => [&b"and"[..], b"or"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k)),
+                    Lang::PromQl => [&b"and"[..], b"or", b"unless", b"atan2"]
+                        .iter()
+                        .any(|k| word.eq_ignore_ascii_case(k)),
+                };
+                if keyword {
                     out.operators += 1;
                 }
             }
@@ -142,6 +152,66 @@ pub fn check_sql(sql: &str) -> Result<()> {
         )));
     }
     if found.operators > MAX_SQL_OPERATORS {
+        return Err(Error::TooComplex(format!(
+            "the statement nests too deeply: more than {MAX_SQL_OPERATORS} operators"
+        )));
+    }
+    check_sql_tokens(sql)
+}
+
+/// The same bounds counted on the SQL tokenizer's tokens, which read
+/// strings, escapes (`E'\''`), dollar quoting and comments as the parser
+/// does: a hand scan can be misled into taking a long operator chain for
+/// the inside of a string. Linear and without recursion; text the tokenizer
+/// refuses is left to the parser's error.
+fn check_sql_tokens(sql: &str) -> Result<()> {
+    use datafusion::sql::sqlparser::{
+        dialect::GenericDialect,
+        keywords::Keyword,
+        tokenizer::{Token, Tokenizer},
+    };
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Ok(());
+    };
+    let (mut depth, mut deepest, mut operators) = (0usize, 0usize, 0usize);
+    for t in &tokens {
+        match t {
+            Token::LParen | Token::LBracket | Token::LBrace => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            Token::RParen | Token::RBracket | Token::RBrace => depth = depth.saturating_sub(1),
+            Token::Word(w) if matches!(w.keyword, Keyword::AND | Keyword::OR) => operators += 1,
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Caret
+            | Token::Pipe
+            | Token::Ampersand
+            | Token::StringConcat
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::Arrow
+            | Token::LongArrow => operators += 1,
+            _ => {}
+        }
+    }
+    if deepest > MAX_SQL_DEPTH {
+        return Err(Error::TooComplex(format!(
+            "the statement nests more than {MAX_SQL_DEPTH} levels of parentheses"
+        )));
+    }
+    if operators > MAX_SQL_OPERATORS {
         return Err(Error::TooComplex(format!(
             "the statement nests too deeply: more than {MAX_SQL_OPERATORS} operators"
         )));
@@ -200,6 +270,18 @@ mod tests {
         assert!(check_sql(&format!("SELECT {}", nested(MAX_SQL_DEPTH))).is_ok());
         let err = check_sql(&format!("SELECT {}", nested(100_000))).unwrap_err();
         assert!(matches!(err, Error::TooComplex(_)), "{err}");
+        // Quoting a hand scan misreads: the tokenizer still counts.
+        let chain = vec!["1"; MAX_SQL_OPERATORS + 2].join("+");
+        for hidden in [
+            format!("SELECT E'\\'', {chain} -- '"),
+            format!("SELECT $$'$$, {chain}, $$'$$"),
+        ] {
+            let err = check_sql(&hidden).unwrap_err();
+            assert!(matches!(err, Error::TooComplex(_)), "{err}");
+        }
+        let words = vec!["up"; MAX_PROMQL_OPERATORS + 2].join(" or ");
+        assert!(check_promql(&words).is_err(), "keyword operators count too");
+        assert!(check_promql("up{job=\"and or unless\"} or on(x) down").is_ok());
         let chain = vec!["1"; MAX_PROMQL_OPERATORS + 2].join("+");
         assert!(check_promql(&chain).is_err());
         let chain = vec!["1"; MAX_SQL_OPERATORS + 2].join(" OR ");

@@ -144,6 +144,9 @@ pub fn cast_binder(values: Vec<ScalarValue>) -> Binder {
     })
 }
 
+/// The most parameters one statement may have (PostgreSQL's own bound).
+const MAX_PARAMETERS: usize = 65_535;
+
 /// Binds a plan's placeholders to the values `bind` gives for their types.
 fn bind_plan(plan: LogicalPlan, bind: &Binder) -> Result<LogicalPlan> {
     let types = plan.get_parameter_types()?;
@@ -152,6 +155,13 @@ fn bind_plan(plan: LogicalPlan, bind: &Binder) -> Result<LogicalPlan> {
         .filter_map(|id| id.strip_prefix('$')?.parse::<usize>().ok())
         .max()
         .unwrap_or(0);
+    // The placeholder numbers come from the client's text (`$4000000000`):
+    // PostgreSQL's own bound on parameters.
+    if count > MAX_PARAMETERS {
+        return Err(Error::InvalidArgument(format!(
+            "parameter ${count} is above the limit of {MAX_PARAMETERS} parameters"
+        )));
+    }
     let ordered: Vec<Option<DataType>> = (1..=count)
         .map(|n| types.get(&format!("${n}")).cloned().flatten())
         .collect();

@@ -45,19 +45,33 @@ fn strings(values: Vec<String>) -> ArrayRef {
     Arc::new(StringArray::from(values))
 }
 
-/// Matches a SQL `LIKE` pattern (`%` and `_`).
+/// Matches a SQL `LIKE` pattern (`%` and `_`), without recursion and in
+/// time proportional to pattern × name length at worst (a pattern comes
+/// from the client: `'%%%…%'` must not overflow a stack or take
+/// exponential time).
 fn like(pattern: &str, s: &str) -> bool {
-    fn go(p: &[char], s: &[char]) -> bool {
-        match p.first() {
-            None => s.is_empty(),
-            Some('%') => (0..=s.len()).any(|i| go(&p[1..], &s[i..])),
-            Some('_') => !s.is_empty() && go(&p[1..], &s[1..]),
-            Some(c) => s.first() == Some(c) && go(&p[1..], &s[1..]),
-        }
-    }
     let p: Vec<char> = pattern.chars().collect();
     let s: Vec<char> = s.chars().collect();
-    go(&p, &s)
+    let (mut pi, mut si) = (0usize, 0usize);
+    // Where the last `%` was, and the name position it matched up to.
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == '_' || (p[pi] != '%' && p[pi] == s[si])) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == '%' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            // Let the last `%` take one more character.
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '%')
 }
 
 /// Runs `sql` when it is one of Strata's own statements; `Ok(None)` means
@@ -251,5 +265,14 @@ mod tests {
         assert!(like("cpu%", "cpu_usage"));
         assert!(like("c_u", "cpu"));
         assert!(!like("cpu", "cpu2"));
+        assert!(like("%a%b%", "xaybz"));
+        assert!(like("%", ""));
+        assert!(like("a%", "a"));
+        assert!(!like("a%b", "acd"));
+        assert!(!like("_", ""));
+        // A hostile pattern: no recursion, no exponential time.
+        let hostile = format!("{}z", "%_".repeat(1000));
+        assert!(!like(&hostile, &"a".repeat(1000)));
+        assert!(like(&"%".repeat(200_000), "any"));
     }
 }
