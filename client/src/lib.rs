@@ -118,6 +118,18 @@ pub fn decode_payload_limited(
     payload: ArrowPayload,
     max_decoded: usize,
 ) -> Result<Vec<RecordBatch>> {
+    decode_payload_checked(payload, max_decoded, &|_| Ok(()))
+}
+
+/// [`decode_payload_limited`] that also runs `check` on each decompressed
+/// IPC stream before reading it (a server refuses declared buffer sizes
+/// there), and turns a panic of the Arrow reader on damaged bytes into an
+/// error.
+pub fn decode_payload_checked(
+    payload: ArrowPayload,
+    max_decoded: usize,
+    check: &dyn Fn(&[u8]) -> std::result::Result<(), String>,
+) -> Result<Vec<RecordBatch>> {
     use std::io::Read;
     let compressed = payload.compression() == Compression::Zstd;
     let too_large = || {
@@ -146,10 +158,21 @@ pub fn decode_payload_limited(
         }
         total += bytes.len();
         check_ipc_framing(&bytes)?;
-        let reader = StreamReader::try_new(Cursor::new(bytes), None)
-            .map_err(|e| Error::Decode(e.to_string()))?;
-        for batch in reader {
-            out.push(batch.map_err(|e| Error::Decode(e.to_string()))?);
+        check(&bytes).map_err(Error::Decode)?;
+        let read = std::panic::catch_unwind(|| -> Result<Vec<RecordBatch>> {
+            let reader = StreamReader::try_new(Cursor::new(bytes), None)
+                .map_err(|e| Error::Decode(e.to_string()))?;
+            reader
+                .map(|b| b.map_err(|e| Error::Decode(e.to_string())))
+                .collect()
+        });
+        match read {
+            Ok(batches) => out.extend(batches?),
+            Err(_) => {
+                return Err(Error::Decode(
+                    "malformed Arrow IPC stream: the reader refused it".to_string(),
+                ))
+            }
         }
     }
     Ok(out)

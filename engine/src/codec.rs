@@ -169,6 +169,13 @@ fn check_ipc_lengths(mut ipc: &[u8]) -> Result<()> {
     }
 }
 
+/// [`check_ipc_lengths`] for Arrow IPC streams from elsewhere (a client's
+/// `WriteArrow` rows): refuses declared lengths the bytes cannot hold before
+/// arrow-ipc allocates them.
+pub fn check_ipc_stream(ipc: &[u8]) -> Result<()> {
+    check_ipc_lengths(ipc)
+}
+
 /// Decodes one write payload.
 pub fn decode(payload: &[u8]) -> Result<WriteRecord> {
     if payload.len() < HEADER_LEN {

@@ -315,8 +315,10 @@ impl StorageServiceImpl {
                 "a write carries no rows".to_string(),
             ));
         };
-        let batches = strata_client::decode_payload_limited(rows, self.max_decoded)
-            .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
+        let batches = strata_client::decode_payload_checked(rows, self.max_decoded, &|ipc| {
+            strata_engine::codec::check_ipc_stream(ipc).map_err(|e| e.to_string())
+        })
+        .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
         let mut written = 0usize;
         for batch in batches {
             let batch = arrow::record_batch::RecordBatch::try_new_with_options(
