@@ -14,9 +14,12 @@ use std::io::Cursor;
 
 use crate::influx::{self, Precision};
 
+/// The body of a target: any bytes in, nothing out.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the directory of its corpus and the name of its
 /// libFuzzer binary) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("line_protocol", line_protocol),
     ("remote_write", remote_write),
     ("remote_read", remote_read),
