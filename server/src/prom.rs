@@ -115,12 +115,29 @@ fn tag_u64(i: u32, v: u64) -> Tag {
     }
 }
 
+/// The largest remote write or read body once decompressed.
+pub const MAX_DECODED_BODY: usize = 64 * 1024 * 1024;
+
+/// Decompresses a snappy body (remote write and read). The size it declares
+/// is checked before anything is allocated: the decoder allocates it whole,
+/// and five bytes can declare 4 GiB.
+pub fn unsnappy(body: &[u8]) -> Result<Vec<u8>, String> {
+    let not_snappy = |e: snap::Error| format!("the body is not snappy-compressed: {e}");
+    let len = snap::raw::decompress_len(body).map_err(not_snappy)?;
+    if len > MAX_DECODED_BODY {
+        return Err(format!(
+            "the body declares {len} bytes decompressed, more than the {MAX_DECODED_BODY} allowed"
+        ));
+    }
+    snap::raw::Decoder::new()
+        .decompress_vec(body)
+        .map_err(not_snappy)
+}
+
 /// Decodes a snappy-compressed `WriteRequest`. `known` says whether a
 /// series' row was written already (then it is not written again).
 pub fn decode(database: &str, body: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| format!("the body is not snappy-compressed: {e}"))?;
+    let raw = unsnappy(body)?;
     let req = RemoteWriteRequest::decode(raw.as_slice())
         .map_err(|e| format!("the body is not a Prometheus WriteRequest: {e}"))?;
     // (samples, series) rows per partition.
@@ -296,6 +313,27 @@ mod tests {
         .unwrap();
         assert_eq!(d.series[0], d.series[1]);
         assert_eq!(d.samples, 2);
+    }
+
+    #[test]
+    fn a_declared_size_above_the_bound_is_refused_before_allocating() {
+        // Five bytes declaring 4 GiB - 1 (the varint's maximum snappy takes).
+        let body = [0xff, 0xff, 0xff, 0xff, 0x0f];
+        let err = decode("db", &body, |_| false).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+        let just_above = {
+            let mut b = Vec::new();
+            let mut n = MAX_DECODED_BODY as u64 + 1;
+            while n >= 0x80 {
+                b.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            b.push(n as u8);
+            b
+        };
+        assert!(unsnappy(&just_above).unwrap_err().contains("more than"));
+        let ok = snap::raw::Encoder::new().compress_vec(b"abc").unwrap();
+        assert_eq!(unsnappy(&ok).unwrap(), b"abc");
     }
 
     #[test]

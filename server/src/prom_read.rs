@@ -375,13 +375,8 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
 /// Decodes a snappy-compressed `ReadRequest` (the body of a remote read)
 /// and checks that it accepts the `SAMPLES` response type.
 pub fn decode_request(body: &[u8]) -> Result<ReadRequest> {
-    let raw = snap::raw::Decoder::new()
-        .decompress_vec(body)
-        .map_err(|e| {
-            Error::InvalidArgument(format!(
-                "remote read: the body is not snappy-compressed: {e}"
-            ))
-        })?;
+    let raw =
+        prom::unsnappy(body).map_err(|e| Error::InvalidArgument(format!("remote read: {e}")))?;
     let req = ReadRequest::decode(raw.as_slice()).map_err(|e| {
         Error::InvalidArgument(format!(
             "remote read: the body is not a Prometheus ReadRequest: {e}"
