@@ -36,6 +36,8 @@ const MAX_LEN: usize = 16 * 1024;
 /// `fuzz/crashes-pending/README.md`); that is fuzzed with cargo fuzz, not
 /// replayed here.
 const MAX_BRACKETS: usize = 24;
+/// Tokio's default worker stack.
+const WORKER_STACK: usize = 2 * 1024 * 1024;
 
 fn corpus_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -287,9 +289,16 @@ static LAST_PANIC: Mutex<String> = Mutex::new(String::new());
 /// panics on damaged streams into errors): record the last one's message
 /// instead of printing each, and report it if it escapes the target.
 fn quiet_panics() {
-    std::panic::set_hook(Box::new(|info| {
+    // Capturing a backtrace per panic is slow (the WAL codec sees thousands
+    // of caught ones): only when asked.
+    let backtrace = std::env::var_os("STRATA_FUZZ_BACKTRACE").is_some();
+    std::panic::set_hook(Box::new(move |info| {
         let mut last = LAST_PANIC.lock().unwrap_or_else(|e| e.into_inner());
-        *last = info.to_string();
+        *last = if backtrace {
+            format!("{info}\n{}", std::backtrace::Backtrace::force_capture())
+        } else {
+            info.to_string()
+        };
     }));
 }
 
@@ -310,7 +319,21 @@ fn run_one(target: &str, body: fn(&[u8]), data: &[u8], what: &dyn Fn() -> String
     }
 }
 
+/// Runs a target on a thread with the stack of a tokio worker (2 MiB), where
+/// the servers run these functions: the test thread's may be larger.
 fn run_target(target: &str) {
+    let name = target.to_string();
+    let handle = std::thread::Builder::new()
+        .name(format!("fuzz-{target}"))
+        .stack_size(WORKER_STACK)
+        .spawn(move || run_target_here(&name))
+        .unwrap();
+    if let Err(panic) = handle.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn run_target_here(target: &str) {
     let body = TARGETS
         .iter()
         .find(|(name, _)| *name == target)
