@@ -860,14 +860,6 @@ impl Cluster {
                     highest,
                 })
             }
-            // The broker or the store hiccuped during the fence marker or
-            // the replay: keep the lock, so the next attempt gets the same
-            // epoch and goes on from what was replayed (the shard is ours
-            // to open either way).
-            Err(e @ strata_engine::Error::Wal { .. }) if e.is_retryable() => {
-                tracing::info!(shard, epoch, error = %e, "shard open interrupted; keeping the lock to resume");
-                Err(e)
-            }
             Err(e) => {
                 self.release(shard).await;
                 Err(e)
