@@ -1,14 +1,24 @@
-//! The standalone catalog: databases and tables, persisted as one JSON
-//! document in the object store (`{cluster}/catalog.json`).
+//! The standalone catalog: databases and tables, persisted as JSON
+//! documents in the object store, one per version
+//! (`{cluster}/catalog/{version:020}.json`).
 //!
-//! Every DDL change is persisted (one atomic put) before it is acknowledged.
+//! Every DDL change is persisted before it is acknowledged, as the next
+//! version, with a put that only creates (`PutMode::Create`): two processes
+//! that share the store (a rolling update of a standalone server on S3)
+//! cannot overwrite each other's changes. The one that loses the race
+//! reloads the catalog and answers a retryable error; a put whose answer
+//! was lost (applied, then a timeout, then a retry refused) is recognised
+//! by its content. The three latest versions are kept. A catalog written by
+//! an older Strata (`{cluster}/catalog.json`, one document overwritten in
+//! place) is read as version 0; the next change writes version 1.
 //! In cluster mode the meta service owns this information instead: the
 //! catalog is then an in-memory copy ([`Catalog::in_memory`]) that the
 //! instance installs from meta and keeps current.
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutPayload};
+use futures::TryStreamExt;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use strata_sst::{ShardId, TableId};
@@ -48,11 +58,19 @@ struct CatalogState {
 pub struct Catalog {
     /// Where the catalog is persisted; `None` for a copy of meta's.
     store: Option<Arc<dyn ObjectStore>>,
-    path: Path,
+    /// The folder of the versioned documents.
+    dir: Path,
+    /// The single document of older versions (read when no versioned
+    /// document exists).
+    legacy: Path,
     state: RwLock<CatalogState>,
-    /// Serialises changes so that persisted versions never interleave.
-    write_lock: tokio::sync::Mutex<()>,
+    /// Serialises changes so that persisted versions never interleave;
+    /// holds the version the state was read from or last written as.
+    write_lock: tokio::sync::Mutex<u64>,
 }
+
+/// Versions kept in the store: the latest and the two before it.
+const KEPT_VERSIONS: u64 = 3;
 
 /// Refuses empty and reserved database names.
 pub fn validate_database_name(name: &str) -> Result<()> {
@@ -76,35 +94,15 @@ fn now_ms() -> i64 {
 impl Catalog {
     /// Loads the catalog, creating an empty one with the default database.
     pub async fn open(store: Arc<dyn ObjectStore>, cluster: &str) -> Result<Self> {
-        let path = Path::from(format!("{cluster}/catalog.json"));
-        let state = match store.get(&path).await {
-            Ok(got) => {
-                let bytes = got.bytes().await.map_err(|source| Error::ObjectStore {
-                    op: "read",
-                    path: path.to_string(),
-                    source: Box::new(source),
-                })?;
-                serde_json::from_slice::<CatalogState>(&bytes)
-                    .map_err(|e| Error::Catalog(format!("{path}: {e}")))?
-            }
-            Err(object_store::Error::NotFound { .. }) => CatalogState {
-                format: 1,
-                next_table_id: 1,
-                ..Default::default()
-            },
-            Err(source) => {
-                return Err(Error::ObjectStore {
-                    op: "read",
-                    path: path.to_string(),
-                    source: Box::new(source),
-                })
-            }
-        };
+        let dir = Path::from(format!("{cluster}/catalog"));
+        let legacy = Path::from(format!("{cluster}/catalog.json"));
+        let (version, state) = load_latest(store.as_ref(), &dir, &legacy).await?;
         let catalog = Self {
             store: Some(store),
-            path,
+            dir,
+            legacy,
             state: RwLock::new(state),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(version),
         };
         if !catalog.database_exists(DEFAULT_DATABASE) {
             catalog.create_database(DEFAULT_DATABASE, true).await?;
@@ -117,13 +115,14 @@ impl Catalog {
     pub fn in_memory() -> Self {
         Self {
             store: None,
-            path: Path::from("meta"),
+            dir: Path::from("meta"),
+            legacy: Path::from("meta"),
             state: RwLock::new(CatalogState {
                 format: 1,
                 next_table_id: 1,
                 ..Default::default()
             }),
-            write_lock: tokio::sync::Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(0),
         }
     }
 
@@ -157,7 +156,10 @@ impl Catalog {
         }
     }
 
-    async fn persist(&self, state: &CatalogState) -> Result<()> {
+    /// Writes `state` as `version`, which must not exist yet. When another
+    /// process wrote that version first, the catalog is reloaded (and
+    /// published) and the change is refused with a retryable error.
+    async fn persist(&self, version: u64, state: &CatalogState) -> Result<Persisted> {
         let Some(store) = &self.store else {
             return Err(Error::Internal(
                 "the catalog is a copy of the meta service's; DDL goes through meta".into(),
@@ -165,25 +167,72 @@ impl Catalog {
         };
         let bytes = serde_json::to_vec_pretty(state)
             .map_err(|e| Error::Catalog(format!("encoding: {e}")))?;
-        store
-            .put(&self.path, PutPayload::from(bytes))
-            .await
-            .map_err(|source| Error::ObjectStore {
-                op: "write",
-                path: self.path.to_string(),
-                source: Box::new(source),
-            })?;
-        Ok(())
+        let path = version_path(&self.dir, version);
+        let put = store
+            .put_opts(
+                &path,
+                PutPayload::from(bytes.clone()),
+                PutOptions {
+                    mode: PutMode::Create,
+                    ..Default::default()
+                },
+            )
+            .await;
+        match put {
+            Ok(_) => {}
+            Err(object_store::Error::AlreadyExists { .. }) => {
+                // Ours, if a first attempt was applied and its answer lost.
+                if read(store.as_ref(), &path).await?.as_deref() == Some(bytes.as_slice()) {
+                    tracing::info!(%path, "a catalog version whose put was answered ambiguously is ours");
+                } else {
+                    let (latest, current) =
+                        load_latest(store.as_ref(), &self.dir, &self.legacy).await?;
+                    return Ok(Persisted::Raced(latest, current));
+                }
+            }
+            Err(source) => {
+                return Err(Error::ObjectStore {
+                    op: "write",
+                    path: path.to_string(),
+                    source: Box::new(source),
+                })
+            }
+        }
+        if version > KEPT_VERSIONS {
+            let old = version_path(&self.dir, version - KEPT_VERSIONS);
+            if let Err(e) = store.delete(&old).await {
+                tracing::debug!(path = %old, error = %e, "removing an old catalog version");
+            }
+        }
+        Ok(Persisted::Written)
     }
 
     /// Applies `change` to a copy of the state, persists it, then publishes it.
     async fn update<T>(&self, change: impl FnOnce(&mut CatalogState) -> Result<T>) -> Result<T> {
-        let _guard = self.write_lock.lock().await;
+        let mut version = self.write_lock.lock().await;
         let mut next = self.state.read().clone();
         let out = change(&mut next)?;
-        self.persist(&next).await?;
-        *self.state.write() = next;
-        Ok(out)
+        match self.persist(*version + 1, &next).await? {
+            Persisted::Written => {
+                *version += 1;
+                *self.state.write() = next;
+                Ok(out)
+            }
+            Persisted::Raced(latest, current) => {
+                tracing::warn!(
+                    tried = *version + 1,
+                    latest,
+                    "another process changed the catalog; reloaded it"
+                );
+                *version = latest;
+                *self.state.write() = current;
+                Err(Error::CatalogChanged(format!(
+                    "another process wrote catalog version {} first; the catalog was \
+                     reloaded (version {latest}), retry the statement",
+                    *version
+                )))
+            }
+        }
     }
 
     pub fn database_exists(&self, name: &str) -> bool {
@@ -352,5 +401,227 @@ impl Catalog {
             }
         })
         .await
+    }
+}
+
+/// What a persist did.
+enum Persisted {
+    Written,
+    /// Another process wrote the version first: the latest version and
+    /// its state.
+    Raced(u64, CatalogState),
+}
+
+fn version_path(dir: &Path, version: u64) -> Path {
+    dir.child(format!("{version:020}.json"))
+}
+
+/// An object's bytes; `None` when it does not exist.
+async fn read(store: &dyn ObjectStore, path: &Path) -> Result<Option<Vec<u8>>> {
+    let failed = |source| Error::ObjectStore {
+        op: "read",
+        path: path.to_string(),
+        source: Box::new(source),
+    };
+    match store.get(path).await {
+        Ok(got) => Ok(Some(got.bytes().await.map_err(failed)?.to_vec())),
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+fn decode(path: &Path, bytes: &[u8]) -> Result<CatalogState> {
+    serde_json::from_slice::<CatalogState>(bytes)
+        .map_err(|e| Error::Catalog(format!("{path}: {e}")))
+}
+
+/// The latest version of the catalog and its state: the highest versioned
+/// document, else the legacy single document as version 0, else an empty
+/// catalog.
+async fn load_latest(
+    store: &dyn ObjectStore,
+    dir: &Path,
+    legacy: &Path,
+) -> Result<(u64, CatalogState)> {
+    // A version listed can be removed before it is read, by a process that
+    // wrote three more meanwhile: list again.
+    for _ in 0..5 {
+        let listed: Vec<object_store::ObjectMeta> = store
+            .list(Some(dir))
+            .try_collect()
+            .await
+            .map_err(|source| Error::ObjectStore {
+                op: "list",
+                path: dir.to_string(),
+                source: Box::new(source),
+            })?;
+        let latest = listed
+            .iter()
+            .filter_map(|m| {
+                m.location
+                    .filename()?
+                    .strip_suffix(".json")?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .max();
+        let Some(version) = latest else {
+            return Ok(match read(store, legacy).await? {
+                Some(bytes) => (0, decode(legacy, &bytes)?),
+                None => (
+                    0,
+                    CatalogState {
+                        format: 1,
+                        next_table_id: 1,
+                        ..Default::default()
+                    },
+                ),
+            });
+        };
+        let path = version_path(dir, version);
+        if let Some(bytes) = read(store, &path).await? {
+            return Ok((version, decode(&path, &bytes)?));
+        }
+    }
+    Err(Error::CatalogChanged(format!(
+        "the catalog under {dir} kept changing while it was read; retry"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::BTreeSet;
+
+    use object_store::memory::InMemory;
+    use strata_sst::fault::{Fault, FaultStore, Op};
+
+    use super::*;
+    use crate::schema::TableSchema;
+
+    fn schema() -> TableSchema {
+        let ts = crate::schema::ColumnSchema {
+            name: "ts".into(),
+            column_type: crate::schema::ColumnType::Timestamp,
+            is_tag: false,
+            nullable: false,
+            comment: String::new(),
+        };
+        TableSchema::try_new(vec![ts], "ts", &[]).unwrap()
+    }
+
+    async fn create(c: &Catalog, name: &str) -> Result<Option<TableEntry>> {
+        c.create_table(
+            DEFAULT_DATABASE,
+            name,
+            schema(),
+            TableOptions::default(),
+            ShardId(0),
+            false,
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn two_processes_never_overwrite_each_others_changes() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let a = Catalog::open(store.clone(), "c").await.unwrap();
+        let b = Catalog::open(store.clone(), "c").await.unwrap();
+        create(&a, "from_a").await.unwrap();
+        // `b` still holds the state before `a`'s change: its write would
+        // have dropped `from_a`. It is refused, and `b` reloads.
+        let err = create(&b, "from_b").await.unwrap_err();
+        assert!(matches!(err, Error::CatalogChanged(_)), "{err}");
+        assert!(err.is_retryable());
+        assert!(b.table(DEFAULT_DATABASE, "from_a").is_some());
+        create(&b, "from_b").await.unwrap();
+        let reopened = Catalog::open(store.clone(), "c").await.unwrap();
+        let names: Vec<String> = reopened
+            .tables(DEFAULT_DATABASE)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        assert_eq!(names, ["from_a", "from_b"]);
+        // Distinct ids: `b` allocated from the reloaded state.
+        let ids: BTreeSet<_> = reopened.all_tables().iter().map(|t| t.id).collect();
+        assert_eq!(ids.len(), 2);
+        // Only the latest versions are kept.
+        for i in 0..6 {
+            let name = format!("more{i}");
+            if let Err(e) = create(&a, &name).await {
+                assert!(matches!(e, Error::CatalogChanged(_)), "{e}");
+                create(&a, &name).await.unwrap();
+            }
+        }
+        let listed: Vec<_> = store
+            .list(Some(&Path::from("c/catalog")))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(listed.len() <= KEPT_VERSIONS as usize, "{listed:?}");
+        let latest = Catalog::open(store, "c").await.unwrap();
+        assert_eq!(latest.tables(DEFAULT_DATABASE).len(), 8);
+    }
+
+    #[tokio::test]
+    async fn an_ambiguous_put_is_recognised_or_reloaded() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let faults = FaultStore::new(inner.clone());
+        let store: Arc<dyn ObjectStore> = faults.clone();
+        let c = Catalog::open(store.clone(), "c").await.unwrap();
+        c.create_database("d", false).await.unwrap();
+
+        // The put of a drop was applied, then answered with a timeout:
+        // the drop fails, the next change finds the version taken by
+        // different bytes, reloads (the drop is there) and asks for a retry.
+        faults.inject(Op::Put, "c/catalog/", Fault::ApplyThenTimeout, 1);
+        assert!(c.drop_database("d", false).await.is_err());
+        assert!(c.database_exists("d"), "not published after an error");
+        let err = c.create_database("e", false).await.unwrap_err();
+        assert!(matches!(err, Error::CatalogChanged(_)), "{err}");
+        assert!(!c.database_exists("d"), "the applied drop was reloaded");
+        c.create_database("e", false).await.unwrap();
+
+        // A version already holding exactly the bytes of this change (a
+        // first attempt applied, its answer lost, the retry refused) counts
+        // as written.
+        let version = *c.write_lock.lock().await;
+        let mut next = c.state.read().clone();
+        next.databases.remove("e");
+        let bytes = serde_json::to_vec_pretty(&next).unwrap();
+        inner
+            .put(&version_path(&c.dir, version + 1), PutPayload::from(bytes))
+            .await
+            .unwrap();
+        assert!(c.drop_database("e", false).await.unwrap());
+        assert!(!c.database_exists("e"));
+        let reopened = Catalog::open(inner, "c").await.unwrap();
+        assert_eq!(reopened.databases(), [DEFAULT_DATABASE]);
+    }
+
+    #[tokio::test]
+    async fn a_catalog_written_by_an_older_version_is_read_and_carried_on() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let mut old = CatalogState {
+            format: 1,
+            next_table_id: 7,
+            ..Default::default()
+        };
+        old.databases.insert(DEFAULT_DATABASE.to_string(), 1);
+        old.databases.insert("legacy_db".to_string(), 1);
+        store
+            .put(
+                &Path::from("c/catalog.json"),
+                PutPayload::from(serde_json::to_vec(&old).unwrap()),
+            )
+            .await
+            .unwrap();
+        let c = Catalog::open(store.clone(), "c").await.unwrap();
+        assert!(c.database_exists("legacy_db"));
+        let t = create(&c, "t").await.unwrap().unwrap();
+        assert_eq!(t.id, TableId(7));
+        let reopened = Catalog::open(store, "c").await.unwrap();
+        assert!(reopened.database_exists("legacy_db"));
+        assert!(reopened.table(DEFAULT_DATABASE, "t").is_some());
     }
 }

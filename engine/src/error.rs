@@ -90,6 +90,10 @@ pub enum Error {
     #[error("catalog is invalid: {0}")]
     Catalog(String),
 
+    /// Another process changed the persisted catalog first (retryable).
+    #[error("the catalog changed: {0}")]
+    CatalogChanged(String),
+
     #[error("WAL record is invalid: {0}")]
     Codec(String),
 
@@ -166,7 +170,7 @@ impl Error {
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotServedHere { .. } | Error::ShardFenced { .. } => ErrorKind::NotLeader,
             Error::ShardNotOpen { .. } => ErrorKind::ShardMoving,
-            Error::MetaUnavailable(_) => ErrorKind::Unavailable,
+            Error::MetaUnavailable(_) | Error::CatalogChanged(_) => ErrorKind::Unavailable,
             Error::Wal { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
             Error::WalAppend {
                 retryable: true, ..

@@ -16,7 +16,7 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{free_addr, http_get, http_request, strata_binary, Services};
+use crate::{free_addr, http_get, strata_binary, Services};
 
 /// How a test cluster is configured.
 #[derive(Clone, Debug)]
@@ -411,10 +411,12 @@ impl TestCluster {
         panic!("no meta answered GET {path}");
     }
 
-    /// `POST` on meta's HTTP API; returns (status, body).
+    /// `POST` on meta's HTTP API, with the cluster secret; returns
+    /// (status, body).
     pub async fn meta_post(&self, path: &str) -> (u16, String) {
         for m in &self.metas {
-            if let Some(r) = http_request(m.http, "POST", path, None).await {
+            let auth = [("x-strata-cluster-secret", self.secret.as_str())];
+            if let Some(r) = crate::http_post_bytes(m.http, path, &auth, b"").await {
                 return r;
             }
         }

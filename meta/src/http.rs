@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::{
     extract::{Path, Query, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -28,6 +28,38 @@ fn failed(e: &Error) -> Response {
         StatusCode::INTERNAL_SERVER_ERROR
     };
     error(status, e.to_string())
+}
+
+/// The routes that change the cluster (`POST`) need the cluster secret when
+/// meta has one: the header [`crate::secret::HEADER`] or
+/// `Authorization: Bearer <secret>`. 401 without one, 403 with another.
+/// The read-only routes answer anyone who can reach the port.
+#[allow(clippy::result_large_err)]
+fn authorize(meta: &Meta, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(secret) = &meta.options().cluster_secret else {
+        return Ok(());
+    };
+    let given = headers
+        .get(crate::secret::HEADER)
+        .map(|v| v.as_bytes())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        });
+    match given {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this route changes the cluster and needs the cluster secret \
+                 (header {} or Authorization: Bearer; `strata admin` sends ${})",
+                crate::secret::HEADER,
+                crate::secret::ENV
+            ),
+        )),
+        Some(v) if secret.matches(v) => Ok(()),
+        Some(_) => Err(error(StatusCode::FORBIDDEN, "wrong cluster secret")),
+    }
 }
 
 pub fn router(meta: Meta) -> Router {
@@ -169,9 +201,13 @@ async fn tables(State(meta): State<Meta>) -> Response {
 
 async fn move_shard(
     State(meta): State<Meta>,
+    headers: HeaderMap,
     Path(id): Path<u64>,
     Query(q): Query<BTreeMap<String, String>>,
 ) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
     let Some(node) = q.get("node") else {
         return error(StatusCode::BAD_REQUEST, "missing ?node=");
     };
@@ -190,14 +226,20 @@ async fn move_shard(
     }
 }
 
-async fn pause(State(meta): State<Meta>) -> Response {
+async fn pause(State(meta): State<Meta>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
     match meta.store().set_schedule_paused(true).await {
         Ok(()) => Json(json!({ "paused": true })).into_response(),
         Err(e) => failed(&e),
     }
 }
 
-async fn resume(State(meta): State<Meta>) -> Response {
+async fn resume(State(meta): State<Meta>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
     match meta.store().set_schedule_paused(false).await {
         Ok(()) => Json(json!({ "paused": false })).into_response(),
         Err(e) => failed(&e),

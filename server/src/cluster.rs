@@ -646,6 +646,8 @@ impl Cluster {
                 });
             } else if !mine && !open.contains(&a.shard) {
                 self.engine.discard_interrupted_open(ShardId(a.shard));
+                self.open_backoff.lock().remove(&a.shard);
+                self.forget_wal_loss(a.shard);
             } else if !mine && open.contains(&a.shard) {
                 self.spawn_busy(
                     a.shard,
@@ -686,6 +688,20 @@ impl Cluster {
                     Err(e) => tracing::debug!(shard = a.shard, error = %e, "confirming a lock"),
                 }
             }
+        }
+    }
+
+    /// Forgets a WAL loss this instance found on `shard` when it tried to
+    /// open it (`/health` reports it as DEGRADED): the shard is another
+    /// instance's now, which finds the loss itself if the WAL still has it.
+    fn forget_wal_loss(&self, shard: u64) {
+        strata_wal::loss::clear(&format!("shard {shard}"));
+        if let crate::config::WalConfig::Kafka(k) = &self.config.wal {
+            strata_wal::loss::clear(&crate::storage::kafka_topic(
+                &k.topic_prefix,
+                &self.config.engine.cluster,
+                ShardId(shard),
+            ));
         }
     }
 

@@ -69,6 +69,12 @@ pub struct ServerConfig {
     /// The largest gRPC message received or sent (ResourceExhausted).
     #[serde(with = "strata_engine::context::byte_size")]
     pub grpc_max_message_size: u64,
+    /// The largest PostgreSQL protocol message a client may send (`FATAL
+    /// 54000`, and the connection ends).
+    #[serde(with = "strata_engine::context::byte_size")]
+    pub pg_max_message_size: u64,
+    /// PostgreSQL connections served at once (`FATAL 53300` past it).
+    pub pg_max_connections: usize,
     /// Cluster mode: the secret shared with meta, which authenticates the
     /// control RPCs meta sends (`ShardControl`) and the calls this instance
     /// makes to meta. `$STRATA_CLUSTER_SECRET` sets it too. Without one, an
@@ -108,6 +114,8 @@ impl Default for ServerConfig {
             max_body_size: DEFAULT_REQUEST_LIMIT,
             max_decoded_size: DEFAULT_REQUEST_LIMIT,
             grpc_max_message_size: DEFAULT_REQUEST_LIMIT,
+            pg_max_message_size: DEFAULT_REQUEST_LIMIT,
+            pg_max_connections: 256,
             cluster_secret: None,
         }
     }

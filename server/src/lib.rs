@@ -17,6 +17,7 @@ pub mod influx;
 pub mod limits;
 pub mod metrics;
 pub mod pg;
+pub mod pg_conn;
 pub mod prom;
 pub mod prom_api;
 pub mod prom_read;

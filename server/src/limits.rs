@@ -26,6 +26,33 @@ pub const MAX_PROMQL_OPERATORS: usize = 4096;
 /// debug build takes about 9 s for `1+1+…` with 2,000 terms).
 pub const MAX_SQL_OPERATORS: usize = 2_000;
 
+/// The longest regular expression a client may send (a matcher of remote
+/// read or of a PromQL selector, `label_replace`'s pattern).
+pub const MAX_REGEX_LEN: usize = 16 * 1024;
+
+/// The most memory one compiled client regex may take (the `regex` crate's
+/// own default is 10 MiB, per regex; a request may hold many).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a regular expression a client sent, with bounded size and
+/// nesting: the pattern's length, the compiled program's size and the
+/// parser's nesting depth are capped, so a request's regexes cost at most a
+/// few MiB and milliseconds each. `what` names it in the error.
+pub fn client_regex(pattern: &str, what: &str) -> Result<regex::Regex> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "{what}: the regular expression is {} bytes long, more than the {MAX_REGEX_LEN} allowed",
+            pattern.len()
+        )));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
+        .nest_limit(64)
+        .build()
+        .map_err(|e| Error::InvalidArgument(format!("{what}: invalid regular expression: {e}")))
+}
+
 /// What a scan of a query's text found, outside string literals and
 /// comments as the language spells them.
 #[derive(Debug, Default, PartialEq)]
@@ -240,6 +267,22 @@ pub fn check_promql(text: &str) -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn client_regexes_are_bounded() {
+        assert!(client_regex("^(?:a.*b)$", "t").unwrap().is_match("axxb"));
+        let long = "a".repeat(MAX_REGEX_LEN + 1);
+        let err = client_regex(&long, "t").unwrap_err();
+        assert!(err.to_string().contains("bytes long"), "{err}");
+        // A short pattern whose compiled form is huge.
+        let err = client_regex(r"\w{1000}\w{1000}\w{1000}", "t").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid regular expression"),
+            "{err}"
+        );
+        let deep = format!("{}a{}", "(".repeat(100), ")".repeat(100));
+        assert!(client_regex(&deep, "t").is_err());
+    }
 
     #[test]
     fn depth_ignores_brackets_in_strings_and_comments() {

@@ -243,13 +243,21 @@ async fn server(
 }
 
 /// One HTTP/1.1 request to meta; returns the status and body.
-async fn http(addr: &str, method: &str, path: &str) -> Result<(u16, String), String> {
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    secret: Option<&strata_meta::secret::ClusterSecret>,
+) -> Result<(u16, String), String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| format!("cannot reach meta at {addr}: {e}"))?;
+    let auth = secret
+        .map(|s| format!("{}: {}\r\n", strata_meta::secret::HEADER, s.expose()))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     s.write_all(req.as_bytes())
         .await
@@ -351,7 +359,9 @@ async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
         AdminCommand::PauseSchedule => ("POST", "/schedule/pause".to_string()),
         AdminCommand::ResumeSchedule => ("POST", "/schedule/resume".to_string()),
     };
-    let (status, body) = http(&meta, method, &path).await?;
+    // Meta refuses the routes that change the cluster without the secret.
+    let secret = strata_meta::secret::ClusterSecret::from_env()?;
+    let (status, body) = http(&meta, method, &path, secret.as_ref()).await?;
     if status != 200 {
         return Err(format!("meta answered {status}: {body}"));
     }

@@ -137,6 +137,7 @@ impl PgHandler {
 pub async fn serve(
     listener: TcpListener,
     query: QueryEngine,
+    limits: crate::pg_conn::PgLimits,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let handler = Arc::new(PgHandler::new(query));
@@ -147,8 +148,9 @@ pub async fn serve(
                 Ok((socket, peer)) => {
                     let _ = socket.set_nodelay(true);
                     let handler = handler.clone();
+                    let limits = limits.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = pgwire::tokio::process_socket(socket, None, handler).await {
+                        if let Err(e) = crate::pg_conn::serve_connection(socket, handler, limits).await {
                             tracing::debug!(%peer, error = %e, "PostgreSQL connection ended with an error");
                         }
                     });
@@ -844,9 +846,13 @@ impl ExtendedQueryHandler for PgHandler {
         let values = param_values(portal)?;
         let sql = &session_functions(sql, &db);
         let started = std::time::Instant::now();
+        let db = &db;
         let result = self
             .query
-            .execute_bound(&db, sql, crate::sql::cast_binder(values))
+            .limited(false, |q| async move {
+                q.execute_bound(db, sql, crate::sql::cast_binder(values))
+                    .await
+            })
             .await;
         crate::metrics::observe_request("pg_query", started, result.is_ok());
         response(result.map_err(pg_error)?, &portal.result_column_format, sql)
@@ -882,8 +888,12 @@ impl ExtendedQueryHandler for PgHandler {
         } else {
             // Planned with a NULL of the inferred type for each parameter.
             let nulls = crate::sql::cast_binder(vec![ScalarValue::Null; count]);
+            let (db, sql) = (&db, &session_functions(sql, &db));
             self.query
-                .describe_bound(&db, &session_functions(sql, &db), nulls)
+                .limited(
+                    false,
+                    |q| async move { q.describe_bound(db, sql, nulls).await },
+                )
                 .await
                 .map_err(pg_error)?
                 .map(|s| fields(&s, &Format::UnifiedBinary))
@@ -910,13 +920,13 @@ impl ExtendedQueryHandler for PgHandler {
             return Ok(DescribePortalResponse::new(fields));
         }
         let values = param_values(portal)?;
+        let (db, sql) = (&db, &session_functions(sql, &db));
         let schema = self
             .query
-            .describe_bound(
-                &db,
-                &session_functions(sql, &db),
-                crate::sql::cast_binder(values),
-            )
+            .limited(false, |q| async move {
+                q.describe_bound(db, sql, crate::sql::cast_binder(values))
+                    .await
+            })
             .await
             .map_err(pg_error)?;
         let fields = schema

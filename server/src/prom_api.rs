@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use promql_parser::{
     label::{MatchOp, Matcher},
-    parser::{self, Expr, VectorSelector},
+    parser::{Expr, VectorSelector},
 };
 
 use crate::{
@@ -28,7 +28,7 @@ pub(crate) type Group = Vec<Matcher>;
 /// when the selector names one.
 fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
     crate::limits::check_promql(text)?;
-    let expr = parser::parse(text)
+    let expr = crate::promql::parse_guarded(text)
         .map_err(|e| Error::InvalidArgument(format!("invalid match[] {text}: {e}")))?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(Error::InvalidArgument(format!(

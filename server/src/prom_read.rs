@@ -75,9 +75,10 @@ enum Matcher {
 impl Matcher {
     fn compile(m: &LabelMatcher) -> Result<Self> {
         let re = |v: &str| {
-            regex::Regex::new(&format!("^(?:{v})$")).map_err(|e| {
-                Error::InvalidArgument(format!("remote read: bad regex for {}: {e}", m.name))
-            })
+            crate::limits::client_regex(
+                &format!("^(?:{v})$"),
+                &format!("remote read: the matcher of {}", m.name),
+            )
         };
         Ok(match m.r#type {
             0 => Matcher::Eq(m.name.clone(), m.value.clone()),
@@ -372,6 +373,12 @@ async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult>
     Ok(QueryResult { timeseries: out })
 }
 
+/// The most queries one remote read may hold (Prometheus sends one per
+/// selector of the PromQL query it answers).
+pub const MAX_QUERIES: usize = 256;
+/// The most matchers one query of a remote read may hold.
+pub const MAX_MATCHERS: usize = 256;
+
 /// Decodes a snappy-compressed `ReadRequest` (the body of a remote read),
 /// refusing one that decompresses to more than `max_decoded` bytes, and
 /// checks that it accepts the `SAMPLES` response type.
@@ -382,6 +389,18 @@ pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<ReadRequest> {
             "remote read: the body is not a Prometheus ReadRequest: {e}"
         ))
     })?;
+    if req.queries.len() > MAX_QUERIES {
+        return Err(Error::InvalidArgument(format!(
+            "remote read: {} queries in one request, more than the {MAX_QUERIES} allowed",
+            req.queries.len()
+        )));
+    }
+    if let Some(q) = req.queries.iter().find(|q| q.matchers.len() > MAX_MATCHERS) {
+        return Err(Error::InvalidArgument(format!(
+            "remote read: a query with {} matchers, more than the {MAX_MATCHERS} allowed",
+            q.matchers.len()
+        )));
+    }
     if !req.accepted_response_types.is_empty() && !req.accepted_response_types.contains(&0) {
         return Err(Error::Unsupported(
             "remote read: only the SAMPLES response type is supported".to_string(),
@@ -419,6 +438,7 @@ pub async fn read(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn labels(host: u64) -> Labels {
@@ -426,6 +446,57 @@ mod tests {
             ("__name__".to_string(), "up".to_string()),
             ("host".to_string(), format!("h{host}")),
         ]))
+    }
+
+    fn body(req: &ReadRequest) -> Vec<u8> {
+        snap::raw::Encoder::new()
+            .compress_vec(&req.encode_to_vec())
+            .unwrap()
+    }
+
+    fn matcher(t: i32, value: &str) -> LabelMatcher {
+        LabelMatcher {
+            r#type: t,
+            name: "host".to_string(),
+            value: value.to_string(),
+        }
+    }
+
+    #[test]
+    fn requests_with_too_many_queries_matchers_or_huge_regexes_are_refused() {
+        let query = |matchers: Vec<LabelMatcher>| Query {
+            start_timestamp_ms: 0,
+            end_timestamp_ms: 1,
+            matchers,
+        };
+        let many = ReadRequest {
+            queries: vec![query(vec![matcher(0, "a")]); MAX_QUERIES + 1],
+            accepted_response_types: vec![0],
+        };
+        let err = decode_request(&body(&many), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("queries in one request"), "{err}");
+        let wide = ReadRequest {
+            queries: vec![query(vec![matcher(0, "a"); MAX_MATCHERS + 1])],
+            accepted_response_types: vec![0],
+        };
+        let err = decode_request(&body(&wide), 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("matchers"), "{err}");
+
+        let ok = ReadRequest {
+            queries: vec![query(vec![matcher(2, "h.*"), matcher(3, "x|y")])],
+            accepted_response_types: vec![0],
+        };
+        let req = decode_request(&body(&ok), 1 << 20).unwrap();
+        compile_matchers(&req.queries[0]).unwrap();
+        for bad in [
+            "(".repeat(200) + &")".repeat(200),
+            r"\w{1000}\w{1000}\w{1000}".to_string(),
+            "a".repeat(crate::limits::MAX_REGEX_LEN + 1),
+        ] {
+            let q = query(vec![matcher(2, &bad)]);
+            let err = compile_matchers(&q).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        }
     }
 
     #[test]

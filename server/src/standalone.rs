@@ -203,6 +203,10 @@ pub(crate) async fn serve(
     let pg = tokio::spawn(crate::pg::serve(
         pg_listener,
         query.clone(),
+        crate::pg_conn::PgLimits::new(
+            config.server.pg_max_message_size,
+            config.server.pg_max_connections,
+        ),
         stop_rx.clone(),
     ));
     let mut http_stop = stop_rx.clone();

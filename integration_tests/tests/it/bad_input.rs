@@ -257,6 +257,21 @@ async fn deep_promql_and_huge_ranges_get_400_and_the_server_survives() {
         assert!(code == 200 || code == 400, "{path}: {code} {body}");
         assert_serving(&mut server).await;
     }
+    // Durations the PromQL parser cannot turn into a `Duration` made it
+    // panic (the request's connection dropped without an answer).
+    for q in ["up[1e300]", "up offset Inf", "rate(up[NaN])", "up[1e300:1]"] {
+        for path in [
+            format!("/api/v1/query?query={}&time=1", form(q)),
+            format!("/api/v1/series?match[]={}", form(q)),
+        ] {
+            let (code, body) = http_request(server.http, "GET", &path, None)
+                .await
+                .unwrap_or_else(|| panic!("no answer to {path}; log:\n{}", server.log_tail()));
+            assert_eq!(code, 400, "{path}: {body}");
+            assert!(body.contains(r#""errorType":"bad_data""#), "{path}: {body}");
+        }
+    }
+    assert_serving(&mut server).await;
     for path in [
         "/api/v1/query_range?query=1&start=NaN&end=1&step=1",
         "/api/v1/query_range?query=1&start=0&end=Inf&step=1",

@@ -589,6 +589,7 @@ async fn stale_routes_refresh_once_and_proxy_mode_forwards() {
             .arg("--meta")
             .arg(&meta_http)
             .args(args)
+            .env("STRATA_CLUSTER_SECRET", &c.secret)
             .output()
             .expect("run strata admin");
         assert!(
@@ -667,6 +668,100 @@ async fn stale_routes_refresh_once_and_proxy_mode_forwards() {
 
     admin(&["resume-schedule"]);
     assert_eq!(c.meta_get("/schedule").await["paused"], false);
+}
+
+/// Issue 14: reads sent to a former leader while a shard moved answered 421
+/// `NotLeader … which this instance does not serve` over HTTP, where the
+/// docs promise a wait of up to 15 s, then 503 `ShardMoving`. Readers on
+/// every instance run through four moves; every answer is a count, or a
+/// 503 ShardMoving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
+    let c = Arc::new(TestCluster::start(ClusterOptions::default()).await);
+    let client = c.servers[0].client().await;
+    create_append(&client, "mv").await;
+    for n in 1..=20 {
+        assert_eq!(client.write(row("mv", n)).await.unwrap(), 1);
+    }
+    let (code, body) = c.meta_post("/schedule/pause").await;
+    assert_eq!(code, 200, "{body}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for i in 0..c.servers.len() {
+        let (c, stop) = (c.clone(), stop.clone());
+        readers.push(tokio::spawn(async move {
+            let mut answers: HashMap<u16, usize> = HashMap::new();
+            let mut odd = Vec::new();
+            let sql = serde_json::json!({ "query": "SELECT count(*) AS n FROM mv" }).to_string();
+            while !stop.load(Ordering::Relaxed) {
+                let Some((code, body)) = strata_integration_tests::http_request(
+                    c.servers[i].http,
+                    "POST",
+                    "/sql",
+                    Some(&sql),
+                )
+                .await
+                else {
+                    continue;
+                };
+                *answers.entry(code).or_default() += 1;
+                let fine = (code == 200 && body.contains("20"))
+                    || (code == 503 && body.contains("ShardMoving"));
+                if !fine {
+                    odd.push(format!("{}: {code} {body}", c.servers[i].name));
+                }
+            }
+            (answers, odd)
+        }));
+    }
+
+    for _ in 0..4 {
+        let (shard, from) = shard_of(&c, "mv").await;
+        let to = (from + 1) % c.servers.len();
+        let (code, body) = c
+            .meta_post(&format!(
+                "/shards/{shard}/move?node={}",
+                c.servers[to].endpoint()
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, leader) = shard_of(&c, "mv").await;
+            let serving = c.shards().await.iter().all(|s| s["state"] == "serving");
+            if leader == to && serving {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the move did not finish:\n{}",
+                c.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the instances hear of the move, and the readers read on.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut total: HashMap<u16, usize> = HashMap::new();
+    let mut odd = Vec::new();
+    for r in readers {
+        let (answers, o) = r.await.unwrap();
+        for (code, n) in answers {
+            *total.entry(code).or_default() += n;
+        }
+        odd.extend(o);
+    }
+    println!("answers during four moves: {total:?}");
+    assert!(
+        odd.is_empty(),
+        "answers other than a count or 503 ShardMoving:\n{}",
+        odd.join("\n")
+    );
+    assert!(total.get(&200).copied().unwrap_or(0) > 30, "{total:?}");
+    let (code, body) = c.meta_post("/schedule/resume").await;
+    assert_eq!(code, 200, "{body}");
 }
 
 /// Writes single rows with SQL INSERT through whichever instance is not

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    exec, query,
+    exec, http_post_bytes, query,
 };
 use strata_proto::meta::{
     meta_service_client::MetaServiceClient, shard_control_client::ShardControlClient,
@@ -102,6 +102,64 @@ async fn control_rpcs_without_the_cluster_secret_are_refused() {
         query(&client, "SELECT count(*) FROM guarded").await,
         vec![vec!["2".to_string()]]
     );
+
+    // Meta's HTTP routes that change the cluster (move a shard, pause or
+    // resume scheduling) need the secret too; the read-only ones do not.
+    let meta_http = cluster.metas[0].http;
+    let shard = cluster.shards().await[0]["id"]
+        .as_u64()
+        .expect("a shard id");
+    let to = server.endpoint();
+    let move_path = format!("/shards/{shard}/move?node={to}");
+    for path in ["/schedule/pause", "/schedule/resume", move_path.as_str()] {
+        let (code, body) = http_post_bytes(meta_http, path, &[], b"")
+            .await
+            .expect("meta answers");
+        assert_eq!(code, 401, "{path}: {body}");
+        let (code, body) = http_post_bytes(
+            meta_http,
+            path,
+            &[("x-strata-cluster-secret", "not-the-secret")],
+            b"",
+        )
+        .await
+        .expect("meta answers");
+        assert_eq!(code, 403, "{path}: {body}");
+    }
+    assert_eq!(cluster.meta_get("/schedule").await["paused"], false);
+    let bearer = format!("Bearer {}", cluster.secret);
+    let (code, body) = http_post_bytes(
+        meta_http,
+        "/schedule/pause",
+        &[("Authorization", bearer.as_str())],
+        b"",
+    )
+    .await
+    .expect("meta answers");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(cluster.meta_get("/schedule").await["paused"], true);
+    // `strata admin` sends `$STRATA_CLUSTER_SECRET`.
+    let admin = |secret: &str| {
+        std::process::Command::new(strata_integration_tests::strata_binary())
+            .args(["admin", "--meta", &meta_http.to_string(), "resume-schedule"])
+            .env("STRATA_CLUSTER_SECRET", secret)
+            .output()
+            .expect("run strata admin")
+    };
+    let out = admin("not-the-secret");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = admin(&cluster.secret);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cluster.meta_get("/schedule").await["paused"], false);
 
     // With the secret the instance accepts a control RPC (re-installing the
     // table is idempotent).

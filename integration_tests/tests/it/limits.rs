@@ -128,6 +128,21 @@ async fn a_query_over_its_memory_limit_fails_with_resources_exhausted() {
         .await,
         vec![vec!["1000".to_string()]]
     );
+
+    // The rows of an answer count too: 200,000 rows of about 60 bytes were
+    // collected whole, past any limit; now the answer fails as it grows.
+    let big = "SELECT value, repeat('x', 50) AS pad FROM generate_series(1, 200000)";
+    let (code, body) = http_sql(server.http, big).await;
+    assert_eq!(code, 429, "{body}");
+    assert_eq!(body["kind"], "ResourcesExhausted", "{body}");
+    let (code, body) = http_sql(
+        server.http,
+        "SELECT value, repeat('x', 50) AS pad FROM generate_series(1, 1000)",
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["rows"].as_array().map(Vec::len), Some(1000), "{body}");
+    still_serving(&server).await;
 }
 
 /// Waits until the process is idle (its start-up work done), up to 20 s.

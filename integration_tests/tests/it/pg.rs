@@ -162,3 +162,114 @@ async fn postgres_protocol_on_a_cluster() {
     assert_eq!(psql_ok(a, "SELECT k, v FROM pg_c ORDER BY v"), "x|1\ny|2");
     run_psycopg(c.servers[2].pg.unwrap(), "");
 }
+
+/// A raw PostgreSQL client connection: the startup message sent and the
+/// server's answers read up to `ReadyForQuery`.
+async fn raw_session(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut body = 196_608u32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0anyone\0database\0public\0\0");
+    let mut msg = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    msg.extend(body);
+    s.write_all(&msg).await.unwrap();
+    let answers = read_messages(&mut s, b'Z').await;
+    assert!(answers.iter().any(|(t, _)| *t == b'Z'), "{answers:?}");
+    s
+}
+
+/// Reads backend messages until one of type `until` or the end of the
+/// stream; returns (type, body) of each.
+async fn read_messages(s: &mut tokio::net::TcpStream, until: u8) -> Vec<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(30), s.read_exact(&mut head))
+                .await
+                .expect("the server answers within 30 s");
+        if read.is_err() {
+            return out;
+        }
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let mut body = vec![0u8; len.saturating_sub(4)];
+        if s.read_exact(&mut body).await.is_err() {
+            return out;
+        }
+        out.push((head[0], body));
+        if head[0] == until {
+            return out;
+        }
+    }
+}
+
+/// Issue 14: pgwire buffers a message of up to 1 GiB whole, and serves any
+/// number of connections. A message declaring more than
+/// `server.pg_max_message_size` now ends its connection with FATAL 54000
+/// before its body is read, and connections past
+/// `server.pg_max_connections` get FATAL 53300.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_pg_messages_and_too_many_connections_get_fatal_errors() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start_with_env(
+        &dir.path().join("data"),
+        vec![
+            (
+                "STRATA_SERVER__PG_MAX_MESSAGE_SIZE".to_string(),
+                "1MB".to_string(),
+            ),
+            (
+                "STRATA_SERVER__PG_MAX_CONNECTIONS".to_string(),
+                "2".to_string(),
+            ),
+        ],
+    )
+    .await;
+
+    // A Query message that declares 512 MiB: refused at its header.
+    let mut s = raw_session(server.pg).await;
+    let mut huge = vec![b'Q'];
+    huge.extend_from_slice(&(512u32 << 20).to_be_bytes());
+    huge.extend_from_slice(b"SELECT ");
+    s.write_all(&huge).await.unwrap();
+    let answers = read_messages(&mut s, b'E').await;
+    let (kind, body) = answers.last().expect("an answer");
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(*kind, b'E', "{answers:?}");
+    assert!(text.contains("FATAL") && text.contains("54000"), "{text}");
+    assert!(text.contains("server.pg_max_message_size"), "{text}");
+    // ... and the connection is closed.
+    assert!(read_messages(&mut s, b'Z').await.is_empty());
+    drop(s);
+
+    // A message within the limit still runs (psql, 100 KB of SQL).
+    let long = format!("SELECT '{}' AS x", "y".repeat(100_000));
+    let (ok, out, err) = psql(server.pg, "public", &long);
+    assert!(ok, "{err}");
+    assert_eq!(out.len(), 100_000);
+
+    // Two connections held open fill the listener; a third is refused.
+    let a = raw_session(server.pg).await;
+    let b = raw_session(server.pg).await;
+    let (ok, _, err) = psql(server.pg, "public", "SELECT 1");
+    assert!(!ok);
+    assert!(err.contains("too many clients"), "{err}");
+    drop(a);
+    // The slot frees when the connection ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = psql(server.pg, "public", "SELECT 1");
+        if ok {
+            assert_eq!(out, "1");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{err}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(b);
+    assert!(server.is_running(), "{}", server.log_tail());
+    let (code, _) = http_get(server.http, "/health").await.unwrap();
+    assert_eq!(code, 200);
+}

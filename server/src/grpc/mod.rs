@@ -337,14 +337,16 @@ impl StorageServiceImpl {
     }
 
     /// Runs a request's SQL under the query limits (a forwarded request,
-    /// part of a query another instance admitted, takes no slot).
+    /// part of a query another instance admitted, takes a slot of the
+    /// forwarded set). A forwarded request first brings the catalog up to
+    /// the sender's, once admitted: the fingerprint is the client's to set.
     async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
         let db = database(&req.context);
-        if let (Some(c), true) = (self.query.cluster(), req.forwarded) {
-            c.sync_catalog(req.catalog_fingerprint).await?;
-        }
         self.query
             .limited(req.forwarded, |q| async move {
+                if let (Some(c), true) = (q.cluster(), req.forwarded) {
+                    c.sync_catalog(req.catalog_fingerprint).await?;
+                }
                 q.execute_with(&db, &req.sql, req.forwarded).await
             })
             .await

@@ -110,6 +110,9 @@ pub struct Evaluator {
     /// How deep [`Evaluator::eval`] has recursed: bounded by
     /// [`crate::limits::MAX_PROMQL_DEPTH`] whatever tree it is given.
     pub depth: std::cell::Cell<usize>,
+    /// What the selector data takes of the query's memory pool (released
+    /// with the evaluator).
+    pub memory: datafusion::execution::memory_pool::MemoryReservation,
 }
 
 pub fn key(vs: &VectorSelector) -> usize {
@@ -199,6 +202,14 @@ impl Evaluator {
             lookback,
             data: HashMap::new(),
             depth: std::cell::Cell::new(0),
+            memory: {
+                use datafusion::execution::memory_pool::{
+                    MemoryConsumer, MemoryPool, UnboundedMemoryPool,
+                };
+                let pool: std::sync::Arc<dyn MemoryPool> =
+                    std::sync::Arc::new(UnboundedMemoryPool::default());
+                MemoryConsumer::new("promql series").register(&pool)
+            },
         }
     }
 

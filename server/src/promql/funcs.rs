@@ -456,11 +456,7 @@ fn label_replace(ev: &Evaluator, c: &Call, t: i64) -> Result<Value> {
     let repl = string_arg(ev, c, 2, t)?;
     let src = string_arg(ev, c, 3, t)?;
     let pattern = string_arg(ev, c, 4, t)?;
-    let re = regex::Regex::new(&format!("^(?s:{pattern})$")).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "label_replace: invalid regular expression {pattern}: {e}"
-        ))
-    })?;
+    let re = crate::limits::client_regex(&format!("^(?s:{pattern})$"), "label_replace")?;
     let mut out = Vec::new();
     for mut e in ev.vector(arg(c, 0)?, t)? {
         let value = e.labels.get(&src).cloned().unwrap_or_default();

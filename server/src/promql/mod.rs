@@ -46,11 +46,27 @@ pub(crate) fn too_deep() -> Error {
 pub(crate) fn parse(text: &str) -> Result<Expr> {
     crate::limits::check_promql(text)?;
     let expr =
-        parser::parse(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))?;
+        parse_guarded(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))?;
     if depth(&expr) > crate::limits::MAX_PROMQL_DEPTH {
         return Err(too_deep());
     }
     Ok(expr)
+}
+
+/// `promql_parser`'s parse, with its panics turned into errors. The parser
+/// panics on some inputs instead of refusing them: a duration or offset
+/// written as a number it cannot turn into a `Duration` (`up[1e300]`,
+/// `up offset Inf`, `up[NaN]`). Callers check the nesting first
+/// ([`crate::limits::check_promql`]); a stack overflow is not a panic.
+pub(crate) fn parse_guarded(text: &str) -> std::result::Result<Expr, String> {
+    std::panic::catch_unwind(|| parser::parse(text)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the parser gave up".to_string());
+        Err(why)
+    })
 }
 
 /// The depth of an expression tree, walked with an explicit stack.
@@ -133,6 +149,7 @@ async fn prefetch(
     lookback: i64,
 ) -> Result<Evaluator> {
     let mut ev = Evaluator::new(start, end, lookback);
+    ev.memory = query.reservation("promql series");
     let mut list = Vec::new();
     selectors(expr, &mut list)?;
     // The selectors are read concurrently: each is a few SQL queries.
@@ -163,10 +180,26 @@ async fn prefetch(
         }
     });
     for (key, series) in futures::future::try_join_all(reads).await? {
+        // The series stay in memory while the query is evaluated: they
+        // count against the query's memory limit.
+        let bytes: usize = series.iter().map(series_size).sum();
+        ev.memory.try_grow(bytes)?;
         ev.data.insert(key, series);
     }
     Ok(ev)
 }
+
+/// About what one series takes in memory: its points, and its labels twice
+/// (with and without the metric name).
+fn series_size(s: &Series) -> usize {
+    let labels: usize = s.labels.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+    s.points.len() * std::mem::size_of::<(i64, f64)>() + 2 * labels + 64
+}
+
+/// Steps evaluated between two yields to the runtime: a range query of
+/// 11,000 steps over many series is CPU work that must not hold a worker
+/// thread past the query's timeout (a timeout only fires at an await).
+const STEPS_PER_YIELD: usize = 32;
 
 /// A time as Prometheus writes it: Unix seconds, with a fraction only when
 /// there is one.
@@ -268,15 +301,25 @@ pub async fn range(
     }
     let ev = prefetch(query, db, &expr, start, end, lookback).await?;
     let mut out: BTreeMap<BTreeMap<String, String>, Vec<Json>> = BTreeMap::new();
+    // The answer grows by a JSON pair per point: counted like the series.
+    let mut answer = query.reservation("promql answer");
     let mut t = start;
+    let mut steps = 0usize;
     while t <= end {
+        steps += 1;
+        if steps % STEPS_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
         match ev.eval(&expr, t)? {
-            Value::Scalar(v) => out
-                .entry(BTreeMap::new())
-                .or_default()
-                .push(json!([seconds(t), format_value(v)])),
+            Value::Scalar(v) => {
+                answer.try_grow(POINT_JSON_BYTES)?;
+                out.entry(BTreeMap::new())
+                    .or_default()
+                    .push(json!([seconds(t), format_value(v)]))
+            }
             Value::Vector(v) => {
                 check_unique(v.iter().map(|e| &e.labels))?;
+                answer.try_grow(v.len() * POINT_JSON_BYTES)?;
                 for e in v {
                     out.entry((*e.labels).clone())
                         .or_default()
@@ -299,6 +342,9 @@ pub async fn range(
         "result": out.into_iter().map(|(metric, values)| json!({"metric": metric, "values": values})).collect::<Vec<_>>(),
     }))
 }
+
+/// About what one `[time, "value"]` pair of an answer takes in memory.
+const POINT_JSON_BYTES: usize = 160;
 
 /// Seconds as milliseconds, clamped to ±[`eval::MAX_MS`] (as Prometheus
 /// clamps API times to its own minimum and maximum); `None` when not finite.
@@ -346,6 +392,33 @@ mod tests {
             .collect();
         l.insert("__name__".to_string(), name.to_string());
         Series::new(std::sync::Arc::new(l), points.to_vec())
+    }
+
+    #[test]
+    fn durations_the_parser_cannot_represent_are_errors_not_panics() {
+        for q in [
+            "up[1e300]",
+            "up[NaN]",
+            "up[Inf]",
+            "up offset 1e300",
+            "up offset Inf",
+            "rate(up[1e300])",
+            "up[1e300:1]",
+            "up[5m:1e300]",
+            "up @ 1e300",
+            "up @ NaN",
+        ] {
+            match parse(q) {
+                Err(Error::InvalidArgument(m)) => {
+                    assert!(m.starts_with("invalid PromQL"), "{q}: {m}")
+                }
+                Err(e) => panic!("{q}: unexpected error {e}"),
+                // Some spellings are representable; they must just not panic.
+                Ok(_) => {}
+            }
+        }
+        assert!(parse("up[1e300]").is_err());
+        assert!(parse("up offset Inf").is_err());
     }
 
     /// Evaluates `text` at `t` over in-memory series (every selector gets

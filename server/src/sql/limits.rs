@@ -8,8 +8,12 @@
 //! a DataFusion memory pool of its own (`memory_limit`, shared by every
 //! statement the request runs, e.g. the several reads of one PromQL query),
 //! and cancels it after `timeout`. Requests another instance forwards as
-//! part of its own query take no slot (the query was admitted there) but get
-//! a pool and the timeout of their own.
+//! part of its own query (admitted there) wait for a slot of a second set
+//! of `max_concurrent`, so that they never wait behind the queries that wait
+//! for them (a forwarded request is never forwarded again), and get a pool
+//! and the timeout of their own. The flag is the client's to set, so a
+//! client that sets it only reaches that second set: the instance runs at
+//! most `2 × max_concurrent` requests whatever clients send.
 
 use std::{num::NonZeroUsize, sync::Arc, time::Duration};
 
@@ -32,6 +36,8 @@ pub struct QueryLimits {
     timeout: Option<Duration>,
     /// Slots for queries running at once; `None`: unbounded.
     slots: Option<Arc<Semaphore>>,
+    /// As many slots again, for requests forwarded by other instances.
+    forwarded_slots: Option<Arc<Semaphore>>,
     max_concurrent: usize,
     queue_timeout: Duration,
 }
@@ -44,6 +50,8 @@ impl QueryLimits {
             timeout: (!config.timeout.is_zero()).then_some(config.timeout),
             slots: (config.max_concurrent > 0)
                 .then(|| Arc::new(Semaphore::new(config.max_concurrent))),
+            forwarded_slots: (config.max_concurrent > 0)
+                .then(|| Arc::new(Semaphore::new(config.max_concurrent))),
             max_concurrent: config.max_concurrent,
             queue_timeout: config.queue_timeout,
         }
@@ -55,6 +63,7 @@ impl QueryLimits {
             memory_limit: None,
             timeout: None,
             slots: None,
+            forwarded_slots: None,
             max_concurrent: 0,
             queue_timeout: Duration::ZERO,
         }
@@ -72,19 +81,25 @@ impl QueryLimits {
         }
     }
 
-    /// Waits for a slot; `Overloaded` when none frees up in time. Forwarded
-    /// requests take none.
+    /// Waits for a slot (forwarded requests for one of their own set);
+    /// `Overloaded` when none frees up in time.
     pub(crate) async fn admit(&self, forwarded: bool) -> Result<Option<OwnedSemaphorePermit>> {
-        let Some(slots) = self.slots.as_ref().filter(|_| !forwarded) else {
+        let slots = if forwarded {
+            &self.forwarded_slots
+        } else {
+            &self.slots
+        };
+        let Some(slots) = slots.as_ref() else {
             return Ok(None);
         };
+        let which = if forwarded { " forwarded" } else { "" };
         match tokio::time::timeout(self.queue_timeout, slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Some(permit)),
             Ok(Err(_)) => Err(Error::Internal("the query slots are closed".to_string())),
             Err(_) => Err(Error::Query {
                 kind: ErrorKind::Overloaded,
                 message: format!(
-                    "Overloaded: {} queries are running and none finished within {} \
+                    "Overloaded: {}{which} queries are running and none finished within {} \
                      (query.max_concurrent, query.queue_timeout); retry later",
                     self.max_concurrent,
                     humantime::format_duration(self.queue_timeout)
@@ -160,10 +175,19 @@ mod tests {
         let err = limits.admit(false).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Overloaded);
         assert!(err.is_retryable());
-        // Forwarded parts of a query admitted elsewhere take no slot.
-        assert!(limits.admit(true).await.unwrap().is_none());
+        // Forwarded parts of a query admitted elsewhere wait for a slot of
+        // their own set, not behind the queries that wait for them ...
+        let forwarded = limits.admit(true).await.unwrap();
+        assert!(forwarded.is_some());
+        // ... which is bounded too: a client that marks its requests
+        // forwarded does not get past the limit.
+        let err = limits.admit(true).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Overloaded);
+        assert!(err.to_string().contains("1 forwarded queries"), "{err}");
         drop(held);
         assert!(limits.admit(false).await.unwrap().is_some());
+        drop(forwarded);
+        assert!(limits.admit(true).await.unwrap().is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub mod tokens;
 use std::{future::Future, sync::Arc};
 
 use arrow::{
-    array::{AsArray, RecordBatch},
+    array::{Array, AsArray, RecordBatch},
     datatypes::{DataType, SchemaRef, UInt64Type},
 };
 use datafusion::{
@@ -29,6 +29,7 @@ use datafusion::{
     dataframe::DataFrame,
     execution::{
         context::SQLOptions,
+        memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation},
         runtime_env::RuntimeEnv,
         session_state::{SessionState, SessionStateBuilder},
     },
@@ -46,6 +47,37 @@ use crate::{
     cluster::Cluster,
     error::{Error, Result},
 };
+
+/// The bytes a batch's rows take: its slice of each buffer (a batch cut
+/// from a larger one shares that one's buffers, which
+/// `get_array_memory_size` would count whole for every slice).
+pub(crate) fn batch_size(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            c.to_data()
+                .get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
+/// Runs a query and gathers its rows, counting them against the request's
+/// memory pool: a result larger than `query.memory_limit` fails with
+/// `ResourcesExhausted` as it grows, instead of being collected whole.
+async fn collect_counted(df: DataFrame, pool: &Arc<dyn MemoryPool>) -> Result<Vec<RecordBatch>> {
+    use futures::StreamExt;
+    let mut stream = df.execute_stream().await?;
+    let mut reservation = MemoryConsumer::new("query result").register(pool);
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        reservation.try_grow(batch_size(&batch))?;
+        out.push(batch);
+    }
+    Ok(out)
+}
 
 /// Parses `sql` as [`QueryEngine::execute`] would before planning
 /// anything: splits it into statements, then runs Strata's own statement
@@ -242,7 +274,7 @@ impl QueryEngine {
     /// hands `run` a query engine whose statements share one memory pool of
     /// `query.memory_limit`, and cancels the request after `query.timeout`.
     /// `forwarded` requests (part of a query another instance admitted)
-    /// take no slot. Nested calls run under the outer request's limits.
+    /// wait for a slot of a second set of the same size. Nested calls run under the outer request's limits.
     pub async fn limited<T, F, Fut>(&self, forwarded: bool, run: F) -> Result<T>
     where
         F: FnOnce(QueryEngine) -> Fut,
@@ -263,6 +295,18 @@ impl QueryEngine {
             None => run(admitted).await,
         };
         result.map_err(|e| self.limits.explain(e))
+    }
+
+    /// A reservation on the request's memory pool, for what a request
+    /// holds outside DataFusion's operators (the series a PromQL query
+    /// evaluates, its answer): growing it past `query.memory_limit` fails
+    /// with `ResourcesExhausted`.
+    pub(crate) fn reservation(&self, name: &str) -> MemoryReservation {
+        let pool = self
+            .admission
+            .as_ref()
+            .map_or_else(|| self.limits.pool(), |a| a.pool.clone());
+        MemoryConsumer::new(name).register(&pool)
     }
 
     pub(crate) fn prom_labels(&self) -> &crate::prom_read::LabelCache {
@@ -517,9 +561,10 @@ impl QueryEngine {
                 return Err(Error::Unsupported(what));
             }
             let is_dml = matches!(plan, LogicalPlan::Dml(_));
+            let pool = state.runtime_env().memory_pool.clone();
             let df = DataFrame::new(state, plan);
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let batches = df.collect().await?;
+            let batches = collect_counted(df, &pool).await?;
             if is_dml {
                 let count = batches
                     .first()
