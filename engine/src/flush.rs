@@ -103,7 +103,7 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
     let dedup = current.options().update_mode == UpdateMode::Overwrite;
     let ts_index = mem_meta.schema().timestamp_index;
     let segment_ms = current.options().segment_duration.as_millis() as i64;
-    let cutoff = crate::provider::ttl_cutoff(current.options().ttl);
+    let cutoff = crate::options::ttl_cutoff(current.options().ttl);
     let batches = memtable.snapshot();
     let segments = tokio::task::spawn_blocking(move || -> Result<Vec<(i64, RecordBatch)>> {
         let Some(sorted) = sort_and_dedup(&schema, &batches, &key, seq, dedup)? else {

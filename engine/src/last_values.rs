@@ -30,7 +30,7 @@ use arrow::{
 use datafusion::common::{hash_map::Entry as MapEntry, HashMap};
 use parking_lot::Mutex;
 
-use crate::{schema::adapt_batch, table::TableMeta, Error, Result};
+use crate::{schema::adapt_batch, table_meta::TableMeta, Error, Result};
 
 /// Where a series' newest row is.
 #[derive(Debug, Clone, Copy)]

@@ -36,6 +36,7 @@ pub mod schema;
 pub mod shard;
 pub mod sort;
 pub mod table;
+pub mod table_meta;
 
 #[cfg(test)]
 mod tests;

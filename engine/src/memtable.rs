@@ -11,7 +11,7 @@ use arrow::{compute::concat_batches, datatypes::SchemaRef, record_batch::RecordB
 use parking_lot::Mutex;
 use strata_sst::TimeRange;
 
-use crate::{table::TableMeta, Error, Result};
+use crate::{table_meta::TableMeta, Error, Result};
 
 /// Small chunks at the tail are merged once this many accumulate.
 const MERGE_TAIL_CHUNKS: usize = 32;

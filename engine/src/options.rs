@@ -307,6 +307,11 @@ mod opt_duration_ms {
     }
 }
 
+/// The earliest timestamp a table with `ttl` still shows, now.
+pub fn ttl_cutoff(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|ttl| chrono::Utc::now().timestamp_millis() - ttl.as_millis() as i64)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

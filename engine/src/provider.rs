@@ -52,7 +52,11 @@ pub use sink::TableSink;
 use strata_sst::TimeRange;
 
 use self::plan::SourceSpec;
-use crate::{gc::SstHandle, options::UpdateMode, table::Table};
+use crate::{
+    gc::SstHandle,
+    options::{ttl_cutoff, UpdateMode},
+    table::Table,
+};
 
 /// A table as DataFusion sees it.
 #[derive(Debug)]
@@ -85,11 +89,6 @@ impl StrataTableProvider {
                     .is_some_and(|i| schema.is_primary_key(i))
             })
     }
-}
-
-/// The earliest timestamp a table with `ttl` still shows, now.
-pub fn ttl_cutoff(ttl: Option<std::time::Duration>) -> Option<i64> {
-    ttl.map(|ttl| chrono::Utc::now().timestamp_millis() - ttl.as_millis() as i64)
 }
 
 #[async_trait]

@@ -25,40 +25,13 @@ use crate::{
     last_values::LastValues,
     manifest::{Manifest, ManifestEdit, ManifestState},
     memtable::Memtable,
-    options::{TableOptions, UpdateMode},
+    options::UpdateMode,
     ownership::Ownership,
-    schema::{adapt_batch, TableSchema},
+    schema::adapt_batch,
     Error, Result,
 };
 
-/// A table's definition at one schema version: the catalog entry and the
-/// Arrow schemas derived from it.
-#[derive(Debug)]
-pub struct TableMeta {
-    pub entry: TableEntry,
-    /// The schema users see.
-    pub arrow_schema: SchemaRef,
-    /// The schema of memtables and SSTs: user columns plus `__seq`.
-    pub storage_schema: SchemaRef,
-}
-
-impl TableMeta {
-    pub fn new(entry: TableEntry) -> Arc<Self> {
-        Arc::new(Self {
-            arrow_schema: entry.schema.arrow_schema(),
-            storage_schema: entry.schema.storage_schema(),
-            entry,
-        })
-    }
-
-    pub fn schema(&self) -> &TableSchema {
-        &self.entry.schema
-    }
-
-    pub fn options(&self) -> &TableOptions {
-        &self.entry.options
-    }
-}
+pub use crate::table_meta::TableMeta;
 
 /// What a query or a flush sees of a table at one moment. Holding an
 /// `Arc<TableVersion>` pins it: its definition, memtables and SSTs do not
@@ -425,7 +398,7 @@ impl Table {
     /// Removes SSTs whose rows have all expired under the table's TTL.
     /// Returns how many were removed.
     pub async fn expire(&self) -> Result<usize> {
-        let Some(cutoff) = crate::provider::ttl_cutoff(self.meta().options().ttl) else {
+        let Some(cutoff) = crate::options::ttl_cutoff(self.meta().options().ttl) else {
             return Ok(0);
         };
         let _maintenance = self.maintenance.lock().await;

@@ -154,7 +154,7 @@ mod tests {
         memtable::Memtable,
         options::TableOptions,
         schema::{ColumnSchema, ColumnType, TableSchema},
-        table::TableMeta,
+        table_meta::TableMeta,
     };
 
     fn version(files: &[(i64, u64)]) -> TableVersion {

@@ -27,8 +27,9 @@ use super::picker::CompactionTask;
 use crate::{
     manifest::ManifestEdit,
     metrics,
+    options::ttl_cutoff,
     options::UpdateMode,
-    provider::{plan, plan::SourceSpec, ttl_cutoff},
+    provider::{plan, plan::SourceSpec},
     table::Table,
     Error, Result,
 };

@@ -21,7 +21,8 @@ use datafusion::{
 };
 use futures::StreamExt;
 
-use super::{ttl_cutoff, StrataTableProvider};
+use super::StrataTableProvider;
+use crate::options::ttl_cutoff;
 use crate::{
     last_values::{LastValues, Snapshot},
     table::Table,

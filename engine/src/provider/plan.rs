@@ -28,7 +28,7 @@ use crate::{
     gc::SstHandle,
     schema::adapt_batch,
     sort::{sort_and_dedup, KEY_SORT, SEQ_SORT},
-    table::TableMeta,
+    table_meta::TableMeta,
 };
 
 fn ext(e: crate::Error) -> DataFusionError {
