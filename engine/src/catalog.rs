@@ -104,10 +104,24 @@ impl Catalog {
             state: RwLock::new(state),
             write_lock: tokio::sync::Mutex::new(version),
         };
-        if !catalog.database_exists(DEFAULT_DATABASE) {
-            catalog.create_database(DEFAULT_DATABASE, true).await?;
+        // Two processes opening an empty store at once both create the
+        // default database; the one that loses finds it after reloading.
+        for _ in 0..5 {
+            if catalog.database_exists(DEFAULT_DATABASE) {
+                return Ok(catalog);
+            }
+            match catalog.create_database(DEFAULT_DATABASE, true).await {
+                Ok(_) | Err(Error::CatalogChanged(_)) => {}
+                Err(e) => return Err(e),
+            }
         }
-        Ok(catalog)
+        if catalog.database_exists(DEFAULT_DATABASE) {
+            Ok(catalog)
+        } else {
+            Err(Error::CatalogChanged(
+                "the catalog kept changing while the default database was created; retry".into(),
+            ))
+        }
     }
 
     /// An empty, unpersisted catalog: a copy of the meta service's, filled
@@ -198,6 +212,16 @@ impl Catalog {
                 })
             }
         }
+        // A process far behind can create a version number that was used
+        // and removed long ago: the put succeeds, but loaders read the
+        // highest version. Only the highest counts as written.
+        let (latest, current) = load_latest(store.as_ref(), &self.dir, &self.legacy).await?;
+        if latest > version {
+            if let Err(e) = store.delete(&path).await {
+                tracing::debug!(%path, error = %e, "removing a stale catalog version");
+            }
+            return Ok(Persisted::Raced(latest, current));
+        }
         if version > KEPT_VERSIONS {
             let old = version_path(&self.dir, version - KEPT_VERSIONS);
             if let Err(e) = store.delete(&old).await {
@@ -219,17 +243,17 @@ impl Catalog {
                 Ok(out)
             }
             Persisted::Raced(latest, current) => {
+                let tried = *version + 1;
                 tracing::warn!(
-                    tried = *version + 1,
+                    tried,
                     latest,
                     "another process changed the catalog; reloaded it"
                 );
                 *version = latest;
                 *self.state.write() = current;
                 Err(Error::CatalogChanged(format!(
-                    "another process wrote catalog version {} first; the catalog was \
-                     reloaded (version {latest}), retry the statement",
-                    *version
+                    "another process wrote catalog version {tried} or later first; the \
+                     catalog was reloaded (version {latest}), retry the statement"
                 )))
             }
         }
@@ -561,6 +585,44 @@ mod tests {
         assert!(listed.len() <= KEPT_VERSIONS as usize, "{listed:?}");
         let latest = Catalog::open(store, "c").await.unwrap();
         assert_eq!(latest.tables(DEFAULT_DATABASE).len(), 8);
+    }
+
+    #[tokio::test]
+    async fn a_process_far_behind_cannot_reuse_a_removed_version() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let a = Catalog::open(store.clone(), "c").await.unwrap();
+        let b = Catalog::open(store.clone(), "c").await.unwrap();
+        // `a` writes far ahead; the versions `b` would write next are gone.
+        for i in 0..8 {
+            create(&a, &format!("a{i}")).await.unwrap();
+        }
+        assert!(store
+            .head(&version_path(&a.dir, 2))
+            .await
+            .is_err_and(|e| matches!(e, object_store::Error::NotFound { .. })));
+        // `b`'s put of version 2 succeeds, but it is not the latest: the
+        // change is refused and `b` reloads instead of acknowledging a
+        // catalog nobody reads.
+        let err = create(&b, "from_b").await.unwrap_err();
+        assert!(matches!(err, Error::CatalogChanged(_)), "{err}");
+        assert_eq!(b.tables(DEFAULT_DATABASE).len(), 8);
+        let t = create(&b, "from_b").await.unwrap().unwrap();
+        assert_eq!(t.id, TableId(9), "ids continue from the latest catalog");
+        let reopened = Catalog::open(store.clone(), "c").await.unwrap();
+        assert_eq!(reopened.tables(DEFAULT_DATABASE).len(), 9);
+        // The stray version was removed again.
+        assert!(store.head(&version_path(&a.dir, 2)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn two_processes_opening_an_empty_store_both_start() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let (a, b) = tokio::join!(
+            Catalog::open(store.clone(), "c"),
+            Catalog::open(store.clone(), "c")
+        );
+        assert!(a.unwrap().database_exists(DEFAULT_DATABASE));
+        assert!(b.unwrap().database_exists(DEFAULT_DATABASE));
     }
 
     #[tokio::test]

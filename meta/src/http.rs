@@ -45,7 +45,9 @@ fn authorize(meta: &Meta, headers: &HeaderMap) -> Result<(), Response> {
         .or_else(|| {
             headers
                 .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                .map(|v| v.as_bytes())
+                .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+                .map(|v| &v[7..])
         });
     match given {
         None => Err(error(

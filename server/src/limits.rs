@@ -26,6 +26,10 @@ pub const MAX_PROMQL_OPERATORS: usize = 4096;
 /// debug build takes about 9 s for `1+1+…` with 2,000 terms).
 pub const MAX_SQL_OPERATORS: usize = 2_000;
 
+/// The most regex matchers (`=~`, `!~`) one PromQL query may hold: the
+/// parser compiles each.
+pub const MAX_PROMQL_REGEXES: usize = 256;
+
 /// The longest regular expression a client may send (a matcher of remote
 /// read or of a PromQL selector, `label_replace`'s pattern).
 pub const MAX_REGEX_LEN: usize = 16 * 1024;
@@ -63,6 +67,10 @@ struct Scan {
     /// SQL the words `AND` and `OR`: an upper bound on the depth a chain of
     /// binary or unary operators gives a parsed tree.
     operators: usize,
+    /// PromQL: regex matchers (`=~`, `!~`), which the parser compiles.
+    regexes: usize,
+    /// PromQL: the longest string literal after a regex matcher.
+    longest_regex: usize,
 }
 
 /// Scans `text`; stops (with the depth at `depth_limit + 1`) as soon as the
@@ -71,6 +79,7 @@ fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
     let mut out = Scan::default();
+    let mut regex_next = false;
     let mut i = 0;
     while i < bytes.len() {
         let c = bytes[i];
@@ -132,8 +141,13 @@ fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
                     out.operators += 1;
                 }
             }
+            (Lang::PromQl, b'~') if i > 0 && matches!(bytes[i - 1], b'=' | b'!') => {
+                out.regexes += 1;
+                regex_next = true;
+            }
             // PromQL strings: "…" and '…' with backslash escapes, `…` raw.
             (Lang::PromQl, b'"' | b'\'') => {
+                let start = i;
                 i += 1;
                 while i < bytes.len() && bytes[i] != c {
                     if bytes[i] == b'\\' {
@@ -141,11 +155,18 @@ fn scan(text: &str, depth_limit: usize, lang: Lang) -> Scan {
                     }
                     i += 1;
                 }
+                if std::mem::take(&mut regex_next) {
+                    out.longest_regex = out.longest_regex.max(i - start);
+                }
             }
             (Lang::PromQl, b'`') => {
+                let start = i;
                 i += 1;
                 while i < bytes.len() && bytes[i] != b'`' {
                     i += 1;
+                }
+                if std::mem::take(&mut regex_next) {
+                    out.longest_regex = out.longest_regex.max(i - start);
                 }
             }
             (Lang::PromQl, b'#') => {
@@ -260,6 +281,18 @@ pub fn check_promql(text: &str) -> Result<()> {
             "invalid PromQL: the query nests too deeply: more than {MAX_PROMQL_OPERATORS} operators"
         )));
     }
+    // The parser compiles every regex matcher as it parses.
+    if found.regexes > MAX_PROMQL_REGEXES {
+        return Err(Error::TooComplex(format!(
+            "invalid PromQL: more than {MAX_PROMQL_REGEXES} regex matchers (=~, !~)"
+        )));
+    }
+    if found.longest_regex > MAX_REGEX_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "invalid PromQL: a regex matcher of {} bytes, more than the {MAX_REGEX_LEN} allowed",
+            found.longest_regex
+        )));
+    }
     Ok(())
 }
 
@@ -267,6 +300,27 @@ pub fn check_promql(text: &str) -> Result<()> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn promql_regex_matchers_are_counted_and_measured() {
+        assert!(check_promql(r#"up{job=~"a.*", host!~'b|c'}"#).is_ok());
+        let long = format!(r#"up{{job=~"{}"}}"#, "a".repeat(MAX_REGEX_LEN + 1));
+        assert!(check_promql(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("regex matcher of"));
+        // A long value of an equality matcher is not a regex.
+        let value = format!(r#"up{{job="{}"}}"#, "a".repeat(MAX_REGEX_LEN + 1));
+        assert!(check_promql(&value).is_ok());
+        let many = format!(
+            "up{{{}}}",
+            (0..=MAX_PROMQL_REGEXES)
+                .map(|i| format!("l{i}=~\"x\""))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert!(check_promql(&many).is_err());
+    }
 
     #[test]
     fn client_regexes_are_bounded() {

@@ -2,13 +2,18 @@
 //! pgwire leaves open.
 //!
 //! - **Message size.** pgwire accepts a `Query`, `Parse` or `Bind` message
-//!   of up to 1 GiB and buffers it whole. [`Bounded`] reads the frame
-//!   headers as the bytes arrive and ends the connection with `FATAL 54000`
-//!   (program_limit_exceeded) as soon as one declares more than
-//!   `server.pg_max_message_size`, before the body is read.
+//!   of up to 1 GiB and buffers it whole. [`Bounded`] counts the bytes that
+//!   pgwire has read but not yet turned into a message, and ends the
+//!   connection with `FATAL 54000` (program_limit_exceeded) once they pass
+//!   `server.pg_max_message_size`: pgwire reads more only while the message
+//!   at the head of its buffer is incomplete, so no message larger than the
+//!   limit can be buffered, whatever lengths the client declares (counting
+//!   pgwire's own buffer, rather than following the framing separately,
+//!   cannot be misled by a message whose decoder reads less or more than
+//!   its declared length).
 //! - **Connections.** At most `server.pg_max_connections` connections are
 //!   served at once; one more gets `FATAL 53300` (too_many_connections), as
-//!   PostgreSQL answers past `max_connections`.
+//!   PostgreSQL answers past `max_connections`, within a few seconds.
 //!
 //! A decoding error that pgwire's own loop would answer by dropping the
 //! connection without a word gets a `FATAL` error message first.
@@ -40,14 +45,18 @@ use tokio_util::codec::{Framed, FramedParts};
 /// How long a client has to finish its startup (pgwire's own bound).
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The largest untyped (startup-phase) message PostgreSQL accepts.
-const MAX_STARTUP_MESSAGE: u64 = 10_000;
+/// How long a connection refused for being one too many may take to be
+/// told so.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The request codes of the untyped messages after which another untyped
-/// message follows (the client asked for TLS or GSS encryption, was told
-/// no, and now sends its startup message).
-const SSL_REQUEST: u32 = 80_877_103;
-const GSSENC_REQUEST: u32 = 80_877_104;
+/// After refusing a message too large, how long and how much more of it
+/// is read and dropped before the connection closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: u64 = 64 << 20;
+
+/// A message's type byte and length, which pgwire may hold besides the
+/// message itself.
+const HEADER: u64 = 5;
 
 /// The bounds of the PostgreSQL listener.
 #[derive(Debug, Clone)]
@@ -69,120 +78,27 @@ impl PgLimits {
     }
 }
 
-/// What the frame reader is in the middle of.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Frame {
-    /// Reading the header of a startup-phase message: length (4 bytes,
-    /// counting itself) and request code (4 bytes).
-    UntypedHeader,
-    /// Reading the header of a message: type (1 byte), length (4 bytes,
-    /// counting itself).
-    TypedHeader,
-    /// Skipping the rest of a message's body.
-    Body { left: u64, then_typed: bool },
-}
-
-/// The frontend's framing, followed byte by byte: whether a message
-/// declared a length over the limit.
-#[derive(Debug)]
-struct FrameReader {
-    frame: Frame,
-    header: [u8; 8],
-    have: usize,
-    max_message: u64,
-}
-
-impl FrameReader {
-    fn new(max_message: u64) -> Self {
-        Self {
-            frame: Frame::UntypedHeader,
-            header: [0; 8],
-            have: 0,
-            max_message,
-        }
-    }
-
-    /// Feeds bytes the client sent; `Err(declared length)` once a message
-    /// declares more than the limit (or an impossible length).
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), u64> {
-        while !bytes.is_empty() {
-            match self.frame {
-                Frame::Body { left, then_typed } => {
-                    let n = left.min(bytes.len() as u64);
-                    bytes = &bytes[usize::try_from(n).unwrap_or(bytes.len())..];
-                    self.frame = if n == left {
-                        Self::next_header(then_typed)
-                    } else {
-                        Frame::Body {
-                            left: left - n,
-                            then_typed,
-                        }
-                    };
-                }
-                Frame::UntypedHeader | Frame::TypedHeader => {
-                    let need = if self.frame == Frame::UntypedHeader {
-                        8
-                    } else {
-                        5
-                    };
-                    let take = (need - self.have).min(bytes.len());
-                    self.header[self.have..self.have + take].copy_from_slice(&bytes[..take]);
-                    self.have += take;
-                    bytes = &bytes[take..];
-                    if self.have < need {
-                        continue;
-                    }
-                    self.have = 0;
-                    self.frame = self.after_header()?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn next_header(typed: bool) -> Frame {
-        if typed {
-            Frame::TypedHeader
-        } else {
-            Frame::UntypedHeader
-        }
-    }
-
-    /// The frame after a complete header.
-    fn after_header(&self) -> Result<Frame, u64> {
-        let h = &self.header;
-        if self.frame == Frame::UntypedHeader {
-            let len = u64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]]));
-            let code = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-            if !(8..=MAX_STARTUP_MESSAGE.min(self.max_message)).contains(&len) {
-                return Err(len);
-            }
-            let then_typed = !matches!(code, SSL_REQUEST | GSSENC_REQUEST);
-            Ok(Self::body(len - 8, then_typed))
-        } else {
-            let len = u64::from(u32::from_be_bytes([h[1], h[2], h[3], h[4]]));
-            if !(4..=self.max_message).contains(&len) {
-                return Err(len);
-            }
-            Ok(Self::body(len - 4, true))
-        }
-    }
-
-    fn body(left: u64, then_typed: bool) -> Frame {
-        if left == 0 {
-            Self::next_header(then_typed)
-        } else {
-            Frame::Body { left, then_typed }
-        }
-    }
-}
-
-/// A client stream whose frames are checked as they are read.
+/// A client stream that refuses to let pgwire buffer more than one
+/// message's worth of unread bytes.
 pub struct Bounded<S> {
     inner: S,
-    frames: FrameReader,
-    /// The length the offending message declared, once one did.
+    /// Bytes read that pgwire has not yet decoded into a message: reset to
+    /// what its buffer holds whenever it yields one.
+    pending: u64,
+    max_message: u64,
+    /// The bytes pending when the limit was passed.
     refused: Option<u64>,
+}
+
+impl<S> Bounded<S> {
+    fn new(inner: S, pending: u64, max_message: u64) -> Self {
+        Self {
+            inner,
+            pending,
+            max_message,
+            refused: None,
+        }
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
@@ -191,16 +107,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if let Some(len) = self.refused {
-            return Poll::Ready(Err(too_large(len)));
+        if let Some(n) = self.refused {
+            return Poll::Ready(Err(too_large(n)));
         }
         let before = buf.filled().len();
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if let Err(len) = this.frames.feed(&buf.filled()[before..]) {
-                    this.refused = Some(len);
-                    return Poll::Ready(Err(too_large(len)));
+                this.pending += (buf.filled().len() - before) as u64;
+                if this.pending > this.max_message.saturating_add(HEADER) {
+                    this.refused = Some(this.pending);
+                    return Poll::Ready(Err(too_large(this.pending)));
                 }
                 Poll::Ready(Ok(()))
             }
@@ -227,10 +144,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Bounded<S> {
     }
 }
 
-fn too_large(len: u64) -> io::Error {
+fn too_large(pending: u64) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("a message declared {len} bytes"),
+        format!("{pending} bytes of an unfinished message"),
     )
 }
 
@@ -247,50 +164,19 @@ pub async fn serve_connection<H>(tcp: TcpStream, handlers: H, limits: PgLimits) 
 where
     H: PgWireServerHandlers,
 {
-    let permit = limits.connections.clone().try_acquire_owned().ok();
+    let Ok(permit) = limits.connections.clone().try_acquire_owned() else {
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, refuse(tcp, &limits)).await;
+        return Ok(());
+    };
     let startup = tokio::time::sleep(STARTUP_TIMEOUT);
     tokio::pin!(startup);
-    // Answers an SSL request with "no" (this listener has no TLS).
     let negotiated = tokio::select! {
-        _ = &mut startup => return Ok(()),
-        s = negotiate_tls(tcp, None) => s?,
+        _ = &mut startup => None,
+        s = bounded(tcp, limits.max_message) => s?,
     };
-    let Some(socket) = negotiated else {
+    let Some(mut socket) = negotiated else {
         return Ok(());
     };
-    // The rest goes through the frame check; what negotiation already read
-    // is checked first.
-    let parts = socket.into_parts();
-    let mut frames = FrameReader::new(limits.max_message);
-    let refused = frames.feed(&parts.read_buf).err();
-    let mut bounded = FramedParts::new(
-        Bounded {
-            inner: parts.io,
-            frames,
-            refused,
-        },
-        parts.codec,
-    );
-    bounded.read_buf = parts.read_buf;
-    bounded.write_buf = parts.write_buf;
-    let mut socket: Socket<_> = Framed::from_parts(bounded);
-
-    if permit.is_none() {
-        // PostgreSQL reads the startup message before it refuses, so that
-        // the client is listening for the answer.
-        let _ = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
-        let _ = socket
-            .send(fatal(
-                "53300",
-                format!(
-                    "sorry, too many clients already: {} connections are open \
-                     (server.pg_max_connections)",
-                    limits.max_connections
-                ),
-            ))
-            .await;
-        return Ok(());
-    }
 
     let startup_handler = handlers.startup_handler();
     let simple_query_handler = handlers.simple_query_handler();
@@ -315,24 +201,30 @@ where
             None => break,
             Some(Ok(msg)) => msg,
             Some(Err(e)) => {
-                let answer = match socket.get_ref().refused {
-                    Some(len) => fatal(
-                        "54000",
-                        format!(
-                            "message too large: {len} bytes, more than the {} allowed \
-                             (server.pg_max_message_size)",
-                            limits.max_message
-                        ),
-                    ),
-                    None => {
-                        let info: ErrorInfo = e.into();
-                        fatal(&info.code, info.message)
-                    }
+                let refused = socket.get_ref().refused.is_some();
+                let answer = if refused {
+                    too_large_answer(limits.max_message)
+                } else {
+                    let info: ErrorInfo = e.into();
+                    fatal(&info.code, info.message)
                 };
                 let _ = socket.send(answer).await;
+                if refused {
+                    // Closing with the rest of the message unread would
+                    // reset the connection, and the client could lose the
+                    // answer: read (and drop) what it still sends, briefly.
+                    let _ = tokio::time::timeout(
+                        DRAIN_TIMEOUT,
+                        drain(&mut socket.get_mut().inner, DRAIN_BYTES),
+                    )
+                    .await;
+                }
                 break;
             }
         };
+        // What pgwire still holds is the start of the next message.
+        let held = socket.read_buffer().len() as u64;
+        socket.get_mut().pending = held;
         // A Terminate ends the session; the client waits for the close.
         if matches!(msg, PgWireFrontendMessage::Terminate(_)) {
             break;
@@ -368,58 +260,91 @@ where
     Ok(())
 }
 
+/// Negotiates (an SSL request is answered "no": this listener has no TLS)
+/// and puts the byte budget under pgwire's framing; `None` when the client
+/// asked for direct TLS.
+async fn bounded<St>(tcp: TcpStream, max_message: u64) -> io::Result<Option<Socket<St>>> {
+    let Some(socket) = negotiate_tls(tcp, None).await? else {
+        return Ok(None);
+    };
+    let parts = socket.into_parts();
+    let pending = parts.read_buf.len() as u64;
+    let mut out = FramedParts::new(Bounded::new(parts.io, pending, max_message), parts.codec);
+    out.read_buf = parts.read_buf;
+    out.write_buf = parts.write_buf;
+    Ok(Some(Framed::from_parts(out)))
+}
+
+/// Tells a connection past `pg_max_connections` so, after its startup
+/// message (PostgreSQL does the same, so that the client is listening for
+/// the answer). A cancel request is not refused: it is only closed, as
+/// this server does not cancel queries.
+async fn refuse(tcp: TcpStream, limits: &PgLimits) -> io::Result<()> {
+    let Some(mut socket) = bounded::<String>(tcp, limits.max_message).await? else {
+        return Ok(());
+    };
+    if let Some(Ok(PgWireFrontendMessage::CancelRequest(_))) = socket.next().await {
+        return Ok(());
+    }
+    socket
+        .send(fatal(
+            "53300",
+            format!(
+                "sorry, too many clients already: {} connections are open \
+                 (server.pg_max_connections)",
+                limits.max_connections
+            ),
+        ))
+        .await
+}
+
+/// Reads and drops up to `limit` bytes, until the client stops sending.
+async fn drain<S: AsyncRead + Unpin>(from: &mut S, limit: u64) {
+    use tokio::io::AsyncReadExt;
+    let mut scratch = vec![0u8; 64 << 10];
+    let mut read = 0u64;
+    while read < limit {
+        match from.read(&mut scratch).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n as u64,
+        }
+    }
+}
+
+fn too_large_answer(max: u64) -> PgWireBackendMessage {
+    fatal(
+        "54000",
+        format!(
+            "message too large: more than the {max} bytes allowed (server.pg_max_message_size)"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
-    fn untyped(code: u32, body: &[u8]) -> Vec<u8> {
-        let mut out = ((8 + body.len()) as u32).to_be_bytes().to_vec();
-        out.extend_from_slice(&code.to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
-
-    fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
-        let mut out = vec![kind];
-        out.extend_from_slice(&((4 + body.len()) as u32).to_be_bytes());
-        out.extend_from_slice(body);
-        out
-    }
-
-    #[test]
-    fn frames_are_followed_across_reads_of_any_size() {
-        let mut stream = untyped(SSL_REQUEST, b"");
-        stream.extend(untyped(196_608, b"user\0u\0\0"));
-        stream.extend(typed(b'Q', b"SELECT 1\0"));
-        stream.extend(typed(b'P', &[0; 900]));
-        stream.extend(typed(b'S', b""));
-        for chunk in [1, 2, 3, 7, 64, stream.len()] {
-            let mut r = FrameReader::new(1000);
-            for piece in stream.chunks(chunk) {
-                r.feed(piece).unwrap();
-            }
-            assert_eq!(r.frame, Frame::TypedHeader, "chunks of {chunk}");
-        }
-    }
-
-    #[test]
-    fn a_message_over_the_limit_is_refused_at_its_header() {
-        let mut r = FrameReader::new(1000);
-        r.feed(&untyped(196_608, b"user\0u\0\0")).unwrap();
-        r.feed(&typed(b'Q', &[b'x'; 996])).unwrap();
-        // A header that declares 1 GiB, without the body.
-        let mut huge = vec![b'Q'];
-        huge.extend_from_slice(&(1u32 << 30).to_be_bytes());
-        assert_eq!(r.feed(&huge), Err(1 << 30));
-        // Impossible lengths, and startup messages over PostgreSQL's own
-        // bound.
-        let mut r = FrameReader::new(1000);
-        r.feed(&untyped(196_608, b"")).unwrap();
-        assert_eq!(r.feed(&[b'Q', 0, 0, 0, 3]), Err(3));
-        let mut r = FrameReader::new(1 << 20);
-        let mut big_startup = 20_000u32.to_be_bytes().to_vec();
-        big_startup.extend_from_slice(&196_608u32.to_be_bytes());
-        assert_eq!(r.feed(&big_startup), Err(20_000));
+    #[tokio::test]
+    async fn reads_past_the_budget_are_refused_until_it_is_reset() {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut b = Bounded::new(server, 0, 100);
+        client.write_all(&[0u8; 100]).await.unwrap();
+        let mut buf = [0u8; 100];
+        b.read_exact(&mut buf).await.unwrap();
+        // pgwire decoded a message and holds nothing more.
+        b.pending = 0;
+        client.write_all(&[0u8; 105]).await.unwrap();
+        let mut buf = [0u8; 105];
+        b.read_exact(&mut buf).await.unwrap();
+        // Without a reset, one byte more passes the limit (100 + a header).
+        client.write_all(&[0u8; 1]).await.unwrap();
+        let err = b.read(&mut [0u8; 1]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(b.refused, Some(106));
+        // And stays refused.
+        assert!(b.read(&mut [0u8; 1]).await.is_err());
     }
 }
