@@ -73,7 +73,8 @@ pub struct ServerConfig {
     /// 54000`, and the connection ends).
     #[serde(with = "strata_engine::context::byte_size")]
     pub pg_max_message_size: u64,
-    /// PostgreSQL connections served at once (`FATAL 53300` past it).
+    /// PostgreSQL connections served at once (`FATAL 53300` past it); 0:
+    /// no limit.
     pub pg_max_connections: usize,
     /// Cluster mode: the secret shared with meta, which authenticates the
     /// control RPCs meta sends (`ShardControl`) and the calls this instance

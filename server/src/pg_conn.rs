@@ -69,10 +69,16 @@ pub struct PgLimits {
 }
 
 impl PgLimits {
+    /// `max_connections` 0: no limit.
     pub fn new(max_message: u64, max_connections: usize) -> Self {
+        let permits = if max_connections == 0 {
+            Semaphore::MAX_PERMITS
+        } else {
+            max_connections
+        };
         Self {
             max_message,
-            connections: Arc::new(Semaphore::new(max_connections)),
+            connections: Arc::new(Semaphore::new(permits)),
             max_connections,
         }
     }
