@@ -437,7 +437,7 @@ enum Persisted {
 }
 
 fn version_path(dir: &Path, version: u64) -> Path {
-    dir.child(format!("{version:020}.json"))
+    Path::from(format!("{dir}/{version:020}.json"))
 }
 
 /// An object's bytes; `None` when it does not exist.
