@@ -302,12 +302,12 @@ pub async fn range(
     let ev = prefetch(query, db, &expr, start, end, lookback).await?;
     let mut out: BTreeMap<BTreeMap<String, String>, Vec<Json>> = BTreeMap::new();
     // The answer grows by a JSON pair per point: counted like the series.
-    let mut answer = query.reservation("promql answer");
+    let answer = query.reservation("promql answer");
     let mut t = start;
     let mut steps = 0usize;
     while t <= end {
         steps += 1;
-        if steps % STEPS_PER_YIELD == 0 {
+        if steps.is_multiple_of(STEPS_PER_YIELD) {
             tokio::task::yield_now().await;
         }
         match ev.eval(&expr, t)? {

@@ -69,7 +69,7 @@ pub(crate) fn batch_size(batch: &RecordBatch) -> usize {
 async fn collect_counted(df: DataFrame, pool: &Arc<dyn MemoryPool>) -> Result<Vec<RecordBatch>> {
     use futures::StreamExt;
     let mut stream = df.execute_stream().await?;
-    let mut reservation = MemoryConsumer::new("query result").register(pool);
+    let reservation = MemoryConsumer::new("query result").register(pool);
     let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
         let batch = batch?;
