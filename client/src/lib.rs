@@ -8,6 +8,7 @@
 //! parsing messages.
 
 pub mod format;
+pub mod payload;
 pub mod routed;
 pub mod shell;
 pub mod split;

@@ -119,6 +119,12 @@ fn missing_table(message: &str) -> Option<String> {
     Some(name.rsplit('.').next().unwrap_or(name).to_string())
 }
 
+/// Another instance's error, carried through DataFusion (a remote scan or
+/// sink fails with it) and kept typed for the client.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RemoteError(pub strata_client::Error);
+
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
         // Unwrap context layers to the error that actually happened.
@@ -131,7 +137,7 @@ impl From<DataFusionError> for Error {
                         message: engine.to_string(),
                     };
                 }
-                if let Some(remote) = inner.downcast_ref::<crate::sql::RemoteError>() {
+                if let Some(remote) = inner.downcast_ref::<RemoteError>() {
                     return Error::Query {
                         kind: remote_kind(&remote.0),
                         message: remote.0.to_string(),

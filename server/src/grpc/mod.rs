@@ -6,7 +6,6 @@
 //! typed `kind` and `retryable` extensions. A malformed request never takes
 //! the server down; it gets a 400.
 
-pub mod payload;
 pub mod write;
 
 use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
@@ -381,7 +380,10 @@ impl StorageServiceImpl {
 fn sql_response(output: Output) -> Result<SqlQueryResponse> {
     let output = match output {
         Output::AffectedRows(n) => PbOutput::AffectedRows(u32::try_from(n).unwrap_or(u32::MAX)),
-        Output::Rows { schema, batches } => PbOutput::Arrow(payload::encode(&schema, &batches)?),
+        Output::Rows { schema, batches } => PbOutput::Arrow(
+            strata_client::payload::encode(&schema, &batches)
+                .map_err(|e| Error::Internal(format!("encoding results: {e}")))?,
+        ),
     };
     Ok(SqlQueryResponse {
         header: Some(ok_header()),

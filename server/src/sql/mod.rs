@@ -42,7 +42,8 @@ use datafusion::{
 use strata_client::split::split_statements;
 use strata_engine::{catalog::DEFAULT_DATABASE, Engine};
 
-pub use self::{catalog::CATALOG_NAME, limits::QueryLimits, remote::RemoteError};
+pub use self::{catalog::CATALOG_NAME, limits::QueryLimits};
+pub use crate::error::RemoteError;
 use crate::{
     cluster::Cluster,
     error::{Error, Result},

@@ -39,7 +39,7 @@ use strata_engine::{
 };
 use strata_proto::storage::{RequestContext, SqlQueryRequest, WriteArrowRequest};
 
-use crate::cluster::Cluster;
+use crate::{cluster::Cluster, error::RemoteError};
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -352,11 +352,6 @@ impl RemoteTable {
     }
 }
 
-/// A remote node's error, kept typed for the caller.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RemoteError(pub strata_client::Error);
-
 #[derive(Debug)]
 struct RemoteSink {
     entry: TableEntry,
@@ -407,7 +402,7 @@ impl DataSink for RemoteSink {
                     return Ok(written);
                 }
                 Target::Remote(endpoint, version) => {
-                    let payload = crate::grpc::payload::encode(&schema, &batches)
+                    let payload = strata_client::payload::encode(&schema, &batches)
                         .map_err(|e| DataFusionError::Execution(e.to_string()))?;
                     let result = match self.cluster.client(&endpoint).await {
                         Ok(client) => {

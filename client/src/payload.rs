@@ -1,8 +1,11 @@
-//! Encoding query results as `ArrowPayload`: Arrow IPC streams, optionally
-//! zstd-compressed, with types that every HoraeDB SDK can read.
+//! Encoding rows as `ArrowPayload`: Arrow IPC streams, optionally
+//! zstd-compressed, with types that every HoraeDB SDK can read. Query
+//! results are sent this way, and instances forward writes this way
+//! (`WriteArrow`); [`crate::decode_payload_checked`] reads them back.
 
 use std::sync::Arc;
 
+use arrow::error::ArrowError;
 use arrow::{
     array::{ArrayRef, RecordBatch},
     compute::cast,
@@ -11,7 +14,7 @@ use arrow::{
 };
 use strata_proto::storage::{arrow_payload::Compression, ArrowPayload};
 
-use crate::error::{Error, Result};
+type Result<T> = std::result::Result<T, ArrowError>;
 
 /// Payloads above this size are zstd-compressed.
 const COMPRESS_ABOVE: usize = 64 * 1024;
@@ -53,13 +56,12 @@ pub fn to_wire(batch: &RecordBatch, wire: &SchemaRef) -> Result<RecordBatch> {
                 Ok(col.clone())
             } else {
                 cast(col, field.data_type()).map_err(|e| {
-                    Error::Internal(format!("converting result column {}: {e}", field.name()))
+                    ArrowError::CastError(format!("converting column {}: {e}", field.name()))
                 })
             }
         })
         .collect::<Result<_>>()?;
     RecordBatch::try_new(wire.clone(), columns)
-        .map_err(|e| Error::Internal(format!("building a result batch: {e}")))
 }
 
 /// Encodes batches as one IPC stream in one payload.
@@ -67,20 +69,15 @@ pub fn encode(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<ArrowPayloa
     let wire = wire_schema(schema);
     let mut buf = Vec::new();
     {
-        let mut writer = StreamWriter::try_new(&mut buf, &wire)
-            .map_err(|e| Error::Internal(format!("encoding results: {e}")))?;
+        let mut writer = StreamWriter::try_new(&mut buf, &wire)?;
         for batch in batches {
-            writer
-                .write(&to_wire(batch, &wire)?)
-                .map_err(|e| Error::Internal(format!("encoding results: {e}")))?;
+            writer.write(&to_wire(batch, &wire)?)?;
         }
-        writer
-            .finish()
-            .map_err(|e| Error::Internal(format!("encoding results: {e}")))?;
+        writer.finish()?;
     }
     if buf.len() > COMPRESS_ABOVE {
-        let compressed = zstd::bulk::compress(&buf, 1)
-            .map_err(|e| Error::Internal(format!("compressing results: {e}")))?;
+        let compressed =
+            zstd::bulk::compress(&buf, 1).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
         return Ok(ArrowPayload {
             record_batches: vec![compressed],
             compression: Compression::Zstd as i32,
