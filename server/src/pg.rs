@@ -62,7 +62,7 @@ use crate::{
 };
 
 /// The PostgreSQL version Strata reports (`server_version`, `SHOW`).
-pub const SERVER_VERSION: &str = "15.0";
+pub use crate::sql::pg_compat::SERVER_VERSION;
 
 /// One handler for all connections; per-connection state is the client's
 /// metadata (its database).
@@ -227,7 +227,7 @@ fn session_statement(sql: &str) -> Option<Response> {
         "deallocate" => Response::Execution(Tag::new("DEALLOCATE")),
         "show" => {
             let name = lower["show".len()..].trim().to_string();
-            let value = pg_setting(&name)?;
+            let value = crate::sql::pg_compat::pg_setting(&name)?;
             let fields = Arc::new(vec![FieldInfo::new(
                 name.replace(' ', "_"),
                 None,
@@ -243,27 +243,6 @@ fn session_statement(sql: &str) -> Option<Response> {
                 stream::iter(vec![Ok::<DataRow, PgWireError>(row)]),
             ))
         }
-        _ => return None,
-    })
-}
-
-/// The PostgreSQL settings clients commonly `SHOW`.
-fn pg_setting(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "transaction isolation level"
-        | "transaction_isolation"
-        | "default_transaction_isolation" => "read committed",
-        "server_version" => SERVER_VERSION,
-        "server_version_num" => "150000",
-        "standard_conforming_strings" => "on",
-        "client_encoding" | "server_encoding" => "UTF8",
-        "datestyle" => "ISO, MDY",
-        "timezone" | "time zone" => "UTC",
-        "search_path" => "public",
-        "integer_datetimes" => "on",
-        "is_superuser" => "on",
-        "max_identifier_length" => "63",
-        "application_name" => "",
         _ => return None,
     })
 }
@@ -467,37 +446,6 @@ fn command_tag(sql: &str) -> (String, bool) {
         "" => ("OK".to_string(), false),
         other => (other.to_string(), false),
     }
-}
-
-/// `current_setting(name)`: the PostgreSQL settings clients read (Grafana
-/// reads `server_version_num` to pick its SQL dialect).
-pub fn current_setting_udf() -> datafusion::logical_expr::ScalarUDF {
-    use datafusion::{
-        common::{DataFusionError, ScalarValue},
-        logical_expr::{create_udf, ColumnarValue, Volatility},
-    };
-    create_udf(
-        "current_setting",
-        vec![DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let name = match args.first() {
-                Some(ColumnarValue::Scalar(ScalarValue::Utf8(Some(n)))) => n.to_ascii_lowercase(),
-                _ => {
-                    return Err(DataFusionError::Plan(
-                        "current_setting takes a constant setting name".to_string(),
-                    ))
-                }
-            };
-            let value = pg_setting(&name).ok_or_else(|| {
-                DataFusionError::Plan(format!("unrecognized configuration parameter \"{name}\""))
-            })?;
-            Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
-                value.to_string(),
-            ))))
-        }),
-    )
 }
 
 /// Replaces `current_database()` and `current_schema()` (a Strata database

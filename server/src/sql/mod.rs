@@ -13,6 +13,7 @@ pub mod create_table;
 mod insert_check;
 mod last_values;
 pub mod limits;
+pub mod pg_compat;
 pub(crate) mod remote;
 mod statements;
 pub mod system;
@@ -340,7 +341,7 @@ impl QueryEngine {
             ])
             .build();
         let ctx = SessionContext::new_with_state(state);
-        ctx.register_udf(crate::pg::current_setting_udf());
+        ctx.register_udf(pg_compat::current_setting_udf());
         ctx.register_udtf(
             last_values::NAME,
             Arc::new(last_values::LastValuesFunction {
