@@ -933,7 +933,7 @@ impl Cluster {
 /// Runs an instance in cluster mode until a shutdown signal: registers with
 /// meta, serves the shards meta assigns, and answers gRPC and HTTP.
 pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::error::Result<()> {
-    use crate::{error::Error, sql::QueryEngine, standalone};
+    use crate::{bootstrap, error::Error, sql::QueryEngine};
     if config.engine.cluster == strata_engine::EngineConfig::default().cluster {
         // Never share topics and object-store paths with a standalone
         // process on the same Kafka and S3.
@@ -955,7 +955,7 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     std::fs::create_dir_all(&config.server.data_dir)
         .map_err(|e| Error::Internal(format!("creating the data directory: {e}")))?;
     let store = storage::open_object_store(&config)?;
-    let listeners = standalone::bind(&config).await?;
+    let listeners = bootstrap::bind(&config).await?;
     let grpc_addr = listeners
         .grpc
         .local_addr()
@@ -1007,18 +1007,18 @@ pub async fn run(mut config: Config, meta_endpoints: Vec<String>) -> crate::erro
     }
     cluster.meta_reachable.store(true, Ordering::Relaxed);
     let heartbeats = tokio::spawn(cluster.clone().run());
-    let query_runtime = standalone::query_runtime(&config)?;
+    let query_runtime = bootstrap::query_runtime(&config)?;
     let query = QueryEngine::with_cluster(
         engine.clone(),
         query_runtime.handle().clone(),
-        standalone::query_threads(&config),
+        bootstrap::query_threads(&config),
         Some(cluster.clone()),
     )
     .with_limits(crate::sql::QueryLimits::new(&config.query));
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
         ShardControlService::new(cluster.clone(), secret),
     );
-    standalone::serve(&config, query, listeners, "server", Some(control)).await?;
+    bootstrap::serve(&config, query, listeners, "server", Some(control)).await?;
     heartbeats.abort();
     // Hand the shards back: flush, close and release each lock, so that
     // meta can move them at once instead of waiting for the lease to expire.

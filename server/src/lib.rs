@@ -6,6 +6,7 @@
 //! parsed and planned by [`sql`] (Strata's DDL here, queries by DataFusion);
 //! rows are handed to `strata_engine`, which owns the WAL, memtables and SSTs.
 
+mod bootstrap;
 pub mod cluster;
 pub mod config;
 pub mod error;
