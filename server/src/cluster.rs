@@ -847,9 +847,18 @@ impl Cluster {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        let wal = storage::open_wal(&self.config, ShardId(shard))
-            .await
-            .map_err(|e| strata_engine::Error::Internal(e.to_string()))?;
+        let wal = match storage::open_wal(&self.config, ShardId(shard)).await {
+            Ok(wal) => wal,
+            Err(e) => {
+                // Every failure after the lock was taken releases it: a
+                // lock kept by a live process (its lease renewed by its
+                // heartbeats) would keep the shard from the instance meta
+                // gives it next, for good (seen in a chaos run: the topic
+                // could not be created while the broker was stalled).
+                self.release(shard).await;
+                return Err(strata_engine::Error::Internal(e.to_string()));
+            }
+        };
         match self
             .engine
             .open_shard(ShardId(shard), wal, Epoch(epoch))
