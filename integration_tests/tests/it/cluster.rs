@@ -681,7 +681,7 @@ async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
     let client = c.servers[0].client().await;
     create_append(&client, "mv").await;
     for n in 1..=20 {
-        assert_eq!(client.write(row("mv", n)).await.unwrap(), 1);
+        assert_eq!(client.write_proxied(row("mv", n)).await.unwrap(), 1);
     }
     let (code, body) = c.meta_post("/schedule/pause").await;
     assert_eq!(code, 200, "{body}");
