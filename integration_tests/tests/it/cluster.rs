@@ -91,6 +91,25 @@ async fn shard_of(c: &TestCluster, table: &str) -> (u64, usize) {
     (shard, idx)
 }
 
+/// Waits (up to 60 s) until `table`'s shard is led by server `to` and
+/// every shard is served.
+async fn wait_moved(c: &TestCluster, table: &str, to: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, leader) = shard_of(c, table).await;
+        let serving = c.shards().await.iter().all(|s| s["state"] == "serving");
+        if leader == to && serving {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the move did not finish:\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A steady writer of single rows, one id per attempt: an attempt that
 /// fails is not retried with the same id, so a duplicate would show.
 struct Writer {
@@ -608,20 +627,7 @@ async fn stale_routes_refresh_once_and_proxy_mode_forwards() {
     admin(&["pause-schedule"]);
     assert_eq!(c.meta_get("/schedule").await["paused"], true);
     admin(&["move-shard", &shard.to_string(), &c.servers[to].endpoint()]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, leader) = shard_of(&c, "r").await;
-        let serving = c.shards().await.iter().all(|s| s["state"] == "serving");
-        if leader == to && serving {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the move did not finish:\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_moved(&c, "r", to).await;
     // Instances learn the move with their next heartbeat.
     let deadline = Instant::now() + Duration::from_secs(30);
     for s in &c.servers {
@@ -726,20 +732,7 @@ async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
             ))
             .await;
         assert_eq!(code, 200, "{body}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (_, leader) = shard_of(&c, "mv").await;
-            let serving = c.shards().await.iter().all(|s| s["state"] == "serving");
-            if leader == to && serving {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the move did not finish:\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_moved(&c, "mv", to).await;
         // Let the instances hear of the move, and the readers read on.
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
