@@ -213,13 +213,18 @@ impl Catalog {
             }
         }
         // A process far behind can create a version number that was used
-        // and removed long ago: the put succeeds, but loaders read the
-        // highest version. Only the highest counts as written.
-        let (latest, current) = load_latest(store.as_ref(), &self.dir, &self.legacy).await?;
-        if latest > version {
+        // and removed long ago (the versions still kept exist, so
+        // this is the only way a stale put succeeds): the put succeeds, but loaders read the highest version. A version that
+        // others wrote fewer than three more on top of was built on ours
+        // (the versions they read still exist), so it counts as written.
+        if latest_version(store.as_ref(), &self.dir)
+            .await?
+            .is_some_and(|latest| latest >= version + KEPT_VERSIONS)
+        {
             if let Err(e) = store.delete(&path).await {
                 tracing::debug!(%path, error = %e, "removing a stale catalog version");
             }
+            let (latest, current) = load_latest(store.as_ref(), &self.dir, &self.legacy).await?;
             return Ok(Persisted::Raced(latest, current));
         }
         if version > KEPT_VERSIONS {
@@ -462,15 +467,10 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<CatalogState> {
 /// The latest version of the catalog and its state: the highest versioned
 /// document, else the legacy single document as version 0, else an empty
 /// catalog.
-async fn load_latest(
-    store: &dyn ObjectStore,
-    dir: &Path,
-    legacy: &Path,
-) -> Result<(u64, CatalogState)> {
-    // A version listed can be removed before it is read, by a process that
-    // wrote three more meanwhile: list again.
-    for _ in 0..5 {
-        let listed: Vec<object_store::ObjectMeta> = store
+/// The highest version under `dir`, by listing only.
+async fn latest_version(store: &dyn ObjectStore, dir: &Path) -> Result<Option<u64>> {
+    let listed: Vec<object_store::ObjectMeta> =
+        store
             .list(Some(dir))
             .try_collect()
             .await
@@ -479,16 +479,27 @@ async fn load_latest(
                 path: dir.to_string(),
                 source: Box::new(source),
             })?;
-        let latest = listed
-            .iter()
-            .filter_map(|m| {
-                m.location
-                    .filename()?
-                    .strip_suffix(".json")?
-                    .parse::<u64>()
-                    .ok()
-            })
-            .max();
+    Ok(listed
+        .iter()
+        .filter_map(|m| {
+            m.location
+                .filename()?
+                .strip_suffix(".json")?
+                .parse::<u64>()
+                .ok()
+        })
+        .max())
+}
+
+async fn load_latest(
+    store: &dyn ObjectStore,
+    dir: &Path,
+    legacy: &Path,
+) -> Result<(u64, CatalogState)> {
+    // A version listed can be removed before it is read, by a process that
+    // wrote three more meanwhile: list again.
+    for _ in 0..5 {
+        let latest = latest_version(store, dir).await?;
         let Some(version) = latest else {
             return Ok(match read(store, legacy).await? {
                 Some(bytes) => (0, decode(legacy, &bytes)?),
