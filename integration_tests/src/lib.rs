@@ -41,17 +41,76 @@ pub fn strata_binary() -> PathBuf {
 /// A free port on 127.0.0.1, below the kernel's ephemeral range
 /// (32768–60999 by default): a port from that range can be taken by any
 /// outgoing connection between this check and the server's bind.
+///
+/// nextest runs tests in parallel processes, each picking ports for the
+/// servers it starts; two could pick the same free port before either
+/// server binds it. Every port handed out is reserved with a file created
+/// exclusively in a directory all test processes share, so no other test
+/// gets it for [`PORT_RESERVATION`] (a restarted server keeps its port).
 pub fn free_addr() -> SocketAddr {
     use rand::Rng;
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let port = rng.random_range(20_000..32_000);
+        if !reserve_port(port) {
+            continue;
+        }
         if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
             return listener.local_addr().expect("local addr");
         }
     }
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr")
+    panic!("no free port in 20000..32000 after 1000 tries");
+}
+
+/// How long a port handed out by [`free_addr`] stays reserved.
+pub const PORT_RESERVATION: Duration = Duration::from_secs(30 * 60);
+
+/// Reserves `port` for this test process: true if no other test took it
+/// within [`PORT_RESERVATION`].
+fn reserve_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join(format!(
+        "strata-test-ports-{}",
+        // One directory per user: a stale one of another user is not writable.
+        std::env::var("USER").unwrap_or_default()
+    ));
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(port.to_string());
+    let mark = format!("{}\n", std::process::id());
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut f) => {
+            use std::io::Write;
+            let _ = f.write_all(mark.as_bytes());
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // An old reservation (an earlier run) is taken over; the
+            // rename makes only one of two racing takers win.
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > PORT_RESERVATION);
+            if !old {
+                return false;
+            }
+            let claim = dir.join(format!("{port}.{}", std::process::id()));
+            if std::fs::write(&claim, &mark).is_err() {
+                return false;
+            }
+            // rename replaces atomically; whoever renames last owns it, so
+            // read back to see who won.
+            let _ = std::fs::rename(&claim, &path);
+            std::fs::read_to_string(&path).is_ok_and(|s| s == mark)
+        }
+        Err(_) => {
+            // No shared directory (read-only /tmp): fall back to the bind check.
+            true
+        }
+    }
 }
 
 /// One `strata standalone` process.
