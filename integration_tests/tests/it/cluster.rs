@@ -91,6 +91,17 @@ async fn shard_of(c: &TestCluster, table: &str) -> (u64, usize) {
     (shard, idx)
 }
 
+/// Asks meta (as `strata admin` does) to move `shard` to server `to`.
+async fn ask_move(c: &TestCluster, shard: u64, to: usize) {
+    let (code, body) = c
+        .meta_post(&format!(
+            "/shards/{shard}/move?node={}",
+            c.servers[to].endpoint()
+        ))
+        .await;
+    assert_eq!(code, 200, "{body}");
+}
+
 /// Waits (up to 60 s) until `table`'s shard is led by server `to` and
 /// every shard is served.
 async fn wait_moved(c: &TestCluster, table: &str, to: usize) {
@@ -725,13 +736,7 @@ async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
     for _ in 0..4 {
         let (shard, from) = shard_of(&c, "mv").await;
         let to = (from + 1) % c.servers.len();
-        let (code, body) = c
-            .meta_post(&format!(
-                "/shards/{shard}/move?node={}",
-                c.servers[to].endpoint()
-            ))
-            .await;
-        assert_eq!(code, 200, "{body}");
+        ask_move(&c, shard, to).await;
         wait_moved(&c, "mv", to).await;
         // Let the instances hear of the move, and the readers read on.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1011,4 +1016,56 @@ async fn a_leader_paused_during_a_flush_commits_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_paused_during_a_compaction_commits_nothing() {
     a_paused_leader_commits_nothing(PauseDuring::Compaction).await;
+}
+
+/// An instance that takes a shard's lock and then fails to open its WAL
+/// (the broker is down) gives the lock back. It kept it (chaos seed
+/// 13636986120279680227): its heartbeats renewed the lease, so the
+/// instance meta moved the shard to next could never take it, and the
+/// shard stayed unserved after every service was back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_wal_open_gives_the_shard_lock_back() {
+    let c = TestCluster::start(ClusterOptions {
+        private_services: true,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = c.servers[0].client().await;
+    create_append(&client, "lk").await;
+    let mut acked = BTreeSet::new();
+    for n in 1..=20 {
+        assert_eq!(client.write_proxied(row("lk", n)).await.unwrap(), 1);
+        acked.insert(n);
+    }
+    // No balancing or failover moves but the two below.
+    let (code, body) = c.meta_post("/schedule/pause").await;
+    assert_eq!(code, 200, "{body}");
+    let (shard, from) = shard_of(&c, "lk").await;
+    let b = (from + 1) % c.servers.len();
+    let to = (from + 2) % c.servers.len();
+
+    c.services.stop("kafka");
+    ask_move(&c, shard, b).await;
+    // B takes the lock and fails to open the shard's WAL.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while c.servers[b].log_count("shard transition failed") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} never failed to open the shard without a broker:\n{}",
+            c.servers[b].name,
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Meta moves it on while the broker is still down, then the broker
+    // comes back: the third instance must get the lock and serve.
+    ask_move(&c, shard, to).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.services.start("kafka");
+    wait_moved(&c, "lk", to).await;
+    let via = c.servers[to].client().await;
+    check_exactly_once(&via, "lk", &acked).await;
+    assert_eq!(via.write_proxied(row("lk", 21)).await.unwrap(), 1);
+    let (code, body) = c.meta_post("/schedule/resume").await;
+    assert_eq!(code, 200, "{body}");
 }
