@@ -614,6 +614,20 @@ fn chunk_headers(message: &impl Message) -> (u64, u32, u32) {
     (epoch, index, count)
 }
 
+/// Unassigns the consumer when a read ends: an assigned consumer keeps
+/// fetching ahead in the background (librdkafka prefetches until its queue
+/// is full), load a broker pays for nothing between reads, and that a slow
+/// broker (tansu, see docs/operations/kafka-wal.md) cannot afford.
+struct Unassign<'a>(&'a BaseConsumer);
+
+impl Drop for Unassign<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.unassign() {
+            tracing::debug!(error = %e, "unassigning the WAL consumer failed");
+        }
+    }
+}
+
 /// The (offset, epoch) of every message in `[from, to)`, chunks included.
 fn scan_epochs_blocking(
     consumer: &BaseConsumer,
@@ -628,6 +642,7 @@ fn scan_epochs_blocking(
     consumer
         .assign(&tpl)
         .map_err(kafka_err("assigning the partition"))?;
+    let _unassign = Unassign(consumer);
     let mut out = Vec::new();
     let deadline = std::time::Instant::now() + timeout * 3;
     loop {
@@ -708,6 +723,7 @@ fn read_blocking(
     consumer
         .assign(&tpl)
         .map_err(kafka_err("assigning the partition"))?;
+    let _unassign = Unassign(consumer);
 
     let mut out = Vec::new();
     let mut bytes = 0usize;
@@ -715,6 +731,7 @@ fn read_blocking(
     // two writers interleave while a new writer fences an old one.
     let mut groups: BTreeMap<u64, ChunkGroup> = BTreeMap::new();
     let deadline = std::time::Instant::now() + timeout * 3;
+    let mut first_polled = true;
     loop {
         if std::time::Instant::now() > deadline {
             return Err(Error::Kafka {
@@ -741,6 +758,26 @@ fn read_blocking(
             Err(e) => return Err(kafka_err("reading")(e)),
         };
         let offset = message.offset().max(0) as u64;
+        // Only the first message answers "where does the broker start":
+        // later ones follow it (a read that starts on a later chunk of a
+        // record drops that chunk, and the next message is above `from`).
+        let first = std::mem::replace(&mut first_polled, false);
+        if first && offset > from {
+            // The broker answered from a later offset than asked for: the
+            // records in between are gone. A Kafka broker answers
+            // OFFSET_OUT_OF_RANGE (above), but some brokers (tansu) serve
+            // a read below their first record from that record, silently.
+            let detail = format!(
+                "reading from offset {from}, the broker's first record is at {offset}: {} records are gone",
+                offset - from
+            );
+            tracing::error!(topic, %detail, "the WAL lost acknowledged records");
+            crate::loss::record(topic, &detail);
+            return Err(Error::RecordsLost {
+                topic: topic.to_string(),
+                detail,
+            });
+        }
         let (epoch, index, count) = chunk_headers(&message);
         for (_, g) in groups.range_mut(..epoch) {
             g.overtaken = true;

@@ -333,3 +333,53 @@ async fn broker_keeps_every_acknowledged_record_across_sigterm_and_kill9() {
     services.start_broker();
     verify(&brokers, &topics, &ledger, "after a second kill -9");
 }
+
+/// A WAL read below the broker's first record fails with `RecordsLost`; it
+/// does not start silently at the first record the broker still has.
+/// tansu answers such a fetch from its first record, with no
+/// OFFSET_OUT_OF_RANGE, so `auto.offset.reset=error` alone never fired:
+/// here its retention job (which runs when the broker starts) deletes a
+/// topic's records behind the WAL's back, leaving its watermarks as they
+/// were, and the read from offset 0 must notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_read_below_the_brokers_first_record_is_refused_not_skipped() {
+    use strata_wal::{kafka::KafkaWal, Epoch, Error as WalError, Wal, WalOffset};
+    let services = Services::private();
+    let brokers = services.var("STRATA_KAFKA_BROKERS").unwrap();
+    let topic = format!("expired-{}", std::process::id());
+    // The topic exists before the WAL opens it, with a retention of 1 s.
+    let admin: AdminClient<DefaultClientContext> = client_config(&brokers).create().unwrap();
+    let new = NewTopic::new(&topic, 1, TopicReplication::Fixed(1))
+        .set("retention.ms", "1000")
+        .set("cleanup.policy", "delete");
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for r in admin.create_topics([&new], &opts).await.unwrap() {
+        r.unwrap();
+    }
+    let mut options = strata_wal::kafka::KafkaWalOptions::new(brokers.clone(), topic.clone());
+    options.idempotence = false;
+    let wal = KafkaWal::open(options.clone()).await.unwrap();
+    wal.append(Epoch(1), vec![prost::bytes::Bytes::from_static(b"old"); 5])
+        .await
+        .unwrap();
+    drop(wal);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    services.stop_broker();
+    services.start_broker();
+
+    let wal = KafkaWal::open(options).await.unwrap();
+    wal.append(Epoch(2), vec![prost::bytes::Bytes::from_static(b"new"); 2])
+        .await
+        .unwrap();
+    match wal.read(WalOffset(0), 1 << 20).await {
+        Err(e @ WalError::RecordsLost { .. }) => {
+            assert!(e.to_string().contains("records are gone"), "{e}");
+        }
+        Ok(entries) => panic!(
+            "the read from 0 answered {} records starting at offset {:?}; the expired ones were skipped silently",
+            entries.len(),
+            entries.first().map(|e| e.offset)
+        ),
+        Err(e) => panic!("unexpected error: {e}"),
+    }
+}
