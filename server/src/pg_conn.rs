@@ -14,6 +14,12 @@
 //! - **Connections.** At most `server.pg_max_connections` connections are
 //!   served at once; one more gets `FATAL 53300` (too_many_connections), as
 //!   PostgreSQL answers past `max_connections`, within a few seconds.
+//! - **Prepared statements and portals.** pgwire keeps every named
+//!   statement (`Parse`) and portal (`Bind`) until the client closes it, and
+//!   never clears portals. [`Held`] tracks them: past [`MAX_HELD`] of
+//!   either, or [`MAX_HELD_BYTES`] in all, a `Parse` or `Bind` that would
+//!   add one is refused with `ERROR 54000` (the connection stays usable;
+//!   closing statements makes room).
 //!
 //! A decoding error that pgwire's own loop would answer by dropping the
 //! connection without a word gets a `FATAL` error message first.
@@ -28,8 +34,11 @@ use std::{
 
 use futures::{SinkExt, StreamExt};
 use pgwire::{
-    api::{ClientInfo, ErrorHandler, PgWireConnectionState, PgWireServerHandlers},
-    error::ErrorInfo,
+    api::{
+        store::PortalStore, ClientInfo, ClientPortalStore, ErrorHandler, PgWireConnectionState,
+        PgWireServerHandlers,
+    },
+    error::{ErrorInfo, PgWireError},
     messages::{PgWireBackendMessage, PgWireFrontendMessage},
     tokio::server::{
         negotiate_tls, process_error, process_message, MaybeTls, PgWireMessageServerCodec,
@@ -57,6 +66,173 @@ const DRAIN_BYTES: u64 = 64 << 20;
 /// A message's type byte and length, which pgwire may hold besides the
 /// message itself.
 const HEADER: u64 = 5;
+
+/// Named prepared statements, and named portals, one connection may hold.
+pub const MAX_HELD: usize = 1024;
+/// The bytes they may hold in all (statement text, parameters).
+pub const MAX_HELD_BYTES: usize = 64 << 20;
+
+/// The named statements and portals a connection holds, with their sizes,
+/// as pgwire stores them (a name given again replaces the old entry; an
+/// unnamed one is replaced by the next and not counted).
+#[derive(Debug, Default)]
+struct Held {
+    statements: std::collections::HashMap<String, usize>,
+    portals: std::collections::HashMap<String, usize>,
+    bytes: usize,
+    /// The entry the last admitted message added, and the one it replaced:
+    /// undone when pgwire then refuses the message (a `Parse` of bad SQL
+    /// stores nothing).
+    last: Option<(bool, String, Option<usize>)>,
+}
+
+impl Held {
+    /// Records what `msg` adds or removes; `Err` (and nothing recorded)
+    /// when it would pass a bound.
+    fn admit(&mut self, msg: &PgWireFrontendMessage) -> Result<(), String> {
+        self.last = None;
+        use pgwire::messages::extendedquery::{
+            TARGET_TYPE_BYTE_PORTAL, TARGET_TYPE_BYTE_STATEMENT,
+        };
+        let named = |n: &Option<String>| n.as_deref().filter(|n| !n.is_empty()).map(str::to_string);
+        match msg {
+            PgWireFrontendMessage::Parse(p) => match named(&p.name) {
+                Some(name) => {
+                    let size = p.query.len() + 4 * p.type_oids.len();
+                    self.put(true, name, size)
+                }
+                None => Ok(()),
+            },
+            PgWireFrontendMessage::Bind(b) => match named(&b.portal_name) {
+                Some(name) => {
+                    let size = b
+                        .parameters
+                        .iter()
+                        .map(|p| p.as_ref().map_or(0, |p| p.len()) + 4)
+                        .sum::<usize>()
+                        + 2 * (b.parameter_format_codes.len() + b.result_column_format_codes.len());
+                    self.put(false, name, size)
+                }
+                None => Ok(()),
+            },
+            PgWireFrontendMessage::Close(c) => {
+                if let Some(name) = named(&c.name) {
+                    let map = match c.target_type {
+                        TARGET_TYPE_BYTE_STATEMENT => &mut self.statements,
+                        TARGET_TYPE_BYTE_PORTAL => &mut self.portals,
+                        _ => return Ok(()),
+                    };
+                    if let Some(size) = map.remove(&name) {
+                        self.bytes -= size;
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn put(&mut self, statement: bool, name: String, size: usize) -> Result<(), String> {
+        let (map, what) = if statement {
+            (&mut self.statements, "prepared statements")
+        } else {
+            (&mut self.portals, "portals")
+        };
+        let replaced = map.get(&name).copied();
+        if replaced.is_none() && map.len() >= MAX_HELD {
+            return Err(format!(
+                "this connection holds {MAX_HELD} named {what}, the most it may: close some first"
+            ));
+        }
+        let bytes = self.bytes - replaced.unwrap_or(0) + size;
+        if bytes > MAX_HELD_BYTES {
+            return Err(format!(
+                "this connection's prepared statements and portals would hold {bytes} bytes, \
+                 more than {MAX_HELD_BYTES}: close some first"
+            ));
+        }
+        map.insert(name.clone(), size);
+        self.bytes = bytes;
+        self.last = Some((statement, name, replaced));
+        Ok(())
+    }
+
+    /// Forgets a statement a `DEALLOCATE name` released.
+    fn forget_statement(&mut self, name: &str) {
+        if let Some(size) = self.statements.remove(name) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Forgets every statement (`DEALLOCATE ALL`) and, with `portals`,
+    /// every portal too (`DISCARD ALL`); returns the names forgotten.
+    fn forget_all(&mut self, portals: bool) -> (Vec<String>, Vec<String>) {
+        let statements: Vec<String> = self.statements.drain().map(|(n, _)| n).collect();
+        let closed: Vec<String> = if portals {
+            self.portals.drain().map(|(n, _)| n).collect()
+        } else {
+            Vec::new()
+        };
+        self.bytes = self.portals.values().sum();
+        (statements, closed)
+    }
+
+    /// Forgets what the last admitted message added (pgwire refused it).
+    fn undo_last(&mut self) {
+        let Some((statement, name, replaced)) = self.last.take() else {
+            return;
+        };
+        let map = if statement {
+            &mut self.statements
+        } else {
+            &mut self.portals
+        };
+        if let Some(size) = map.remove(&name) {
+            self.bytes -= size;
+        }
+        if let Some(old) = replaced {
+            map.insert(name, old);
+            self.bytes += old;
+        }
+    }
+}
+
+/// What SQL text releases: `DEALLOCATE [PREPARE] name`, `DEALLOCATE ALL`
+/// (`Some(None)` for all), `DISCARD ALL` (also closes the portals; the
+/// flag). Drivers release statements so (psycopg 3 keeps its 100 most used
+/// and deallocates the rest), so the bound above must see it.
+fn releases(sql: &str) -> Vec<(Option<String>, bool)> {
+    let mut out = Vec::new();
+    for statement in sql.split(';') {
+        let mut words = statement.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if first.eq_ignore_ascii_case("discard") {
+            if words.next().is_some_and(|w| w.eq_ignore_ascii_case("all")) {
+                out.push((None, true));
+            }
+            continue;
+        }
+        if !first.eq_ignore_ascii_case("deallocate") {
+            continue;
+        }
+        let mut name = words.next();
+        if name.is_some_and(|w| w.eq_ignore_ascii_case("prepare")) {
+            name = words.next();
+        }
+        match name {
+            Some(w) if w.eq_ignore_ascii_case("all") => out.push((None, false)),
+            Some(w) => {
+                let unquoted = match w.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {
+                    Some(q) => q.replace("\"\"", "\""),
+                    None => w.to_ascii_lowercase(),
+                };
+                out.push((Some(unquoted), false));
+            }
+            None => {}
+        }
+    }
+    out
+}
 
 /// The bounds of the PostgreSQL listener.
 #[derive(Debug, Clone)]
@@ -190,6 +366,7 @@ where
     let copy_handler = handlers.copy_handler();
     let cancel_handler = handlers.cancel_handler();
     let error_handler = handlers.error_handler();
+    let mut prepared = Held::default();
     loop {
         let msg = if matches!(
             socket.state(),
@@ -240,6 +417,42 @@ where
             _ => msg.is_extended_query(),
         };
         let is_cancel_request = matches!(msg, PgWireFrontendMessage::CancelRequest(_));
+        // pgwire skips what arrives while it waits for a Sync after an
+        // error; only what it would store is counted.
+        if !matches!(socket.state(), PgWireConnectionState::AwaitingSync) {
+            let text = match &msg {
+                PgWireFrontendMessage::Query(q) => Some(q.query.as_str()),
+                PgWireFrontendMessage::Parse(p) => Some(p.query.as_str()),
+                _ => None,
+            };
+            for (name, portals) in text.map(releases).unwrap_or_default() {
+                let store = socket.portal_store();
+                match name {
+                    Some(name) => {
+                        prepared.forget_statement(&name);
+                        store.rm_statement(&name);
+                    }
+                    None => {
+                        let (statements, closed) = prepared.forget_all(portals);
+                        for name in statements {
+                            store.rm_statement(&name);
+                        }
+                        for name in closed {
+                            store.rm_portal(&name);
+                        }
+                    }
+                }
+            }
+            if let Err(why) = prepared.admit(&msg) {
+                let e = PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".to_string(),
+                    "54000".to_string(),
+                    why,
+                )));
+                process_error(&mut socket, e, is_extended_query).await?;
+                continue;
+            }
+        }
         if let Err(mut e) = process_message(
             msg,
             &mut socket,
@@ -251,6 +464,7 @@ where
         )
         .await
         {
+            prepared.undo_last();
             error_handler.on_error(&socket, &mut e);
             let is_fatal = e.is_fatal();
             process_error(&mut socket, e, is_extended_query).await?;
@@ -332,6 +546,71 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[test]
+    fn named_statements_and_portals_are_counted_and_bounded() {
+        use pgwire::messages::extendedquery::{Bind, Close, Parse};
+        let parse = |name: &str, sql: &str| {
+            PgWireFrontendMessage::Parse(Parse::new(
+                Some(name.to_string()),
+                sql.to_string(),
+                vec![],
+            ))
+        };
+        let mut held = Held::default();
+        // Unnamed statements are replaced, not counted.
+        for _ in 0..3 * MAX_HELD {
+            held.admit(&parse("", "SELECT 1")).unwrap();
+        }
+        for i in 0..MAX_HELD {
+            held.admit(&parse(&format!("s{i}"), "SELECT 1")).unwrap();
+        }
+        assert_eq!(held.bytes, MAX_HELD * 8);
+        assert!(held.admit(&parse("one-more", "SELECT 1")).is_err());
+        // A name given again replaces its statement.
+        held.admit(&parse("s0", "SELECT 22")).unwrap();
+        assert_eq!(held.bytes, MAX_HELD * 8 + 1);
+        let close =
+            |t: u8, name: &str| PgWireFrontendMessage::Close(Close::new(t, Some(name.to_string())));
+        held.admit(&close(b'S', "s0")).unwrap();
+        // A Parse pgwire refuses (bad SQL) stores nothing.
+        held.admit(&parse("bad", "SELEC")).unwrap();
+        held.undo_last();
+        assert!(!held.statements.contains_key("bad"));
+        assert_eq!(held.bytes, (MAX_HELD - 1) * 8);
+        held.admit(&parse("one-more", "SELECT 1")).unwrap();
+        // Portals count their parameters; a huge one is refused by bytes.
+        let bind = |portal: &str, size: usize| {
+            PgWireFrontendMessage::Bind(Bind::new(
+                Some(portal.to_string()),
+                Some("s1".to_string()),
+                vec![],
+                vec![Some(bytes::Bytes::from(vec![0u8; size]))],
+                vec![],
+            ))
+        };
+        held.admit(&bind("p", 1000)).unwrap();
+        assert!(held.admit(&bind("q", MAX_HELD_BYTES)).is_err());
+        held.admit(&close(b'P', "p")).unwrap();
+        assert_eq!(held.portals.len(), 0);
+        // DEALLOCATE (as psycopg sends it) releases; DISCARD ALL releases all.
+        assert_eq!(
+            releases("deallocate _pg3_7; DEALLOCATE PREPARE \"Q\"\"x\"; select 1"),
+            vec![
+                (Some("_pg3_7".to_string()), false),
+                (Some("Q\"x".to_string()), false)
+            ]
+        );
+        assert_eq!(releases("DEALLOCATE ALL"), vec![(None, false)]);
+        assert_eq!(releases(" discard all "), vec![(None, true)]);
+        assert!(releases("discard plans").is_empty());
+        held.forget_statement("s1");
+        assert!(!held.statements.contains_key("s1"));
+        held.admit(&bind("p", 10)).unwrap();
+        let (statements, portals) = held.forget_all(true);
+        assert_eq!((statements.len(), portals.len()), (MAX_HELD - 1, 1));
+        assert_eq!(held.bytes, 0);
+    }
 
     #[tokio::test]
     async fn reads_past_the_budget_are_refused_until_it_is_reset() {

@@ -276,3 +276,86 @@ async fn oversized_pg_messages_and_too_many_connections_get_fatal_errors() {
     let (code, _) = http_get(server.http, "/health").await.unwrap();
     assert_eq!(code, 200);
 }
+
+/// A frontend message: type byte, length, body.
+fn pg_message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend_from_slice(body);
+    m
+}
+
+fn pg_parse(name: &str, sql: &str) -> Vec<u8> {
+    let mut body = format!("{name}\0{sql}\0").into_bytes();
+    body.extend_from_slice(&0i16.to_be_bytes());
+    pg_message(b'P', &body)
+}
+
+/// pgwire keeps every named prepared statement until the client closes
+/// it: a connection could fill the server's memory with them. Past
+/// `MAX_HELD` (1,024) a `Parse` is refused with ERROR 54000, the
+/// connection stays usable, and closing one (Close, or SQL `DEALLOCATE`)
+/// makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_prepared_statements_per_connection_are_bounded() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start(&dir.path().join("data")).await;
+    let mut s = raw_session(server.pg).await;
+    let mut burst = Vec::new();
+    for i in 0..=1024 {
+        burst.extend(pg_parse(&format!("s{i}"), "SELECT 1"));
+    }
+    burst.extend(pg_message(b'S', b""));
+    s.write_all(&burst).await.unwrap();
+    let answers = read_messages(&mut s, b'Z').await;
+    let parsed = answers.iter().filter(|(t, _)| *t == b'1').count();
+    let errors: Vec<String> = answers
+        .iter()
+        .filter(|(t, _)| *t == b'E')
+        .map(|(_, b)| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(parsed, 1024, "{errors:?}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("54000") && errors[0].contains("close some"),
+        "{errors:?}"
+    );
+    assert_eq!(answers.last().unwrap().0, b'Z');
+
+    // Closing one makes room for another.
+    let mut next = pg_message(b'C', b"Ss0\0");
+    next.extend(pg_parse("s1024", "SELECT 2"));
+    next.extend(pg_message(b'S', b""));
+    s.write_all(&next).await.unwrap();
+    let answers = read_messages(&mut s, b'Z').await;
+    let kinds: Vec<u8> = answers.iter().map(|(t, _)| *t).collect();
+    assert_eq!(kinds, vec![b'3', b'1', b'Z'], "{answers:?}");
+
+    // So does DEALLOCATE, which psycopg 3 sends to evict statements.
+    s.write_all(&pg_message(b'Q', b"DEALLOCATE s1\0"))
+        .await
+        .unwrap();
+    read_messages(&mut s, b'Z').await;
+    let mut next = pg_parse("s1025", "SELECT 3");
+    next.extend(pg_parse("s1026", "SELECT 4"));
+    next.extend(pg_message(b'S', b""));
+    s.write_all(&next).await.unwrap();
+    let answers = read_messages(&mut s, b'Z').await;
+    let kinds: Vec<u8> = answers.iter().map(|(t, _)| *t).collect();
+    assert_eq!(kinds, vec![b'1', b'E', b'Z'], "{answers:?}");
+
+    // The connection still answers a query.
+    s.write_all(&pg_message(b'Q', b"SELECT 41 + 1 AS x\0"))
+        .await
+        .unwrap();
+    let answers = read_messages(&mut s, b'Z').await;
+    assert!(
+        answers
+            .iter()
+            .any(|(t, b)| *t == b'D' && String::from_utf8_lossy(b).contains("42")),
+        "{answers:?}"
+    );
+    drop(s);
+    assert!(server.is_running(), "{}", server.log_tail());
+}
