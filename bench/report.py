@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--scale", required=True)
     ap.add_argument("--duration", required=True)
     ap.add_argument("--strata-rss-mb", type=int, required=True)
+    ap.add_argument("--ingest-only", action="store_true",
+                    help="only some engines were loaded and no query ran: write the ingest table alone")
     a = ap.parse_args()
     results = [json.loads(l) for l in open(a.results) if l.strip()]
     loads = {}
@@ -87,14 +89,19 @@ def main():
         every = ", ".join(f"{x['rows_per_s']:,.0f}" for x in loads[name])
         w(f"| {name} | {proto} | {r['rows_per_s']:,.0f} | {r['points_per_s']:,.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {ratio} | {every} |")
     w("")
-    w(f"Strata's peak RSS during a line-protocol load: {a.strata_rss_mb} MiB.")
-    w("")
+    if a.strata_rss_mb:
+        w(f"Strata's peak RSS during a line-protocol load: {a.strata_rss_mb} MiB.")
+        w("")
     w("Strata acknowledges a write only after its WAL record is fsynced (group")
     w("commit). InfluxDB 1.x also fsyncs its WAL before acknowledging. VictoriaMetrics")
     w("buffers recent samples in memory and flushes them about once a second, so an")
     w("acknowledged write can be lost in a crash; its figure is an upper bound for")
     w("durable ingest.")
     w("")
+    if a.ingest_only:
+        w("Ingest only (`--ingest-only`): no query ran in this run.")
+        print("\n".join(out))
+        return
     w("## Queries (TSBS query set in SQL; Strata over its PostgreSQL protocol, DuckDB and DataFusion over Parquet)")
     w("")
     w("Before the queries, Strata's table was compacted (`COMPACT TABLE`: flushed, one SST per")

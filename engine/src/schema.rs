@@ -336,6 +336,25 @@ pub fn adapt_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatc
     .map_err(|e| Error::InvalidSchema(format!("adapting rows to the current schema: {e}")))
 }
 
+/// Fits rows a client or another instance sent to a table's `target`
+/// schema: columns are matched by name (any order; nullable columns may be
+/// missing), and a column the table does not have is refused, where
+/// [`adapt_batch`] (for rows of an older schema) drops it.
+pub fn fit_rows(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
+    if let Some(f) = batch
+        .schema()
+        .fields()
+        .iter()
+        .find(|f| target.index_of(f.name()).is_err())
+    {
+        return Err(Error::InvalidSchema(format!(
+            "column {} does not exist",
+            f.name()
+        )));
+    }
+    adapt_batch(batch, target)
+}
+
 impl TableSchema {
     /// Whether the primary key is the default one, (tags…, timestamp).
     pub fn has_default_primary_key(&self) -> bool {

@@ -58,10 +58,10 @@ pub fn line_protocol(data: &[u8]) {
 /// `WriteRequest`, turned into Strata's write request.
 pub fn remote_write(data: &[u8]) {
     if let Ok(raw) = crate::prom::decompress(data, FUZZ_MAX_DECODED, "remote write") {
-        let _ = crate::prom::decode("db", &raw, |id| id % 2 == 0);
+        let _ = crate::prom::decode(&raw, |id| id % 2 == 0);
     }
     // The protobuf decoder on its own, for inputs snappy would refuse.
-    let _ = crate::prom::decode("db", data, |id| id % 2 == 0);
+    let _ = crate::prom::decode(data, |id| id % 2 == 0);
 }
 
 /// The body of a Prometheus remote read: snappy, then a protobuf

@@ -398,15 +398,19 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         }
     }
     let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;
-    let decoded = prom::decode(db, &raw, |id| state.prom_series.contains(db, id))
+    let decoded = prom::decode(&raw, |id| state.prom_series.contains(db, id))
         .map_err(|e| Error::InvalidArgument(format!("remote write: {e}")))?;
+    drop(raw);
     if decoded.samples == 0 {
         return Ok(());
     }
-    state
-        .storage
-        .write_request(decoded.request, false, true)
-        .await?;
+    crate::writer::write_batches(
+        &state.query,
+        db,
+        decoded.tables,
+        state.storage.max_decoded(),
+    )
+    .await?;
     state.prom_series.insert_all(db, &decoded.series);
     Ok(())
 }

@@ -26,3 +26,4 @@ pub mod promql;
 pub mod sql;
 pub mod standalone;
 pub mod storage;
+mod writer;

@@ -320,15 +320,13 @@ impl StorageServiceImpl {
         .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
         let mut written = 0usize;
         for batch in batches {
-            let batch = arrow::record_batch::RecordBatch::try_new_with_options(
-                table.arrow_schema(),
-                batch.columns().to_vec(),
-                &arrow::record_batch::RecordBatchOptions::new()
-                    .with_row_count(Some(batch.num_rows())),
-            )
-            .map_err(|e| strata_engine::Error::InvalidWrite {
-                table: req.table.clone(),
-                reason: e.to_string(),
+            // Columns are matched by name (see `fit_rows`).
+            let target = table.arrow_schema();
+            let batch = strata_engine::schema::fit_rows(&batch, &target).map_err(|e| {
+                strata_engine::Error::InvalidWrite {
+                    table: req.table.clone(),
+                    reason: e.to_string(),
+                }
             })?;
             written += table.write(batch).await?;
         }

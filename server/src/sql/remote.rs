@@ -380,72 +380,89 @@ impl DataSink for RemoteSink {
         while let Some(b) = data.next().await {
             batches.push(b?);
         }
-        if batches.iter().all(|b| b.num_rows() == 0) {
-            return Ok(0);
-        }
-        let schema: SchemaRef = batches
-            .first()
-            .map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
-        let deadline = Instant::now() + MOVE_WAIT;
-        loop {
-            match target(&self.cluster, &self.entry, deadline).await? {
-                Target::Local(t) => {
-                    let mut written = 0u64;
-                    for b in &batches {
-                        let b = RecordBatch::try_new_with_options(
-                            t.arrow_schema(),
-                            b.columns().to_vec(),
-                            &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                        )?;
-                        written += t.write(b).await.map_err(external)? as u64;
-                    }
-                    return Ok(written);
+        forward_batches(
+            &self.cluster,
+            &self.entry,
+            batches,
+            Instant::now() + MOVE_WAIT,
+        )
+        .await
+    }
+}
+
+/// Writes rows to a table whose shard another instance leads (or led when
+/// the route was read): as `WriteArrow` to the leader, or here if the
+/// shard opened here meanwhile. A forward the leader refuses because the
+/// shard moved (nothing was written) is routed again until `deadline`.
+/// Both SQL `INSERT` into a remote table and [`crate::writer`] write
+/// through this.
+pub(crate) async fn forward_batches(
+    cluster: &Cluster,
+    entry: &TableEntry,
+    batches: Vec<RecordBatch>,
+    deadline: Instant,
+) -> DfResult<u64> {
+    if batches.iter().all(|b| b.num_rows() == 0) {
+        return Ok(0);
+    }
+    let schema: SchemaRef = batches
+        .first()
+        .map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
+    loop {
+        match target(cluster, entry, deadline).await? {
+            Target::Local(t) => {
+                let mut written = 0u64;
+                for b in &batches {
+                    let b =
+                        strata_engine::schema::fit_rows(b, &t.arrow_schema()).map_err(external)?;
+                    written += t.write(b).await.map_err(external)? as u64;
                 }
-                Target::Remote(endpoint, version) => {
-                    let payload = strata_client::payload::encode(&schema, &batches)
-                        .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                    let result = match self.cluster.client(&endpoint).await {
-                        Ok(client) => {
-                            client
-                                .write_arrow(WriteArrowRequest {
-                                    context: Some(RequestContext {
-                                        database: self.entry.database.clone(),
-                                    }),
-                                    table: self.entry.name.clone(),
-                                    rows: Some(payload),
-                                    shard_version: version,
-                                    catalog_fingerprint: self.cluster.fingerprint(),
-                                })
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    };
-                    match result {
-                        Ok(n) => return Ok(u64::from(n)),
-                        // Refused before anything was written: the shard
-                        // moved. Retry on its new leader.
-                        Err(e)
-                            if matches!(
-                                crate::error::remote_kind(&e),
-                                strata_engine::ErrorKind::NotLeader
-                                    | strata_engine::ErrorKind::ShardMoving
-                            ) && Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(MOVE_POLL).await;
-                        }
-                        Err(e)
-                            if matches!(
-                                crate::error::remote_kind(&e),
-                                strata_engine::ErrorKind::NotLeader
-                                    | strata_engine::ErrorKind::ShardMoving
-                            ) =>
-                        {
-                            return Err(external(strata_engine::Error::ShardNotOpen {
-                                shard: self.entry.shard,
-                            }))
-                        }
-                        Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
+                return Ok(written);
+            }
+            Target::Remote(endpoint, version) => {
+                let payload = strata_client::payload::encode(&schema, &batches)
+                    .map_err(|e| DataFusionError::Execution(e.to_string()))?;
+                let result = match cluster.client(&endpoint).await {
+                    Ok(client) => {
+                        client
+                            .write_arrow(WriteArrowRequest {
+                                context: Some(RequestContext {
+                                    database: entry.database.clone(),
+                                }),
+                                table: entry.name.clone(),
+                                rows: Some(payload),
+                                shard_version: version,
+                                catalog_fingerprint: cluster.fingerprint(),
+                            })
+                            .await
                     }
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(n) => return Ok(u64::from(n)),
+                    // Refused before anything was written: the shard
+                    // moved. Retry on its new leader.
+                    Err(e)
+                        if matches!(
+                            crate::error::remote_kind(&e),
+                            strata_engine::ErrorKind::NotLeader
+                                | strata_engine::ErrorKind::ShardMoving
+                        ) && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(MOVE_POLL).await;
+                    }
+                    Err(e)
+                        if matches!(
+                            crate::error::remote_kind(&e),
+                            strata_engine::ErrorKind::NotLeader
+                                | strata_engine::ErrorKind::ShardMoving
+                        ) =>
+                    {
+                        return Err(external(strata_engine::Error::ShardNotOpen {
+                            shard: entry.shard,
+                        }))
+                    }
+                    Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
                 }
             }
         }

@@ -1,0 +1,267 @@
+//! A remote-write body decoded straight into Arrow columns, one batch per
+//! physical table ([`super::samples_table`], [`super::series_table`]).
+//!
+//! The protobuf is read in place ([`super::wire`]): a label is a `&str`
+//! slice of the body, a series' labels go into one reused vector, and a
+//! sample is appended to the Arrow builders of its partition as it is read.
+//! Nothing is allocated per label or per sample; a series' label JSON is
+//! built only for a series the caller has not written yet.
+
+use std::{collections::HashSet, sync::Arc};
+
+use arrow::{
+    array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder},
+    datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit},
+    record_batch::RecordBatch,
+};
+
+use super::{
+    partition, samples_table, series_id, series_table,
+    wire::{wrong_type, Wire, WireResult, FIXED64, LEN, VARINT},
+    PARTITIONS,
+};
+
+/// A decoded remote-write body, ready to write.
+#[derive(Debug)]
+pub struct Decoded {
+    /// `(table, rows)`: the samples tables with samples, and the series
+    /// tables with series not known to be written.
+    pub tables: Vec<(String, RecordBatch)>,
+    /// The series in it, for the caller's cache of series already written.
+    pub series: Vec<u64>,
+    pub samples: usize,
+}
+
+/// The Arrow schema of the rows of a physical table: `metric`, `series`,
+/// `ts` and `last` (`value` for samples, `labels` for series), matched to
+/// the table's own schema by column name when written.
+fn rows_schema(last: Field) -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("metric", DataType::Utf8, false),
+        Field::new("series", DataType::UInt64, false),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        last,
+    ]))
+}
+
+#[derive(Default)]
+struct Rows {
+    metric: StringBuilder,
+    series: UInt64Builder,
+    ts: TimestampMillisecondBuilder,
+    value: Float64Builder,
+    labels: StringBuilder,
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        arrow::array::ArrayBuilder::len(&self.series)
+    }
+
+    fn finish_samples(mut self) -> Result<RecordBatch, String> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.metric.finish()),
+            Arc::new(self.series.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.value.finish()),
+        ];
+        RecordBatch::try_new(
+            rows_schema(Field::new("value", DataType::Float64, false)),
+            columns,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn finish_series(mut self) -> Result<RecordBatch, String> {
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.metric.finish()),
+            Arc::new(self.series.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.labels.finish()),
+        ];
+        RecordBatch::try_new(
+            rows_schema(Field::new("labels", DataType::Utf8, false)),
+            columns,
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// One series as read from the wire, before its labels are checked.
+#[derive(Default)]
+struct SeriesBuf<'a> {
+    labels: Vec<(&'a str, &'a str)>,
+    samples: Vec<(i64, f64)>,
+    histograms: bool,
+}
+
+impl<'a> SeriesBuf<'a> {
+    fn clear(&mut self) {
+        self.labels.clear();
+        self.samples.clear();
+        self.histograms = false;
+    }
+
+    /// Reads one `prompb.TimeSeries` message.
+    fn read(&mut self, body: &'a [u8]) -> WireResult<()> {
+        self.clear();
+        let mut w = Wire::new(body);
+        while !w.done() {
+            match w.key()? {
+                (1, LEN) => self.labels.push(read_label(w.bytes()?)?),
+                (2, LEN) => self.samples.push(read_sample(w.bytes()?)?),
+                (4, LEN) => {
+                    w.bytes()?;
+                    self.histograms = true;
+                }
+                (f @ (1 | 2 | 4), wire) => return Err(wrong_type("TimeSeries", f, wire)),
+                (_, wire) => w.skip(wire)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_label(body: &[u8]) -> WireResult<(&str, &str)> {
+    let (mut name, mut value) = ("", "");
+    let mut w = Wire::new(body);
+    while !w.done() {
+        match w.key()? {
+            (1, LEN) => name = w.str()?,
+            (2, LEN) => value = w.str()?,
+            (f @ (1 | 2), wire) => return Err(wrong_type("Label", f, wire)),
+            (_, wire) => w.skip(wire)?,
+        }
+    }
+    Ok((name, value))
+}
+
+fn read_sample(body: &[u8]) -> WireResult<(i64, f64)> {
+    let (mut ts, mut value) = (0i64, 0f64);
+    let mut w = Wire::new(body);
+    while !w.done() {
+        match w.key()? {
+            (1, FIXED64) => value = f64::from_bits(w.fixed64()?),
+            // int64: two's complement in a varint.
+            (2, VARINT) => ts = w.varint()? as i64,
+            (f @ (1 | 2), wire) => return Err(wrong_type("Sample", f, wire)),
+            (_, wire) => w.skip(wire)?,
+        }
+    }
+    Ok((ts, value))
+}
+
+/// Appends the labels' JSON object (`{"name":"value",…}`, in label order,
+/// as `serde_json` writes a sorted map) to `out`.
+fn labels_json(labels: &[(&str, &str)], out: &mut String) {
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        // Writing a &str to a String cannot fail.
+        out.push_str(&serde_json::Value::from(*k).to_string());
+        out.push(':');
+        out.push_str(&serde_json::Value::from(*v).to_string());
+    }
+    out.push('}');
+}
+
+/// Decodes a decompressed `WriteRequest` (see [`super::decompress`]).
+/// `known` says whether a series' row was written already (then it is not
+/// written again).
+pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
+    let not_a_request = |e: String| format!("the body is not a Prometheus WriteRequest: {e}");
+    let mut samples_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
+    let mut series_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
+    let mut new_series: HashSet<u64> = HashSet::new();
+    let mut series_ids = Vec::new();
+    let mut samples = 0usize;
+    let mut json = String::new();
+    let mut buf = SeriesBuf::default();
+    // The rows repeat a series' metric name for every sample: a long name
+    // with many samples could expand a small body into gigabytes (and past
+    // Arrow's 2 GiB per string column). The rows may take four times the
+    // body, plus 64 MiB.
+    let budget = raw.len().saturating_mul(4).saturating_add(64 << 20);
+    let mut row_bytes = 0usize;
+    let too_large = |budget: usize| {
+        format!("the request expands to more than {budget} bytes of rows (a long metric name repeated for many samples)")
+    };
+    let mut w = Wire::new(raw);
+    let mut i = 0usize;
+    while !w.done() {
+        let body = match w.key().map_err(not_a_request)? {
+            (1, LEN) => w.bytes().map_err(not_a_request)?,
+            (1, wire) => return Err(not_a_request(wrong_type("WriteRequest", 1, wire))),
+            (_, wire) => {
+                w.skip(wire).map_err(not_a_request)?;
+                continue;
+            }
+        };
+        let n = i;
+        i += 1;
+        buf.read(body).map_err(not_a_request)?;
+        if buf.histograms {
+            return Err(format!(
+                "series {n}: native histograms are not supported; send classic histograms"
+            ));
+        }
+        let labels = &mut buf.labels;
+        labels.retain(|(_, v)| !v.is_empty());
+        labels.sort_unstable();
+        if labels.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(format!("series {n}: a label name repeats"));
+        }
+        let Some(&(_, metric)) = labels.iter().find(|(k, _)| *k == "__name__") else {
+            return Err(format!("series {n}: no __name__ label"));
+        };
+        if buf.samples.is_empty() {
+            continue;
+        }
+        let id = series_id(labels);
+        let p = partition(metric) as usize;
+        if !known(id) && new_series.insert(id) {
+            json.clear();
+            labels_json(labels, &mut json);
+            row_bytes = row_bytes.saturating_add(json.len() + metric.len() + 24);
+            let rows = &mut series_rows[p];
+            rows.metric.append_value(metric);
+            rows.series.append_value(id);
+            rows.ts.append_value(0);
+            rows.labels.append_value(&json);
+        }
+        series_ids.push(id);
+        row_bytes = row_bytes.saturating_add((metric.len() + 28).saturating_mul(buf.samples.len()));
+        if row_bytes > budget {
+            return Err(too_large(budget));
+        }
+        let rows = &mut samples_rows[p];
+        for &(ts, value) in &buf.samples {
+            samples += 1;
+            rows.metric.append_value(metric);
+            rows.series.append_value(id);
+            rows.ts.append_value(ts);
+            rows.value.append_value(value);
+        }
+    }
+    let mut tables = Vec::new();
+    for (p, (s, l)) in samples_rows.into_iter().zip(series_rows).enumerate() {
+        let p = p as u64;
+        if s.len() > 0 {
+            tables.push((samples_table(p), s.finish_samples()?));
+        }
+        if l.len() > 0 {
+            tables.push((series_table(p), l.finish_series()?));
+        }
+    }
+    Ok(Decoded {
+        tables,
+        series: series_ids,
+        samples,
+    })
+}
