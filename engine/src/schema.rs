@@ -355,6 +355,19 @@ pub fn fit_rows(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> 
     adapt_batch(batch, target)
 }
 
+/// [`fit_rows`] for several batches, as one batch: one write of it is one
+/// WAL record, applied whole or not at all (a forward refused halfway
+/// would otherwise leave its first batches written, and a retry would
+/// write them twice).
+pub fn fit_all(batches: &[RecordBatch], target: &SchemaRef) -> Result<RecordBatch> {
+    let fitted = batches
+        .iter()
+        .map(|b| fit_rows(b, target))
+        .collect::<Result<Vec<_>>>()?;
+    arrow::compute::concat_batches(target, &fitted)
+        .map_err(|e| Error::InvalidSchema(format!("joining rows: {e}")))
+}
+
 impl TableSchema {
     /// Whether the primary key is the default one, (tags…, timestamp).
     pub fn has_default_primary_key(&self) -> bool {

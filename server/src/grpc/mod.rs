@@ -318,18 +318,16 @@ impl StorageServiceImpl {
             strata_engine::codec::check_ipc_stream(ipc).map_err(|e| e.to_string())
         })
         .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
-        let mut written = 0usize;
-        for batch in batches {
-            // Columns are matched by name (see `fit_rows`).
-            let target = table.arrow_schema();
-            let batch = strata_engine::schema::fit_rows(&batch, &target).map_err(|e| {
+        // Columns are matched by name (see `fit_rows`), and the batches are
+        // written as one: refused whole, or written whole.
+        let rows =
+            strata_engine::schema::fit_all(&batches, &table.arrow_schema()).map_err(|e| {
                 strata_engine::Error::InvalidWrite {
                     table: req.table.clone(),
                     reason: e.to_string(),
                 }
             })?;
-            written += table.write(batch).await?;
-        }
+        let written = table.write(rows).await?;
         Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 

@@ -411,13 +411,10 @@ pub(crate) async fn forward_batches(
     loop {
         match target(cluster, entry, deadline).await? {
             Target::Local(t) => {
-                let mut written = 0u64;
-                for b in &batches {
-                    let b =
-                        strata_engine::schema::fit_rows(b, &t.arrow_schema()).map_err(external)?;
-                    written += t.write(b).await.map_err(external)? as u64;
-                }
-                return Ok(written);
+                // One write: applied whole or not at all, as a forward is.
+                let rows = strata_engine::schema::fit_all(&batches, &t.arrow_schema())
+                    .map_err(external)?;
+                return Ok(t.write(rows).await.map_err(external)? as u64);
             }
             Target::Remote(endpoint, version) => {
                 let payload = strata_client::payload::encode(&schema, &batches)
