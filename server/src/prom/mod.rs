@@ -167,9 +167,12 @@ mod tests {
         TimeSeries::new(labels, samples)
     }
 
-    /// Every row of a decoded body: `(table, metric, series, ts, value or
-    /// labels JSON)`, sorted.
-    fn rows(d: &Decoded) -> Vec<(String, String, u64, i64, String)> {
+    /// One row of a decoded body: `(table, metric, series, ts, value bits
+    /// or labels JSON)`.
+    type Row = (String, String, u64, i64, String);
+
+    /// Every row of a decoded body, sorted.
+    fn rows(d: &Decoded) -> Vec<Row> {
         let mut out = Vec::new();
         for (table, b) in &d.tables {
             let metric = b.column_by_name("metric").unwrap().as_string::<i32>();
@@ -209,10 +212,7 @@ mod tests {
     /// layout of RFC 0003 as the protobuf path wrote it before the Arrow
     /// decoder (labels with empty values dropped, sorted; the series JSON
     /// a sorted map).
-    fn reference(
-        raw: &[u8],
-        known: impl Fn(u64) -> bool,
-    ) -> Result<Vec<(String, String, u64, i64, String)>, ()> {
+    fn reference(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Vec<Row>, ()> {
         let req = RemoteWriteRequest::decode(raw).map_err(drop)?;
         let mut out = Vec::new();
         let mut new = HashSet::new();
@@ -413,7 +413,7 @@ mod tests {
                     }
                 }
             }
-            let known = |id: u64| id % 3 == 0;
+            let known = |id: u64| id.is_multiple_of(3);
             let want = reference(&raw, known);
             let got = decode(&raw, known);
             match (&want, &got) {
