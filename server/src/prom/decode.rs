@@ -62,32 +62,16 @@ impl Rows {
         arrow::array::ArrayBuilder::len(&self.series)
     }
 
-    fn finish_samples(mut self) -> Result<RecordBatch, String> {
+    /// The batch of `metric`, `series`, `ts` and the table's last column
+    /// (`value` of a samples table, `labels` of a series table).
+    fn finish(mut self, last: Field, column: ArrayRef) -> Result<RecordBatch, String> {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.metric.finish()),
             Arc::new(self.series.finish()),
             Arc::new(self.ts.finish()),
-            Arc::new(self.value.finish()),
+            column,
         ];
-        RecordBatch::try_new(
-            rows_schema(Field::new("value", DataType::Float64, false)),
-            columns,
-        )
-        .map_err(|e| e.to_string())
-    }
-
-    fn finish_series(mut self) -> Result<RecordBatch, String> {
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(self.metric.finish()),
-            Arc::new(self.series.finish()),
-            Arc::new(self.ts.finish()),
-            Arc::new(self.labels.finish()),
-        ];
-        RecordBatch::try_new(
-            rows_schema(Field::new("labels", DataType::Utf8, false)),
-            columns,
-        )
-        .map_err(|e| e.to_string())
+        RecordBatch::try_new(rows_schema(last), columns).map_err(|e| e.to_string())
     }
 }
 
@@ -250,13 +234,17 @@ pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String
         }
     }
     let mut tables = Vec::new();
-    for (p, (s, l)) in samples_rows.into_iter().zip(series_rows).enumerate() {
+    for (p, (mut s, mut l)) in samples_rows.into_iter().zip(series_rows).enumerate() {
         let p = p as u64;
         if s.len() > 0 {
-            tables.push((samples_table(p), s.finish_samples()?));
+            let value: ArrayRef = Arc::new(s.value.finish());
+            let last = Field::new("value", DataType::Float64, false);
+            tables.push((samples_table(p), s.finish(last, value)?));
         }
         if l.len() > 0 {
-            tables.push((series_table(p), l.finish_series()?));
+            let labels: ArrayRef = Arc::new(l.labels.finish());
+            let last = Field::new("labels", DataType::Utf8, false);
+            tables.push((series_table(p), l.finish(last, labels)?));
         }
     }
     Ok(Decoded {
