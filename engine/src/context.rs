@@ -150,7 +150,6 @@ pub struct EngineContext {
     pub flush_permits: tokio::sync::Semaphore,
     pub gc: crate::gc::Gc,
     pub write_buffer: crate::memory::WriteBufferManager,
-    pub compactor: Arc<crate::compaction::Compactor>,
     /// Reads SSTs for queries and compactions, with footers cached.
     pub reader_factory: Arc<dyn datafusion::datasource::physical_plan::ParquetFileReaderFactory>,
 }

@@ -22,7 +22,6 @@ pub mod context;
 mod engine;
 mod error;
 pub mod failpoint;
-pub mod flush;
 pub mod gc;
 pub mod last_values;
 pub mod manifest;

@@ -24,6 +24,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use crate::{
     catalog::TableEntry,
     codec,
+    compaction::CompactionSignal,
     context::EngineContext,
     metrics,
     ownership::Ownership,
@@ -54,6 +55,8 @@ pub(crate) struct ShardInner {
     /// manifest shows a newer owner, and the shard must then close.
     pub owner: Arc<Ownership>,
     pub ctx: Arc<EngineContext>,
+    /// Asks the engine for a compaction check after a flush.
+    pub compaction: CompactionSignal,
 }
 
 /// A shard of the engine.
@@ -79,12 +82,14 @@ impl Shard {
     /// progress in `partials`; the next open of the shard under the same
     /// epoch goes on from there (the marker is appended once per epoch, and
     /// what was replayed is not read again). A different epoch discards it.
+    #[allow(clippy::too_many_arguments)] // each is a distinct input of the open
     pub(crate) async fn open(
         id: ShardId,
         wal: Arc<dyn Wal>,
         epoch: Epoch,
         entries: Vec<TableEntry>,
         ctx: Arc<EngineContext>,
+        compaction: CompactionSignal,
         fence: bool,
         partials: &PartialOpens,
     ) -> Result<Arc<Self>> {
@@ -140,6 +145,7 @@ impl Shard {
             anchor: AtomicU64::new(u64::MAX),
             owner,
             ctx,
+            compaction,
         });
         let stash = |inner: &Arc<ShardInner>,
                      receiver: mpsc::Receiver<WriteJob>,
@@ -702,7 +708,7 @@ pub(crate) fn schedule_flush(inner: &Arc<ShardInner>, table: Arc<Table>) {
             tracing::warn!(shard = %inner.id, error = %e, "WAL truncation failed");
         }
         if !table.is_dropped() {
-            inner.ctx.compactor.schedule(table);
+            inner.compaction.send(&table);
         }
     });
 }

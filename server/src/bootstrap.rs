@@ -159,7 +159,7 @@ pub(crate) async fn serve(
     let pg = tokio::spawn(crate::pg::serve(
         pg_listener,
         query.clone(),
-        crate::pg_conn::PgLimits::new(
+        crate::pg::conn::PgLimits::new(
             config.server.pg_max_message_size,
             config.server.pg_max_connections,
         ),
@@ -188,5 +188,98 @@ pub(crate) async fn serve(
         let _ = pg.await;
     })
     .await;
+    Ok(())
+}
+
+/// Runs an instance in cluster mode until a shutdown signal: registers with
+/// meta, serves the shards meta assigns, and answers gRPC and HTTP.
+pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Result<()> {
+    use crate::cluster::{Cluster, MetaCatalog, MetaClient, ShardControlService};
+    use crate::storage;
+    use std::sync::Arc;
+    use strata_engine::Engine;
+    if config.engine.cluster == strata_engine::EngineConfig::default().cluster {
+        // Never share topics and object-store paths with a standalone
+        // process on the same Kafka and S3.
+        config.engine.cluster = "cluster".to_string();
+    }
+    if !matches!(config.wal, crate::config::WalConfig::Kafka(_)) {
+        return Err(Error::InvalidArgument(
+            "cluster mode needs the Kafka WAL (wal.kind = \"kafka\"): a shard's WAL must be readable by whichever instance opens it".into(),
+        ));
+    }
+    if matches!(
+        config.object_store,
+        crate::config::ObjectStoreConfig::Local { .. }
+    ) {
+        tracing::warn!(
+            "cluster mode with a local object store: every instance must share the directory"
+        );
+    }
+    std::fs::create_dir_all(&config.server.data_dir)
+        .map_err(|e| Error::Internal(format!("creating the data directory: {e}")))?;
+    let store = storage::open_object_store(&config)?;
+    let listeners = bind(&config).await?;
+    let grpc_addr = listeners
+        .grpc
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let http_addr = listeners
+        .http
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
+    if advertise.ip().is_unspecified() || advertise.port() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "the advertised address {advertise} is not one peers can reach: set server.advertise_addr \
+             (or --advertise-addr) to this instance's address, or listen on a specific one"
+        )));
+    }
+    let secret = config.server.cluster_secret.clone();
+    if secret.is_none() {
+        tracing::error!(
+            "no cluster secret is configured (server.cluster_secret or $STRATA_CLUSTER_SECRET): \
+             this instance refuses every control RPC from meta (shard events, table drops) and \
+             learns of changes only from its heartbeats; a meta that has a secret refuses this \
+             instance. Set the same secret on meta and every instance"
+        );
+    }
+    let meta = Arc::new(
+        MetaClient::new(&meta_endpoints, secret.as_ref()).map_err(Error::InvalidArgument)?,
+    );
+    let engine = Engine::open_cluster(
+        config.engine.clone(),
+        store,
+        Arc::new(MetaCatalog::new(meta.clone())),
+    )?;
+    let cluster = Cluster::new(
+        advertise.to_string(),
+        http_addr.to_string(),
+        meta,
+        engine.clone(),
+        Arc::new(storage::ConfiguredWal(config.clone())),
+    );
+    // Ready once meta knows us and the catalog is loaded.
+    cluster.wait_for_meta().await;
+    let heartbeats = tokio::spawn(cluster.clone().run());
+    let query_runtime = query_runtime(&config)?;
+    let query = QueryEngine::with_router(
+        engine.clone(),
+        query_runtime.handle().clone(),
+        query_threads(&config),
+        cluster.clone(),
+    )
+    .with_limits(crate::sql::QueryLimits::new(&config.query));
+    let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
+        ShardControlService::new(cluster.clone(), secret),
+    );
+    serve(&config, query, listeners, "server", Some(control)).await?;
+    heartbeats.abort();
+    cluster.hand_back_all().await;
+    if let Err(e) = engine.close().await {
+        tracing::warn!(error = %e, "closing the engine failed; the WAL holds every acknowledged row");
+    }
+    query_runtime.shutdown_background();
+    tracing::info!("stopped");
     Ok(())
 }

@@ -35,8 +35,9 @@ pub const TARGETS: &[Target] = &[
 ];
 
 /// The body of a write to `/influx/v1/write` or `/api/v2/write`: parsed
-/// (the HTTP layer refuses bodies that are not UTF-8 first), then grouped
-/// into a write request at every precision.
+/// (the HTTP layer refuses bodies that are not UTF-8 first), then at every
+/// precision grouped into tables, each with the schema its first write
+/// creates, and built into Arrow batches in it.
 pub fn line_protocol(data: &[u8]) {
     let Ok(body) = std::str::from_utf8(data) else {
         return;
@@ -50,7 +51,14 @@ pub fn line_protocol(data: &[u8]) {
         Precision::Minutes,
         Precision::Hours,
     ] {
-        let _ = influx::to_write_request("db", points.clone(), precision, 1_700_000_000_000);
+        let Ok(times) = influx::timestamps(&points, precision, 1_700_000_000_000) else {
+            continue;
+        };
+        for (table, points) in influx::by_measurement(&points, &times) {
+            if let Ok(schema) = influx::schema_for_new_table(&points) {
+                let _ = influx::to_batch(table, &schema, schema.arrow_schema(), &points);
+            }
+        }
     }
 }
 

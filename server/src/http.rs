@@ -222,18 +222,8 @@ async fn write_lines(
     text: &str,
     precision: influx::Precision,
 ) -> Result<(), InfluxError> {
+    state.query.ensure_database(db).await?;
     let engine = state.query.engine();
-    if let Some(c) = state.query.cluster() {
-        if !engine.database_exists(db) {
-            c.refresh_catalog().await.map_err(Error::from)?;
-        }
-    }
-    if !engine.database_exists(db) {
-        return Err(Error::from(strata_engine::Error::DatabaseNotFound {
-            name: db.to_string(),
-        })
-        .into());
-    }
     // Every problem of the batch is reported at once: malformed lines, and
     // values that do not fit their columns.
     let (points, mut bad) = influx::parse_lines(text);
@@ -252,15 +242,31 @@ async fn write_lines(
         return Ok(());
     }
     let now = strata_meta::model::now_ms();
-    let request =
-        influx::to_write_request(db, points, precision, now).map_err(InfluxError::Lines)?;
+    let times = influx::timestamps(&points, precision, now).map_err(InfluxError::Lines)?;
+    let altered = !additions.is_empty();
     for (table, columns) in additions {
         engine
             .alter_table(db, &table, strata_engine::AlterTable::AddColumns(columns))
             .await
             .map_err(Error::from)?;
     }
-    state.storage.write_request(request, false, true).await?;
+    if altered {
+        // Take the catalog's new fingerprint: the leaders this write is
+        // forwarded to sync their catalogs to it before fitting the rows
+        // (a leader that still misses a column refreshes its own then).
+        if let Err(e) = state.query.router().refresh_catalog().await {
+            tracing::debug!(error = %e, "refreshing the catalog after adding columns failed");
+        }
+    }
+    influx::write(
+        &state.query,
+        db,
+        &points,
+        &times,
+        state.storage.auto_create_table(),
+        state.storage.max_decoded(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -377,18 +383,8 @@ async fn prom_write(
 }
 
 async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(), Error> {
+    state.query.ensure_database(db).await?;
     let engine = state.query.engine();
-    if let Some(c) = state.query.cluster() {
-        if !engine.database_exists(db) {
-            c.refresh_catalog().await?;
-        }
-    }
-    if !engine.database_exists(db) {
-        return Err(strata_engine::Error::DatabaseNotFound {
-            name: db.to_string(),
-        }
-        .into());
-    }
     // The physical tables, created on the first write to a database (and
     // again if dropped: then no series row is known to be written).
     for (table, ddl) in prom::create_statements() {
@@ -409,6 +405,8 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         db,
         decoded.tables,
         state.storage.max_decoded(),
+        crate::writer::Forward::Split,
+        Instant::now() + crate::route::MOVE_WAIT,
     )
     .await?;
     state.prom_series.insert_all(db, &decoded.series);

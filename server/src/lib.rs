@@ -6,7 +6,7 @@
 //! parsed and planned by [`sql`] (Strata's DDL here, queries by DataFusion);
 //! rows are handed to `strata_engine`, which owns the WAL, memtables and SSTs.
 
-mod bootstrap;
+pub mod bootstrap;
 pub mod cluster;
 pub mod config;
 pub mod error;
@@ -18,11 +18,11 @@ pub mod influx;
 pub mod limits;
 pub mod metrics;
 pub mod pg;
-pub mod pg_conn;
 pub mod prom;
 pub mod prom_api;
 pub mod prom_read;
 pub mod promql;
+pub mod route;
 pub mod sql;
 pub mod standalone;
 pub mod storage;

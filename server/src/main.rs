@@ -237,7 +237,7 @@ async fn server(
 ) -> Result<(), String> {
     let cfg = load_config(config, data_dir, listen)?;
     init_logging(&cfg.log.level);
-    strata_server::cluster::run(cfg, meta)
+    strata_server::bootstrap::run_cluster(cfg, meta)
         .await
         .map_err(|e| e.to_string())
 }

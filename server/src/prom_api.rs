@@ -10,19 +10,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use promql_parser::{
-    label::{MatchOp, Matcher},
-    parser::{Expr, VectorSelector},
-};
+use promql_parser::parser::Expr;
 
 use crate::{
     error::{Error, Result},
     prom, prom_read,
+    promql::select::{groups_of, matches, Group},
     sql::QueryEngine,
 };
-
-/// One alternative of a selector: matchers that must all hold.
-pub(crate) type Group = Vec<Matcher>;
 
 /// Parses a `match[]` selector into its alternatives, and the metric name
 /// when the selector names one.
@@ -42,39 +37,6 @@ fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
         )));
     }
     Ok((name, groups))
-}
-
-/// A parsed selector's alternatives (each a list of matchers that must all
-/// hold, the metric name included), and its metric name when it has one.
-pub(crate) fn groups_of(vs: &VectorSelector) -> (Option<String>, Vec<Group>) {
-    let mut groups: Vec<Group> = if vs.matchers.or_matchers.is_empty() {
-        vec![vs.matchers.matchers.clone()]
-    } else {
-        vs.matchers.or_matchers.clone()
-    };
-    let mut name = vs.name.clone();
-    if let Some(n) = &vs.name {
-        for g in &mut groups {
-            g.push(Matcher {
-                op: MatchOp::Equal,
-                name: "__name__".to_string(),
-                value: n.clone(),
-            });
-        }
-    } else if groups.len() == 1 {
-        name = groups[0]
-            .iter()
-            .find(|m| m.name == "__name__" && matches!(m.op, MatchOp::Equal))
-            .map(|m| m.value.clone());
-    }
-    (name, groups)
-}
-
-pub(crate) fn matches(groups: &[Group], labels: &BTreeMap<String, String>) -> bool {
-    groups.iter().any(|g| {
-        g.iter()
-            .all(|m| m.is_match(labels.get(&m.name).map_or("", String::as_str)))
-    })
 }
 
 /// The label sets of the series matching any of `selectors` (all series

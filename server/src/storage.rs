@@ -116,3 +116,26 @@ pub async fn open_wal(config: &Config, shard: ShardId) -> Result<Arc<dyn Wal>> {
         }
     }
 }
+
+/// The WAL regions of a cluster instance's shards, as the configuration
+/// names them.
+#[derive(Debug)]
+pub struct ConfiguredWal(pub Config);
+
+#[async_trait::async_trait]
+impl crate::cluster::WalRegions for ConfiguredWal {
+    async fn open(&self, shard: ShardId) -> strata_engine::Result<Arc<dyn Wal>> {
+        open_wal(&self.0, shard)
+            .await
+            .map_err(|e| strata_engine::Error::Internal(e.to_string()))
+    }
+
+    fn loss_keys(&self, shard: ShardId) -> Vec<String> {
+        match &self.0.wal {
+            WalConfig::Kafka(k) => {
+                vec![kafka_topic(&k.topic_prefix, &self.0.engine.cluster, shard)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}

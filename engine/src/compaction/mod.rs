@@ -8,13 +8,18 @@
 //! cannot be split fails with a retryable [`Error::CompactionOverBudget`]
 //! instead of exhausting memory (HoraeDB #476, #489). The merge itself runs
 //! under a DataFusion memory pool of the same size.
+//!
+//! The engine owns the compactor and one loop ([`run_signals`]). A shard
+//! does not call the compactor: after a flush it sends the table on its
+//! [`CompactionSignal`], which never waits and keeps no dropped table alive,
+//! and the loop schedules the check.
 
 pub mod picker;
 mod task;
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{atomic::Ordering, Arc, Weak};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
 pub use self::{picker::CompactionTask, task::TaskOutcome};
 use crate::{context::EngineConfig, metrics, table::Table, Error, Result};
@@ -136,5 +141,38 @@ impl Compactor {
                 tracing::warn!(table = %table.name(), error = %e, "compaction failed; it will be retried");
             }
         });
+    }
+}
+
+/// How a shard asks the engine for a compaction check after a flush.
+#[derive(Debug, Clone)]
+pub struct CompactionSignal(mpsc::UnboundedSender<Weak<Table>>);
+
+impl CompactionSignal {
+    /// A signal and the receiver the engine's loop drains.
+    pub fn channel() -> (Self, mpsc::UnboundedReceiver<Weak<Table>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self(tx), rx)
+    }
+
+    /// Asks for a check of `table`. Dropped silently once the engine closed.
+    pub fn send(&self, table: &Arc<Table>) {
+        let _ = self.0.send(Arc::downgrade(table));
+    }
+}
+
+/// The engine's compaction loop: schedules a check for every table a shard
+/// signals, while it still exists. Ends when every signal is dropped or the
+/// engine aborts it.
+pub async fn run_signals(
+    compactor: Arc<Compactor>,
+    mut signals: mpsc::UnboundedReceiver<Weak<Table>>,
+) {
+    while let Some(table) = signals.recv().await {
+        if let Some(table) = table.upgrade() {
+            if !table.is_dropped() {
+                compactor.schedule(table);
+            }
+        }
     }
 }

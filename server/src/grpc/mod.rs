@@ -25,7 +25,9 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     error::{Error, Result},
     metrics,
+    route::Target,
     sql::{Output, QueryEngine},
+    writer::{columns_of, Forward},
 };
 
 /// The pause a `ShardMoving` answer asks for.
@@ -110,6 +112,11 @@ impl StorageServiceImpl {
         self.max_decoded
     }
 
+    /// `server.auto_create_table`: a write to an unknown table creates it.
+    pub fn auto_create_table(&self) -> bool {
+        self.auto_create_table
+    }
+
     fn engine(&self) -> &Arc<Engine> {
         self.query.engine()
     }
@@ -117,196 +124,129 @@ impl StorageServiceImpl {
     /// Refreshes the catalog from meta when `db.table` is unknown here (it
     /// may have been created through another instance a moment ago).
     async fn ensure_known(&self, db: &str, table: &str) -> Result<()> {
-        if let Some(c) = self.query.cluster() {
-            if self.engine().entry(db, table).is_err() {
-                c.refresh_catalog().await?;
-            }
+        if self.engine().entry(db, table).is_err() {
+            self.query.router().refresh_catalog().await?;
         }
         Ok(())
     }
 
-    /// Writes every table of one request; returns the rows written. In
-    /// cluster mode the tables led elsewhere are forwarded to their leaders
-    /// (unless the request was itself forwarded).
+    /// Writes every table of one request; returns the rows written. Each
+    /// table's rows are built in its columns as this instance knows them,
+    /// then written through the write path ([`crate::writer`]): in cluster
+    /// mode the tables led elsewhere are forwarded to their leaders as
+    /// `WriteArrow` (unless the request was itself forwarded, or the client
+    /// did not ask for proxy mode: then `NotLeader` names the leader).
     pub(crate) async fn write_request(
         &self,
         req: WriteRequest,
         forwarded: bool,
         proxy: bool,
     ) -> Result<u32> {
-        let deadline = std::time::Instant::now() + crate::sql::remote::MOVE_WAIT;
-        self.write_request_until(req, forwarded, proxy, deadline)
-            .await
-    }
-
-    /// [`Self::write_request`]; a forward that a leader refuses because its
-    /// shard moved (nothing was written) is routed again until `deadline`,
-    /// then answered `ShardMoving`.
-    async fn write_request_until(
-        &self,
-        mut req: WriteRequest,
-        forwarded: bool,
-        proxy: bool,
-        deadline: std::time::Instant,
-    ) -> Result<u32> {
         let db = database(&req.context);
-        // One refresh covers every table; a request can name several (a
-        // Prometheus write names one per partition).
+        let engine = self.engine();
+        let router = self.query.router().clone();
+        // One refresh covers every table; a request can name several.
         if let Some(t) = req
             .table_requests
             .iter()
-            .find(|t| self.engine().entry(&db, &t.table).is_err())
+            .find(|t| engine.entry(&db, &t.table).is_err())
         {
             self.ensure_known(&db, &t.table.clone()).await?;
         }
-        if !self.engine().database_exists(&db) {
+        if !engine.database_exists(&db) {
             return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
         }
-        let mut written_remote = 0u32;
-        if let (Some(cluster), false) = (self.query.cluster(), forwarded) {
-            let mut remote: std::collections::BTreeMap<String, WriteRequest> = Default::default();
-            let mut local = Vec::new();
-            for t in std::mem::take(&mut req.table_requests) {
-                self.ensure_known(&db, &t.table).await?;
-                if self.auto_create_table
-                    && !t.table.is_empty()
-                    && self.engine().entry(&db, &t.table).is_err()
-                {
-                    // Created through meta on whichever shard it picks; the
-                    // rows then go to that shard's leader.
-                    let schema = write::schema_for_new_table(&t)?;
-                    self.engine()
+        let deadline = std::time::Instant::now() + crate::route::MOVE_WAIT;
+        // Every table is resolved (created on write when missing) and, for
+        // a client that did not ask for proxy mode, checked to be led here
+        // before any row is converted.
+        let mut columns = Vec::with_capacity(req.table_requests.len());
+        for t in &req.table_requests {
+            if t.table.is_empty() {
+                return Err(Error::InvalidArgument("a write names no table".to_string()));
+            }
+            let c = match columns_of(engine, &db, &t.table) {
+                Ok(c) => c,
+                // In cluster mode created through meta, on whichever shard
+                // it picks; the rows then go to that shard's leader.
+                Err(strata_engine::Error::TableNotFound { .. }) if self.auto_create_table => {
+                    let schema = write::schema_for_new_table(t)?;
+                    engine
                         .create_table(&db, &t.table, schema, Default::default(), true)
                         .await?;
+                    columns_of(engine, &db, &t.table)?
                 }
-                match self.engine().locate(&db, &t.table) {
-                    Ok(strata_engine::Located::Remote(entry)) => {
-                        match crate::sql::remote::target(cluster, &entry, deadline).await? {
-                            crate::sql::remote::Target::Local(_) => local.push(t),
-                            crate::sql::remote::Target::Remote(endpoint, version) if !proxy => {
-                                return Err(Error::Query {
-                                    kind: ErrorKind::NotLeader,
-                                    message: format!(
-                                        "NotLeader: table {} is on shard {} (version {version}), led by {endpoint}; write there, or ask for proxy mode",
-                                        t.table, entry.shard
-                                    ),
-                                });
-                            }
-                            crate::sql::remote::Target::Remote(endpoint, _) => remote
-                                .entry(endpoint)
-                                .or_insert_with(|| WriteRequest {
-                                    context: req.context.clone(),
-                                    table_requests: Vec::new(),
-                                })
-                                .table_requests
-                                .push(t),
-                        }
+                Err(e) => return Err(e.into()),
+            };
+            if let Ok(strata_engine::Located::Remote(entry)) = engine.locate(&db, &t.table) {
+                if forwarded || !router.is_distributed() {
+                    // A forwarded request is not forwarded again.
+                    return Err(strata_engine::Error::NotServedHere {
+                        table: t.table.clone(),
+                        shard: entry.shard,
                     }
-                    _ => local.push(t),
+                    .into());
                 }
-            }
-            req.table_requests = local;
-            for (endpoint, fwd) in remote {
-                let remote_err = |e: strata_client::Error| Error::Query {
-                    kind: crate::error::remote_kind(&e),
-                    message: e.to_string(),
-                };
-                let client = cluster.client(&endpoint).await.map_err(remote_err)?;
-                let single = fwd.table_requests.len() == 1;
-                match client.write_forwarded(fwd.clone()).await {
-                    Ok(n) => written_remote = written_remote.saturating_add(n),
-                    // The shard moved after the route was read. A leader
-                    // refuses a one-table write as a whole (a fenced append
-                    // is dropped by replay), so it is routed again; a
-                    // several-table write may have landed in part, so it is
-                    // not re-sent.
-                    Err(e)
-                        if matches!(
-                            crate::error::remote_kind(&e),
-                            ErrorKind::NotLeader | ErrorKind::ShardMoving
-                        ) =>
+                if !proxy {
+                    if let Target::Remote { endpoint, version } =
+                        router.target(&entry, deadline).await?
                     {
-                        if !single || std::time::Instant::now() >= deadline {
-                            return Err(Error::Query {
-                                kind: ErrorKind::ShardMoving,
-                                message: format!(
-                                    "ShardMoving: a table's shard is between leaders ({e}); retry shortly"
-                                ),
-                            });
-                        }
-                        tracing::debug!(%endpoint, error = %e, "forwarded write refused: the shard moved; routing again");
-                        tokio::time::sleep(crate::sql::remote::MOVE_POLL).await;
-                        let n =
-                            Box::pin(self.write_request_until(fwd, false, proxy, deadline)).await?;
-                        written_remote = written_remote.saturating_add(n);
+                        return Err(Error::Query {
+                            kind: ErrorKind::NotLeader,
+                            message: format!(
+                                "NotLeader: table {} is on shard {} (version {version}), led by {endpoint}; write there, or ask for proxy mode",
+                                t.table, entry.shard
+                            ),
+                        });
                     }
-                    Err(e) => return Err(remote_err(e)),
                 }
             }
-            if req.table_requests.is_empty() {
-                return Ok(written_remote);
-            }
+            columns.push(c);
         }
         // Convert everything first so that a bad table fails the request
         // before anything is written.
         let mut batches = Vec::with_capacity(req.table_requests.len());
-        for table_req in &req.table_requests {
-            if table_req.table.is_empty() {
-                return Err(Error::InvalidArgument("a write names no table".to_string()));
-            }
-            let table = match self.engine().table(&db, &table_req.table) {
-                Ok(t) => t,
-                Err(strata_engine::Error::TableNotFound { .. }) if self.auto_create_table => {
-                    let schema = write::schema_for_new_table(table_req)?;
-                    let options = Default::default();
-                    self.engine()
-                        .create_table(&db, &table_req.table, schema, options, true)
-                        .await?;
-                    self.engine().table(&db, &table_req.table)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let (table, batch) = match write::to_batch(&table, table_req) {
-                Ok(batch) => (table, batch),
+        for (t, (schema, arrow)) in req.table_requests.iter().zip(columns) {
+            let batch = match write::to_batch(&t.table, &schema, arrow, t) {
+                Ok(batch) => batch,
                 // A column added through another instance a moment ago
                 // (its write was forwarded here before this instance's
                 // catalog caught up): take meta's catalog and try again.
                 Err(Error::InvalidArgument(m))
-                    if self.query.cluster().is_some() && m.contains("does not exist") =>
+                    if router.is_distributed() && m.contains("does not exist") =>
                 {
-                    if let Some(c) = self.query.cluster() {
-                        c.refresh_catalog().await?;
-                    }
-                    let table = self.engine().table(&db, &table_req.table)?;
-                    let batch = write::to_batch(&table, table_req)?;
-                    (table, batch)
+                    router.refresh_catalog().await?;
+                    let (schema, arrow) = columns_of(engine, &db, &t.table)?;
+                    write::to_batch(&t.table, &schema, arrow, t)?
                 }
                 Err(e) => return Err(e),
             };
-            batches.push((table, batch));
+            batches.push((t.table.clone(), batch));
         }
-        // The tables are written concurrently, so that their WAL records
-        // share a group commit rather than waiting for one fsync each (a
-        // Prometheus write names up to 8 tables).
-        let written: usize = futures::future::try_join_all(
-            batches
-                .into_iter()
-                .map(|(table, batch)| async move { table.write(batch).await }),
+        let forward = if !forwarded && proxy {
+            Forward::Whole
+        } else {
+            Forward::Never
+        };
+        let written = crate::writer::write_batches(
+            &self.query,
+            &db,
+            batches,
+            self.max_decoded,
+            forward,
+            deadline,
         )
-        .await?
-        .into_iter()
-        .sum();
-        Ok(u32::try_from(written)
-            .unwrap_or(u32::MAX)
-            .saturating_add(written_remote))
+        .await?;
+        Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
 
     /// Writes Arrow rows into a table led here (a forwarded write).
     async fn write_arrow_request(&self, req: WriteArrowRequest) -> Result<u32> {
         let db = database(&req.context);
-        if let Some(c) = self.query.cluster() {
-            c.sync_catalog(req.catalog_fingerprint).await?;
-        }
+        self.query
+            .router()
+            .sync_catalog(req.catalog_fingerprint)
+            .await?;
         self.ensure_known(&db, &req.table).await?;
         let table = self.engine().table(&db, &req.table)?;
         let Some(rows) = req.rows else {
@@ -320,13 +260,24 @@ impl StorageServiceImpl {
         .map_err(|e| Error::InvalidArgument(format!("the rows cannot be decoded: {e}")))?;
         // Columns are matched by name (see `fit_rows`), and the batches are
         // written as one: refused whole, or written whole.
-        let rows =
-            strata_engine::schema::fit_all(&batches, &table.arrow_schema()).map_err(|e| {
-                strata_engine::Error::InvalidWrite {
-                    table: req.table.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let invalid = |e: strata_engine::Error| strata_engine::Error::InvalidWrite {
+            table: req.table.clone(),
+            reason: e.to_string(),
+        };
+        let router = self.query.router();
+        let (table, rows) = match strata_engine::schema::fit_all(&batches, &table.arrow_schema()) {
+            Ok(rows) => (table, rows),
+            // A column the sender added a moment ago, which this
+            // instance's catalog does not show yet: take meta's and retry.
+            Err(e) if router.is_distributed() && e.to_string().contains("does not exist") => {
+                router.refresh_catalog().await?;
+                let table = self.engine().table(&db, &req.table)?;
+                let rows = strata_engine::schema::fit_all(&batches, &table.arrow_schema())
+                    .map_err(invalid)?;
+                (table, rows)
+            }
+            Err(e) => return Err(invalid(e).into()),
+        };
         let written = table.write(rows).await?;
         Ok(u32::try_from(written).unwrap_or(u32::MAX))
     }
@@ -339,8 +290,8 @@ impl StorageServiceImpl {
         let db = database(&req.context);
         self.query
             .limited(req.forwarded, |q| async move {
-                if let (Some(c), true) = (q.cluster(), req.forwarded) {
-                    c.sync_catalog(req.catalog_fingerprint).await?;
+                if req.forwarded {
+                    q.router().sync_catalog(req.catalog_fingerprint).await?;
                 }
                 q.execute_with(&db, &req.sql, req.forwarded).await
             })
@@ -349,14 +300,15 @@ impl StorageServiceImpl {
 
     /// Routes from this instance's view of the cluster.
     fn cluster_routes(&self, db: &str, tables: Vec<String>) -> Vec<Route> {
-        let Some(cluster) = self.query.cluster() else {
+        let router = self.query.router();
+        if !router.is_distributed() {
             return Vec::new();
-        };
+        }
         tables
             .into_iter()
             .filter_map(|table| {
                 let entry = self.engine().entry(db, &table).ok()?;
-                let a = cluster.assignment(entry.shard.0)?;
+                let a = router.assignment(entry.shard)?;
                 let (ip, port) = a.endpoint.rsplit_once(':')?;
                 Some(Route {
                     table,
@@ -403,7 +355,7 @@ impl StorageService for StorageServiceImpl {
         request: Request<RouteRequest>,
     ) -> Result<Response<RouteResponse>, Status> {
         let req = request.into_inner();
-        if self.query.cluster().is_some() {
+        if self.query.router().is_distributed() {
             let db = database(&req.context);
             if let Some(t) = req.tables.first() {
                 if let Err(e) = self.ensure_known(&db, t).await {

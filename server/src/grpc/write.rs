@@ -4,23 +4,19 @@
 //! index; each series entry carries tag values and groups of (timestamp,
 //! fields). Rows are built column by column straight into Arrow builders.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use arrow::{
-    array::{
-        ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder,
-        Int16Builder, Int32Builder, Int64Builder, Int8Builder, RecordBatch, StringBuilder,
-        TimestampMillisecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
-    },
+    array::{ArrayRef, RecordBatch},
     datatypes::SchemaRef,
 };
-use strata_engine::{
-    schema::{ColumnSchema, ColumnType, TableSchema},
-    table::Table,
-};
+use strata_engine::schema::{ColumnSchema, ColumnType, TableSchema};
 use strata_proto::storage::{value::Value as V, WriteTableRequest};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    writer::columns::ColumnBuilder,
+};
 
 fn value_type_name(v: &V) -> &'static str {
     match v {
@@ -72,186 +68,20 @@ fn as_i128(v: &V) -> Option<i128> {
     })
 }
 
-enum Builder {
-    Ts(TimestampMillisecondBuilder),
-    F64(Float64Builder),
-    F32(Float32Builder),
-    I64(Int64Builder),
-    I32(Int32Builder),
-    I16(Int16Builder),
-    I8(Int8Builder),
-    U64(UInt64Builder),
-    U32(UInt32Builder),
-    U16(UInt16Builder),
-    U8(UInt8Builder),
-    Bool(BooleanBuilder),
-    Str(StringBuilder),
-    Bin(BinaryBuilder),
-}
-
-/// The most rows a column builder is sized for up front: the row count
-/// comes from the request, and one small message can declare many empty
-/// rows per column of a wide table.
-const MAX_PRESIZED_ROWS: usize = 8192;
-
-impl Builder {
-    fn new(t: ColumnType, rows: usize) -> Self {
-        let rows = rows.min(MAX_PRESIZED_ROWS);
-        match t {
-            ColumnType::Timestamp => Builder::Ts(TimestampMillisecondBuilder::with_capacity(rows)),
-            ColumnType::Double => Builder::F64(Float64Builder::with_capacity(rows)),
-            ColumnType::Float => Builder::F32(Float32Builder::with_capacity(rows)),
-            ColumnType::Int64 => Builder::I64(Int64Builder::with_capacity(rows)),
-            ColumnType::Int32 => Builder::I32(Int32Builder::with_capacity(rows)),
-            ColumnType::Int16 => Builder::I16(Int16Builder::with_capacity(rows)),
-            ColumnType::Int8 => Builder::I8(Int8Builder::with_capacity(rows)),
-            ColumnType::UInt64 => Builder::U64(UInt64Builder::with_capacity(rows)),
-            ColumnType::UInt32 => Builder::U32(UInt32Builder::with_capacity(rows)),
-            ColumnType::UInt16 => Builder::U16(UInt16Builder::with_capacity(rows)),
-            ColumnType::UInt8 => Builder::U8(UInt8Builder::with_capacity(rows)),
-            ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(rows)),
-            ColumnType::String => Builder::Str(StringBuilder::with_capacity(rows, rows * 8)),
-            ColumnType::Varbinary => Builder::Bin(BinaryBuilder::with_capacity(rows, rows * 8)),
-        }
-    }
-
-    fn append_null(&mut self) {
-        match self {
-            Builder::Ts(b) => b.append_null(),
-            Builder::F64(b) => b.append_null(),
-            Builder::F32(b) => b.append_null(),
-            Builder::I64(b) => b.append_null(),
-            Builder::I32(b) => b.append_null(),
-            Builder::I16(b) => b.append_null(),
-            Builder::I8(b) => b.append_null(),
-            Builder::U64(b) => b.append_null(),
-            Builder::U32(b) => b.append_null(),
-            Builder::U16(b) => b.append_null(),
-            Builder::U8(b) => b.append_null(),
-            Builder::Bool(b) => b.append_null(),
-            Builder::Str(b) => b.append_null(),
-            Builder::Bin(b) => b.append_null(),
-        }
-    }
-
-    /// Appends `v`, converting it when no precision is lost. Returns false
-    /// when the value does not fit the column.
-    fn append(&mut self, v: &V) -> bool {
-        macro_rules! int {
-            ($b:expr, $t:ty) => {
-                match as_i128(v).and_then(|x| <$t>::try_from(x).ok()) {
-                    Some(x) => {
-                        $b.append_value(x);
-                        true
-                    }
-                    None => false,
-                }
-            };
-        }
-        match self {
-            Builder::Ts(b) => match v {
-                V::TimestampValue(x) | V::Int64Value(x) => {
-                    b.append_value(*x);
-                    true
-                }
-                _ => false,
-            },
-            Builder::F64(b) => match v {
-                V::Float64Value(x) => {
-                    b.append_value(*x);
-                    true
-                }
-                V::Float32Value(x) => {
-                    b.append_value(f64::from(*x));
-                    true
-                }
-                _ => match as_i128(v) {
-                    Some(x) if x.unsigned_abs() < (1u128 << 53) => {
-                        b.append_value(x as f64);
-                        true
-                    }
-                    _ => false,
-                },
-            },
-            Builder::F32(b) => match v {
-                V::Float32Value(x) => {
-                    b.append_value(*x);
-                    true
-                }
-                _ => false,
-            },
-            Builder::I64(b) => int!(b, i64),
-            Builder::I32(b) => int!(b, i32),
-            Builder::I16(b) => int!(b, i16),
-            Builder::I8(b) => int!(b, i8),
-            Builder::U64(b) => int!(b, u64),
-            Builder::U32(b) => int!(b, u32),
-            Builder::U16(b) => int!(b, u16),
-            Builder::U8(b) => int!(b, u8),
-            Builder::Bool(b) => match v {
-                V::BoolValue(x) => {
-                    b.append_value(*x);
-                    true
-                }
-                _ => false,
-            },
-            Builder::Str(b) => match v {
-                V::StringValue(s) => {
-                    b.append_value(s);
-                    true
-                }
-                _ => false,
-            },
-            Builder::Bin(b) => match v {
-                V::VarbinaryValue(x) => {
-                    b.append_value(x);
-                    true
-                }
-                V::StringValue(s) => {
-                    b.append_value(s.as_bytes());
-                    true
-                }
-                _ => false,
-            },
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Builder::Ts(b) => b.len(),
-            Builder::F64(b) => b.len(),
-            Builder::F32(b) => b.len(),
-            Builder::I64(b) => b.len(),
-            Builder::I32(b) => b.len(),
-            Builder::I16(b) => b.len(),
-            Builder::I8(b) => b.len(),
-            Builder::U64(b) => b.len(),
-            Builder::U32(b) => b.len(),
-            Builder::U16(b) => b.len(),
-            Builder::U8(b) => b.len(),
-            Builder::Bool(b) => b.len(),
-            Builder::Str(b) => b.len(),
-            Builder::Bin(b) => b.len(),
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Builder::Ts(b) => Arc::new(b.finish()),
-            Builder::F64(b) => Arc::new(b.finish()),
-            Builder::F32(b) => Arc::new(b.finish()),
-            Builder::I64(b) => Arc::new(b.finish()),
-            Builder::I32(b) => Arc::new(b.finish()),
-            Builder::I16(b) => Arc::new(b.finish()),
-            Builder::I8(b) => Arc::new(b.finish()),
-            Builder::U64(b) => Arc::new(b.finish()),
-            Builder::U32(b) => Arc::new(b.finish()),
-            Builder::U16(b) => Arc::new(b.finish()),
-            Builder::U8(b) => Arc::new(b.finish()),
-            Builder::Bool(b) => Arc::new(b.finish()),
-            Builder::Str(b) => Arc::new(b.finish()),
-            Builder::Bin(b) => Arc::new(b.finish()),
-        }
+/// Appends `v` to `b` by the write path's type rules; false when it does
+/// not fit the column.
+fn append(b: &mut ColumnBuilder, v: &V) -> bool {
+    match v {
+        V::Float64Value(x) => b.append_f64(*x),
+        V::Float32Value(x) => b.append_f32(*x),
+        V::Int64Value(x) | V::TimestampValue(x) => b.append_int(i128::from(*x), true),
+        V::BoolValue(x) => b.append_bool(*x),
+        V::StringValue(s) => b.append_str(s),
+        V::VarbinaryValue(x) => b.append_bytes(x),
+        _ => match as_i128(v) {
+            Some(x) => b.append_int(x, false),
+            None => false,
+        },
     }
 }
 
@@ -311,13 +141,16 @@ pub fn schema_for_new_table(req: &WriteTableRequest) -> Result<TableSchema> {
     Ok(TableSchema::try_new(columns, ts, &[])?)
 }
 
-/// Builds the rows of `req` in `table`'s schema.
-pub fn to_batch(table: &Table, req: &WriteTableRequest) -> Result<RecordBatch> {
-    let meta = table.meta();
-    let schema = meta.schema();
-    let arrow_schema: SchemaRef = meta.arrow_schema.clone();
+/// Builds the rows of `req` in the columns of `table` (`schema`, whose
+/// Arrow form is `arrow_schema`).
+pub fn to_batch(
+    table: &str,
+    schema: &TableSchema,
+    arrow_schema: SchemaRef,
+    req: &WriteTableRequest,
+) -> Result<RecordBatch> {
     let invalid = |reason: String| {
-        Error::InvalidArgument(format!("Invalid write to table {}: {reason}", table.name()))
+        Error::InvalidArgument(format!("Invalid write to table {table}: {reason}"))
     };
     let index: HashMap<&str, usize> = schema
         .columns
@@ -340,10 +173,10 @@ pub fn to_batch(table: &Table, req: &WriteTableRequest) -> Result<RecordBatch> {
     let field_cols = resolve(&req.field_names)?;
 
     let rows: usize = req.entries.iter().map(|e| e.field_groups.len()).sum();
-    let mut builders: Vec<Builder> = schema
+    let mut builders: Vec<ColumnBuilder> = schema
         .columns
         .iter()
-        .map(|c| Builder::new(c.column_type, rows))
+        .map(|c| ColumnBuilder::new(c.column_type, rows))
         .collect();
     let ts_col = schema.timestamp_index;
     let mut row_values: Vec<Option<&V>> = vec![None; schema.columns.len()];
@@ -369,15 +202,13 @@ pub fn to_batch(table: &Table, req: &WriteTableRequest) -> Result<RecordBatch> {
             }
             for (i, builder) in builders.iter_mut().enumerate() {
                 if i == ts_col {
-                    if let Builder::Ts(b) = builder {
-                        b.append_value(group.timestamp);
-                    }
+                    builder.append_timestamp(group.timestamp);
                     continue;
                 }
                 let col = &schema.columns[i];
                 match row_values[i] {
                     Some(v) => {
-                        if !builder.append(v) {
+                        if !append(builder, v) {
                             return Err(invalid(format!(
                                 "column {} expects {}, got a {} value",
                                 col.name,
@@ -395,6 +226,6 @@ pub fn to_batch(table: &Table, req: &WriteTableRequest) -> Result<RecordBatch> {
         }
     }
     debug_assert!(builders.iter().all(|b| b.len() == rows));
-    let columns: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
+    let columns: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
     RecordBatch::try_new(arrow_schema, columns).map_err(|e| invalid(e.to_string()))
 }

@@ -17,9 +17,11 @@
 use std::collections::{HashMap, HashSet};
 
 mod decode;
+mod labels;
 mod wire;
 
 pub use decode::{decode, Decoded};
+pub use labels::{LabelCache, Labels};
 
 /// Physical tables per kind and database.
 pub const PARTITIONS: u64 = 4;

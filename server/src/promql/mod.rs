@@ -13,6 +13,7 @@
 
 mod eval;
 mod funcs;
+pub mod select;
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,7 +22,7 @@ use serde_json::{json, Value as Json};
 
 use crate::{
     error::{Error, Result},
-    prom_api, prom_read,
+    prom_read,
     sql::QueryEngine,
 };
 use eval::{format_value, Evaluator, Series, Value};
@@ -161,8 +162,8 @@ async fn prefetch(
         let window = if range > 0 { range } else { lookback };
         let (mint, maxt) = (a.min(b) - window, a.max(b));
         async move {
-            let (name, groups) = prom_api::groups_of(vs);
-            let keep = |l: &BTreeMap<String, String>| prom_api::matches(&groups, l);
+            let (name, groups) = select::groups_of(vs);
+            let keep = |l: &BTreeMap<String, String>| select::matches(&groups, l);
             let found = prom_read::select(query, db, name.as_deref(), &keep, mint, maxt).await?;
             let series: Vec<Series> = found
                 .into_iter()
@@ -429,10 +430,10 @@ mod tests {
         selectors(&expr, &mut list).unwrap();
         let mut ev = Evaluator::new(t, t, DEFAULT_LOOKBACK_MS);
         for (vs, _) in list {
-            let (_, groups) = prom_api::groups_of(vs);
+            let (_, groups) = select::groups_of(vs);
             let picked = data
                 .iter()
-                .filter(|s| prom_api::matches(&groups, &s.labels))
+                .filter(|s| select::matches(&groups, &s.labels))
                 .map(|s| Series::new(s.labels.clone(), s.points.clone()))
                 .collect();
             ev.data.insert(eval::key(vs), picked);

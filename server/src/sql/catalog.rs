@@ -14,22 +14,23 @@ use super::{
     remote::RemoteTable,
     system::{SystemSchema, SYSTEM_DATABASE},
 };
-use crate::cluster::Cluster;
+use crate::route::Router;
 
 pub const CATALOG_NAME: &str = "strata";
 
 #[derive(Debug)]
 pub struct StrataCatalog {
     engine: Arc<Engine>,
-    /// Cluster mode: tables on other instances' shards are reached through
-    /// their leaders. `None` for forwarded requests, which must not be
-    /// forwarded again.
-    cluster: Option<Arc<Cluster>>,
+    /// Where tables are served: in cluster mode, tables on other
+    /// instances' shards are reached through their leaders. A
+    /// `LocalRouter` for forwarded requests, which must not be forwarded
+    /// again.
+    router: Arc<dyn Router>,
 }
 
 impl StrataCatalog {
-    pub fn new(engine: Arc<Engine>, cluster: Option<Arc<Cluster>>) -> Self {
-        Self { engine, cluster }
+    pub fn new(engine: Arc<Engine>, router: Arc<dyn Router>) -> Self {
+        Self { engine, router }
     }
 }
 
@@ -44,13 +45,13 @@ impl CatalogProvider for StrataCatalog {
         if name == SYSTEM_DATABASE {
             return Some(Arc::new(SystemSchema::new(
                 self.engine.clone(),
-                self.cluster.clone(),
+                self.router.clone(),
             )));
         }
         self.engine.database_exists(name).then(|| {
             Arc::new(DatabaseSchema {
                 engine: self.engine.clone(),
-                cluster: self.cluster.clone(),
+                router: self.router.clone(),
                 database: name.to_string(),
             }) as Arc<dyn SchemaProvider>
         })
@@ -60,7 +61,7 @@ impl CatalogProvider for StrataCatalog {
 #[derive(Debug)]
 struct DatabaseSchema {
     engine: Arc<Engine>,
-    cluster: Option<Arc<Cluster>>,
+    router: Arc<dyn Router>,
     database: String,
 }
 
@@ -77,9 +78,12 @@ impl SchemaProvider for DatabaseSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.engine.locate(&self.database, name) {
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
-            Ok(Located::Remote(entry)) => match &self.cluster {
-                Some(c) => Ok(Some(Arc::new(RemoteTable::new(*entry, c.clone())))),
-                None => Err(datafusion::error::DataFusionError::External(Box::new(
+            Ok(Located::Remote(entry)) => match self.router.is_distributed() {
+                true => Ok(Some(Arc::new(RemoteTable::new(
+                    *entry,
+                    self.router.clone(),
+                )))),
+                false => Err(datafusion::error::DataFusionError::External(Box::new(
                     strata_engine::Error::NotServedHere {
                         table: name.to_string(),
                         shard: entry.shard,

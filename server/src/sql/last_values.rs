@@ -13,15 +13,15 @@ use datafusion::{
 use strata_engine::{provider::LastValuesProvider, Engine, Located};
 
 use super::remote::RemoteTable;
-use crate::cluster::Cluster;
+use crate::route::Router;
 
 pub const NAME: &str = "last_values";
 
 #[derive(Debug)]
 pub struct LastValuesFunction {
     pub engine: Arc<Engine>,
-    /// Cluster mode, for requests that may be forwarded.
-    pub cluster: Option<Arc<Cluster>>,
+    /// Where tables are served (a `LocalRouter` for forwarded requests).
+    pub router: Arc<dyn Router>,
 }
 
 impl TableFunctionImpl for LastValuesFunction {
@@ -45,9 +45,12 @@ impl TableFunctionImpl for LastValuesFunction {
             .clone();
         match self.engine.locate(&database, &name) {
             Ok(Located::Local(t)) => Ok(Arc::new(LastValuesProvider::new(t))),
-            Ok(Located::Remote(entry)) => match &self.cluster {
-                Some(c) => Ok(Arc::new(RemoteTable::last_values(*entry, c.clone()))),
-                None => Err(DataFusionError::External(Box::new(
+            Ok(Located::Remote(entry)) => match self.router.is_distributed() {
+                true => Ok(Arc::new(RemoteTable::last_values(
+                    *entry,
+                    self.router.clone(),
+                ))),
+                false => Err(DataFusionError::External(Box::new(
                     strata_engine::Error::NotServedHere {
                         table: name,
                         shard: entry.shard,

@@ -46,8 +46,8 @@ use strata_engine::{catalog::DEFAULT_DATABASE, Engine};
 pub use self::{catalog::CATALOG_NAME, limits::QueryLimits};
 pub use crate::error::RemoteError;
 use crate::{
-    cluster::Cluster,
     error::{Error, Result},
+    route::{LocalRouter, Router},
 };
 
 /// The bytes a batch's rows take: its slice of each buffer (a batch cut
@@ -131,10 +131,11 @@ pub struct QueryEngine {
     /// Cluster mode: the context for requests forwarded by another
     /// instance, which resolves only the tables open here.
     local_ctx: SessionContext,
-    cluster: Option<Arc<Cluster>>,
+    /// Where tables are served: [`LocalRouter`] in standalone.
+    router: Arc<dyn Router>,
     runtime: tokio::runtime::Handle,
     /// Prometheus series labels by series id, for PromQL and remote read.
-    prom_labels: Arc<crate::prom_read::LabelCache>,
+    prom_labels: Arc<crate::prom::LabelCache>,
     limits: Arc<QueryLimits>,
     /// Set on the copy [`QueryEngine::limited`] hands a request: its slot
     /// and memory pool, which every statement of the request shares.
@@ -241,23 +242,26 @@ impl QueryEngine {
         runtime: tokio::runtime::Handle,
         target_partitions: usize,
     ) -> Self {
-        Self::with_cluster(engine, runtime, target_partitions, None)
+        let router = LocalRouter::new(engine.clone());
+        Self::with_router(engine, runtime, target_partitions, router)
     }
 
-    /// A query engine for cluster mode (`cluster` set) or standalone.
-    pub fn with_cluster(
+    /// A query engine whose tables `router` places (a cluster's, or a
+    /// [`LocalRouter`]).
+    pub fn with_router(
         engine: Arc<Engine>,
         runtime: tokio::runtime::Handle,
         target_partitions: usize,
-        cluster: Option<Arc<Cluster>>,
+        router: Arc<dyn Router>,
     ) -> Self {
-        let ctx = Self::context(&engine, target_partitions, cluster.clone());
-        let local_ctx = Self::context(&engine, target_partitions, None);
+        let ctx = Self::context(&engine, target_partitions, router.clone());
+        // Requests forwarded here are not forwarded again.
+        let local_ctx = Self::context(&engine, target_partitions, LocalRouter::new(engine.clone()));
         Self {
             engine,
             ctx,
             local_ctx,
-            cluster,
+            router,
             runtime,
             prom_labels: Default::default(),
             limits: Arc::new(QueryLimits::unlimited()),
@@ -311,18 +315,35 @@ impl QueryEngine {
         MemoryConsumer::new(name).register(&pool)
     }
 
-    pub(crate) fn prom_labels(&self) -> &crate::prom_read::LabelCache {
+    pub(crate) fn prom_labels(&self) -> &crate::prom::LabelCache {
         &self.prom_labels
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.as_ref()
+    /// Where tables are served.
+    pub fn router(&self) -> &Arc<dyn Router> {
+        &self.router
+    }
+
+    /// Refreshes the catalog once when `db` is unknown here (it may have
+    /// been created through another instance a moment ago); then
+    /// `DatabaseNotFound`.
+    pub async fn ensure_database(&self, db: &str) -> Result<()> {
+        if !self.engine.database_exists(db) {
+            self.router.refresh_catalog().await?;
+        }
+        if !self.engine.database_exists(db) {
+            return Err(strata_engine::Error::DatabaseNotFound {
+                name: db.to_string(),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     fn context(
         engine: &Arc<Engine>,
         target_partitions: usize,
-        cluster: Option<Arc<Cluster>>,
+        router: Arc<dyn Router>,
     ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
@@ -346,12 +367,12 @@ impl QueryEngine {
             last_values::NAME,
             Arc::new(last_values::LastValuesFunction {
                 engine: engine.clone(),
-                cluster: cluster.clone(),
+                router: router.clone(),
             }),
         );
         ctx.register_catalog(
             CATALOG_NAME,
-            Arc::new(catalog::StrataCatalog::new(engine.clone(), cluster)),
+            Arc::new(catalog::StrataCatalog::new(engine.clone(), router)),
         );
         ctx.runtime_env()
             .register_object_store(engine.object_store_url().as_ref(), engine.object_store());
@@ -439,16 +460,9 @@ impl QueryEngine {
             last = match self.execute_one(&current, &stmt, forwarded).await {
                 // Cluster mode: the catalog may lag meta by a heartbeat
                 // (a table created through another instance); refresh once.
-                Err(e)
-                    if self.cluster.is_some()
-                        && matches!(
-                            e.kind(),
-                            strata_engine::ErrorKind::TableNotFound
-                                | strata_engine::ErrorKind::DatabaseNotFound
-                        ) =>
-                {
-                    if let Some(c) = &self.cluster {
-                        c.refresh_catalog().await?;
+                Err(e) if catalog_may_lag(&e) => {
+                    if !self.router.refresh_catalog().await? {
+                        return Err(e);
                     }
                     self.execute_one(&current, &stmt, forwarded).await?
                 }
@@ -468,12 +482,12 @@ impl QueryEngine {
             first.as_str(),
             "select" | "insert" | "explain" | "with" | "delete" | "update" | "("
         );
-        if let (Some(cluster), false, true) = (&self.cluster, forwarded, forwardable) {
+        if self.router.is_distributed() && !forwarded && forwardable {
             // Every table the statement names is led by one other instance:
             // that instance runs the whole statement (its plan, EXPLAIN and
             // INSERT checks are the leader's own).
-            if let Some(endpoint) = self.single_remote_leader(cluster, database, sql) {
-                match self.forward(cluster, &endpoint, database, sql).await {
+            if let Some(endpoint) = self.single_remote_leader(database, sql) {
+                match self.forward(&endpoint, database, sql).await {
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -490,29 +504,23 @@ impl QueryEngine {
         }
         match statements::try_execute(&self.engine, database, sql).await {
             Ok(Some(output)) => {
-                if let Some(cluster) = &self.cluster {
-                    if matches!(first.as_str(), "create" | "drop" | "alter") {
-                        // Take the catalog's new fingerprint, which requests
-                        // forwarded from here carry to the leaders.
-                        cluster.refresh_catalog().await?;
-                    }
+                if matches!(first.as_str(), "create" | "drop" | "alter") {
+                    // Take the catalog's new fingerprint, which requests
+                    // forwarded from here carry to the leaders.
+                    self.router.refresh_catalog().await?;
                 }
                 return Ok(output);
             }
             Ok(None) => {}
             // A statement on one table (FLUSH, COMPACT) led elsewhere.
             Err(Error::Engine(strata_engine::Error::NotServedHere { shard, table }))
-                if !forwarded && self.cluster.is_some() =>
+                if !forwarded =>
             {
-                let cluster = self
-                    .cluster
-                    .as_ref()
-                    .ok_or_else(|| Error::Internal("cluster mode without a cluster".to_string()))?;
-                let leader = cluster
-                    .assignment(shard.0)
-                    .filter(|a| a.leader != cluster.node_id && !a.endpoint.is_empty())
+                let leader = self
+                    .router
+                    .remote_leader(shard)
                     .ok_or(strata_engine::Error::NotServedHere { table, shard })?;
-                return self.forward(cluster, &leader.endpoint, database, sql).await;
+                return self.forward(&leader.endpoint, database, sql).await;
             }
             Err(e) => return Err(e),
         }
@@ -599,16 +607,9 @@ impl QueryEngine {
             .run_datafusion(database, &sql, false, Some(bind.clone()))
             .await
         {
-            Err(e)
-                if self.cluster.is_some()
-                    && matches!(
-                        e.kind(),
-                        strata_engine::ErrorKind::TableNotFound
-                            | strata_engine::ErrorKind::DatabaseNotFound
-                    ) =>
-            {
-                if let Some(c) = &self.cluster {
-                    c.refresh_catalog().await?;
+            Err(e) if catalog_may_lag(&e) => {
+                if !self.router.refresh_catalog().await? {
+                    return Err(e);
                 }
                 self.run_datafusion(database, &sql, false, Some(bind)).await
             }
@@ -667,7 +668,7 @@ impl QueryEngine {
 
     /// The endpoint of the one other instance that leads every table the
     /// statement names, if there is one.
-    fn single_remote_leader(&self, cluster: &Cluster, database: &str, sql: &str) -> Option<String> {
+    fn single_remote_leader(&self, database: &str, sql: &str) -> Option<String> {
         let state = self.parse_session(database);
         let dialect = state.config().options().sql_parser.dialect;
         let statement = state.sql_to_statement(sql, &dialect).ok()?;
@@ -682,10 +683,7 @@ impl QueryEngine {
             else {
                 return None;
             };
-            let a = cluster.assignment(entry.shard.0)?;
-            if a.leader == cluster.node_id || a.endpoint.is_empty() {
-                return None;
-            }
+            let a = self.router.remote_leader(entry.shard)?;
             match &leader {
                 None => leader = Some(a.endpoint),
                 Some(l) if *l == a.endpoint => {}
@@ -696,18 +694,12 @@ impl QueryEngine {
     }
 
     /// Runs one statement on another instance.
-    async fn forward(
-        &self,
-        cluster: &Cluster,
-        endpoint: &str,
-        database: &str,
-        sql: &str,
-    ) -> Result<Output> {
+    async fn forward(&self, endpoint: &str, database: &str, sql: &str) -> Result<Output> {
         let remote = |e: strata_client::Error| Error::Query {
             kind: crate::error::remote_kind(&e),
             message: e.to_string(),
         };
-        let client = cluster.client(endpoint).await.map_err(remote)?;
+        let client = self.router.peer(endpoint).await.map_err(remote)?;
         let output = client
             .query(strata_proto::storage::SqlQueryRequest {
                 context: Some(strata_proto::storage::RequestContext {
@@ -716,7 +708,7 @@ impl QueryEngine {
                 tables: Vec::new(),
                 sql: sql.to_string(),
                 forwarded: true,
-                catalog_fingerprint: cluster.fingerprint(),
+                catalog_fingerprint: self.router.fingerprint(),
             })
             .await
             .map_err(remote)?;
@@ -731,4 +723,13 @@ impl QueryEngine {
             },
         })
     }
+}
+
+/// Whether an error may come from a catalog that lags meta's by a
+/// heartbeat (a table or database created through another instance).
+fn catalog_may_lag(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        strata_engine::ErrorKind::TableNotFound | strata_engine::ErrorKind::DatabaseNotFound
+    )
 }

@@ -6,11 +6,7 @@
 //! is pushed down as inexact, so DataFusion re-applies them). An `INSERT`
 //! sends its rows as Arrow to the leader's `WriteArrow`.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{fmt, sync::Arc, time::Instant};
 
 use arrow::{
     datatypes::{Schema, SchemaRef},
@@ -35,11 +31,13 @@ use strata_client::SqlOutput;
 use strata_engine::{
     catalog::TableEntry,
     provider::{LastValuesProvider, StrataTableProvider},
-    table::Table,
 };
 use strata_proto::storage::{RequestContext, SqlQueryRequest, WriteArrowRequest};
 
-use crate::{cluster::Cluster, error::RemoteError};
+use crate::{
+    error::RemoteError,
+    route::{Router, Target},
+};
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
@@ -49,47 +47,15 @@ fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionErro
     DataFusionError::External(Box::new(e))
 }
 
-/// How long a request waits for a shard that is between owners (a move or
-/// a failover) before it fails with a retryable `NotLeader`.
-pub(crate) const MOVE_WAIT: Duration = Duration::from_secs(15);
-pub(crate) const MOVE_POLL: Duration = Duration::from_millis(200);
+pub(crate) use crate::route::{MOVE_POLL, MOVE_WAIT};
 
-/// Where a table's rows are, once its shard has a serving leader.
-pub(crate) enum Target {
-    /// The shard is (now) open here.
-    Local(Arc<Table>),
-    /// Led by another instance: its endpoint.
-    Remote(String, u64),
-}
-
-/// Finds the table's leader. While the shard is assigned here but not open
-/// yet, or has no leader, waits (up to [`MOVE_WAIT`]).
+/// The table's leader (see [`Router::target`]), as DataFusion's error.
 pub(crate) async fn target(
-    cluster: &Cluster,
+    router: &dyn Router,
     entry: &TableEntry,
     deadline: Instant,
 ) -> DfResult<Target> {
-    loop {
-        if let Some(t) = cluster
-            .engine()
-            .shard(entry.shard)
-            .and_then(|s| s.table(entry.id))
-        {
-            return Ok(Target::Local(t));
-        }
-        match cluster.assignment(entry.shard.0) {
-            Some(a) if !a.endpoint.is_empty() && a.leader != cluster.node_id => {
-                return Ok(Target::Remote(a.endpoint, a.version))
-            }
-            _ => {}
-        }
-        if Instant::now() >= deadline {
-            return Err(external(strata_engine::Error::ShardNotOpen {
-                shard: entry.shard,
-            }));
-        }
-        tokio::time::sleep(MOVE_POLL).await;
-    }
+    router.target(entry, deadline).await.map_err(external)
 }
 
 /// Whether a remote answer means "the shard moved or is moving": worth
@@ -107,27 +73,27 @@ fn moved(e: &strata_client::Error) -> bool {
 pub struct RemoteTable {
     entry: TableEntry,
     schema: SchemaRef,
-    cluster: Arc<Cluster>,
+    router: Arc<dyn Router>,
     /// Reads `last_values('table')` instead of the table.
     last_values: bool,
 }
 
 impl RemoteTable {
-    pub fn new(entry: TableEntry, cluster: Arc<Cluster>) -> Self {
+    pub fn new(entry: TableEntry, router: Arc<dyn Router>) -> Self {
         Self {
             schema: entry.schema.arrow_schema(),
             entry,
-            cluster,
+            router,
             last_values: false,
         }
     }
 
     /// The newest row of every series of the table, from its leader's
     /// last-value cache.
-    pub fn last_values(entry: TableEntry, cluster: Arc<Cluster>) -> Self {
+    pub fn last_values(entry: TableEntry, router: Arc<dyn Router>) -> Self {
         Self {
             last_values: true,
-            ..Self::new(entry, cluster)
+            ..Self::new(entry, router)
         }
     }
 
@@ -205,7 +171,7 @@ impl TableProvider for RemoteTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let deadline = Instant::now() + MOVE_WAIT;
         loop {
-            match target(&self.cluster, &self.entry, deadline).await? {
+            match target(self.router.as_ref(), &self.entry, deadline).await? {
                 Target::Local(t) if self.last_values => {
                     return LastValuesProvider::new(t)
                         .scan(state, projection, filters, limit)
@@ -216,7 +182,7 @@ impl TableProvider for RemoteTable {
                         .scan(state, projection, filters, limit)
                         .await
                 }
-                Target::Remote(endpoint, _) => {
+                Target::Remote { endpoint, .. } => {
                     match self
                         .scan_remote(&endpoint, projection, filters, limit)
                         .await
@@ -258,7 +224,7 @@ impl TableProvider for RemoteTable {
             Arc::new(RemoteSink {
                 entry: self.entry.clone(),
                 schema: self.schema.clone(),
-                cluster: self.cluster.clone(),
+                router: self.router.clone(),
             }),
             None,
         )))
@@ -299,8 +265,8 @@ impl RemoteTable {
             .collect();
         let sql = self.select_sql(&columns, filters, limit);
         let client = self
-            .cluster
-            .client(endpoint)
+            .router
+            .peer(endpoint)
             .await
             .map_err(RemoteScan::Moved)?;
         let output = client
@@ -311,7 +277,7 @@ impl RemoteTable {
                 tables: vec![self.entry.name.clone()],
                 sql,
                 forwarded: true,
-                catalog_fingerprint: self.cluster.fingerprint(),
+                catalog_fingerprint: self.router.fingerprint(),
             })
             .await
             .map_err(|e| {
@@ -356,7 +322,7 @@ impl RemoteTable {
 struct RemoteSink {
     entry: TableEntry,
     schema: SchemaRef,
-    cluster: Arc<Cluster>,
+    router: Arc<dyn Router>,
 }
 
 impl DisplayAs for RemoteSink {
@@ -381,7 +347,7 @@ impl DataSink for RemoteSink {
             batches.push(b?);
         }
         forward_batches(
-            &self.cluster,
+            self.router.as_ref(),
             &self.entry,
             batches,
             Instant::now() + MOVE_WAIT,
@@ -397,7 +363,7 @@ impl DataSink for RemoteSink {
 /// Both SQL `INSERT` into a remote table and [`crate::writer`] write
 /// through this.
 pub(crate) async fn forward_batches(
-    cluster: &Cluster,
+    router: &dyn Router,
     entry: &TableEntry,
     batches: Vec<RecordBatch>,
     deadline: Instant,
@@ -409,17 +375,17 @@ pub(crate) async fn forward_batches(
         .first()
         .map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
     loop {
-        match target(cluster, entry, deadline).await? {
+        match target(router, entry, deadline).await? {
             Target::Local(t) => {
                 // One write: applied whole or not at all, as a forward is.
                 let rows = strata_engine::schema::fit_all(&batches, &t.arrow_schema())
                     .map_err(external)?;
                 return Ok(t.write(rows).await.map_err(external)? as u64);
             }
-            Target::Remote(endpoint, version) => {
+            Target::Remote { endpoint, version } => {
                 let payload = strata_client::payload::encode(&schema, &batches)
                     .map_err(|e| DataFusionError::Execution(e.to_string()))?;
-                let result = match cluster.client(&endpoint).await {
+                let result = match router.peer(&endpoint).await {
                     Ok(client) => {
                         client
                             .write_arrow(WriteArrowRequest {
@@ -429,7 +395,7 @@ pub(crate) async fn forward_batches(
                                 table: entry.name.clone(),
                                 rows: Some(payload),
                                 shard_version: version,
-                                catalog_fingerprint: cluster.fingerprint(),
+                                catalog_fingerprint: router.fingerprint(),
                             })
                             .await
                     }

@@ -25,7 +25,7 @@ use datafusion::{
 };
 use strata_engine::{options::format_duration, Engine};
 
-use crate::cluster::{Assignment, Cluster};
+use crate::route::{Assignment, Router};
 
 pub const SYSTEM_DATABASE: &str = "system";
 const TABLES: [&str; 4] = ["nodes", "shards", "sst_files", "tables"];
@@ -33,28 +33,17 @@ const TABLES: [&str; 4] = ["nodes", "shards", "sst_files", "tables"];
 #[derive(Debug)]
 pub struct SystemSchema {
     engine: Arc<Engine>,
-    cluster: Option<Arc<Cluster>>,
+    router: Arc<dyn Router>,
 }
 
 impl SystemSchema {
-    pub fn new(engine: Arc<Engine>, cluster: Option<Arc<Cluster>>) -> Self {
-        Self { engine, cluster }
+    pub fn new(engine: Arc<Engine>, router: Arc<dyn Router>) -> Self {
+        Self { engine, router }
     }
 
     /// Every shard's assignment; standalone has one shard, led here.
     fn assignments(&self) -> (String, Vec<Assignment>) {
-        match &self.cluster {
-            Some(c) => (c.node_id.clone(), c.assignments()),
-            None => (
-                "standalone".to_string(),
-                vec![Assignment {
-                    shard: strata_engine::STANDALONE_SHARD.0,
-                    version: 1,
-                    leader: "standalone".to_string(),
-                    endpoint: String::new(),
-                }],
-            ),
-        }
+        (self.router.node_id().to_string(), self.router.assignments())
     }
 
     fn shards(&self) -> DfResult<Arc<dyn TableProvider>> {
@@ -116,22 +105,17 @@ impl SystemSchema {
     ) -> DfResult<Arc<dyn TableProvider>> {
         let schema = local.schema();
         let mut batches = vec![local];
-        if let Some(cluster) = &self.cluster {
-            let peers: std::collections::BTreeSet<String> = cluster
-                .assignments()
-                .into_iter()
-                .filter(|a| a.leader != cluster.node_id && !a.endpoint.is_empty())
-                .map(|a| a.endpoint)
-                .collect();
-            for peer in peers {
-                let rows = match cluster.client(&peer).await {
+        {
+            let router = &self.router;
+            for peer in router.peer_endpoints() {
+                let rows = match router.peer(&peer).await {
                     Ok(c) => {
                         c.query(strata_proto::storage::SqlQueryRequest {
                             context: None,
                             tables: Vec::new(),
                             sql: format!("SELECT * FROM system.{name}"),
                             forwarded: true,
-                            catalog_fingerprint: cluster.fingerprint(),
+                            catalog_fingerprint: router.fingerprint(),
                         })
                         .await
                     }

@@ -16,11 +16,12 @@ use parking_lot::RwLock;
 use strata_sst::{layout, SstInfo, TableId, TimeRange};
 use tokio::sync::{mpsc, oneshot};
 
+mod flush;
+
 use crate::{
     catalog::TableEntry,
     codec,
     context::EngineContext,
-    flush,
     gc::SstHandle,
     last_values::LastValues,
     manifest::{Manifest, ManifestEdit, ManifestState},

@@ -24,9 +24,10 @@ use strata_sst::{
     SstId,
 };
 
+use super::Table;
 use crate::{
     manifest::ManifestEdit, memtable::Memtable, metrics, options::UpdateMode, sort::sort_and_dedup,
-    table::Table, Error, Result,
+    Error, Result,
 };
 
 /// Splits sorted rows by time segment, keeping the order within each.

@@ -1,4 +1,5 @@
-//! InfluxDB line protocol: parsing, and turning a batch into writes.
+//! InfluxDB line protocol: parsing, and turning a batch into writes
+//! (Arrow batches built straight from the lines, in [`rows`]).
 //!
 //! ```text
 //! measurement[,tag=value…] field=value[,field=value…] [timestamp]
@@ -17,10 +18,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use strata_proto::storage::{
-    value, Field, FieldGroup, RequestContext, Tag, Value, WriteRequest, WriteSeriesEntry,
-    WriteTableRequest,
-};
+mod rows;
+
+pub use self::rows::{by_measurement, schema_for_new_table, timestamps, to_batch, write};
 
 /// A field's value.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,18 +33,6 @@ pub enum FieldValue {
 }
 
 impl FieldValue {
-    fn into_value(self) -> Value {
-        Value {
-            value: Some(match self {
-                FieldValue::Float(v) => value::Value::Float64Value(v),
-                FieldValue::Int(v) => value::Value::Int64Value(v),
-                FieldValue::UInt(v) => value::Value::Uint64Value(v),
-                FieldValue::Str(v) => value::Value::StringValue(v),
-                FieldValue::Bool(v) => value::Value::BoolValue(v),
-            }),
-        }
-    }
-
     pub fn type_name(&self) -> &'static str {
         match self {
             FieldValue::Float(_) => "float",
@@ -296,106 +284,6 @@ pub fn parse(body: &str) -> Result<Vec<Point<'_>>, Vec<LineError>> {
     }
 }
 
-/// Groups points by measurement into one write request (HoraeDB's format,
-/// which the write path already knows), with timestamps in milliseconds.
-/// Fails with the lines whose timestamps overflow.
-pub fn to_write_request(
-    database: &str,
-    points: Vec<Point<'_>>,
-    precision: Precision,
-    now_ms: i64,
-) -> Result<WriteRequest, Vec<LineError>> {
-    #[derive(Default)]
-    struct Table {
-        tag_names: Vec<String>,
-        field_names: Vec<String>,
-        series: BTreeMap<Vec<(u32, String)>, Vec<FieldGroup>>,
-    }
-    fn index_of(names: &mut Vec<String>, name: &str) -> u32 {
-        match names.iter().position(|n| n == name) {
-            Some(i) => i as u32,
-            None => {
-                names.push(name.to_string());
-                (names.len() - 1) as u32
-            }
-        }
-    }
-    let mut tables: BTreeMap<String, Table> = BTreeMap::new();
-    let mut errors = Vec::new();
-    for p in points {
-        let ts = match p.timestamp {
-            None => now_ms,
-            Some(t) => match precision.to_millis(t) {
-                Some(ms) => ms,
-                None => {
-                    errors.push(LineError {
-                        line: p.line,
-                        reason: format!("timestamp {t} is out of range"),
-                    });
-                    continue;
-                }
-            },
-        };
-        if !tables.contains_key(p.measurement.as_ref()) {
-            tables.insert(p.measurement.to_string(), Table::default());
-        }
-        let Some(t) = tables.get_mut(p.measurement.as_ref()) else {
-            continue;
-        };
-        let mut key: Vec<(u32, String)> = p
-            .tags
-            .into_iter()
-            .map(|(k, v)| (index_of(&mut t.tag_names, &k), v.into_owned()))
-            .collect();
-        key.sort();
-        key.dedup_by(|a, b| a.0 == b.0);
-        let fields = p
-            .fields
-            .into_iter()
-            .map(|(k, v)| Field {
-                name_index: index_of(&mut t.field_names, &k),
-                value: Some(v.into_value()),
-            })
-            .collect();
-        t.series.entry(key).or_default().push(FieldGroup {
-            timestamp: ts,
-            fields,
-        });
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(WriteRequest {
-        context: Some(RequestContext {
-            database: database.to_string(),
-        }),
-        table_requests: tables
-            .into_iter()
-            .map(|(name, t)| WriteTableRequest {
-                table: name,
-                tag_names: t.tag_names,
-                field_names: t.field_names,
-                entries: t
-                    .series
-                    .into_iter()
-                    .map(|(tags, groups)| WriteSeriesEntry {
-                        tags: tags
-                            .into_iter()
-                            .map(|(i, v)| Tag {
-                                name_index: i,
-                                value: Some(Value {
-                                    value: Some(value::Value::StringValue(v)),
-                                }),
-                            })
-                            .collect(),
-                        field_groups: groups,
-                    })
-                    .collect(),
-            })
-            .collect(),
-    })
-}
-
 /// Whether a value fits a column of type `t` (as the write path converts:
 /// integers into any integer column they fit, or a DOUBLE below 2^53).
 pub fn fits(v: &FieldValue, t: strata_engine::schema::ColumnType) -> bool {
@@ -612,17 +500,73 @@ mod tests {
     }
 
     #[test]
-    fn groups_points_into_tables_and_series() {
+    fn groups_points_into_tables_with_the_columns_a_first_write_creates() {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes::{Float64Type, Int64Type};
+        use strata_engine::schema::ColumnType;
         let points =
             parse("a,h=x v=1 1000\na,h=x v=2 2000\na,h=y v=3,w=4i 3000\nb f=1 4000\n").unwrap();
-        let req = to_write_request("db", points, Precision::Millis, 0).unwrap();
-        assert_eq!(req.table_requests.len(), 2);
-        let a = &req.table_requests[0];
-        assert_eq!(a.table, "a");
-        assert_eq!(a.tag_names, vec!["h"]);
-        assert_eq!(a.field_names, vec!["v", "w"]);
-        assert_eq!(a.entries.len(), 2);
-        assert_eq!(a.entries[0].field_groups.len(), 2);
-        assert_eq!(req.table_requests[1].table, "b");
+        let times = timestamps(&points, Precision::Millis, 0).unwrap();
+        let tables = by_measurement(&points, &times);
+        assert_eq!(tables.keys().copied().collect::<Vec<_>>(), ["a", "b"]);
+        let a = &tables["a"];
+        let schema = schema_for_new_table(a).unwrap();
+        let columns: Vec<(&str, ColumnType, bool)> = schema
+            .columns
+            .iter()
+            .map(|c| (c.name.as_str(), c.column_type, c.is_tag))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("h", ColumnType::String, true),
+                ("v", ColumnType::Double, false),
+                ("w", ColumnType::Int64, false),
+                ("timestamp", ColumnType::Timestamp, false),
+            ]
+        );
+        let batch = to_batch("a", &schema, schema.arrow_schema(), a).unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        let v = batch.column(1).as_primitive::<Float64Type>();
+        assert_eq!(v.values(), &[1.0, 2.0, 3.0]);
+        let w = batch.column(2).as_primitive::<Int64Type>();
+        assert_eq!((w.null_count(), w.value(2)), (2, 4));
+    }
+
+    #[test]
+    fn a_first_write_types_a_field_by_its_first_value_in_series_order() {
+        // Series (h=a) sorts before (h=b): v is DOUBLE, and 1i fits it.
+        let points = parse("m,h=b v=1i 1\nm,h=a v=0.5 2\n").unwrap();
+        let times = timestamps(&points, Precision::Millis, 0).unwrap();
+        let tables = by_measurement(&points, &times);
+        let schema = schema_for_new_table(&tables["m"]).unwrap();
+        assert_eq!(
+            schema.column("v").unwrap().column_type,
+            strata_engine::schema::ColumnType::Double
+        );
+        to_batch("m", &schema, schema.arrow_schema(), &tables["m"]).unwrap();
+        // A value that does not fit is named with its table and column.
+        let points = parse("m,h=a v=1i 1\nm,h=b v=0.5 2\n").unwrap();
+        let times = timestamps(&points, Precision::Millis, 0).unwrap();
+        let tables = by_measurement(&points, &times);
+        let schema = schema_for_new_table(&tables["m"]).unwrap();
+        let err = to_batch("m", &schema, schema.arrow_schema(), &tables["m"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Invalid write to table m: column v expects BIGINT, got a double value"
+        );
+        // A field named like the timestamp column moves it aside.
+        let points = parse("m timestamp=1i 1\n").unwrap();
+        let times = timestamps(&points, Precision::Millis, 0).unwrap();
+        let schema = schema_for_new_table(&by_measurement(&points, &times)["m"]).unwrap();
+        assert_eq!(schema.timestamp_column().name, "__timestamp");
+    }
+
+    #[test]
+    fn an_out_of_range_timestamp_names_its_line() {
+        let points = parse("m v=1 1\nm v=2 9223372036854775807\n").unwrap();
+        let errors = timestamps(&points, Precision::Seconds, 0).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 2);
     }
 }

@@ -1,0 +1,437 @@
+//! The engine: the catalog, the shards and their tables, and the background
+//! maintenance that keeps storage tidy (TTL expiry, compaction, garbage
+//! collection).
+//!
+//! Two modes:
+//! - **standalone**: the catalog is persisted in the object store and the
+//!   one shard is always open;
+//! - **cluster**: the catalog is a copy of the meta service's, DDL goes
+//!   through a [`ClusterCatalog`], and shards open and close as meta
+//!   assigns them. A table whose shard is not open here is known (its
+//!   entry) but not served: lookups fail with a `NotLeader` error.
+
+mod maintenance;
+mod tables;
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use object_store::{path::Path, ObjectStore, ObjectStoreExt};
+use strata_sst::ShardId;
+use strata_wal::{Epoch, Wal};
+use tokio::task::JoinHandle;
+
+use crate::{
+    cache::{reader_factory, CountingMetadataCache},
+    catalog::{Catalog, TableEntry},
+    compaction::{CompactionSignal, Compactor},
+    context::{EngineConfig, EngineContext},
+    gc::Gc,
+    memory::WriteBufferManager,
+    options::TableOptions,
+    schema::{ColumnSchema, TableSchema},
+    shard::Shard,
+    table::Table,
+    Error, Result,
+};
+
+/// The shard every table lives on in standalone mode.
+pub const STANDALONE_SHARD: ShardId = ShardId(0);
+
+/// The writer epoch of standalone mode, where there is only ever one writer.
+pub const STANDALONE_EPOCH: Epoch = Epoch(1);
+
+/// A change made by `ALTER TABLE`.
+#[derive(Debug, Clone)]
+pub enum AlterTable {
+    AddColumns(Vec<ColumnSchema>),
+    ModifySettings(Vec<(String, String)>),
+}
+
+/// DDL in cluster mode: the meta service allocates ids, picks shards and
+/// persists definitions. Implemented by the server over meta's gRPC API.
+#[async_trait]
+pub trait ClusterCatalog: Send + Sync + std::fmt::Debug {
+    async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool>;
+    async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool>;
+    /// Creates a table; `None` when it existed and `if_not_exists`.
+    async fn create_table(
+        &self,
+        database: &str,
+        name: &str,
+        schema: TableSchema,
+        options: TableOptions,
+        if_not_exists: bool,
+    ) -> Result<Option<TableEntry>>;
+    /// Replaces a table's definition (ALTER TABLE).
+    async fn alter_table(&self, entry: &TableEntry) -> Result<()>;
+    /// Drops a table; `None` when it was missing and `if_exists`.
+    async fn drop_table(
+        &self,
+        database: &str,
+        name: &str,
+        if_exists: bool,
+    ) -> Result<Option<TableEntry>>;
+}
+
+/// Where a table is served.
+#[derive(Debug, Clone)]
+pub enum Located {
+    /// On a shard open on this instance.
+    Local(Arc<Table>),
+    /// On a shard this instance does not serve.
+    Remote(Box<TableEntry>),
+}
+
+/// The storage engine: a catalog and the shards open on this instance.
+#[derive(Debug)]
+pub struct Engine {
+    ctx: Arc<EngineContext>,
+    catalog: Catalog,
+    /// `Some` in cluster mode.
+    cluster: Option<Arc<dyn ClusterCatalog>>,
+    shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    /// Opens interrupted during replay, resumed by the next open.
+    partials: crate::shard::PartialOpens,
+    ddl_lock: tokio::sync::Mutex<()>,
+    maintenance: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Runs the compactions that flushes and maintenance rounds ask for.
+    compactor: Arc<Compactor>,
+    /// What shards opened here signal the compaction loop with.
+    compaction: CompactionSignal,
+    /// The compaction loop ([`crate::compaction::run_signals`]).
+    compaction_loop: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    /// Standalone opened fenced: where the owner's epoch is published, so
+    /// that an older process notices a newer one before it runs DDL.
+    owner_marker: Option<Path>,
+}
+
+fn build_context(config: EngineConfig, store: Arc<dyn ObjectStore>) -> Result<Arc<EngineContext>> {
+    crate::metrics::register_all();
+    let store_url = ObjectStoreUrl::parse("strata://store")
+        .map_err(|e| Error::Internal(format!("object store url: {e}")))?;
+    let metadata_cache = Arc::new(CountingMetadataCache::new(
+        config.sst_metadata_cache_size as usize,
+    ));
+    Ok(Arc::new(EngineContext {
+        flush_permits: tokio::sync::Semaphore::new(config.max_concurrent_flushes.max(1)),
+        gc: Gc::new(store.clone(), config.gc_grace),
+        write_buffer: WriteBufferManager::new(
+            config.write_buffer_soft_limit as usize,
+            config.write_buffer_hard_limit as usize,
+            config.write_stall_timeout,
+        ),
+        reader_factory: reader_factory(store.clone(), metadata_cache),
+        config,
+        store,
+        store_url,
+    }))
+}
+
+impl Engine {
+    /// Opens a standalone engine: loads the catalog, opens every table and
+    /// replays the WAL. `store` holds SSTs, manifests and the catalog; `wal`
+    /// is the shard's WAL region.
+    pub async fn open(
+        config: EngineConfig,
+        store: Arc<dyn ObjectStore>,
+        wal: Arc<dyn Wal>,
+    ) -> Result<Arc<Self>> {
+        Self::open_fenced(config, store, wal, None).await
+    }
+
+    /// Opens a standalone engine whose WAL or object store another process
+    /// could reach (Kafka, S3): the shard is opened like a cluster shard,
+    /// under an epoch above any the WAL or a manifest holds (starting from
+    /// `epoch`, normally the time in milliseconds), with a fence marker in
+    /// the WAL and a claim on every manifest. An older process still
+    /// running on the same WAL and store (a rolling update) is fenced:
+    /// it can commit nothing more. `None` opens unfenced under
+    /// [`STANDALONE_EPOCH`] (a local WAL, which one process holds).
+    pub async fn open_fenced(
+        config: EngineConfig,
+        store: Arc<dyn ObjectStore>,
+        wal: Arc<dyn Wal>,
+        epoch: Option<Epoch>,
+    ) -> Result<Arc<Self>> {
+        let ctx = build_context(config, store)?;
+        let (signal, signals) = CompactionSignal::channel();
+        let catalog = Catalog::open(ctx.store.clone(), &ctx.config.cluster).await?;
+        let entries: Vec<TableEntry> = catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == STANDALONE_SHARD)
+            .collect();
+        let mut attempt_epoch = epoch.unwrap_or(STANDALONE_EPOCH);
+        let mut attempts = 0;
+        let partials = crate::shard::PartialOpens::default();
+        let shard = loop {
+            attempts += 1;
+            match Shard::open(
+                STANDALONE_SHARD,
+                wal.clone(),
+                attempt_epoch,
+                entries.clone(),
+                ctx.clone(),
+                signal.clone(),
+                epoch.is_some(),
+                &partials,
+            )
+            .await
+            {
+                Ok(shard) => break shard,
+                Err(Error::EpochBehind { highest, .. }) if epoch.is_some() && attempts < 4 => {
+                    tracing::warn!(
+                        epoch = attempt_epoch.0,
+                        highest,
+                        "the WAL or a manifest holds a higher epoch (clock skew?); opening above it"
+                    );
+                    attempt_epoch = Epoch(highest + 1);
+                }
+                // The broker or disk hiccuped during the marker or the
+                // replay: go on from where it stopped, under the same epoch.
+                Err(Error::Wal { op, source })
+                    if epoch.is_some() && source.is_retryable() && attempts < 6 =>
+                {
+                    tracing::warn!(op, error = %source, attempt = attempts,
+                        "opening the standalone shard was interrupted; resuming");
+                    tokio::time::sleep(Duration::from_millis(250 << attempts)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(
+            epoch = attempt_epoch.0,
+            fenced = epoch.is_some(),
+            "opened the standalone shard"
+        );
+        let marker = epoch.map(|_| {
+            Path::from(format!(
+                "{}/shards/{}/owner.json",
+                ctx.config.cluster, STANDALONE_SHARD
+            ))
+        });
+        if let Some(path) = &marker {
+            let body = serde_json::json!({ "epoch": attempt_epoch.0 }).to_string();
+            ctx.store
+                .put(path, body.into_bytes().into())
+                .await
+                .map_err(|source| Error::ObjectStore {
+                    op: "publish the owner epoch",
+                    path: path.to_string(),
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(Self::start(
+            ctx,
+            catalog,
+            None,
+            BTreeMap::from([(STANDALONE_SHARD, shard)]),
+            marker,
+            (signal, signals),
+        ))
+    }
+
+    /// Opens a cluster-mode engine with no shard open and an empty catalog:
+    /// install meta's catalog with [`Self::install_catalog`], then open the
+    /// shards meta assigns with [`Self::open_shard`].
+    pub fn open_cluster(
+        config: EngineConfig,
+        store: Arc<dyn ObjectStore>,
+        ddl: Arc<dyn ClusterCatalog>,
+    ) -> Result<Arc<Self>> {
+        let ctx = build_context(config, store)?;
+        Ok(Self::start(
+            ctx,
+            Catalog::in_memory(),
+            Some(ddl),
+            BTreeMap::new(),
+            None,
+            CompactionSignal::channel(),
+        ))
+    }
+
+    fn start(
+        ctx: Arc<EngineContext>,
+        catalog: Catalog,
+        cluster: Option<Arc<dyn ClusterCatalog>>,
+        shards: BTreeMap<ShardId, Arc<Shard>>,
+        owner_marker: Option<Path>,
+        (compaction, signals): (
+            CompactionSignal,
+            tokio::sync::mpsc::UnboundedReceiver<std::sync::Weak<Table>>,
+        ),
+    ) -> Arc<Self> {
+        let compactor = Arc::new(Compactor::new(&ctx.config));
+        let compaction_loop =
+            tokio::spawn(crate::compaction::run_signals(compactor.clone(), signals));
+        let engine = Arc::new(Self {
+            ctx,
+            catalog,
+            cluster,
+            shards: parking_lot::RwLock::new(shards),
+            partials: Default::default(),
+            ddl_lock: tokio::sync::Mutex::new(()),
+            maintenance: parking_lot::Mutex::new(None),
+            compactor,
+            compaction,
+            compaction_loop: parking_lot::Mutex::new(Some(compaction_loop)),
+            owner_marker,
+        });
+        let task = tokio::spawn(maintenance::run_maintenance(Arc::downgrade(&engine)));
+        *engine.maintenance.lock() = Some(task);
+        engine
+    }
+
+    /// Whether the engine runs in cluster mode.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Opens shard `id` on this instance with its WAL region, writing under
+    /// `epoch` (the shard lock's). Its tables are the catalog's entries on
+    /// that shard. Idempotent: an open shard is returned as it is.
+    pub async fn open_shard(
+        &self,
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+        epoch: Epoch,
+    ) -> Result<Arc<Shard>> {
+        if let Some(s) = self.shard(id) {
+            return Ok(s);
+        }
+        let entries: Vec<TableEntry> = self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+            .collect();
+        let shard = Shard::open(
+            id,
+            wal,
+            epoch,
+            entries,
+            self.ctx.clone(),
+            self.compaction.clone(),
+            self.is_cluster(),
+            &self.partials,
+        )
+        .await?;
+        // Tables created or altered while the shard was opening: apply them
+        // now, under the DDL lock so that no change slips in between.
+        let _guard = self.ddl_lock.lock().await;
+        let shard = self.shards.write().entry(id).or_insert(shard).clone();
+        for entry in self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+        {
+            self.apply_entry(&shard, entry).await?;
+        }
+        Ok(shard)
+    }
+
+    /// Closes shard `id`: stops taking writes, flushes its memtables (when
+    /// `flush`, and it was not fenced) and releases it. Acknowledged writes
+    /// stay in the WAL whether or not the flush succeeds.
+    pub async fn close_shard(&self, id: ShardId, flush: bool) -> Result<bool> {
+        let Some(shard) = self.shards.write().remove(&id) else {
+            return Ok(false);
+        };
+        shard.close().await;
+        let mut result = Ok(());
+        if flush && !shard.is_fenced() {
+            result = shard.flush_all().await;
+        }
+        // Background flushes and compactions still running commit nothing
+        // from here on; wait for a commit already under way to end.
+        shard.owner().relinquish();
+        for t in shard.tables() {
+            drop(t.manifest.lock().await);
+        }
+        for t in shard.tables() {
+            self.ctx.write_buffer.release(t.version().memtable_bytes());
+        }
+        tracing::info!(shard = %id, "closed shard");
+        result.map(|()| true)
+    }
+
+    /// Forgets what an interrupted open of shard `id` had replayed (the
+    /// shard is no longer this instance's to open).
+    pub fn discard_interrupted_open(&self, id: ShardId) {
+        if let Some(p) = self.partials.lock().remove(&id) {
+            tracing::info!(shard = %id, "discarding an interrupted open");
+            p.discard(&self.ctx);
+        }
+    }
+
+    /// A shard open on this instance.
+    pub fn shard(&self, id: ShardId) -> Option<Arc<Shard>> {
+        self.shards.read().get(&id).cloned()
+    }
+
+    /// The shards open on this instance, by id.
+    pub fn shards(&self) -> Vec<Arc<Shard>> {
+        self.shards.read().values().cloned().collect()
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.ctx.config
+    }
+
+    /// The object store holding SSTs.
+    pub fn object_store(&self) -> Arc<dyn ObjectStore> {
+        self.ctx.store.clone()
+    }
+
+    /// The URL under which [`Self::object_store`] must be registered with
+    /// DataFusion's runtime for scans to find SSTs.
+    pub fn object_store_url(&self) -> &ObjectStoreUrl {
+        &self.ctx.store_url
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Bytes held by all memtables, and the soft and hard limits.
+    pub fn write_buffer_usage(&self) -> (usize, usize, usize) {
+        let wb = &self.ctx.write_buffer;
+        (wb.used(), wb.soft_limit(), wb.hard_limit())
+    }
+
+    /// Flushes everything and stops the background tasks. Acknowledged writes
+    /// are durable in the WAL whether or not this runs.
+    pub async fn close(&self) -> Result<()> {
+        self.stop_background();
+        let mut result = Ok(());
+        let ids: Vec<ShardId> = self.shards.read().keys().copied().collect();
+        for id in ids {
+            if let Err(e) = self.close_shard(id, true).await {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}
+
+impl Engine {
+    /// Stops the maintenance and compaction loops. Compactions already
+    /// running finish on their own; they commit nothing once their shard
+    /// is closed.
+    fn stop_background(&self) {
+        for task in [&self.maintenance, &self.compaction_loop] {
+            if let Some(t) = task.lock().take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop_background();
+    }
+}

@@ -1,0 +1,339 @@
+//! The catalog side of the engine: meta's catalog installed in cluster
+//! mode, DDL, and finding tables.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use object_store::ObjectStoreExt;
+use strata_sst::{layout, TableId};
+
+use super::{maintenance::delete_prefix, AlterTable, Engine, Located, STANDALONE_SHARD};
+use crate::{
+    catalog::TableEntry, options::TableOptions, schema::TableSchema, shard::Shard, table::Table,
+    Error, Result,
+};
+
+impl Engine {
+    /// Replaces the catalog with meta's, then opens the tables new on open
+    /// shards, applies changed definitions and closes dropped tables.
+    pub async fn install_catalog(
+        &self,
+        databases: Vec<String>,
+        tables: Vec<TableEntry>,
+    ) -> Result<()> {
+        let _guard = self.ddl_lock.lock().await;
+        let wanted: BTreeMap<TableId, TableEntry> =
+            tables.iter().map(|t| (t.id, t.clone())).collect();
+        self.catalog.install(databases, tables);
+        for shard in self.shards() {
+            for table in shard.tables() {
+                if !wanted.contains_key(&table.id()) {
+                    shard.remove_table(table.id());
+                }
+            }
+            for entry in wanted.values().filter(|e| e.shard == shard.id()) {
+                self.apply_entry(&shard, entry.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Installs one table's record from meta (created or altered), opening
+    /// it when its shard is open here.
+    pub async fn install_table(&self, entry: TableEntry) -> Result<()> {
+        let _guard = self.ddl_lock.lock().await;
+        self.catalog.install_table(entry.clone());
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a dropped table; when `delete_files`, and its shard is open
+    /// here, its files are deleted in the background.
+    pub async fn uninstall_table(&self, id: TableId, delete_files: bool) -> Result<bool> {
+        let _guard = self.ddl_lock.lock().await;
+        let entry = self.catalog.remove_table(id);
+        let mut found = entry.is_some();
+        for shard in self.shards() {
+            if shard.remove_table(id).is_some() {
+                found = true;
+                if delete_files {
+                    if let Some(e) = &entry {
+                        self.delete_table_files(e);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Installs a database present (or absent) in meta.
+    pub fn install_database(&self, name: &str, present: bool) {
+        self.catalog.install_database(name, present);
+    }
+
+    pub(super) async fn apply_entry(&self, shard: &Arc<Shard>, entry: TableEntry) -> Result<()> {
+        match shard.table(entry.id) {
+            Some(table) if table.meta().entry != entry => {
+                table.install_meta(entry);
+            }
+            Some(_) => {}
+            None => {
+                shard.add_table(entry).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn delete_table_files(&self, entry: &TableEntry) {
+        let store = self.ctx.store.clone();
+        let dir = layout::table_dir(&self.ctx.config.cluster, entry.shard, entry.id);
+        tokio::spawn(async move {
+            if let Err(e) = delete_prefix(&store, &dir, Duration::ZERO).await {
+                tracing::warn!(dir = %dir, error = %e, "deleting a dropped table's files failed; the orphan scan will retry");
+            }
+        });
+    }
+
+    /// Standalone on shared storage: refuses DDL once a newer process
+    /// published a higher epoch (a rolling update), before it changes the
+    /// catalog or deletes files.
+    async fn check_owner(&self) -> Result<()> {
+        let (Some(path), Some(shard)) = (&self.owner_marker, self.shard(STANDALONE_SHARD)) else {
+            return Ok(());
+        };
+        shard.owner().check()?;
+        let got = self
+            .ctx
+            .store
+            .get(path)
+            .await
+            .map_err(|source| Error::ObjectStore {
+                op: "read the owner epoch",
+                path: path.to_string(),
+                source: Box::new(source),
+            })?;
+        let bytes = got.bytes().await.map_err(|source| Error::ObjectStore {
+            op: "read the owner epoch",
+            path: path.to_string(),
+            source: Box::new(source),
+        })?;
+        let epoch = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["epoch"].as_u64())
+            .unwrap_or(0);
+        shard.owner().fence(epoch);
+        shard.owner().check()
+    }
+
+    pub async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        match &self.cluster {
+            Some(meta) => {
+                crate::catalog::validate_database_name(name)?;
+                let created = meta.create_database(name, if_not_exists).await?;
+                self.catalog.install_database(name, true);
+                Ok(created)
+            }
+            None => self.catalog.create_database(name, if_not_exists).await,
+        }
+    }
+
+    pub async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        match &self.cluster {
+            Some(meta) => {
+                if name == crate::catalog::DEFAULT_DATABASE {
+                    return Err(Error::Unsupported(format!(
+                        "the {name} database cannot be dropped"
+                    )));
+                }
+                let dropped = meta.drop_database(name, if_exists).await?;
+                self.catalog.install_database(name, false);
+                Ok(dropped)
+            }
+            None => self.catalog.drop_database(name, if_exists).await,
+        }
+    }
+
+    pub fn databases(&self) -> Vec<String> {
+        self.catalog.databases()
+    }
+
+    pub fn database_exists(&self, name: &str) -> bool {
+        self.catalog.database_exists(name)
+    }
+
+    /// Creates a table. Returns `None` when it existed and `if_not_exists`.
+    pub async fn create_table(
+        &self,
+        database: &str,
+        name: &str,
+        schema: TableSchema,
+        options: TableOptions,
+        if_not_exists: bool,
+    ) -> Result<Option<TableEntry>> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        let entry = match &self.cluster {
+            Some(meta) => {
+                if name.is_empty() {
+                    return Err(Error::InvalidSchema("table name must not be empty".into()));
+                }
+                meta.create_table(database, name, schema, options, if_not_exists)
+                    .await?
+            }
+            None => {
+                self.catalog
+                    .create_table(
+                        database,
+                        name,
+                        schema,
+                        options,
+                        STANDALONE_SHARD,
+                        if_not_exists,
+                    )
+                    .await?
+            }
+        };
+        let Some(entry) = entry else {
+            return Ok(None);
+        };
+        self.catalog.install_table(entry.clone());
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry.clone()).await?;
+        }
+        tracing::info!(database, table = name, id = %entry.id, shard = %entry.shard, "created table");
+        Ok(Some(entry))
+    }
+
+    /// Changes a table online: adds columns or modifies settings. The change
+    /// is persisted before it applies; writes and queries continue.
+    pub async fn alter_table(&self, database: &str, name: &str, change: AlterTable) -> Result<()> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        let current = self.entry(database, name)?;
+        let apply = |current: &TableEntry| -> Result<TableEntry> {
+            let mut next = current.clone();
+            match &change {
+                AlterTable::AddColumns(columns) => {
+                    for c in columns {
+                        next.schema = next.schema.with_column(c.clone())?;
+                    }
+                }
+                AlterTable::ModifySettings(pairs) => {
+                    next.options = next
+                        .options
+                        .modified(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+                }
+            }
+            Ok(next)
+        };
+        let entry = match &self.cluster {
+            Some(meta) => {
+                let next = apply(&current)?;
+                meta.alter_table(&next).await?;
+                self.catalog.install_table(next.clone());
+                next
+            }
+            None => self.catalog.update_table(current.id, apply).await?,
+        };
+        if let Some(shard) = self.shard(entry.shard) {
+            self.apply_entry(&shard, entry).await?;
+        }
+        tracing::info!(database, table = name, ?change, "altered table");
+        Ok(())
+    }
+
+    /// Drops a table and, in the background, deletes its files. Returns false
+    /// when it did not exist and `if_exists`.
+    pub async fn drop_table(&self, database: &str, name: &str, if_exists: bool) -> Result<bool> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        let entry = match &self.cluster {
+            Some(meta) => meta.drop_table(database, name, if_exists).await?,
+            None => self.catalog.drop_table(database, name, if_exists).await?,
+        };
+        let Some(entry) = entry else {
+            return Ok(false);
+        };
+        self.catalog.remove_table(entry.id);
+        if let Some(shard) = self.shard(entry.shard) {
+            shard.remove_table(entry.id);
+            self.delete_table_files(&entry);
+        }
+        tracing::info!(database, table = name, id = %entry.id, "dropped table");
+        Ok(true)
+    }
+
+    /// A table's catalog entry, wherever it is served.
+    pub fn entry(&self, database: &str, name: &str) -> Result<TableEntry> {
+        if !self.catalog.database_exists(database) {
+            return Err(Error::DatabaseNotFound {
+                name: database.to_string(),
+            });
+        }
+        self.catalog
+            .table(database, name)
+            .ok_or_else(|| Error::TableNotFound {
+                name: name.to_string(),
+            })
+    }
+
+    /// Where a table is served.
+    pub fn locate(&self, database: &str, name: &str) -> Result<Located> {
+        let entry = self.entry(database, name)?;
+        match self.shard(entry.shard) {
+            Some(shard) => match shard.table(entry.id) {
+                Some(t) => Ok(Located::Local(t)),
+                // Its shard is open here but the table is still being
+                // opened (a CREATE TABLE in progress): not there yet.
+                None => Err(Error::TableNotFound {
+                    name: name.to_string(),
+                }),
+            },
+            None => Ok(Located::Remote(Box::new(entry))),
+        }
+    }
+
+    /// Looks a table up by name; fails with `NotLeader` when its shard is not
+    /// open here.
+    pub fn table(&self, database: &str, name: &str) -> Result<Arc<Table>> {
+        match self.locate(database, name)? {
+            Located::Local(t) => Ok(t),
+            Located::Remote(e) => Err(Error::NotServedHere {
+                table: name.to_string(),
+                shard: e.shard,
+            }),
+        }
+    }
+
+    /// The catalog entries of a database's tables, by name.
+    pub fn table_entries(&self, database: &str) -> Vec<TableEntry> {
+        self.catalog.tables(database)
+    }
+
+    /// The local tables of a database, by name.
+    pub fn tables(&self, database: &str) -> Vec<Arc<Table>> {
+        self.catalog
+            .tables(database)
+            .into_iter()
+            .filter_map(|e| self.shard(e.shard).and_then(|s| s.table(e.id)))
+            .collect()
+    }
+
+    /// Every local table of every database.
+    pub fn all_tables(&self) -> Vec<Arc<Table>> {
+        let mut all: Vec<Arc<Table>> = self.shards().iter().flat_map(|s| s.tables()).collect();
+        all.sort_by(|a, b| (a.database(), a.name()).cmp(&(b.database(), b.name())));
+        all
+    }
+
+    /// The shard a table is on.
+    pub(super) fn shard_of(&self, table: &Table) -> Result<Arc<Shard>> {
+        let id = table.meta().entry.shard;
+        self.shard(id).ok_or(Error::ShardNotOpen { shard: id })
+    }
+}

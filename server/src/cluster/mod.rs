@@ -1,0 +1,386 @@
+//! Cluster mode on an instance: the meta client, DDL through meta, the
+//! heartbeat loop and shard reconciliation.
+//!
+//! Every second the instance heartbeats to meta with its shards (version,
+//! applied WAL offset, table count). The answer is the assignment of every
+//! shard and the catalog's fingerprint. The instance then reconciles:
+//! - a shard assigned here and not open: take its lease lock through meta
+//!   (the lock's epoch fences the Kafka WAL), open its WAL region and replay
+//!   it; several shards open in parallel;
+//! - a shard open here and assigned elsewhere: stop writes, flush, close, and
+//!   release the lock (a move is close on the old node, then open on the new
+//!   one, whose lock request succeeds once the old one released);
+//! - a shard open here whose lock another node holds, or whose WAL fenced
+//!   it: close at once, without flushing.
+//!
+//! While meta (or etcd) is unreachable nothing changes: the instance keeps
+//! serving the shards it holds, and DDL fails with "meta unavailable".
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use parking_lot::{Mutex, RwLock};
+use strata_engine::{catalog::TableEntry, Engine};
+use strata_proto::meta::{CatalogRequest, HeartbeatRequest, ShardAssignment, ShardState};
+use strata_sst::ShardId;
+
+mod control;
+mod meta_catalog;
+mod meta_client;
+mod reconcile;
+
+use self::{
+    meta_catalog::{entry_of, record_json},
+    meta_client::*,
+};
+
+pub use self::{control::ShardControlService, meta_catalog::MetaCatalog, meta_client::MetaClient};
+
+pub use crate::route::Assignment;
+
+/// How this instance reaches the WAL region of a shard it takes.
+#[async_trait]
+pub trait WalRegions: Send + Sync + std::fmt::Debug {
+    /// Opens the region (a Kafka topic, created if missing).
+    async fn open(&self, shard: ShardId) -> EngineResult<Arc<dyn strata_wal::Wal>>;
+    /// The names a loss of the region's records is reported under, besides
+    /// `shard N` (`/health`).
+    fn loss_keys(&self, shard: ShardId) -> Vec<String>;
+}
+
+/// This instance's view of the cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    pub node_id: String,
+    /// Unique per process start: meta tells two processes behind one node
+    /// id apart by it, and shard locks are held by it.
+    pub instance_id: String,
+    /// Set once meta said a newer process took this node id over: every
+    /// shard was closed without a flush, and none is opened again.
+    pub superseded: AtomicBool,
+    pub http_endpoint: String,
+    started_at_ms: i64,
+    meta: Arc<MetaClient>,
+    engine: Arc<Engine>,
+    /// Opens the WAL regions of the shards this instance takes.
+    wal: Arc<dyn WalRegions>,
+    assignments: RwLock<BTreeMap<u64, Assignment>>,
+    fingerprint: AtomicU64,
+    incarnation: AtomicU64,
+    report_tables: AtomicBool,
+    /// Shards being opened or closed by a background task.
+    busy: Mutex<BTreeSet<u64>>,
+    /// Shards whose last open failed: when to try again, and the delay
+    /// that led there (doubling from 1 s up to 30 s).
+    open_backoff: Mutex<std::collections::HashMap<u64, (std::time::Instant, Duration)>>,
+    /// Epochs the WAL showed above the one meta gave, per shard.
+    min_epoch: Mutex<BTreeMap<u64, u64>>,
+    refresh: tokio::sync::Mutex<()>,
+    clients: Mutex<BTreeMap<String, strata_client::Client>>,
+    /// Whether the last heartbeat reached meta.
+    pub meta_reachable: AtomicBool,
+}
+
+impl Cluster {
+    pub fn new(
+        node_id: String,
+        http_endpoint: String,
+        meta: Arc<MetaClient>,
+        engine: Arc<Engine>,
+        wal: Arc<dyn WalRegions>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node_id,
+            instance_id: format!("{:016x}", rand::random::<u64>()),
+            superseded: AtomicBool::new(false),
+            http_endpoint,
+            started_at_ms: strata_meta::model::now_ms(),
+            meta,
+            engine,
+            wal,
+            assignments: RwLock::new(BTreeMap::new()),
+            fingerprint: AtomicU64::new(0),
+            incarnation: AtomicU64::new(0),
+            report_tables: AtomicBool::new(false),
+            busy: Mutex::new(BTreeSet::new()),
+            open_backoff: Mutex::new(Default::default()),
+            min_epoch: Mutex::new(BTreeMap::new()),
+            refresh: tokio::sync::Mutex::new(()),
+            clients: Mutex::new(BTreeMap::new()),
+            meta_reachable: AtomicBool::new(false),
+        })
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Where a shard is led, as last heard from meta.
+    pub fn assignment(&self, shard: u64) -> Option<Assignment> {
+        self.assignments.read().get(&shard).cloned()
+    }
+
+    pub fn assignments(&self) -> Vec<Assignment> {
+        self.assignments.read().values().cloned().collect()
+    }
+
+    /// A (cached) connection to another instance.
+    pub async fn client(
+        &self,
+        endpoint: &str,
+    ) -> Result<strata_client::Client, strata_client::Error> {
+        if let Some(c) = self.clients.lock().get(endpoint) {
+            return Ok(c.clone());
+        }
+        let c = strata_client::Client::connect(endpoint).await?;
+        self.clients.lock().insert(endpoint.to_string(), c.clone());
+        Ok(c)
+    }
+
+    /// The fingerprint of the catalog this instance loaded last.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint.load(Ordering::Relaxed)
+    }
+
+    /// Reloads the catalog when a peer that forwarded a request saw a
+    /// different one (it may have just run a DDL).
+    pub async fn sync_catalog(&self, peer_fingerprint: u64) -> EngineResult<()> {
+        if peer_fingerprint != 0 && peer_fingerprint != self.fingerprint() {
+            self.refresh_catalog().await?;
+        }
+        Ok(())
+    }
+
+    /// Loads meta's catalog into the engine.
+    pub async fn refresh_catalog(&self) -> EngineResult<()> {
+        let _guard = self.refresh.lock().await;
+        let resp = self
+            .meta
+            .call(|mut c| async move { c.get_catalog(CatalogRequest {}).await })
+            .await?;
+        check_ok(resp.header.as_ref())?;
+        let tables = resp
+            .tables_json
+            .iter()
+            .map(|j| entry_of(j))
+            .collect::<EngineResult<Vec<_>>>()?;
+        self.engine.install_catalog(resp.databases, tables).await?;
+        self.fingerprint.store(resp.fingerprint, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Heartbeats and reconciles until the process stops.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.heartbeat().await {
+                Ok(()) => {
+                    if !self.meta_reachable.swap(true, Ordering::Relaxed) {
+                        tracing::info!("connected to meta");
+                    }
+                }
+                Err(e) => {
+                    if self.meta_reachable.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "meta is unreachable; serving the shards held");
+                    }
+                }
+            }
+            self.close_fenced().await;
+        }
+    }
+
+    pub(super) async fn heartbeat(self: &Arc<Self>) -> EngineResult<()> {
+        let shards = self.engine.shards();
+        let report_tables = self.report_tables.load(Ordering::Relaxed);
+        let mut tables_json = Vec::new();
+        if report_tables {
+            // The whole catalog this instance knows, not only its shards'
+            // tables: a table created just before meta lost its state may
+            // be known only to the instance that ran the DDL.
+            for entry in self.engine.catalog().all_tables() {
+                tables_json.push(record_json(&entry)?);
+            }
+        }
+        let versions = self.assignments.read().clone();
+        let req = HeartbeatRequest {
+            node_id: self.node_id.clone(),
+            endpoint: self.node_id.clone(),
+            http_endpoint: self.http_endpoint.clone(),
+            started_at_ms: self.started_at_ms,
+            shards: shards
+                .iter()
+                .map(|s| ShardState {
+                    id: s.id().0,
+                    version: versions.get(&s.id().0).map_or(0, |a| a.version),
+                    wal_offset: s.applied_offset(),
+                    tables: s.tables().len() as u64,
+                })
+                .collect(),
+            tables_json,
+            memtable_bytes: self.engine.write_buffer_usage().0 as u64,
+            instance_id: self.instance_id.clone(),
+        };
+        let resp = self
+            .meta
+            .call(|mut c| {
+                let req = req.clone();
+                async move { c.heartbeat(req).await }
+            })
+            .await?;
+        if is_superseded(resp.header.as_ref()) {
+            self.supersede().await;
+            return Err(strata_engine::Error::MetaUnavailable(
+                resp.header.map(|h| h.error).unwrap_or_default(),
+            ));
+        }
+        check_ok(resp.header.as_ref())?;
+        if self.superseded.swap(false, Ordering::AcqRel) {
+            // The newer process is gone and meta took this one back.
+            tracing::warn!(node = %self.node_id, "meta accepts this process for its node id again");
+        }
+        if report_tables {
+            self.report_tables.store(false, Ordering::Relaxed);
+        }
+        let previous = self.incarnation.swap(resp.incarnation, Ordering::Relaxed);
+        if previous != resp.incarnation && !self.engine.catalog().all_tables().is_empty() {
+            // Meta's state is new (an empty etcd): report our tables.
+            tracing::warn!("meta's metadata was re-initialised; reporting this instance's tables");
+            self.report_tables.store(true, Ordering::Relaxed);
+        }
+        {
+            let mut a = self.assignments.write();
+            *a = resp
+                .assignments
+                .iter()
+                .map(|s: &ShardAssignment| {
+                    (
+                        s.id,
+                        Assignment {
+                            shard: s.id,
+                            version: s.version,
+                            leader: s.leader.clone(),
+                            endpoint: s.leader_endpoint.clone(),
+                        },
+                    )
+                })
+                .collect();
+        }
+        if resp.catalog_fingerprint != self.fingerprint.load(Ordering::Relaxed)
+            && !self.report_tables.load(Ordering::Relaxed)
+        {
+            self.refresh_catalog().await?;
+        }
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Heartbeats until meta answers (it then knows this instance, and the
+    /// catalog is loaded).
+    pub async fn wait_for_meta(self: &Arc<Self>) {
+        loop {
+            match self.heartbeat().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting for meta");
+                    tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+                }
+            }
+        }
+        self.meta_reachable.store(true, Ordering::Relaxed);
+    }
+
+    /// On shutdown: flushes, closes and releases every shard open here, so
+    /// that meta can move them at once instead of waiting for the lease to
+    /// expire.
+    pub async fn hand_back_all(self: &Arc<Self>) {
+        for shard in self.engine.shards() {
+            let id = shard.id().0;
+            if let Err(e) = self.clone().hand_back(id).await {
+                tracing::warn!(shard = id, error = %e, "closing a shard on shutdown failed");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl crate::route::Router for Cluster {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn is_distributed(&self) -> bool {
+        true
+    }
+
+    fn assignment(&self, shard: ShardId) -> Option<Assignment> {
+        Cluster::assignment(self, shard.0)
+    }
+
+    fn assignments(&self) -> Vec<Assignment> {
+        Cluster::assignments(self)
+    }
+
+    /// Waits while the shard is assigned here but not open yet, or has no
+    /// leader.
+    async fn target(
+        &self,
+        entry: &TableEntry,
+        deadline: std::time::Instant,
+    ) -> EngineResult<crate::route::Target> {
+        use crate::route::Target;
+        loop {
+            if let Some(t) = self
+                .engine
+                .shard(entry.shard)
+                .and_then(|s| s.table(entry.id))
+            {
+                return Ok(Target::Local(t));
+            }
+            if let Some(a) = self.remote_leader_of(entry.shard.0) {
+                return Ok(Target::Remote {
+                    endpoint: a.endpoint,
+                    version: a.version,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(strata_engine::Error::ShardNotOpen { shard: entry.shard });
+            }
+            tokio::time::sleep(crate::route::MOVE_POLL).await;
+        }
+    }
+
+    async fn peer(
+        &self,
+        endpoint: &str,
+    ) -> Result<Arc<dyn crate::route::Peer>, strata_client::Error> {
+        Ok(Arc::new(self.client(endpoint).await?))
+    }
+
+    fn fingerprint(&self) -> u64 {
+        Cluster::fingerprint(self)
+    }
+
+    async fn refresh_catalog(&self) -> EngineResult<bool> {
+        Cluster::refresh_catalog(self).await.map(|()| true)
+    }
+
+    async fn sync_catalog(&self, peer_fingerprint: u64) -> EngineResult<()> {
+        Cluster::sync_catalog(self, peer_fingerprint).await
+    }
+}
+
+impl Cluster {
+    /// The assignment of a shard another instance leads, once it has a leader.
+    pub(super) fn remote_leader_of(&self, shard: u64) -> Option<Assignment> {
+        self.assignment(shard)
+            .filter(|a| a.leader != self.node_id && !a.endpoint.is_empty())
+    }
+}

@@ -1,0 +1,375 @@
+//! The SQL front end and the write path against a fake router: tables led
+//! by other instances, reached through fake peers.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use arrow::{
+    array::{Float64Array, RecordBatch, StringArray, TimestampMillisecondArray},
+    datatypes::SchemaRef,
+};
+use parking_lot::Mutex;
+use strata_engine::{
+    options::TableOptions,
+    schema::{ColumnSchema, ColumnType, TableSchema},
+    ClusterCatalog, EngineConfig,
+};
+use strata_proto::common::ErrorKind;
+use strata_sst::TableId;
+
+use std::{fmt, sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use strata_engine::{catalog::TableEntry, Engine, STANDALONE_SHARD};
+use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest, WriteRequest};
+use strata_sst::ShardId;
+
+use crate::{
+    route::{Assignment, EngineResult, LocalRouter, Peer, Router, Target},
+    sql::{Output, QueryEngine},
+};
+
+/// The shard the test table is on, which no instance opens here.
+const SHARD: ShardId = ShardId(3);
+const FINGERPRINT: u64 = 99;
+
+/// DDL is not what these tests exercise: every call is refused.
+#[derive(Debug)]
+struct NoDdl;
+
+#[async_trait]
+impl ClusterCatalog for NoDdl {
+    async fn create_database(&self, _: &str, _: bool) -> EngineResult<bool> {
+        Err(strata_engine::Error::Internal("no DDL in this test".into()))
+    }
+    async fn drop_database(&self, _: &str, _: bool) -> EngineResult<bool> {
+        Err(strata_engine::Error::Internal("no DDL in this test".into()))
+    }
+    async fn create_table(
+        &self,
+        _: &str,
+        _: &str,
+        _: TableSchema,
+        _: TableOptions,
+        _: bool,
+    ) -> EngineResult<Option<TableEntry>> {
+        Err(strata_engine::Error::Internal("no DDL in this test".into()))
+    }
+    async fn alter_table(&self, _: &TableEntry) -> EngineResult<()> {
+        Err(strata_engine::Error::Internal("no DDL in this test".into()))
+    }
+    async fn drop_table(&self, _: &str, _: &str, _: bool) -> EngineResult<Option<TableEntry>> {
+        Err(strata_engine::Error::Internal("no DDL in this test".into()))
+    }
+}
+
+/// A cluster-mode engine that knows table `public.cpu` on [`SHARD`],
+/// which is not open here.
+async fn engine() -> Arc<Engine> {
+    let store = Arc::new(object_store::memory::InMemory::new());
+    let engine = Engine::open_cluster(EngineConfig::default(), store, Arc::new(NoDdl)).unwrap();
+    let column = |name: &str, column_type, is_tag| ColumnSchema {
+        name: name.to_string(),
+        column_type,
+        is_tag,
+        nullable: !is_tag,
+        comment: String::new(),
+    };
+    let schema = TableSchema::try_new(
+        vec![
+            column("host", ColumnType::String, true),
+            column("ts", ColumnType::Timestamp, false),
+            column("usage", ColumnType::Double, false),
+        ],
+        "ts",
+        &[],
+    )
+    .unwrap();
+    let entry = TableEntry {
+        id: TableId(7),
+        database: "public".to_string(),
+        name: "cpu".to_string(),
+        schema,
+        options: TableOptions::default(),
+        shard: SHARD,
+        created_at_ms: 0,
+    };
+    engine
+        .install_catalog(vec!["public".to_string()], vec![entry])
+        .await
+        .unwrap();
+    engine
+}
+
+/// What the fake peers were asked, by endpoint.
+#[derive(Default)]
+struct Calls {
+    writes: Mutex<Vec<(String, WriteArrowRequest, usize)>>,
+    queries: Mutex<Vec<(String, SqlQueryRequest)>>,
+    /// Writes still to refuse with `NotLeader`, each moving the shard.
+    refusals: AtomicU32,
+}
+
+/// An instance "a" whose only other peer leads [`SHARD`]. A refused write
+/// moves the shard to the next endpoint, as a heartbeat would show.
+#[derive(Debug)]
+struct FakeRouter {
+    leader: Mutex<Assignment>,
+    calls: Arc<CallsDebug>,
+}
+
+#[derive(Default)]
+struct CallsDebug(Calls);
+
+impl fmt::Debug for CallsDebug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Calls")
+    }
+}
+
+impl FakeRouter {
+    fn new(refusals: u32) -> Arc<Self> {
+        let calls = Arc::new(CallsDebug::default());
+        calls.0.refusals.store(refusals, Ordering::SeqCst);
+        Arc::new(Self {
+            leader: Mutex::new(Assignment {
+                shard: SHARD.0,
+                version: 4,
+                leader: "b".to_string(),
+                endpoint: "b:1".to_string(),
+            }),
+            calls,
+        })
+    }
+}
+
+struct FakePeer {
+    endpoint: String,
+    router: Arc<FakeRouter>,
+}
+
+#[async_trait]
+impl Peer for FakePeer {
+    async fn query(
+        &self,
+        req: SqlQueryRequest,
+    ) -> Result<strata_client::SqlOutput, strata_client::Error> {
+        self.router
+            .calls
+            .0
+            .queries
+            .lock()
+            .push((self.endpoint.clone(), req));
+        Ok(strata_client::SqlOutput::AffectedRows(41))
+    }
+
+    async fn write_arrow(&self, req: WriteArrowRequest) -> Result<u32, strata_client::Error> {
+        let rows: usize = strata_client::decode_payload(req.rows.clone().unwrap())
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
+        let calls = &self.router.calls.0;
+        calls.writes.lock().push((self.endpoint.clone(), req, rows));
+        if calls
+            .refusals
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            // The shard moved on: the next route points elsewhere.
+            let mut leader = self.router.leader.lock();
+            leader.version += 1;
+            leader.leader = format!("n{}", leader.version);
+            leader.endpoint = format!("n{}:1", leader.version);
+            return Err(strata_client::Error::Server {
+                code: 409,
+                kind: ErrorKind::NotLeader,
+                retryable: true,
+                message: "NotLeader: the shard moved".to_string(),
+                retry_after: None,
+            });
+        }
+        Ok(rows as u32)
+    }
+
+    async fn write_forwarded(&self, _: WriteRequest) -> Result<u32, strata_client::Error> {
+        unreachable!("these tests forward Arrow rows only")
+    }
+}
+
+/// The router the engine's `Arc<dyn Router>` holds, and the handle the
+/// test keeps: the same fake.
+#[derive(Debug)]
+struct Shared(Arc<FakeRouter>);
+
+#[async_trait]
+impl Router for Shared {
+    fn node_id(&self) -> &str {
+        "a"
+    }
+    fn is_distributed(&self) -> bool {
+        true
+    }
+    fn assignment(&self, shard: ShardId) -> Option<Assignment> {
+        (shard == SHARD).then(|| self.0.leader.lock().clone())
+    }
+    fn assignments(&self) -> Vec<Assignment> {
+        vec![self.0.leader.lock().clone()]
+    }
+    async fn target(&self, entry: &TableEntry, _deadline: Instant) -> EngineResult<Target> {
+        let a = self.remote_leader(entry.shard).unwrap();
+        Ok(Target::Remote {
+            endpoint: a.endpoint,
+            version: a.version,
+        })
+    }
+    async fn peer(&self, endpoint: &str) -> Result<Arc<dyn Peer>, strata_client::Error> {
+        Ok(Arc::new(FakePeer {
+            endpoint: endpoint.to_string(),
+            router: self.0.clone(),
+        }))
+    }
+    fn fingerprint(&self) -> u64 {
+        FINGERPRINT
+    }
+    async fn refresh_catalog(&self) -> EngineResult<bool> {
+        Ok(true)
+    }
+    async fn sync_catalog(&self, _: u64) -> EngineResult<()> {
+        Ok(())
+    }
+}
+
+fn rows(schema: SchemaRef) -> RecordBatch {
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from(vec!["h1", "h2"])),
+            Arc::new(TimestampMillisecondArray::from(vec![1_000, 2_000])),
+            Arc::new(Float64Array::from(vec![0.5, 0.25])),
+        ],
+    )
+    .unwrap()
+}
+
+fn query_engine(engine: &Arc<Engine>, router: &Arc<FakeRouter>) -> QueryEngine {
+    QueryEngine::with_router(
+        engine.clone(),
+        tokio::runtime::Handle::current(),
+        1,
+        Arc::new(Shared(router.clone())),
+    )
+}
+
+#[tokio::test]
+async fn a_write_to_a_table_led_elsewhere_goes_to_its_leader_as_arrow() {
+    let engine = engine().await;
+    let router = FakeRouter::new(0);
+    let query = query_engine(&engine, &router);
+    let schema = engine.entry("public", "cpu").unwrap().schema.arrow_schema();
+    let written = crate::writer::write_batches(
+        &query,
+        "public",
+        vec![("cpu".to_string(), rows(schema))],
+        64 << 20,
+        crate::writer::Forward::Whole,
+        Instant::now() + crate::route::MOVE_WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, 2);
+    let writes = router.calls.0.writes.lock();
+    assert_eq!(writes.len(), 1);
+    let (endpoint, req, n) = &writes[0];
+    assert_eq!(endpoint, "b:1");
+    assert_eq!((req.table.as_str(), req.shard_version), ("cpu", 4));
+    assert_eq!(req.catalog_fingerprint, FINGERPRINT);
+    assert_eq!(req.context.as_ref().unwrap().database, "public");
+    assert_eq!(*n, 2);
+}
+
+#[tokio::test]
+async fn a_write_refused_because_the_shard_moved_is_routed_again() {
+    let engine = engine().await;
+    // Refused twice: by b, then by the leader after it.
+    let router = FakeRouter::new(2);
+    let query = query_engine(&engine, &router);
+    let schema = engine.entry("public", "cpu").unwrap().schema.arrow_schema();
+    let written = crate::writer::write_batches(
+        &query,
+        "public",
+        vec![("cpu".to_string(), rows(schema))],
+        64 << 20,
+        crate::writer::Forward::Whole,
+        Instant::now() + crate::route::MOVE_WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, 2);
+    let writes = router.calls.0.writes.lock();
+    let went: Vec<(&str, u64)> = writes
+        .iter()
+        .map(|(e, r, _)| (e.as_str(), r.shard_version))
+        .collect();
+    assert_eq!(went, [("b:1", 4), ("n5:1", 5), ("n6:1", 6)]);
+}
+
+#[tokio::test]
+async fn a_statement_on_tables_one_other_instance_leads_runs_there() {
+    let engine = engine().await;
+    let router = FakeRouter::new(0);
+    let query = query_engine(&engine, &router);
+    let sql = "SELECT count(*) FROM cpu WHERE host = 'h1'";
+    match query.execute("public", sql).await.unwrap() {
+        Output::AffectedRows(n) => assert_eq!(n, 41),
+        other => panic!("expected the peer's answer, got {other:?}"),
+    }
+    let queries = router.calls.0.queries.lock();
+    assert_eq!(queries.len(), 1);
+    let (endpoint, req) = &queries[0];
+    assert_eq!(endpoint, "b:1");
+    assert_eq!(req.sql, sql);
+    assert!(req.forwarded);
+    assert_eq!(req.catalog_fingerprint, FINGERPRINT);
+}
+
+#[tokio::test]
+async fn a_local_router_answers_as_standalone_did() {
+    let engine = engine().await;
+    let router = LocalRouter::new(engine.clone());
+    assert!(!router.is_distributed());
+    assert_eq!(router.node_id(), "standalone");
+    // system.shards and system.nodes: one shard, led here, no endpoint.
+    assert_eq!(
+        router.assignments(),
+        [Assignment {
+            shard: 0,
+            version: 1,
+            leader: "standalone".to_string(),
+            endpoint: String::new(),
+        }]
+    );
+    assert_eq!(router.remote_leader(STANDALONE_SHARD), None);
+    assert!(router.peer_endpoints().is_empty());
+    assert!(!router.refresh_catalog().await.unwrap());
+    assert_eq!(router.fingerprint(), 0);
+    // A table on a shard not open here is not served, and not waited for.
+    let entry = engine.entry("public", "cpu").unwrap();
+    let err = router
+        .target(&entry, Instant::now() + std::time::Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, strata_engine::Error::NotServedHere { shard, .. } if shard == SHARD),
+        "{err}"
+    );
+    assert!(router.peer("b:1").await.is_err());
+    // SQL through it refuses such a table instead of forwarding it.
+    let query =
+        QueryEngine::with_router(engine.clone(), tokio::runtime::Handle::current(), 1, router);
+    let err = query
+        .execute("public", "SELECT * FROM cpu")
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), strata_engine::ErrorKind::NotLeader, "{err}");
+}

@@ -1,0 +1,208 @@
+//! The write path for rows in Arrow: remote write and line protocol build
+//! them straight from the request (`prom/decode.rs`, `influx/rows.rs`),
+//! appending through one set of type rules ([`columns`]). Each table's rows
+//! are written here when its shard is open here, else forwarded to the
+//! shard's leader as `WriteArrow` ([`crate::sql::remote::forward_batches`],
+//! which routes a refused forward again while the shard moves). Tables are
+//! written concurrently, so the local ones share a WAL group commit.
+//!
+//! gRPC `Write` still goes through `StorageServiceImpl::write_request`
+//! (its own forward of the protobuf request), building its batches with
+//! the same [`columns::ColumnBuilder`].
+
+pub mod columns;
+#[cfg(test)]
+mod fake_router_tests;
+
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use strata_engine::{options::UpdateMode, Located};
+
+use crate::{
+    error::{Error, Result},
+    sql::{remote, QueryEngine},
+};
+
+/// A table's columns as this instance knows them: the open table's, or the
+/// catalog's for a table led elsewhere (its leader fits the rows to its
+/// own by name).
+pub(crate) fn columns_of(
+    engine: &strata_engine::Engine,
+    db: &str,
+    table: &str,
+) -> strata_engine::Result<(
+    strata_engine::schema::TableSchema,
+    arrow::datatypes::SchemaRef,
+)> {
+    Ok(match engine.locate(db, table)? {
+        Located::Local(t) => {
+            let meta = t.meta();
+            (meta.schema().clone(), meta.arrow_schema.clone())
+        }
+        Located::Remote(entry) => {
+            let arrow = entry.schema.arrow_schema();
+            (entry.schema, arrow)
+        }
+    })
+}
+
+/// How [`write_batches`] may reach a table whose shard is not open here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Forward {
+    /// Not at all: the write fails with `NotServedHere` (a request another
+    /// instance forwarded here, or a client that did not ask for proxy
+    /// mode).
+    Never,
+    /// As one `WriteArrow` per table, written whole or refused whole. Rows
+    /// that would take more than half of `max_decoded` bytes of Arrow (the
+    /// receiver refuses a payload that decodes to more than its
+    /// `server.max_decoded_size`) are refused before anything is written.
+    Whole,
+    /// In `WriteArrow`s of at most half of `max_decoded` bytes each, for
+    /// `OVERWRITE` tables whose rows carry their own timestamps, where a
+    /// retry after a partial failure rewrites the same rows instead of
+    /// duplicating them (the Prometheus tables). Other tables' rows go whole.
+    Split,
+}
+
+/// Writes `(table, rows)` of database `db`; the tables must exist. Returns
+/// the rows written. Rows are matched to each table's columns by name
+/// ([`strata_engine::schema::fit_rows`]). Tables on shards open here are
+/// written concurrently (one WAL group commit); the others are forwarded
+/// to their leaders as `forward` allows, routed again while a shard moves,
+/// until `deadline`. Every write runs to its end, also when another fails:
+/// the first error is returned.
+pub(crate) async fn write_batches(
+    query: &QueryEngine,
+    db: &str,
+    tables: Vec<(String, RecordBatch)>,
+    max_decoded: usize,
+    forward: Forward,
+    deadline: Instant,
+) -> Result<u64> {
+    let engine = query.engine();
+    let router = query.router();
+    let forward = if router.is_distributed() {
+        forward
+    } else {
+        Forward::Never
+    };
+    // Everything that can be refused is refused before anything is written.
+    let mut located = Vec::with_capacity(tables.len());
+    for (table, batch) in tables {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let at = engine.locate(db, &table)?;
+        if let Located::Remote(entry) = &at {
+            let whole =
+                forward == Forward::Whole || entry.options.update_mode != UpdateMode::Overwrite;
+            if forward == Forward::Never {
+                return Err(strata_engine::Error::NotServedHere {
+                    table,
+                    shard: entry.shard,
+                }
+                .into());
+            }
+            let bytes = batch.get_array_memory_size();
+            if whole && bytes > max_decoded / 2 {
+                return Err(Error::TooLarge(format!(
+                    "the rows for table {table} take {bytes} bytes in Arrow, more than one \
+                     write forwarded to its leader may carry (half of server.max_decoded_size, \
+                     {max_decoded} bytes); send fewer rows per request"
+                )));
+            }
+        }
+        located.push((table, batch, at));
+    }
+    let writes = located.into_iter().map(|(table, batch, at)| async move {
+        match at {
+            Located::Local(t) => {
+                let rows =
+                    strata_engine::schema::fit_rows(&batch, &t.arrow_schema()).map_err(|e| {
+                        strata_engine::Error::InvalidWrite {
+                            table: table.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                Ok::<u64, Error>(t.write(rows).await? as u64)
+            }
+            Located::Remote(entry) => {
+                let parts = match (forward, entry.options.update_mode) {
+                    (Forward::Split, UpdateMode::Overwrite) => split(&batch, max_decoded / 2),
+                    _ => vec![batch],
+                };
+                let mut written = 0;
+                for part in parts {
+                    written +=
+                        remote::forward_batches(router.as_ref(), &entry, vec![part], deadline)
+                            .await
+                            .map_err(Error::from)?;
+                }
+                Ok(written)
+            }
+        }
+    });
+    let mut written = 0;
+    let mut first_error = None;
+    for result in futures::future::join_all(writes).await {
+        match result {
+            Ok(n) => written += n,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(written),
+    }
+}
+
+/// `batch` in slices of about `max_bytes` of Arrow memory each (at least
+/// one row per slice).
+fn split(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
+    let rows = batch.num_rows();
+    let bytes = batch.get_array_memory_size().max(1);
+    if bytes <= max_bytes || rows <= 1 {
+        return vec![batch.clone()];
+    }
+    let per = (rows as u128 * max_bytes as u128 / bytes as u128).max(1) as usize;
+    (0..rows)
+        .step_by(per)
+        .map(|start| batch.slice(start, per.min(rows - start)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array};
+
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_row_in_order_within_the_bound() {
+        let batch = RecordBatch::try_from_iter([(
+            "n",
+            Arc::new(Int64Array::from_iter_values(0..10_000)) as _,
+        )])
+        .unwrap();
+        let whole = batch.get_array_memory_size();
+        assert_eq!(split(&batch, whole).len(), 1);
+        let parts = split(&batch, whole / 8);
+        assert!(parts.len() >= 8, "{}", parts.len());
+        let mut next = 0;
+        for p in &parts {
+            let col = p.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            for i in 0..col.len() {
+                assert_eq!(col.value(i), next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 10_000);
+    }
+}
