@@ -7,7 +7,6 @@
 //! rows are handed to `strata_engine`, which owns the WAL, memtables and SSTs.
 
 pub mod bootstrap;
-pub mod cluster;
 pub mod config;
 pub mod error;
 #[doc(hidden)]
@@ -22,8 +21,11 @@ pub mod prom;
 pub mod prom_api;
 pub mod prom_read;
 pub mod promql;
-pub mod route;
 pub mod sql;
 pub mod standalone;
 pub mod storage;
 mod writer;
+
+/// Cluster mode on an instance and the routing seam (crate `strata-cluster`).
+pub use strata_cluster as cluster;
+pub use strata_cluster::route;

@@ -15,6 +15,11 @@
 //!
 //! While meta (or etcd) is unreachable nothing changes: the instance keeps
 //! serving the shards it holds, and DDL fails with "meta unavailable".
+//!
+//! The crate's other half is the routing seam ([`route`]): everything above
+//! the engine asks a [`route::Router`] where a table is served; [`Cluster`]
+//! is the cluster's router, [`route::LocalRouter`] standalone's.
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     sync::{
@@ -34,6 +39,7 @@ mod control;
 mod meta_catalog;
 mod meta_client;
 mod reconcile;
+pub mod route;
 
 use self::{
     meta_catalog::{entry_of, record_json},
@@ -197,7 +203,7 @@ impl Cluster {
         }
     }
 
-    pub(super) async fn heartbeat(self: &Arc<Self>) -> EngineResult<()> {
+    pub(crate) async fn heartbeat(self: &Arc<Self>) -> EngineResult<()> {
         let shards = self.engine.shards();
         let report_tables = self.report_tables.load(Ordering::Relaxed);
         let mut tables_json = Vec::new();
@@ -379,7 +385,7 @@ impl crate::route::Router for Cluster {
 
 impl Cluster {
     /// The assignment of a shard another instance leads, once it has a leader.
-    pub(super) fn remote_leader_of(&self, shard: u64) -> Option<Assignment> {
+    pub(crate) fn remote_leader_of(&self, shard: u64) -> Option<Assignment> {
         self.assignment(shard)
             .filter(|a| a.leader != self.node_id && !a.endpoint.is_empty())
     }
