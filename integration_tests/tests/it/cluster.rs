@@ -15,7 +15,7 @@ use std::{
 use strata_client::{routed::RoutedClient, Client, SqlOutput};
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    exec, query, strata_binary,
+    exec, http_request, query, strata_binary,
 };
 use strata_proto::{
     common::ErrorKind,
@@ -680,7 +680,26 @@ async fn stale_routes_refresh_once_and_proxy_mode_forwards() {
     let err = old.write(row("r", 3)).await.expect_err("not the leader");
     assert_eq!(err.kind(), Some(ErrorKind::NotLeader), "{err}");
     assert_eq!(old.write_proxied(row("r", 3)).await.unwrap(), 1);
-    let acked: BTreeSet<i64> = [1, 2, 3].into_iter().collect();
+
+    // Line protocol through the old leader, with a field the table lacks:
+    // the column is added through meta, then the rows go to the leader as
+    // Arrow, which fits them to its table once its catalog shows the
+    // column (it refreshes when it does not yet).
+    let lp = "r n=4i,extra=1.5 1700000000004\n";
+    let (code, body) = http_request(
+        c.servers[from].http,
+        "POST",
+        "/write?db=public&precision=ms",
+        Some(lp),
+    )
+    .await
+    .expect("line protocol write");
+    assert!((200..300).contains(&code), "{code}: {body}");
+    assert_eq!(
+        query(&old, "SELECT n, extra FROM r WHERE n = 4").await,
+        vec![vec!["4".to_string(), "1.5".to_string()]]
+    );
+    let acked: BTreeSet<i64> = [1, 2, 3, 4].into_iter().collect();
     check_exactly_once(&old, "r", &acked).await;
 
     admin(&["resume-schedule"]);
