@@ -14,6 +14,7 @@ use arrow::{
     array::{Array, AsArray},
     datatypes::{DataType, Float64Type, Int64Type, UInt64Type},
 };
+use promql_parser::label::{MatchOp, Matcher};
 use prost::Message;
 
 use crate::{
@@ -64,45 +65,33 @@ pub struct QueryResult {
     pub timeseries: Vec<TimeSeries>,
 }
 
-/// A compiled matcher. Regexes are anchored, as in Prometheus.
-enum Matcher {
-    Eq(String, String),
-    Ne(String, String),
-    Re(String, regex::Regex),
-    Nre(String, regex::Regex),
-}
-
-impl Matcher {
-    fn compile(m: &LabelMatcher) -> Result<Self> {
-        let re = |v: &str| {
-            crate::limits::client_regex(
-                &format!("^(?:{v})$"),
-                &format!("remote read: the matcher of {}", m.name),
-            )
-        };
-        Ok(match m.r#type {
-            0 => Matcher::Eq(m.name.clone(), m.value.clone()),
-            1 => Matcher::Ne(m.name.clone(), m.value.clone()),
-            2 => Matcher::Re(m.name.clone(), re(&m.value)?),
-            3 => Matcher::Nre(m.name.clone(), re(&m.value)?),
-            t => {
-                return Err(Error::InvalidArgument(format!(
-                    "remote read: unknown matcher type {t}"
-                )))
-            }
-        })
-    }
-
-    /// A missing label matches as the empty string.
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let get = |n: &str| labels.get(n).map_or("", String::as_str);
-        match self {
-            Matcher::Eq(n, v) => get(n) == v,
-            Matcher::Ne(n, v) => get(n) != v,
-            Matcher::Re(n, r) => r.is_match(get(n)),
-            Matcher::Nre(n, r) => !r.is_match(get(n)),
+/// Compiles a remote-read matcher into PromQL's own (`promql_parser`'s
+/// `Matcher`, which PromQL selectors and `match[]` use too). A regex is
+/// compiled with the client bounds ([`crate::limits::client_regex`]) and
+/// anchored, as in Prometheus.
+fn compile(m: &LabelMatcher) -> Result<Matcher> {
+    let re = |v: &str| {
+        crate::limits::client_regex(
+            &format!("^(?:{v})$"),
+            &format!("remote read: the matcher of {}", m.name),
+        )
+    };
+    let op = match m.r#type {
+        0 => MatchOp::Equal,
+        1 => MatchOp::NotEqual,
+        2 => MatchOp::Re(re(&m.value)?),
+        3 => MatchOp::NotRe(re(&m.value)?),
+        t => {
+            return Err(Error::InvalidArgument(format!(
+                "remote read: unknown matcher type {t}"
+            )))
         }
-    }
+    };
+    Ok(Matcher {
+        op,
+        name: m.name.clone(),
+        value: m.value.clone(),
+    })
 }
 
 fn quote(s: &str) -> String {
@@ -294,17 +283,18 @@ pub(crate) async fn select(
 
 /// Answers one query.
 async fn answer(query: &QueryEngine, db: &str, q: &Query) -> Result<QueryResult> {
-    let matchers = q
-        .matchers
-        .iter()
-        .map(Matcher::compile)
-        .collect::<Result<Vec<_>>>()?;
+    let matchers = q.matchers.iter().map(compile).collect::<Result<Vec<_>>>()?;
     let metric = q
         .matchers
         .iter()
         .find(|m| m.name == "__name__" && m.r#type == 0)
         .map(|m| m.value.clone());
-    let keep = |set: &BTreeMap<String, String>| matchers.iter().all(|m| m.matches(set));
+    // A missing label matches as the empty string.
+    let keep = |set: &BTreeMap<String, String>| {
+        matchers
+            .iter()
+            .all(|m| m.is_match(set.get(&m.name).map_or("", String::as_str)))
+    };
     let mut out: Vec<TimeSeries> = select(
         query,
         db,
@@ -379,7 +369,7 @@ pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<ReadRequest> {
 /// fuzz targets check this step too: the regexes come from the client).
 pub(crate) fn compile_matchers(q: &Query) -> Result<()> {
     for m in &q.matchers {
-        Matcher::compile(m)?;
+        compile(m)?;
     }
     Ok(())
 }
