@@ -303,7 +303,11 @@ pub async fn write(
         if table.is_empty() {
             return Err(Error::InvalidArgument("a write names no table".to_string()));
         }
-        if engine.entry(db, table).is_err() {
+        // Whether the batch was checked against this table's columns
+        // (`plan_columns`) or built them: a table another instance created
+        // a moment ago is found only by the refresh below.
+        let mut checked = engine.entry(db, table).is_ok();
+        if !checked {
             router.refresh_catalog().await?;
         }
         let (schema, arrow) = match columns_of(engine, db, table) {
@@ -313,15 +317,16 @@ pub async fn write(
                 engine
                     .create_table(db, table, schema, Default::default(), true)
                     .await?;
+                checked = true;
                 columns_of(engine, db, table)?
             }
             Err(e) => return Err(e.into()),
         };
-        // With the default primary key (every tag, then the time) two rows
-        // share a key only within one series, whose lines keep their order
-        // either way; with another key the series order decides which row
-        // is kept, as it did.
-        let points = if schema.has_default_primary_key() {
+        // With the default primary key (every tag, then the time) two
+        // checked rows share a key only within one series, whose lines keep
+        // their order either way; otherwise the series order decides which
+        // row is kept, as it did.
+        let points = if schema.has_default_primary_key() && checked {
             points
         } else {
             in_series_order(&points)

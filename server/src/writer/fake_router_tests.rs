@@ -64,7 +64,7 @@ impl ClusterCatalog for NoDdl {
 }
 
 /// A cluster-mode engine that knows table `public.cpu` on [`SHARD`],
-/// which is not open here.
+/// which is not open here, and `public.mem` on [`LOCAL_SHARD`], which is.
 async fn engine() -> Arc<Engine> {
     let store = Arc::new(object_store::memory::InMemory::new());
     let engine = Engine::open_cluster(EngineConfig::default(), store, Arc::new(NoDdl)).unwrap();
@@ -94,12 +94,33 @@ async fn engine() -> Arc<Engine> {
         shard: SHARD,
         created_at_ms: 0,
     };
+    let local = TableEntry {
+        id: TableId(8),
+        name: "mem".to_string(),
+        shard: LOCAL_SHARD,
+        options: TableOptions {
+            update_mode: strata_engine::options::UpdateMode::Append,
+            ..TableOptions::default()
+        },
+        ..entry.clone()
+    };
     engine
-        .install_catalog(vec!["public".to_string()], vec![entry])
+        .install_catalog(vec!["public".to_string()], vec![entry, local])
+        .await
+        .unwrap();
+    engine
+        .open_shard(
+            LOCAL_SHARD,
+            Arc::new(strata_wal::memory::MemoryWal::new()),
+            strata_wal::Epoch(1),
+        )
         .await
         .unwrap();
     engine
 }
+
+/// The shard of table `public.mem` (APPEND), open here.
+const LOCAL_SHARD: ShardId = ShardId(1);
 
 /// What the fake peers were asked, by endpoint.
 #[derive(Default)]
@@ -372,4 +393,105 @@ async fn a_local_router_answers_as_standalone_did() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), strata_engine::ErrorKind::NotLeader, "{err}");
+}
+
+async fn count(query: &QueryEngine, table: &str) -> u64 {
+    match query
+        .execute("public", &format!("SELECT count(*) AS n FROM {table}"))
+        .await
+        .unwrap()
+    {
+        Output::Rows { batches, .. } => batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0) as u64,
+        other => panic!("expected a count, got {other:?}"),
+    }
+}
+
+fn both(engine: &Arc<Engine>) -> Vec<(String, RecordBatch)> {
+    ["cpu", "mem"]
+        .iter()
+        .map(|t| {
+            let schema = engine.entry("public", t).unwrap().schema.arrow_schema();
+            (t.to_string(), rows(schema))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_forward_leaves_nothing_of_the_request_written_here() {
+    let engine = engine().await;
+    // Every forward is refused: the shard keeps moving past the deadline.
+    let router = FakeRouter::new(u32::MAX);
+    let query = query_engine(&engine, &router);
+    let err = crate::writer::write_batches(
+        &query,
+        "public",
+        both(&engine),
+        64 << 20,
+        crate::writer::Forward::Whole,
+        Instant::now() + std::time::Duration::from_millis(300),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), strata_engine::ErrorKind::ShardMoving, "{err}");
+    assert!(!router.calls.0.writes.lock().is_empty());
+    assert_eq!(count(&query, "mem").await, 0, "the local table was written");
+    // Once the forward goes through, both tables are written.
+    router.calls.0.refusals.store(0, Ordering::SeqCst);
+    let written = crate::writer::write_batches(
+        &query,
+        "public",
+        both(&engine),
+        64 << 20,
+        crate::writer::Forward::Whole,
+        Instant::now() + crate::route::MOVE_WAIT,
+    )
+    .await
+    .unwrap();
+    assert_eq!(written, 4);
+    assert_eq!(count(&query, "mem").await, 2);
+}
+
+#[tokio::test]
+async fn what_cannot_be_forwarded_is_refused_before_anything_is_written() {
+    let engine = engine().await;
+    let router = FakeRouter::new(0);
+    let query = query_engine(&engine, &router);
+    let write = |forward, max_decoded| {
+        crate::writer::write_batches(
+            &query,
+            "public",
+            both(&engine),
+            max_decoded,
+            forward,
+            Instant::now() + crate::route::MOVE_WAIT,
+        )
+    };
+    // A request forwarded here is not forwarded again.
+    let err = write(crate::writer::Forward::Never, 64 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            crate::error::Error::Engine(strata_engine::Error::NotServedHere { shard, .. })
+                if shard == SHARD
+        ),
+        "{err}"
+    );
+    // Rows larger than one forward may carry, when they must go whole.
+    let err = write(crate::writer::Forward::Whole, 64).await.unwrap_err();
+    assert!(matches!(err, crate::error::Error::TooLarge(_)), "{err}");
+    assert!(router.calls.0.writes.lock().is_empty());
+    assert_eq!(count(&query, "mem").await, 0);
+    // Remote write's split: the OVERWRITE table's rows in several forwards.
+    let written = write(crate::writer::Forward::Split, 64).await.unwrap();
+    assert_eq!(written, 4);
+    let writes = router.calls.0.writes.lock();
+    assert_eq!(writes.len(), 2, "one forward per row");
+    assert!(writes.iter().all(|(_, r, n)| r.table == "cpu" && *n == 1));
 }

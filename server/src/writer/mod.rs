@@ -55,8 +55,8 @@ pub(crate) enum Forward {
     /// mode).
     Never,
     /// As one `WriteArrow` per table, written whole or refused whole. Rows
-    /// that would take more than half of `max_decoded` bytes of Arrow (the
-    /// receiver refuses a payload that decodes to more than its
+    /// that take more than `max_decoded` bytes of Arrow (the receiver
+    /// refuses a payload that decodes to more than its
     /// `server.max_decoded_size`) are refused before anything is written.
     Whole,
     /// In `WriteArrow`s of at most half of `max_decoded` bytes each, for
@@ -66,13 +66,25 @@ pub(crate) enum Forward {
     Split,
 }
 
+/// A table's rows, checked and ready to write.
+enum Ready {
+    /// Fitted to a table open here.
+    Local(std::sync::Arc<strata_engine::table::Table>, RecordBatch),
+    /// For the leader of a table led elsewhere.
+    Remote(Box<strata_engine::catalog::TableEntry>, RecordBatch),
+}
+
 /// Writes `(table, rows)` of database `db`; the tables must exist. Returns
 /// the rows written. Rows are matched to each table's columns by name
-/// ([`strata_engine::schema::fit_rows`]). Tables on shards open here are
-/// written concurrently (one WAL group commit); the others are forwarded
-/// to their leaders as `forward` allows, routed again while a shard moves,
-/// until `deadline`. Every write runs to its end, also when another fails:
-/// the first error is returned.
+/// ([`strata_engine::schema::fit_rows`]); everything that can be refused
+/// here is refused before anything is written. Tables on shards open here
+/// are written concurrently (one WAL group commit); the others are
+/// forwarded to their leaders as `forward` allows, routed again while a
+/// shard moves, until `deadline`. With [`Forward::Whole`] the forwards go
+/// first, and the local tables are written only once every forward
+/// succeeded (a refused forward leaves nothing of the request written
+/// here); with [`Forward::Split`] everything runs at once. Every write
+/// runs to its end, also when another fails: the first error is returned.
 pub(crate) async fn write_batches(
     query: &QueryEngine,
     db: &str,
@@ -88,36 +100,12 @@ pub(crate) async fn write_batches(
     } else {
         Forward::Never
     };
-    // Everything that can be refused is refused before anything is written.
-    let mut located = Vec::with_capacity(tables.len());
+    let mut ready = Vec::with_capacity(tables.len());
     for (table, batch) in tables {
         if batch.num_rows() == 0 {
             continue;
         }
-        let at = engine.locate(db, &table)?;
-        if let Located::Remote(entry) = &at {
-            let whole =
-                forward == Forward::Whole || entry.options.update_mode != UpdateMode::Overwrite;
-            if forward == Forward::Never {
-                return Err(strata_engine::Error::NotServedHere {
-                    table,
-                    shard: entry.shard,
-                }
-                .into());
-            }
-            let bytes = batch.get_array_memory_size();
-            if whole && bytes > max_decoded / 2 {
-                return Err(Error::TooLarge(format!(
-                    "the rows for table {table} take {bytes} bytes in Arrow, more than one \
-                     write forwarded to its leader may carry (half of server.max_decoded_size, \
-                     {max_decoded} bytes); send fewer rows per request"
-                )));
-            }
-        }
-        located.push((table, batch, at));
-    }
-    let writes = located.into_iter().map(|(table, batch, at)| async move {
-        match at {
+        match engine.locate(db, &table)? {
             Located::Local(t) => {
                 let rows =
                     strata_engine::schema::fit_rows(&batch, &t.arrow_schema()).map_err(|e| {
@@ -126,9 +114,37 @@ pub(crate) async fn write_batches(
                             reason: e.to_string(),
                         }
                     })?;
-                Ok::<u64, Error>(t.write(rows).await? as u64)
+                ready.push(Ready::Local(t, rows));
             }
             Located::Remote(entry) => {
+                if forward == Forward::Never {
+                    return Err(strata_engine::Error::NotServedHere {
+                        table,
+                        shard: entry.shard,
+                    }
+                    .into());
+                }
+                let whole =
+                    forward == Forward::Whole || entry.options.update_mode != UpdateMode::Overwrite;
+                // About what the leader decodes (it refuses more than its
+                // `max_decoded_size`); the builders' capacity makes this
+                // an overestimate.
+                let bytes = batch.get_array_memory_size();
+                if whole && bytes > max_decoded {
+                    return Err(Error::TooLarge(format!(
+                        "the rows for table {table} take {bytes} bytes in Arrow, more than one \
+                         write forwarded to its leader may carry (server.max_decoded_size, \
+                         {max_decoded} bytes); send fewer rows per request"
+                    )));
+                }
+                ready.push(Ready::Remote(entry, batch));
+            }
+        }
+    }
+    let write = |r: Ready| async move {
+        match r {
+            Ready::Local(t, rows) => Ok::<u64, Error>(t.write(rows).await? as u64),
+            Ready::Remote(entry, batch) => {
                 let parts = match (forward, entry.options.update_mode) {
                     (Forward::Split, UpdateMode::Overwrite) => split(&batch, max_decoded / 2),
                     _ => vec![batch],
@@ -143,10 +159,23 @@ pub(crate) async fn write_batches(
                 Ok(written)
             }
         }
-    });
+    };
+    if forward == Forward::Whole {
+        let (remote, local): (Vec<Ready>, Vec<Ready>) = ready
+            .into_iter()
+            .partition(|r| matches!(r, Ready::Remote(..)));
+        let forwarded = all_of(futures::future::join_all(remote.into_iter().map(write)).await)?;
+        let written = all_of(futures::future::join_all(local.into_iter().map(write)).await)?;
+        return Ok(forwarded + written);
+    }
+    all_of(futures::future::join_all(ready.into_iter().map(write)).await)
+}
+
+/// The sum of the rows written, or the first error.
+fn all_of(results: Vec<Result<u64>>) -> Result<u64> {
     let mut written = 0;
     let mut first_error = None;
-    for result in futures::future::join_all(writes).await {
+    for result in results {
         match result {
             Ok(n) => written += n,
             Err(e) => {
