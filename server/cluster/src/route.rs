@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, fmt, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use strata_engine::{catalog::TableEntry, table::Table, Engine, STANDALONE_SHARD};
-use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest, WriteRequest};
+use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest};
 use strata_sst::ShardId;
 
 /// How long a request waits for a shard that is between owners (a move or
@@ -56,8 +56,6 @@ pub trait Peer: Send + Sync {
     ) -> Result<strata_client::SqlOutput, strata_client::Error>;
     /// Writes Arrow rows into one table led there.
     async fn write_arrow(&self, req: WriteArrowRequest) -> Result<u32, strata_client::Error>;
-    /// Writes a gRPC write request there, marked as forwarded.
-    async fn write_forwarded(&self, req: WriteRequest) -> Result<u32, strata_client::Error>;
 }
 
 #[async_trait]
@@ -71,10 +69,6 @@ impl Peer for strata_client::Client {
 
     async fn write_arrow(&self, req: WriteArrowRequest) -> Result<u32, strata_client::Error> {
         strata_client::Client::write_arrow(self, req).await
-    }
-
-    async fn write_forwarded(&self, req: WriteRequest) -> Result<u32, strata_client::Error> {
-        strata_client::Client::write_forwarded(self, req).await
     }
 }
 

@@ -21,7 +21,7 @@ use std::{fmt, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use strata_engine::{catalog::TableEntry, Engine, STANDALONE_SHARD};
-use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest, WriteRequest};
+use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest};
 use strata_sst::ShardId;
 
 use crate::{
@@ -211,10 +211,6 @@ impl Peer for FakePeer {
             });
         }
         Ok(rows as u32)
-    }
-
-    async fn write_forwarded(&self, _: WriteRequest) -> Result<u32, strata_client::Error> {
-        unreachable!("these tests forward Arrow rows only")
     }
 }
 
