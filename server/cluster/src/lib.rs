@@ -350,7 +350,7 @@ impl crate::route::Router for Cluster {
             {
                 return Ok(Target::Local(t));
             }
-            if let Some(a) = self.remote_leader_of(entry.shard.0) {
+            if let Some(a) = crate::route::Router::remote_leader(self, entry.shard) {
                 return Ok(Target::Remote {
                     endpoint: a.endpoint,
                     version: a.version,
@@ -380,13 +380,5 @@ impl crate::route::Router for Cluster {
 
     async fn sync_catalog(&self, peer_fingerprint: u64) -> EngineResult<()> {
         Cluster::sync_catalog(self, peer_fingerprint).await
-    }
-}
-
-impl Cluster {
-    /// The assignment of a shard another instance leads, once it has a leader.
-    pub(crate) fn remote_leader_of(&self, shard: u64) -> Option<Assignment> {
-        self.assignment(shard)
-            .filter(|a| a.leader != self.node_id && !a.endpoint.is_empty())
     }
 }

@@ -6,16 +6,13 @@
 
 use std::collections::HashMap;
 
-use arrow::{
-    array::{ArrayRef, RecordBatch},
-    datatypes::SchemaRef,
-};
+use arrow::{array::RecordBatch, datatypes::SchemaRef};
 use strata_engine::schema::{ColumnSchema, ColumnType, TableSchema};
 use strata_proto::storage::{value::Value as V, WriteTableRequest};
 
 use crate::{
     error::{Error, Result},
-    writer::columns::ColumnBuilder,
+    writer::columns::{BatchBuilder, ColumnBuilder},
 };
 
 fn value_type_name(v: &V) -> &'static str {
@@ -173,12 +170,7 @@ pub fn to_batch(
     let field_cols = resolve(&req.field_names)?;
 
     let rows: usize = req.entries.iter().map(|e| e.field_groups.len()).sum();
-    let mut builders: Vec<ColumnBuilder> = schema
-        .columns
-        .iter()
-        .map(|c| ColumnBuilder::new(c.column_type, rows))
-        .collect();
-    let ts_col = schema.timestamp_index;
+    let mut batch = BatchBuilder::new(schema, rows);
     let mut row_values: Vec<Option<&V>> = vec![None; schema.columns.len()];
 
     for entry in &req.entries {
@@ -200,32 +192,17 @@ pub fn to_batch(
                 })?;
                 row_values[col] = field.value.as_ref().and_then(|v| v.value.as_ref());
             }
-            for (i, builder) in builders.iter_mut().enumerate() {
-                if i == ts_col {
-                    builder.append_timestamp(group.timestamp);
-                    continue;
-                }
-                let col = &schema.columns[i];
-                match row_values[i] {
-                    Some(v) => {
-                        if !append(builder, v) {
-                            return Err(invalid(format!(
-                                "column {} expects {}, got a {} value",
-                                col.name,
-                                col.column_type,
-                                value_type_name(v)
-                            )));
-                        }
-                    }
-                    None if !col.nullable => {
-                        return Err(invalid(format!("column {} cannot be null", col.name)));
-                    }
-                    None => builder.append_null(),
-                }
-            }
+            batch
+                .append_row(
+                    group.timestamp,
+                    &row_values,
+                    |b, v| append(b, v),
+                    |v| value_type_name(v),
+                )
+                .map_err(invalid)?;
         }
     }
-    debug_assert!(builders.iter().all(|b| b.len() == rows));
-    let columns: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-    RecordBatch::try_new(arrow_schema, columns).map_err(|e| invalid(e.to_string()))
+    batch
+        .finish(arrow_schema)
+        .map_err(|e| invalid(e.to_string()))
 }

@@ -15,17 +15,17 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use arrow::{
-    array::{ArrayRef, RecordBatch},
-    datatypes::SchemaRef,
-};
+use arrow::{array::RecordBatch, datatypes::SchemaRef};
 use strata_engine::schema::{ColumnSchema, ColumnType, TableSchema};
 
 use super::{FieldValue, LineError, Point, Precision};
 use crate::{
     error::{Error, Result},
     sql::QueryEngine,
-    writer::{columns::ColumnBuilder, columns_of, Forward},
+    writer::{
+        columns::{BatchBuilder, ColumnBuilder},
+        columns_of, Forward,
+    },
 };
 
 /// The name a value's type has in write errors (as gRPC writes name them).
@@ -234,12 +234,7 @@ pub fn to_batch(
     ) {
         resolve(name)?;
     }
-    let mut builders: Vec<ColumnBuilder> = schema
-        .columns
-        .iter()
-        .map(|c| ColumnBuilder::new(c.column_type, points.len()))
-        .collect();
-    let ts_col = schema.timestamp_index;
+    let mut batch = BatchBuilder::new(schema, points.len());
     let mut row: Vec<Option<Cell<'_>>> = vec![None; schema.columns.len()];
     for (p, time) in points {
         row.iter_mut().for_each(|c| *c = None);
@@ -254,33 +249,22 @@ pub fn to_batch(
         for (k, v) in &p.fields {
             row[resolve(k)?] = Some(Cell::Field(v));
         }
-        for (i, builder) in builders.iter_mut().enumerate() {
-            if i == ts_col {
-                builder.append_timestamp(*time);
-                continue;
-            }
-            let col = &schema.columns[i];
-            let (fits, type_name) = match row[i] {
-                Some(Cell::Tag(s)) => (builder.append_str(s), "string"),
-                Some(Cell::Field(v)) => (append(builder, v), value_type_name(v)),
-                None if !col.nullable => {
-                    return Err(invalid(format!("column {} cannot be null", col.name)));
-                }
-                None => {
-                    builder.append_null();
-                    (true, "")
-                }
-            };
-            if !fits {
-                return Err(invalid(format!(
-                    "column {} expects {}, got a {type_name} value",
-                    col.name, col.column_type
-                )));
-            }
-        }
+        batch
+            .append_row(
+                *time,
+                &row,
+                |b, cell| match cell {
+                    Cell::Tag(s) => b.append_str(s),
+                    Cell::Field(v) => append(b, v),
+                },
+                |cell| match cell {
+                    Cell::Tag(_) => "string",
+                    Cell::Field(v) => value_type_name(v),
+                },
+            )
+            .map_err(invalid)?;
     }
-    let columns: Vec<ArrayRef> = builders.iter_mut().map(ColumnBuilder::finish).collect();
-    RecordBatch::try_new(arrow, columns).map_err(|e| invalid(e.to_string()))
+    batch.finish(arrow).map_err(|e| invalid(e.to_string()))
 }
 
 /// Writes parsed, checked points into database `db`: creates the tables

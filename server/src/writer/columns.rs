@@ -7,12 +7,16 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder,
-    Int16Builder, Int32Builder, Int64Builder, Int8Builder, StringBuilder,
-    TimestampMillisecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
+use arrow::{
+    array::{
+        ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int16Builder,
+        Int32Builder, Int64Builder, Int8Builder, RecordBatch, StringBuilder,
+        TimestampMillisecondBuilder, UInt16Builder, UInt32Builder, UInt64Builder, UInt8Builder,
+    },
+    datatypes::SchemaRef,
+    error::ArrowError,
 };
-use strata_engine::schema::ColumnType;
+use strata_engine::schema::{ColumnType, TableSchema};
 
 /// The most rows a column builder is sized for up front: the row count
 /// comes from the request, and one small message can declare many empty
@@ -190,12 +194,74 @@ impl ColumnBuilder {
         }
     }
 
-    pub fn len(&self) -> usize {
-        each!(self, b => b.len())
-    }
-
     pub fn finish(&mut self) -> ArrayRef {
         each!(self, b => Arc::new(b.finish()) as ArrayRef)
+    }
+}
+
+/// One table's rows being built, a row at a time, in its columns: the row's
+/// time goes to the timestamp column (a value given for that column is
+/// ignored), every other column takes its cell or a null.
+pub struct BatchBuilder<'s> {
+    schema: &'s TableSchema,
+    columns: Vec<ColumnBuilder>,
+}
+
+impl<'s> BatchBuilder<'s> {
+    /// A builder for about `rows` rows of `schema`.
+    pub fn new(schema: &'s TableSchema, rows: usize) -> Self {
+        Self {
+            schema,
+            columns: schema
+                .columns
+                .iter()
+                .map(|c| ColumnBuilder::new(c.column_type, rows))
+                .collect(),
+        }
+    }
+
+    /// Appends one row: `cells[i]` into column `i`, by `append` (false: the
+    /// value does not fit), named by `type_name` in the error. Fails with
+    /// the reason a cell does not fit, or a missing value of a column that
+    /// is not nullable; the row may then be part-appended, so the builder
+    /// must be dropped.
+    pub fn append_row<C>(
+        &mut self,
+        time: i64,
+        cells: &[Option<C>],
+        append: impl Fn(&mut ColumnBuilder, &C) -> bool,
+        type_name: impl Fn(&C) -> &'static str,
+    ) -> Result<(), String> {
+        let ts = self.schema.timestamp_index;
+        for (i, (builder, cell)) in self.columns.iter_mut().zip(cells).enumerate() {
+            if i == ts {
+                builder.append_timestamp(time);
+                continue;
+            }
+            let col = &self.schema.columns[i];
+            match cell {
+                Some(v) if !append(builder, v) => {
+                    return Err(format!(
+                        "column {} expects {}, got a {} value",
+                        col.name,
+                        col.column_type,
+                        type_name(v)
+                    ));
+                }
+                Some(_) => {}
+                None if !col.nullable => {
+                    return Err(format!("column {} cannot be null", col.name));
+                }
+                None => builder.append_null(),
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows, with `arrow` (the schema's Arrow form) as their schema.
+    pub fn finish(mut self, arrow: SchemaRef) -> Result<RecordBatch, ArrowError> {
+        let columns: Vec<ArrayRef> = self.columns.iter_mut().map(ColumnBuilder::finish).collect();
+        RecordBatch::try_new(arrow, columns)
     }
 }
 
