@@ -95,13 +95,8 @@ pub fn by_measurement<'p, 'a>(
 
 /// Names in order of first appearance.
 fn first_seen<'p>(names: impl Iterator<Item = &'p str>) -> Vec<&'p str> {
-    let mut seen: Vec<&str> = Vec::new();
-    for n in names {
-        if !seen.contains(&n) {
-            seen.push(n);
-        }
-    }
-    seen
+    let mut seen = std::collections::HashSet::new();
+    names.filter(|n| seen.insert(*n)).collect()
 }
 
 /// The points in the order a HoraeDB-style write of them has: by series
@@ -115,11 +110,12 @@ fn in_series_order<'p, 'a>(points: &[(&'p Point<'a>, i64)]) -> Vec<(&'p Point<'a
             .iter()
             .flat_map(|(p, _)| p.tags.iter().map(|(k, _)| k.as_ref())),
     );
+    let position: HashMap<&str, usize> = tags.iter().enumerate().map(|(i, t)| (*t, i)).collect();
     let series_key = |p: &Point<'_>| -> Vec<(usize, String)> {
         let mut key: Vec<(usize, String)> = p
             .tags
             .iter()
-            .filter_map(|(k, v)| Some((tags.iter().position(|t| t == k)?, v.to_string())))
+            .filter_map(|(k, v)| Some((*position.get(k.as_ref())?, v.to_string())))
             .collect();
         key.sort();
         key.dedup_by(|a, b| a.0 == b.0);
