@@ -108,6 +108,91 @@ fn bench(c: &mut Criterion) {
         b.iter(|| sort_and_dedup(&schema, &snapshot, &key, seq, true).unwrap())
     });
     group.finish();
+
+    // The Prometheus layout (RFC 0003): key (metric, series, ts), rows
+    // arriving as remote write sends them: each request a slice of the
+    // series, every series' samples in time order, series in hash order.
+    let prom = prom_meta();
+    let schema = prom.storage_schema.clone();
+    let batches = prom_writes(&schema);
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let key = prom.schema().primary_key.clone();
+    let seq = prom.schema().seq_index();
+    let mut group = c.benchmark_group("memtable_prom");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.sample_size(10);
+    group.bench_function("sort_dedup_prom_layout", |b| {
+        b.iter(|| sort_and_dedup(&schema, &batches, &key, seq, true).unwrap())
+    });
+    group.finish();
+}
+
+const PROM_SERIES: u64 = 20_000;
+const PROM_SAMPLES: i64 = 10;
+const PROM_METRICS: u64 = 100;
+
+fn prom_meta() -> Arc<TableMeta> {
+    let col = |name: &str, t, tag| ColumnSchema {
+        name: name.into(),
+        column_type: t,
+        is_tag: tag,
+        nullable: true,
+        comment: String::new(),
+    };
+    let schema = TableSchema::try_new(
+        vec![
+            col("metric", ColumnType::String, true),
+            col("series", ColumnType::UInt64, true),
+            col("ts", ColumnType::Timestamp, false),
+            col("value", ColumnType::Double, false),
+        ],
+        "ts",
+        &[],
+    )
+    .unwrap();
+    TableMeta::new(TableEntry {
+        id: TableId(2),
+        database: "public".into(),
+        name: "prom_samples_0".into(),
+        schema,
+        options: TableOptions::default(),
+        shard: ShardId(0),
+        created_at_ms: 0,
+    })
+}
+
+/// 200k samples in writes of 1,000 series × 10 samples; series ids are
+/// scattered (a hash), metric names shared by 200 series each.
+fn prom_writes(schema: &SchemaRef) -> Vec<RecordBatch> {
+    let per_write = 1_000u64;
+    (0..PROM_SERIES / per_write)
+        .map(|w| {
+            let ids: Vec<u64> = (w * per_write..(w + 1) * per_write).collect();
+            let n = ids.len() * PROM_SAMPLES as usize;
+            let mut metric = Vec::with_capacity(n);
+            let mut series = Vec::with_capacity(n);
+            let mut ts = Vec::with_capacity(n);
+            for &id in &ids {
+                let hashed = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                for t in 0..PROM_SAMPLES {
+                    metric.push(format!("metric_{:03}_total", id % PROM_METRICS));
+                    series.push(hashed);
+                    ts.push(t * 15_000);
+                }
+            }
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(metric)),
+                    Arc::new(UInt64Array::from(series)),
+                    Arc::new(TimestampMillisecondArray::from(ts)),
+                    Arc::new(Float64Array::from(vec![1.0; n])),
+                    Arc::new(UInt64Array::from(vec![w; n])),
+                ],
+            )
+            .unwrap()
+        })
+        .collect()
 }
 
 criterion_group!(benches, bench);
