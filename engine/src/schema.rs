@@ -16,6 +16,19 @@ use strata_sst::SEQ_COLUMN;
 
 use crate::{Error, Result};
 
+/// The most columns a table may have (PostgreSQL allows 1,600). Writes
+/// create tables and add columns from what a request names, and a row is
+/// built in every column of its table: the bound keeps what one request
+/// costs bounded.
+pub const MAX_COLUMNS: usize = 4096;
+
+/// The error for a table of `n` columns.
+pub fn too_many_columns(n: usize) -> Error {
+    Error::InvalidSchema(format!(
+        "a table may have at most {MAX_COLUMNS} columns, not {n}"
+    ))
+}
+
 /// The column types Strata stores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ColumnType {
@@ -146,6 +159,9 @@ impl TableSchema {
             return Err(Error::InvalidSchema(
                 "a table needs at least one column".into(),
             ));
+        }
+        if columns.len() > MAX_COLUMNS {
+            return Err(too_many_columns(columns.len()));
         }
         for (i, c) in columns.iter().enumerate() {
             if c.name.is_empty() {
@@ -387,6 +403,9 @@ impl TableSchema {
     /// tag joins the primary key before the timestamp, which keeps existing
     /// SSTs sorted, so it is allowed only with the default primary key.
     pub fn with_column(&self, column: ColumnSchema) -> Result<TableSchema> {
+        if self.columns.len() >= MAX_COLUMNS {
+            return Err(too_many_columns(self.columns.len() + 1));
+        }
         if self.column(&column.name).is_some() {
             return Err(Error::InvalidSchema(format!(
                 "column {} already exists",
@@ -441,6 +460,25 @@ mod tests {
             nullable: true,
             comment: String::new(),
         }
+    }
+
+    #[test]
+    fn a_table_has_at_most_max_columns() {
+        let columns = |n: usize| {
+            let mut c = vec![col("ts", ColumnType::Timestamp, false)];
+            c.extend((1..n).map(|i| col(&format!("f{i}"), ColumnType::Double, false)));
+            c
+        };
+        let full = TableSchema::try_new(columns(MAX_COLUMNS), "ts", &[]).unwrap();
+        let err = TableSchema::try_new(columns(MAX_COLUMNS + 1), "ts", &[]).unwrap_err();
+        assert!(err.to_string().contains("at most 4096 columns"), "{err}");
+        let err = full
+            .with_column(col("one_more", ColumnType::Double, false))
+            .unwrap_err();
+        assert!(err.to_string().contains("at most 4096 columns"), "{err}");
+        // A million names are refused before the names are compared (the
+        // duplicate check is quadratic).
+        assert!(TableSchema::try_new(columns(1_000_000), "ts", &[]).is_err());
     }
 
     #[test]
