@@ -233,7 +233,7 @@ def main():
     w("- **One write path, remote write decoded in place (issue 15, 2026-12-03).** Remote write is")
     w("  decoded straight from the protobuf wire into Arrow (labels as `&str` slices of the body; no")
     w("  protobuf value per sample), and gRPC, line protocol and remote write hand Arrow batches to")
-    w("  one writer (`server/src/writer/`). At scale 1000 × 1d, 3 loads each, in one run")
+    w("  one writer (`server/frontend/src/writer/`). At scale 1000 × 1d, 3 loads each, in one run")
     w("  ([benchmarks-ingest.md](benchmarks-ingest.md), `bench/run-all --scale 1000 --duration 1d")
     w("  --ingest-only strata,strata-grpc,strata-rw,victoriametrics,victoriametrics-rw --out")
     w("  docs/benchmarks-ingest.md`; binaries of commit `604992d`): remote write 140k rows/s")

@@ -56,7 +56,13 @@ pub fn line_protocol(data: &[u8]) {
         };
         for (table, points) in influx::by_measurement(&points, &times) {
             if let Ok(schema) = influx::schema_for_new_table(&points) {
-                let _ = influx::to_batch(table, &schema, schema.arrow_schema(), &points);
+                let _ = influx::to_batch(
+                    table,
+                    &schema,
+                    schema.arrow_schema(),
+                    &points,
+                    crate::config::DEFAULT_REQUEST_LIMIT as usize,
+                );
             }
         }
     }
@@ -88,7 +94,7 @@ pub fn promql(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let _ = crate::promql::check(text);
+    let _ = strata_promql::check(text);
 }
 
 /// SQL text as the HTTP, gRPC and PostgreSQL front ends receive it: split

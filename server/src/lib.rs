@@ -1,31 +1,25 @@
-//! The Strata instance: protocols, the SQL front end, and the `strata`
-//! binary's subcommands.
+//! The `strata` binary's library: configuration, opening the WAL and object
+//! store ([`storage`]), and the start-up of an instance, the same way for
+//! both roles ([`bootstrap`]; [`standalone::run`], `bootstrap::run_cluster`).
 //!
-//! Position in the data flow: the top. Requests arrive over gRPC
-//! ([`grpc`], HoraeDB-compatible `StorageService`) or HTTP ([`http`]); SQL is
-//! parsed and planned by [`sql`] (Strata's DDL here, queries by DataFusion);
-//! rows are handed to `strata_engine`, which owns the WAL, memtables and SSTs.
+//! An instance is layered in crates, each with one job (see
+//! `ARCHITECTURE.md`): the protocol adapters (`strata-protocols`) over the
+//! front end (`strata-frontend`: SQL, the one write path, the Prometheus
+//! layout), over PromQL evaluation (`strata-promql`) and the cluster
+//! runtime and routing seam (`strata-cluster`), over the engine
+//! (`strata-engine`). They are re-exported here under the paths tools and
+//! tests use.
 
 pub mod bootstrap;
-pub mod config;
-pub mod error;
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod grpc;
-pub mod http;
-pub mod influx;
-pub mod limits;
-pub mod metrics;
-pub mod pg;
-pub mod prom;
-pub mod prom_api;
-pub mod prom_read;
-pub mod promql;
-pub mod sql;
 pub mod standalone;
 pub mod storage;
-mod writer;
 
 /// Cluster mode on an instance and the routing seam (crate `strata-cluster`).
 pub use strata_cluster as cluster;
 pub use strata_cluster::route;
+/// The front end (crate `strata-frontend`).
+pub use strata_frontend::{config, error, limits, prom, prom_read, sql, writer};
+/// The protocol adapters (crate `strata-protocols`).
+pub use strata_protocols::{grpc, http, influx, metrics, pg, prom_api};

@@ -475,3 +475,64 @@ async fn oversized_bodies_and_messages_are_refused_before_decoding() {
     );
     assert_serving(&mut server).await;
 }
+
+/// A write naming very many columns, or very many rows of a wide table, is
+/// refused with a typed error in time linear in its size; the server keeps
+/// serving. (The names used to be compared pairwise, and every row built in
+/// every column of its table: a few MB could hang or exhaust a server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_writes_are_refused_and_the_server_survives() {
+    const NAMES: usize = 300_000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = StrataProcess::start(&dir.path().join("data")).await;
+    let client = server.client().await;
+    let http = server.http;
+    let lp = move |body: String| async move {
+        http_post_bytes(http, "/write?db=public&precision=ms", &[], body.as_bytes())
+            .await
+            .expect("an answer")
+    };
+
+    // A new table of 300,000 fields, by line protocol and by gRPC.
+    let body: String = (0..NAMES).map(|i| format!("wide f{i}=1 1000\n")).collect();
+    let (code, text) = lp(body).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("at most 4096 columns"), "{text}");
+    assert_serving(&mut server).await;
+    let mut wide = write_one("wide_grpc", "f0", value::Value::Float64Value(1.0));
+    wide.table_requests[0].field_names = (0..NAMES).map(|i| format!("f{i}")).collect();
+    let err = client.write(wide).await.unwrap_err();
+    assert_eq!(err.kind(), Some(ErrorKind::InvalidArgument), "{err}");
+    assert!(err.to_string().contains("at most 4096 columns"), "{err}");
+    assert_serving(&mut server).await;
+
+    // An existing table: columns are added up to the limit, not past it.
+    let body: String = (0..4000).map(|i| format!("sparse f{i}=1 1000\n")).collect();
+    let (code, text) = lp(body).await;
+    assert_eq!(code, 204, "{text}");
+    let body: String = (4000..5000)
+        .map(|i| format!("sparse f{i}=1 2000\n"))
+        .collect();
+    let (code, text) = lp(body).await;
+    assert_eq!(code, 400, "{text}");
+    assert!(text.contains("more than 4096 columns"), "{text}");
+    assert_serving(&mut server).await;
+
+    // Many rows of the 4,001-column table, each setting one field: every
+    // row takes a slot in every column, past 4 × max_decoded_size.
+    let body: String = (0..300_000)
+        .map(|i| format!("sparse f1={i} {}\n", 10_000 + i))
+        .collect();
+    let (code, text) = lp(body).await;
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("max_decoded_size"), "{text}");
+    assert_serving(&mut server).await;
+
+    // The table is intact and still takes ordinary writes.
+    let (code, text) = lp("sparse f1=7 3000\n".to_string()).await;
+    assert_eq!(code, 204, "{text}");
+    assert_eq!(
+        query(&client, "SELECT f1 FROM sparse WHERE timestamp = 3000").await,
+        vec![vec!["7.0".to_string()]]
+    );
+}

@@ -256,6 +256,39 @@ async fn prometheus_remote_write_and_read_on_a_cluster() {
     scenario(c.servers[0].http, &reader).await;
 }
 
+/// The first remote writes of a cluster reach every instance at once: each
+/// creates the physical tables it does not know yet, and meta reports the
+/// ones another instance created a moment before as existing without this
+/// instance knowing them. Every write is acknowledged, and every
+/// acknowledged sample is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_remote_writes_to_every_instance_at_once() {
+    let c = TestCluster::start(ClusterOptions::default()).await;
+    let writes = c.servers.iter().enumerate().map(|(i, server)| {
+        let mut ts = Vec::new();
+        for m in 0..50 {
+            let name = format!("first_{m}");
+            let instance = format!("i{i}");
+            ts.push(series(
+                &[("__name__", &name), ("instance", &instance)],
+                &[(1_000, 1.0), (2_000, 2.0)],
+            ));
+        }
+        let http = server.http;
+        tokio::spawn(async move { post(http, "/api/v1/write", &body(ts)).await })
+    });
+    let writes: Vec<_> = writes.collect();
+    for (i, write) in writes.into_iter().enumerate() {
+        let (code, text) = write.await.unwrap();
+        assert_eq!(code, 204, "instance {i}: {text}");
+    }
+    let reader = c.servers[2].client().await;
+    let want = (c.servers.len() * 50 * 2).to_string();
+    assert_eq!(query(&reader, ALL_SAMPLES).await, vec![vec![want]]);
+    let want = (c.servers.len() * 50).to_string();
+    assert_eq!(query(&reader, ALL_SERIES).await, vec![vec![want]]);
+}
+
 /// High cardinality: 10,000 metric names (20,000 series) by remote write,
 /// then the same series again. The tables stay the same eight, and the
 /// figures (per-write latency and RSS along the way) are printed, not

@@ -269,6 +269,35 @@ mod tests {
 
     use super::*;
 
+    /// The tables remote write creates are the ones its SQL DDL created
+    /// before it went through the write path: same columns, key and
+    /// options.
+    #[test]
+    fn the_layout_is_what_its_ddl_created() {
+        let ddl = |name: &str, last: &str| {
+            format!(
+                "CREATE TABLE IF NOT EXISTS {name} (metric STRING TAG, series BIGINT UNSIGNED TAG, \
+                 ts TIMESTAMP NOT NULL, {last}, TIMESTAMP KEY(ts))"
+            )
+        };
+        let tables = crate::prom::tables().unwrap();
+        assert_eq!(tables.len(), 2 * crate::prom::PARTITIONS as usize);
+        for (table, schema) in tables {
+            let last = if table.starts_with("prom_samples_") {
+                "value DOUBLE"
+            } else {
+                "labels STRING"
+            };
+            let parsed = parse(&ddl(&table, last)).unwrap();
+            assert_eq!(parsed.schema, schema, "{table}");
+            assert_eq!(
+                parsed.options,
+                strata_engine::options::TableOptions::default(),
+                "{table}"
+            );
+        }
+    }
+
     #[test]
     fn parses_horaedb_ddl_as_written() {
         let sql = "CREATE TABLE `demo` (

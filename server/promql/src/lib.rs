@@ -1,33 +1,83 @@
-//! PromQL evaluation for `/api/v1/query` and `/api/v1/query_range`.
+//! PromQL evaluation for `/api/v1/query` and `/api/v1/query_range`, with
+//! the Prometheus 2.x semantics described in `docs/protocols/prometheus.md`.
 //!
-//! A query runs in two phases:
+//! The crate knows nothing of tables or SQL: it reads samples through a
+//! [`SampleSource`], which the server implements over the RFC 0003 layout
+//! (`strata-server`'s `prom_read`). A query runs in two phases:
 //! 1. [`prefetch`] reads, once, the samples every selector of the parsed
-//!    expression needs over the whole query span (through SQL over the RFC
-//!    0003 layout, so it works on any instance of a cluster);
+//!    expression needs over the whole query span, counting them against
+//!    the source's [`Budget`];
 //! 2. [`eval::Evaluator`] evaluates the expression at each step over those
-//!    samples, with the Prometheus 2.x semantics described in
-//!    `docs/protocols/prometheus.md`.
+//!    samples.
 //!
-//! Subqueries and the functions not in [`funcs::SUPPORTED`] are refused
-//! with an error naming them, never answered approximately.
+//! Subqueries and the functions not in [`SUPPORTED_FUNCTIONS`] are refused
+//! with an error naming them, never answered approximately. The text of a
+//! query is checked against [`limits`] before the parser sees it.
 
+mod error;
 mod eval;
-mod funcs;
+pub mod limits;
 pub mod select;
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    future::Future,
+    sync::Arc,
+};
 
 use promql_parser::parser::{self, Expr, VectorSelector};
 use serde_json::{json, Value as Json};
 
-use crate::{
-    error::{Error, Result},
-    prom_read,
-    sql::QueryEngine,
-};
+pub use error::{Error, Result};
 use eval::{format_value, Evaluator, Series, Value};
 
-pub use funcs::SUPPORTED as SUPPORTED_FUNCTIONS;
+/// A series' labels, the metric name (`__name__`) among them.
+pub type Labels = Arc<BTreeMap<String, String>>;
+
+/// The series a selector reads: labels, and samples `(milliseconds, value)`
+/// in time order.
+pub type Selected = Vec<(Labels, Vec<(i64, f64)>)>;
+
+/// Where a query's samples come from: the storage a server keeps them in.
+pub trait SampleSource: Sync {
+    /// The source's own error, handed back to the caller as it is; the
+    /// evaluator's errors convert into it.
+    type Error: From<Error> + Send;
+
+    /// The series named `metric` (any name when `None`) whose labels `keep`
+    /// accepts, each with its samples `(milliseconds, value)` in
+    /// `[start_ms, end_ms]`, in time order.
+    fn select(
+        &self,
+        metric: Option<&str>,
+        keep: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+        start_ms: i64,
+        end_ms: i64,
+    ) -> impl Future<Output = Result<Selected, Self::Error>> + Send;
+
+    /// A share of the query's memory limit for what it holds outside the
+    /// source (the series it evaluates, its answer), named `what`; released
+    /// when dropped.
+    fn budget(&self, what: &'static str) -> Box<dyn Budget>;
+}
+
+/// Memory a query may hold: growing it past the query's limit fails with
+/// [`Error::ResourcesExhausted`].
+pub trait Budget: Send + Sync {
+    fn try_grow(&self, bytes: usize) -> Result<()>;
+}
+
+/// A budget without a limit (tests, tools).
+#[derive(Debug, Default)]
+pub struct Unbounded;
+
+impl Budget for Unbounded {
+    fn try_grow(&self, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
+}
+
+pub use eval::funcs::SUPPORTED as SUPPORTED_FUNCTIONS;
 
 /// Prometheus's default lookback delta.
 pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
@@ -35,20 +85,20 @@ pub const DEFAULT_LOOKBACK_MS: i64 = 5 * 60 * 1000;
 pub const MAX_POINTS: i64 = 11_000;
 
 /// The error for an expression nested deeper than the limit.
-pub(crate) fn too_deep() -> Error {
+fn too_deep() -> Error {
     Error::TooComplex(format!(
         "invalid PromQL: the expression nests more than {} levels",
-        crate::limits::MAX_PROMQL_DEPTH
+        limits::MAX_PROMQL_DEPTH
     ))
 }
 
 /// Parses a query: its nesting is checked on the text before the parser
 /// sees it, and on the tree (without recursion) before anything walks it.
-pub(crate) fn parse(text: &str) -> Result<Expr> {
-    crate::limits::check_promql(text)?;
+pub fn parse(text: &str) -> Result<Expr> {
+    limits::check_promql(text)?;
     let expr =
         parse_guarded(text).map_err(|e| Error::InvalidArgument(format!("invalid PromQL: {e}")))?;
-    if depth(&expr) > crate::limits::MAX_PROMQL_DEPTH {
+    if depth(&expr) > limits::MAX_PROMQL_DEPTH {
         return Err(too_deep());
     }
     Ok(expr)
@@ -58,8 +108,8 @@ pub(crate) fn parse(text: &str) -> Result<Expr> {
 /// panics on some inputs instead of refusing them: a duration or offset
 /// written as a number it cannot turn into a `Duration` (`up[1e300]`,
 /// `up offset Inf`, `up[NaN]`). Callers check the nesting first
-/// ([`crate::limits::check_promql`]); a stack overflow is not a panic.
-pub(crate) fn parse_guarded(text: &str) -> std::result::Result<Expr, String> {
+/// ([`limits::check_promql`]); a stack overflow is not a panic.
+pub fn parse_guarded(text: &str) -> std::result::Result<Expr, String> {
     std::panic::catch_unwind(|| parser::parse(text)).unwrap_or_else(|panic| {
         let why = panic
             .downcast_ref::<&str>()
@@ -134,23 +184,22 @@ fn selectors<'a>(e: &'a Expr, out: &mut Vec<(&'a VectorSelector, i64)>) -> Resul
 /// What a query does with its text before reading any data: parse it and
 /// walk its selectors (refusing what is not supported). The fuzz targets
 /// (`fuzz/`) call this.
-pub(crate) fn check(text: &str) -> Result<()> {
+pub fn check(text: &str) -> Result<()> {
     let expr = parse(text)?;
     let mut list = Vec::new();
     selectors(&expr, &mut list)
 }
 
 /// Reads the samples of every selector for steps in `[start, end]`.
-async fn prefetch(
-    query: &QueryEngine,
-    db: &str,
+async fn prefetch<S: SampleSource>(
+    source: &S,
     expr: &Expr,
     start: i64,
     end: i64,
     lookback: i64,
-) -> Result<Evaluator> {
+) -> Result<Evaluator, S::Error> {
     let mut ev = Evaluator::new(start, end, lookback);
-    ev.memory = query.reservation("promql series");
+    ev.memory = source.budget("promql series");
     let mut list = Vec::new();
     selectors(expr, &mut list)?;
     // The selectors are read concurrently: each is a few SQL queries.
@@ -164,20 +213,12 @@ async fn prefetch(
         async move {
             let (name, groups) = select::groups_of(vs);
             let keep = |l: &BTreeMap<String, String>| select::matches(&groups, l);
-            let found = prom_read::select(query, db, name.as_deref(), &keep, mint, maxt).await?;
+            let found = source.select(name.as_deref(), &keep, mint, maxt).await?;
             let series: Vec<Series> = found
                 .into_iter()
-                .map(|(labels, samples)| {
-                    Series::new(
-                        labels,
-                        samples
-                            .into_iter()
-                            .map(|s| (s.timestamp, s.value))
-                            .collect(),
-                    )
-                })
+                .map(|(labels, points)| Series::new(labels, points))
                 .collect();
-            Ok::<_, Error>((eval::key(vs), series))
+            Ok::<_, S::Error>((eval::key(vs), series))
         }
     });
     for (key, series) in futures::future::try_join_all(reads).await? {
@@ -213,15 +254,14 @@ fn seconds(ms: i64) -> Json {
 }
 
 /// `/api/v1/query`: the expression at one time, as Prometheus answers it.
-pub async fn instant(
-    query: &QueryEngine,
-    db: &str,
+pub async fn instant<S: SampleSource>(
+    source: &S,
     text: &str,
     t: i64,
     lookback: i64,
-) -> Result<Json> {
+) -> Result<Json, S::Error> {
     let expr = parse(text)?;
-    let ev = prefetch(query, db, &expr, t, t, lookback).await?;
+    let ev = prefetch(source, &expr, t, t, lookback).await?;
     Ok(match ev.eval(&expr, t)? {
         Value::Scalar(v) => {
             json!({"resultType": "scalar", "result": [seconds(t), format_value(v)]})
@@ -261,15 +301,22 @@ fn check_unique<'a>(labels: impl Iterator<Item = &'a eval::Labels>) -> Result<()
 
 /// `/api/v1/query_range`: the expression at `start`, `start + step`, … up
 /// to `end`, as a matrix sorted by labels.
-pub async fn range(
-    query: &QueryEngine,
-    db: &str,
+pub async fn range<S: SampleSource>(
+    source: &S,
     text: &str,
     start: i64,
     end: i64,
     step: i64,
     lookback: i64,
-) -> Result<Json> {
+) -> Result<Json, S::Error> {
+    let expr = range_expr(text, start, end, step)?;
+    let ev = prefetch(source, &expr, start, end, lookback).await?;
+    let answer = source.budget("promql answer");
+    Ok(range_steps(ev, &expr, answer, start, end, step).await?)
+}
+
+/// A range query's expression, once its times and text are checked.
+fn range_expr(text: &str, start: i64, end: i64, step: i64) -> Result<Expr> {
     if end < start {
         return Err(Error::InvalidArgument(
             "end timestamp must not be before start time".to_string(),
@@ -300,10 +347,20 @@ pub async fn range(
             }
         )));
     }
-    let ev = prefetch(query, db, &expr, start, end, lookback).await?;
+    Ok(expr)
+}
+
+/// Evaluates a range query at every step. The answer grows by a JSON pair
+/// per point: it counts against `answer` like the series do.
+async fn range_steps(
+    ev: Evaluator,
+    expr: &Expr,
+    answer: Box<dyn Budget>,
+    start: i64,
+    end: i64,
+    step: i64,
+) -> Result<Json> {
     let mut out: BTreeMap<BTreeMap<String, String>, Vec<Json>> = BTreeMap::new();
-    // The answer grows by a JSON pair per point: counted like the series.
-    let answer = query.reservation("promql answer");
     let mut t = start;
     let mut steps = 0usize;
     while t <= end {
@@ -311,7 +368,7 @@ pub async fn range(
         if steps.is_multiple_of(STEPS_PER_YIELD) {
             tokio::task::yield_now().await;
         }
-        match ev.eval(&expr, t)? {
+        match ev.eval(expr, t)? {
             Value::Scalar(v) => {
                 answer.try_grow(POINT_JSON_BYTES)?;
                 out.entry(BTreeMap::new())

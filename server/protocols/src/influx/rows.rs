@@ -24,7 +24,7 @@ use crate::{
     sql::QueryEngine,
     writer::{
         columns::{BatchBuilder, ColumnBuilder},
-        columns_of, Forward,
+        columns_of, table_for_write, Forward,
     },
 };
 
@@ -144,6 +144,11 @@ pub fn schema_for_new_table(points: &[(&Point<'_>, i64)]) -> Result<TableSchema>
             .iter()
             .flat_map(|(p, _)| p.fields.iter().map(|(k, _)| k.as_ref())),
     );
+    // Counted before a column is built: a request can name millions.
+    let width = tags.len() + fields.len() + 1;
+    if width > strata_engine::schema::MAX_COLUMNS {
+        return Err(strata_engine::schema::too_many_columns(width).into());
+    }
     // A field's type is its first value in series order.
     let mut types: HashMap<&str, ColumnType> = HashMap::new();
     for (p, _) in in_series_order(points) {
@@ -199,6 +204,7 @@ pub fn to_batch(
     schema: &TableSchema,
     arrow: SchemaRef,
     points: &[(&Point<'_>, i64)],
+    max_decoded: usize,
 ) -> Result<RecordBatch> {
     let invalid = |reason: String| {
         Error::InvalidArgument(format!("Invalid write to table {table}: {reason}"))
@@ -230,7 +236,7 @@ pub fn to_batch(
     ) {
         resolve(name)?;
     }
-    let mut batch = BatchBuilder::new(schema, points.len());
+    let mut batch = BatchBuilder::new(schema, points.len(), max_decoded)?;
     let mut row: Vec<Option<Cell<'_>>> = vec![None; schema.columns.len()];
     for (p, time) in points {
         row.iter_mut().for_each(|c| *c = None);
@@ -290,18 +296,15 @@ pub async fn write(
         if !checked {
             router.refresh_catalog().await?;
         }
-        let (schema, arrow) = match columns_of(engine, db, table) {
-            Ok(c) => c,
-            Err(strata_engine::Error::TableNotFound { .. }) if auto_create => {
-                let schema = schema_for_new_table(&points)?;
-                engine
-                    .create_table(db, table, schema, Default::default(), true)
-                    .await?;
-                checked = true;
-                columns_of(engine, db, table)?
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let resolved = table_for_write(
+            query,
+            db,
+            table,
+            auto_create.then_some(|| schema_for_new_table(&points)),
+        )
+        .await?;
+        checked |= resolved.created;
+        let (schema, arrow) = (resolved.schema, resolved.arrow);
         // With the default primary key (every tag, then the time) two
         // checked rows share a key only within one series, whose lines keep
         // their order either way; otherwise the series order decides which
@@ -311,7 +314,7 @@ pub async fn write(
         } else {
             in_series_order(&points)
         };
-        let batch = match to_batch(table, &schema, arrow, &points) {
+        let batch = match to_batch(table, &schema, arrow, &points, max_decoded) {
             Ok(b) => b,
             // A column added through another instance a moment ago (its
             // write was forwarded here before this instance's catalog
@@ -321,7 +324,7 @@ pub async fn write(
             {
                 router.refresh_catalog().await?;
                 let (schema, arrow) = columns_of(engine, db, table)?;
-                to_batch(table, &schema, arrow, &points)?
+                to_batch(table, &schema, arrow, &points, max_decoded)?
             }
             Err(e) => return Err(e),
         };

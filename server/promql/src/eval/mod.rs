@@ -7,6 +7,8 @@
 //! modifiers move `t`. Every step is evaluated on its own, so vector
 //! matching, aggregation groups and `topk` are decided per step, as there.
 
+pub(crate) mod funcs;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
@@ -20,10 +22,9 @@ use promql_parser::{
     },
 };
 
-use super::funcs;
 use crate::error::{Error, Result};
 
-pub type Labels = Arc<BTreeMap<String, String>>;
+pub use crate::Labels;
 
 /// One element of an instant vector. `ts` is the sample's own timestamp for
 /// a plain selector (what `timestamp()` returns), otherwise the step.
@@ -110,9 +111,9 @@ pub struct Evaluator {
     /// How deep [`Evaluator::eval`] has recursed: bounded by
     /// [`crate::limits::MAX_PROMQL_DEPTH`] whatever tree it is given.
     pub depth: std::cell::Cell<usize>,
-    /// What the selector data takes of the query's memory pool (released
+    /// What the selector data takes of the query's memory limit (released
     /// with the evaluator).
-    pub memory: datafusion::execution::memory_pool::MemoryReservation,
+    pub memory: Box<dyn crate::Budget>,
 }
 
 pub fn key(vs: &VectorSelector) -> usize {
@@ -202,14 +203,7 @@ impl Evaluator {
             lookback,
             data: HashMap::new(),
             depth: std::cell::Cell::new(0),
-            memory: {
-                use datafusion::execution::memory_pool::{
-                    MemoryConsumer, MemoryPool, UnboundedMemoryPool,
-                };
-                let pool: std::sync::Arc<dyn MemoryPool> =
-                    std::sync::Arc::new(UnboundedMemoryPool::default());
-                MemoryConsumer::new("promql series").register(&pool)
-            },
+            memory: Box::new(crate::Unbounded),
         }
     }
 
@@ -218,7 +212,7 @@ impl Evaluator {
     pub fn eval(&self, e: &Expr, t: i64) -> Result<Value> {
         let depth = self.depth.get() + 1;
         if depth > crate::limits::MAX_PROMQL_DEPTH {
-            return Err(super::too_deep());
+            return Err(crate::too_deep());
         }
         self.depth.set(depth);
         let result = self.eval_node(e, t);

@@ -87,7 +87,8 @@ async fn collect_counted(df: DataFrame, pool: &Arc<dyn MemoryPool>) -> Result<Ve
 /// (with the dialect and limits of a default session) over each. Nothing
 /// is planned or run. The fuzz targets (`fuzz/`) call this; any input must
 /// return, with `Ok` or an error.
-pub(crate) fn parse_only(sql: &str) -> Result<()> {
+#[doc(hidden)]
+pub fn parse_only(sql: &str) -> Result<()> {
     static STATE: std::sync::OnceLock<SessionState> = std::sync::OnceLock::new();
     let state = STATE.get_or_init(|| {
         let config = SessionConfig::new()

@@ -611,7 +611,7 @@ mod tests {
 
     #[test]
     fn example_configs_parse() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/config");
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/config");
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();

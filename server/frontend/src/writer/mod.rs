@@ -1,18 +1,20 @@
-//! The write path for rows in Arrow: remote write and line protocol build
-//! them straight from the request (`prom/decode.rs`, `influx/rows.rs`),
-//! appending through one set of type rules ([`columns`]). Each table's rows
-//! are written here when its shard is open here, else forwarded to the
+//! The write path for rows in Arrow. Every protocol builds them straight
+//! from its request (gRPC in `strata-server`'s `grpc/write.rs`, line
+//! protocol in `influx/rows.rs`, remote write in [`crate::prom`]'s
+//! decoder), appending through one set of type rules ([`columns`]); the
+//! tables it names are resolved here, created on write or given new
+//! columns in one way ([`table_for_write`], [`add_columns`]). Each table's
+//! rows are written here when its shard is open here, else forwarded to the
 //! shard's leader as `WriteArrow` ([`crate::sql::remote::forward_batches`],
 //! which routes a refused forward again while the shard moves). Tables are
 //! written concurrently, so the local ones share a WAL group commit.
-//!
-//! gRPC `Write` still goes through `StorageServiceImpl::write_request`
-//! (its own forward of the protobuf request), building its batches with
-//! the same [`columns::ColumnBuilder`].
 
 pub mod columns;
 #[cfg(test)]
 mod fake_router_tests;
+mod tables;
+
+pub use tables::{add_columns, table_for_write, WriteTable};
 
 use std::time::Instant;
 
@@ -27,7 +29,7 @@ use crate::{
 /// A table's columns as this instance knows them: the open table's, or the
 /// catalog's for a table led elsewhere (its leader fits the rows to its
 /// own by name).
-pub(crate) fn columns_of(
+pub fn columns_of(
     engine: &strata_engine::Engine,
     db: &str,
     table: &str,
@@ -49,7 +51,7 @@ pub(crate) fn columns_of(
 
 /// How [`write_batches`] may reach a table whose shard is not open here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Forward {
+pub enum Forward {
     /// Not at all: the write fails with `NotServedHere` (a request another
     /// instance forwarded here, or a client that did not ask for proxy
     /// mode).
@@ -85,7 +87,7 @@ enum Ready {
 /// succeeded (a refused forward leaves nothing of the request written
 /// here); with [`Forward::Split`] everything runs at once. Every write
 /// runs to its end, also when another fails: the first error is returned.
-pub(crate) async fn write_batches(
+pub async fn write_batches(
     query: &QueryEngine,
     db: &str,
     tables: Vec<(String, RecordBatch)>,

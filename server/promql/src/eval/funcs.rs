@@ -9,7 +9,7 @@ use promql_parser::{
     parser::{Call, Expr},
 };
 
-use super::eval::{drop_name, quantile, unsupported, variance, Elem, Evaluator, Value, Window};
+use super::{drop_name, quantile, unsupported, variance, Elem, Evaluator, Value, Window};
 use crate::error::{Error, Result};
 
 /// The functions Strata evaluates (the rest get an "unsupported" error).
@@ -288,7 +288,7 @@ fn range_fn(
             c.func.name
         )));
     };
-    let range = super::eval::duration_ms(ms.range);
+    let range = super::duration_ms(ms.range);
     let end = ev.ref_time(t, &ms.vs.at, &ms.vs.offset);
     let keep_name = c.func.name == "last_over_time";
     let windows: Vec<Window> = ev.range(&ms.vs, range, t)?;

@@ -67,11 +67,11 @@ pub struct QueryResult {
 
 /// Compiles a remote-read matcher into PromQL's own (`promql_parser`'s
 /// `Matcher`, which PromQL selectors and `match[]` use too). A regex is
-/// compiled with the client bounds ([`crate::limits::client_regex`]) and
+/// compiled with the client bounds ([`strata_promql::limits::client_regex`]) and
 /// anchored, as in Prometheus.
 fn compile(m: &LabelMatcher) -> Result<Matcher> {
     let re = |v: &str| {
-        crate::limits::client_regex(
+        strata_promql::limits::client_regex(
             &format!("^(?:{v})$"),
             &format!("remote read: the matcher of {}", m.name),
         )
@@ -115,11 +115,11 @@ fn column(
 }
 
 /// A label set, shared.
-pub(crate) use crate::prom::Labels;
+pub use crate::prom::Labels;
 
 /// Every series of a partition (of one metric, when given): id and labels.
 /// Reads the ids, then the labels of the ids not in the label cache.
-pub(crate) async fn scan_series(
+pub async fn scan_series(
     query: &QueryEngine,
     db: &str,
     partition: u64,
@@ -190,6 +190,55 @@ fn id_list(ids: &[u64]) -> String {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The samples PromQL evaluates: [`select`] over one database, counted
+/// against the query's memory limit (`query.memory_limit`).
+pub struct Samples<'a> {
+    query: &'a QueryEngine,
+    db: &'a str,
+}
+
+impl<'a> Samples<'a> {
+    pub fn new(query: &'a QueryEngine, db: &'a str) -> Self {
+        Self { query, db }
+    }
+}
+
+impl strata_promql::SampleSource for Samples<'_> {
+    type Error = Error;
+
+    async fn select(
+        &self,
+        metric: Option<&str>,
+        keep: &(dyn Fn(&BTreeMap<String, String>) -> bool + Sync),
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<strata_promql::Selected> {
+        let found = select(self.query, self.db, metric, keep, start_ms, end_ms).await?;
+        Ok(found
+            .into_iter()
+            .map(|(labels, samples)| {
+                let points = samples.iter().map(|s| (s.timestamp, s.value)).collect();
+                (labels, points)
+            })
+            .collect())
+    }
+
+    fn budget(&self, what: &'static str) -> Box<dyn strata_promql::Budget> {
+        Box::new(QueryMemory(self.query.reservation(what)))
+    }
+}
+
+/// A share of the query memory pool, as PromQL's budget.
+struct QueryMemory(datafusion::execution::memory_pool::MemoryReservation);
+
+impl strata_promql::Budget for QueryMemory {
+    fn try_grow(&self, bytes: usize) -> strata_promql::Result<()> {
+        self.0
+            .try_grow(bytes)
+            .map_err(|e| strata_promql::Error::ResourcesExhausted(e.find_root().to_string()))
+    }
 }
 
 /// The raw samples, in time order, of every series that `keep` accepts,
@@ -367,7 +416,8 @@ pub fn decode_request(body: &[u8], max_decoded: usize) -> Result<ReadRequest> {
 
 /// Compiles the matchers of one query, as answering it does first (the
 /// fuzz targets check this step too: the regexes come from the client).
-pub(crate) fn compile_matchers(q: &Query) -> Result<()> {
+#[doc(hidden)]
+pub fn compile_matchers(q: &Query) -> Result<()> {
     for m in &q.matchers {
         compile(m)?;
     }
@@ -440,7 +490,7 @@ mod tests {
         for bad in [
             "(".repeat(200) + &")".repeat(200),
             r"\w{1000}\w{1000}\w{1000}".to_string(),
-            "a".repeat(crate::limits::MAX_REGEX_LEN + 1),
+            "a".repeat(strata_promql::limits::MAX_REGEX_LEN + 1),
         ] {
             let q = query(vec![matcher(2, &bad)]);
             let err = compile_matchers(&q).unwrap_err();

@@ -28,6 +28,7 @@ use crate::{
     error::Error,
     grpc::StorageServiceImpl,
     influx, metrics, prom,
+    prom_read::Samples,
     sql::{Output, QueryEngine},
 };
 
@@ -243,21 +244,7 @@ async fn write_lines(
     }
     let now = strata_meta::model::now_ms();
     let times = influx::timestamps(&points, precision, now).map_err(InfluxError::Lines)?;
-    let altered = !additions.is_empty();
-    for (table, columns) in additions {
-        engine
-            .alter_table(db, &table, strata_engine::AlterTable::AddColumns(columns))
-            .await
-            .map_err(Error::from)?;
-    }
-    if altered {
-        // Take the catalog's new fingerprint: the leaders this write is
-        // forwarded to sync their catalogs to it before fitting the rows
-        // (a leader that still misses a column refreshes its own then).
-        if let Err(e) = state.query.router().refresh_catalog().await {
-            tracing::debug!(error = %e, "refreshing the catalog after adding columns failed");
-        }
-    }
+    crate::writer::add_columns(&state.query, db, additions).await?;
     influx::write(
         &state.query,
         db,
@@ -387,9 +374,9 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
     let engine = state.query.engine();
     // The physical tables, created on the first write to a database (and
     // again if dropped: then no series row is known to be written).
-    for (table, ddl) in prom::create_statements() {
+    for (table, schema) in prom::tables()? {
         if engine.entry(db, &table).is_err() {
-            state.query.execute(db, &ddl).await?;
+            crate::writer::table_for_write(&state.query, db, &table, Some(|| Ok(schema))).await?;
             state.prom_series.forget_database(db);
         }
     }
@@ -569,8 +556,8 @@ fn promql_common(p: &HashMap<String, String>) -> Result<(String, String, i64), E
             Error::InvalidArgument("invalid parameter \"query\": missing".to_string())
         })?;
     let lookback = match p.get("lookback_delta") {
-        Some(d) => crate::promql::parse_duration(d)?,
-        None => crate::promql::DEFAULT_LOOKBACK_MS,
+        Some(d) => strata_promql::parse_duration(d)?,
+        None => strata_promql::DEFAULT_LOOKBACK_MS,
     };
     Ok((db, text, lookback))
 }
@@ -579,7 +566,7 @@ fn required_time(p: &HashMap<String, String>, name: &str) -> Result<i64, Error> 
     let v = p
         .get(name)
         .ok_or_else(|| Error::InvalidArgument(format!("invalid parameter \"{name}\": missing")))?;
-    crate::promql::parse_time(v)
+    strata_promql::parse_time(v)
         .map_err(|e| Error::InvalidArgument(format!("invalid parameter \"{name}\": {e}")))
 }
 
@@ -598,7 +585,7 @@ async fn prom_query(
         state
             .query
             .limited(false, |q| async move {
-                crate::promql::instant(&q, &db, &text, t, lookback).await
+                strata_promql::instant(&Samples::new(&q, &db), &text, t, lookback).await
             })
             .await
     };
@@ -629,13 +616,14 @@ async fn prom_query_range(
         let (db, text, lookback) = promql_common(&p)?;
         let start = required_time(&p, "start")?;
         let end = required_time(&p, "end")?;
-        let step = crate::promql::parse_duration(p.get("step").ok_or_else(|| {
+        let step = strata_promql::parse_duration(p.get("step").ok_or_else(|| {
             Error::InvalidArgument("invalid parameter \"step\": missing".to_string())
         })?)?;
         state
             .query
             .limited(false, |q| async move {
-                crate::promql::range(&q, &db, &text, start, end, step, lookback).await
+                strata_promql::range(&Samples::new(&q, &db), &text, start, end, step, lookback)
+                    .await
             })
             .await
     };

@@ -18,6 +18,8 @@ use arrow::{
 };
 use strata_engine::schema::{ColumnType, TableSchema};
 
+use crate::error::{Error, Result};
+
 /// The most rows a column builder is sized for up front: the row count
 /// comes from the request, and one small message can declare many empty
 /// rows per column of a wide table.
@@ -199,6 +201,26 @@ impl ColumnBuilder {
     }
 }
 
+/// What the rows of one table of one write may take in Arrow, as a multiple
+/// of `server.max_decoded_size` (the decoded body: rows are wider than the
+/// text that names their values, since every column takes a slot).
+pub const DECODED_FACTOR: usize = 4;
+
+/// The bytes a value of type `t` takes in an Arrow column at least (its
+/// fixed part: an offset for strings and binaries).
+fn fixed_width(t: ColumnType) -> usize {
+    match t {
+        ColumnType::Timestamp | ColumnType::Double | ColumnType::Int64 | ColumnType::UInt64 => 8,
+        ColumnType::Float
+        | ColumnType::Int32
+        | ColumnType::UInt32
+        | ColumnType::String
+        | ColumnType::Varbinary => 4,
+        ColumnType::Int16 | ColumnType::UInt16 => 2,
+        ColumnType::Int8 | ColumnType::UInt8 | ColumnType::Boolean => 1,
+    }
+}
+
 /// One table's rows being built, a row at a time, in its columns: the row's
 /// time goes to the timestamp column (a value given for that column is
 /// ignored), every other column takes its cell or a null.
@@ -208,16 +230,35 @@ pub struct BatchBuilder<'s> {
 }
 
 impl<'s> BatchBuilder<'s> {
-    /// A builder for about `rows` rows of `schema`.
-    pub fn new(schema: &'s TableSchema, rows: usize) -> Self {
-        Self {
+    /// A builder for `rows` rows of `schema`. Refused (`TooLarge`) when the
+    /// rows would take more than [`DECODED_FACTOR`] × `max_decoded`
+    /// (`server.max_decoded_size`) bytes of Arrow in the table's columns,
+    /// nulls included: a short request can name few values but many rows of
+    /// a wide table, each row a null in every column it does not set.
+    pub fn new(schema: &'s TableSchema, rows: usize, max_decoded: usize) -> Result<Self> {
+        let row_bytes: usize = schema
+            .columns
+            .iter()
+            .map(|c| fixed_width(c.column_type))
+            .sum();
+        let bytes = rows.saturating_mul(row_bytes);
+        let limit = max_decoded.saturating_mul(DECODED_FACTOR);
+        if bytes > limit {
+            return Err(Error::TooLarge(format!(
+                "{rows} rows in the {} columns of the table take at least {bytes} bytes \
+                 (a null in every column a row does not set), more than {limit} \
+                 ({DECODED_FACTOR} × server.max_decoded_size); send fewer rows per request",
+                schema.columns.len()
+            )));
+        }
+        Ok(Self {
             schema,
             columns: schema
                 .columns
                 .iter()
                 .map(|c| ColumnBuilder::new(c.column_type, rows))
                 .collect(),
-        }
+        })
     }
 
     /// Appends one row: `cells[i]` into column `i`, by `append` (false: the

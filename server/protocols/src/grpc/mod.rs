@@ -27,7 +27,7 @@ use crate::{
     metrics,
     route::Target,
     sql::{Output, QueryEngine},
-    writer::{columns_of, Forward},
+    writer::{columns_of, table_for_write, Forward},
 };
 
 /// The pause a `ShardMoving` answer asks for.
@@ -165,19 +165,11 @@ impl StorageServiceImpl {
             if t.table.is_empty() {
                 return Err(Error::InvalidArgument("a write names no table".to_string()));
             }
-            let c = match columns_of(engine, &db, &t.table) {
-                Ok(c) => c,
-                // In cluster mode created through meta, on whichever shard
-                // it picks; the rows then go to that shard's leader.
-                Err(strata_engine::Error::TableNotFound { .. }) if self.auto_create_table => {
-                    let schema = write::schema_for_new_table(t)?;
-                    engine
-                        .create_table(&db, &t.table, schema, Default::default(), true)
-                        .await?;
-                    columns_of(engine, &db, &t.table)?
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let new_schema = self
+                .auto_create_table
+                .then_some(|| write::schema_for_new_table(t));
+            let resolved = table_for_write(&self.query, &db, &t.table, new_schema).await?;
+            let c = (resolved.schema, resolved.arrow);
             if let Ok(strata_engine::Located::Remote(entry)) = engine.locate(&db, &t.table) {
                 if forwarded || !router.is_distributed() {
                     // A forwarded request is not forwarded again.
@@ -207,7 +199,7 @@ impl StorageServiceImpl {
         // before anything is written.
         let mut batches = Vec::with_capacity(req.table_requests.len());
         for (t, (schema, arrow)) in req.table_requests.iter().zip(columns) {
-            let batch = match write::to_batch(&t.table, &schema, arrow, t) {
+            let batch = match write::to_batch(&t.table, &schema, arrow, t, self.max_decoded) {
                 Ok(batch) => batch,
                 // A column added through another instance a moment ago
                 // (its write was forwarded here before this instance's
@@ -217,7 +209,7 @@ impl StorageServiceImpl {
                 {
                     router.refresh_catalog().await?;
                     let (schema, arrow) = columns_of(engine, &db, &t.table)?;
-                    write::to_batch(&t.table, &schema, arrow, t)?
+                    write::to_batch(&t.table, &schema, arrow, t, self.max_decoded)?
                 }
                 Err(e) => return Err(e),
             };

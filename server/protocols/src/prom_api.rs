@@ -11,19 +11,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use promql_parser::parser::Expr;
+use strata_promql::select::{groups_of, matches, Group};
 
 use crate::{
     error::{Error, Result},
     prom, prom_read,
-    promql::select::{groups_of, matches, Group},
     sql::QueryEngine,
 };
 
 /// Parses a `match[]` selector into its alternatives, and the metric name
 /// when the selector names one.
 fn selector(text: &str) -> Result<(Option<String>, Vec<Group>)> {
-    crate::limits::check_promql(text)?;
-    let expr = crate::promql::parse_guarded(text)
+    strata_promql::limits::check_promql(text)?;
+    let expr = strata_promql::parse_guarded(text)
         .map_err(|e| Error::InvalidArgument(format!("invalid match[] {text}: {e}")))?;
     let Expr::VectorSelector(vs) = expr else {
         return Err(Error::InvalidArgument(format!(

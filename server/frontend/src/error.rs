@@ -125,6 +125,22 @@ fn missing_table(message: &str) -> Option<String> {
 #[error("{0}")]
 pub struct RemoteError(pub strata_client::Error);
 
+impl From<strata_promql::Error> for Error {
+    fn from(e: strata_promql::Error) -> Self {
+        use strata_promql::Error as P;
+        match e {
+            P::InvalidArgument(m) => Error::InvalidArgument(m),
+            P::Unsupported(m) => Error::Unsupported(m),
+            P::TooComplex(m) => Error::TooComplex(m),
+            P::ResourcesExhausted(message) => Error::Query {
+                kind: ErrorKind::ResourcesExhausted,
+                message,
+            },
+            P::Internal(m) => Error::Internal(m),
+        }
+    }
+}
+
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
         // Unwrap context layers to the error that actually happened.

@@ -86,15 +86,44 @@ fn append(b: &mut ColumnBuilder, v: &V) -> bool {
 /// tags unless the values say otherwise), fields typed by their first value,
 /// and the timestamp in a column named `timestamp`.
 pub fn schema_for_new_table(req: &WriteTableRequest) -> Result<TableSchema> {
-    let mut columns: Vec<ColumnSchema> = Vec::new();
-    for (i, name) in req.tag_names.iter().enumerate() {
-        let t = req
-            .entries
-            .iter()
-            .flat_map(|e| &e.tags)
-            .find(|t| t.name_index as usize == i)
-            .and_then(|t| t.value.as_ref()?.value.as_ref())
-            .map(column_type_of)
+    // Counted before a column is built: a request can name millions.
+    let width = req.tag_names.len() + req.field_names.len() + 1;
+    if width > strata_engine::schema::MAX_COLUMNS {
+        return Err(strata_engine::schema::too_many_columns(width).into());
+    }
+    // The type of each name's first value, in one pass over the rows (the
+    // first cell naming it decides, with a value or not).
+    let mut tag_types: Vec<Option<Option<ColumnType>>> = vec![None; req.tag_names.len()];
+    for t in req.entries.iter().flat_map(|e| &e.tags) {
+        if let Some(slot @ None) = tag_types.get_mut(t.name_index as usize) {
+            *slot = Some(
+                t.value
+                    .as_ref()
+                    .and_then(|v| v.value.as_ref())
+                    .map(column_type_of),
+            );
+        }
+    }
+    let mut field_types: Vec<Option<Option<ColumnType>>> = vec![None; req.field_names.len()];
+    for f in req
+        .entries
+        .iter()
+        .flat_map(|e| &e.field_groups)
+        .flat_map(|g| &g.fields)
+    {
+        if let Some(slot @ None) = field_types.get_mut(f.name_index as usize) {
+            *slot = Some(
+                f.value
+                    .as_ref()
+                    .and_then(|v| v.value.as_ref())
+                    .map(column_type_of),
+            );
+        }
+    }
+    let mut columns: Vec<ColumnSchema> = Vec::with_capacity(width);
+    for (name, t) in req.tag_names.iter().zip(tag_types) {
+        let t = t
+            .flatten()
             .filter(|t| t.is_key_type())
             .unwrap_or(ColumnType::String);
         columns.push(ColumnSchema {
@@ -105,19 +134,10 @@ pub fn schema_for_new_table(req: &WriteTableRequest) -> Result<TableSchema> {
             comment: String::new(),
         });
     }
-    for (i, name) in req.field_names.iter().enumerate() {
-        let t = req
-            .entries
-            .iter()
-            .flat_map(|e| &e.field_groups)
-            .flat_map(|g| &g.fields)
-            .find(|f| f.name_index as usize == i)
-            .and_then(|f| f.value.as_ref()?.value.as_ref())
-            .map(column_type_of)
-            .unwrap_or(ColumnType::Double);
+    for (name, t) in req.field_names.iter().zip(field_types) {
         columns.push(ColumnSchema {
             name: name.clone(),
-            column_type: t,
+            column_type: t.flatten().unwrap_or(ColumnType::Double),
             is_tag: false,
             nullable: true,
             comment: String::new(),
@@ -145,6 +165,7 @@ pub fn to_batch(
     schema: &TableSchema,
     arrow_schema: SchemaRef,
     req: &WriteTableRequest,
+    max_decoded: usize,
 ) -> Result<RecordBatch> {
     let invalid = |reason: String| {
         Error::InvalidArgument(format!("Invalid write to table {table}: {reason}"))
@@ -170,16 +191,24 @@ pub fn to_batch(
     let field_cols = resolve(&req.field_names)?;
 
     let rows: usize = req.entries.iter().map(|e| e.field_groups.len()).sum();
-    let mut batch = BatchBuilder::new(schema, rows);
+    let mut batch = BatchBuilder::new(schema, rows, max_decoded)?;
     let mut row_values: Vec<Option<&V>> = vec![None; schema.columns.len()];
 
+    // One entry's tags, reset entry to entry by the columns the last one
+    // set: an entry without rows costs its tags, not the table's width.
+    let mut tag_values: Vec<Option<&V>> = vec![None; schema.columns.len()];
+    let mut tags_set: Vec<usize> = Vec::new();
     for entry in &req.entries {
-        let mut tag_values: Vec<Option<&V>> = vec![None; schema.columns.len()];
+        for &col in &tags_set {
+            tag_values[col] = None;
+        }
+        tags_set.clear();
         for tag in &entry.tags {
             let col = *tag_cols.get(tag.name_index as usize).ok_or_else(|| {
                 invalid(format!("tag name index {} is out of range", tag.name_index))
             })?;
             tag_values[col] = tag.value.as_ref().and_then(|v| v.value.as_ref());
+            tags_set.push(col);
         }
         for group in &entry.field_groups {
             row_values.clone_from(&tag_values);

@@ -16,6 +16,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use strata_engine::schema::ColumnType;
+
 mod decode;
 mod labels;
 mod wire;
@@ -63,30 +65,47 @@ pub fn series_table(p: u64) -> String {
     format!("prom_series_{p}")
 }
 
-/// The DDL of the physical tables.
-pub fn create_statements() -> Vec<(String, String)> {
-    (0..PARTITIONS)
-        .flat_map(|p| {
-            [
-                (
-                    samples_table(p),
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {} (metric STRING TAG, series BIGINT UNSIGNED TAG, \
-                         ts TIMESTAMP NOT NULL, value DOUBLE, TIMESTAMP KEY(ts))",
-                        samples_table(p)
-                    ),
-                ),
-                (
-                    series_table(p),
-                    format!(
-                        "CREATE TABLE IF NOT EXISTS {} (metric STRING TAG, series BIGINT UNSIGNED TAG, \
-                         ts TIMESTAMP NOT NULL, labels STRING, TIMESTAMP KEY(ts))",
-                        series_table(p)
-                    ),
-                ),
-            ]
-        })
-        .collect()
+/// The physical tables of one database and their schemas, created on the
+/// first remote write through the write path
+/// ([`crate::writer::table_for_write`]), with the default options
+/// (`OVERWRITE`). The key is every tag, then the time: (metric, series,
+/// ts).
+pub fn tables() -> strata_engine::Result<Vec<(String, strata_engine::schema::TableSchema)>> {
+    let mut out = Vec::with_capacity(2 * PARTITIONS as usize);
+    for p in 0..PARTITIONS {
+        out.push((
+            samples_table(p),
+            layout_schema("value", ColumnType::Double)?,
+        ));
+        out.push((
+            series_table(p),
+            layout_schema("labels", ColumnType::String)?,
+        ));
+    }
+    Ok(out)
+}
+
+/// `metric STRING TAG, series UINT64 TAG, ts TIMESTAMP NOT NULL` and the
+/// kind's own last column.
+fn layout_schema(
+    last: &str,
+    last_type: ColumnType,
+) -> strata_engine::Result<strata_engine::schema::TableSchema> {
+    use strata_engine::schema::{ColumnSchema, TableSchema};
+    let column = |name: &str, column_type, is_tag, nullable| ColumnSchema {
+        name: name.to_string(),
+        column_type,
+        is_tag,
+        nullable,
+        comment: String::new(),
+    };
+    let columns = vec![
+        column("metric", ColumnType::String, true, true),
+        column("series", ColumnType::UInt64, true, true),
+        column("ts", ColumnType::Timestamp, false, false),
+        column(last, last_type, false, true),
+    ];
+    TableSchema::try_new(columns, "ts", &[])
 }
 
 /// Decompresses a snappy body (remote write or read; `what` names it in

@@ -323,29 +323,70 @@ pub fn column_type_of(v: &FieldValue) -> strata_engine::schema::ColumnType {
 
 /// The columns a batch adds to existing tables, per table; or the lines
 /// whose values do not fit their columns (or conflict with another line of
-/// the batch). Nothing is changed.
+/// the batch), or would take a table past
+/// [`MAX_COLUMNS`](strata_engine::schema::MAX_COLUMNS). Nothing is changed.
+/// Each name is looked up in a map: a batch costs time linear in its size,
+/// whatever the width of its tables.
 pub fn plan_columns(
     engine: &strata_engine::Engine,
     database: &str,
     points: &[Point<'_>],
 ) -> Result<BTreeMap<String, Vec<strata_engine::schema::ColumnSchema>>, Vec<LineError>> {
-    use strata_engine::schema::{ColumnSchema, ColumnType};
-    let mut added: BTreeMap<String, Vec<ColumnSchema>> = BTreeMap::new();
-    let mut errors = Vec::new();
-    // One catalog lookup per measurement, not per line.
-    let mut entries: std::collections::HashMap<&str, Option<_>> = Default::default();
-    for p in points {
-        let entry = entries
-            .entry(p.measurement.as_ref())
-            .or_insert_with(|| engine.entry(database, &p.measurement).ok());
-        let Some(entry) = entry.as_ref() else {
-            // A new table: created from the batch by the write path.
-            continue;
-        };
-        if !added.contains_key(p.measurement.as_ref()) {
-            added.insert(p.measurement.to_string(), Vec::new());
+    use std::collections::HashMap;
+    use strata_engine::schema::{ColumnSchema, ColumnType, MAX_COLUMNS};
+    /// One existing table the batch writes to.
+    struct Plan {
+        /// Its columns: name -> (is a tag, type).
+        columns: HashMap<String, (bool, ColumnType)>,
+        /// The columns the batch adds, and where each is in `new`.
+        new: Vec<ColumnSchema>,
+        new_index: HashMap<String, usize>,
+    }
+    impl Plan {
+        fn find(&self, name: &str) -> Option<(bool, ColumnType)> {
+            self.columns.get(name).copied().or_else(|| {
+                self.new_index
+                    .get(name)
+                    .map(|&i| (self.new[i].is_tag, self.new[i].column_type))
+            })
         }
-        let Some(new) = added.get_mut(p.measurement.as_ref()) else {
+        /// Adds a column; false when the table would be too wide.
+        fn add(&mut self, name: &str, column_type: ColumnType, is_tag: bool) -> bool {
+            if self.columns.len() + self.new.len() >= MAX_COLUMNS {
+                return false;
+            }
+            self.new_index.insert(name.to_string(), self.new.len());
+            self.new.push(ColumnSchema {
+                name: name.to_string(),
+                column_type,
+                is_tag,
+                nullable: true,
+                comment: String::new(),
+            });
+            true
+        }
+    }
+    let mut plans: HashMap<&str, Option<Plan>> = HashMap::new();
+    let mut errors = Vec::new();
+    for p in points {
+        // One catalog lookup per measurement, not per line.
+        let plan = plans.entry(p.measurement.as_ref()).or_insert_with(|| {
+            engine
+                .entry(database, &p.measurement)
+                .ok()
+                .map(|entry| Plan {
+                    columns: entry
+                        .schema
+                        .columns
+                        .iter()
+                        .map(|c| (c.name.clone(), (c.is_tag, c.column_type)))
+                        .collect(),
+                    new: Vec::new(),
+                    new_index: HashMap::new(),
+                })
+        });
+        let Some(plan) = plan.as_mut() else {
+            // A new table: created from the batch by the write path.
             continue;
         };
         let mut fail = |reason: String| {
@@ -354,51 +395,50 @@ pub fn plan_columns(
                 reason,
             })
         };
+        let too_wide = |k: &str| {
+            format!(
+                "adding {k} would give {} more than {MAX_COLUMNS} columns",
+                p.measurement
+            )
+        };
         for (k, _) in &p.tags {
-            match entry.schema.column(k) {
-                Some(c) if c.is_tag => {}
-                Some(_) => fail(format!("{k} is a field of {}, not a tag", p.measurement)),
+            match plan.find(k) {
+                Some((true, _)) => {}
+                Some((false, _)) if plan.columns.contains_key(k.as_ref()) => {
+                    fail(format!("{k} is a field of {}, not a tag", p.measurement))
+                }
+                // A name this batch adds as a field is left to the write.
+                Some((false, _)) => {}
                 None => {
-                    if !new.iter().any(|c| c.name == *k) {
-                        new.push(ColumnSchema {
-                            name: k.to_string(),
-                            column_type: ColumnType::String,
-                            is_tag: true,
-                            nullable: true,
-                            comment: String::new(),
-                        });
+                    if !plan.add(k, ColumnType::String, true) {
+                        fail(too_wide(k));
                     }
                 }
             }
         }
         for (k, v) in &p.fields {
-            let existing = entry
-                .schema
-                .column(k)
-                .cloned()
-                .or_else(|| new.iter().find(|c| c.name == *k).cloned());
-            match existing {
-                Some(c) if c.is_tag => {
-                    fail(format!("{k} is a tag of {}, not a field", p.measurement))
-                }
-                Some(c) if !fits(v, c.column_type) => fail(format!(
+            match plan.find(k) {
+                Some((true, _)) => fail(format!("{k} is a tag of {}, not a field", p.measurement)),
+                Some((false, t)) if !fits(v, t) => fail(format!(
                     "field {k} is {}, but column {k} of {} is {}",
                     v.type_name(),
                     p.measurement,
-                    c.column_type
+                    t
                 )),
                 Some(_) => {}
-                None => new.push(ColumnSchema {
-                    name: k.to_string(),
-                    column_type: column_type_of(v),
-                    is_tag: false,
-                    nullable: true,
-                    comment: String::new(),
-                }),
+                None => {
+                    if !plan.add(k, column_type_of(v), false) {
+                        fail(too_wide(k));
+                    }
+                }
             }
         }
     }
-    added.retain(|_, cols| !cols.is_empty());
+    let added: BTreeMap<String, Vec<ColumnSchema>> = plans
+        .into_iter()
+        .filter_map(|(m, plan)| Some((m.to_string(), plan?.new)))
+        .filter(|(_, cols)| !cols.is_empty())
+        .collect();
     if errors.is_empty() {
         Ok(added)
     } else {
@@ -525,7 +565,7 @@ mod tests {
                 ("timestamp", ColumnType::Timestamp, false),
             ]
         );
-        let batch = to_batch("a", &schema, schema.arrow_schema(), a).unwrap();
+        let batch = to_batch("a", &schema, schema.arrow_schema(), a, 64 << 20).unwrap();
         assert_eq!(batch.num_rows(), 3);
         let v = batch.column(1).as_primitive::<Float64Type>();
         assert_eq!(v.values(), &[1.0, 2.0, 3.0]);
@@ -544,13 +584,14 @@ mod tests {
             schema.column("v").unwrap().column_type,
             strata_engine::schema::ColumnType::Double
         );
-        to_batch("m", &schema, schema.arrow_schema(), &tables["m"]).unwrap();
+        to_batch("m", &schema, schema.arrow_schema(), &tables["m"], 64 << 20).unwrap();
         // A value that does not fit is named with its table and column.
         let points = parse("m,h=a v=1i 1\nm,h=b v=0.5 2\n").unwrap();
         let times = timestamps(&points, Precision::Millis, 0).unwrap();
         let tables = by_measurement(&points, &times);
         let schema = schema_for_new_table(&tables["m"]).unwrap();
-        let err = to_batch("m", &schema, schema.arrow_schema(), &tables["m"]).unwrap_err();
+        let err =
+            to_batch("m", &schema, schema.arrow_schema(), &tables["m"], 64 << 20).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Invalid write to table m: column v expects BIGINT, got a double value"
