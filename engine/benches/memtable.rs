@@ -24,33 +24,40 @@ use strata_sst::{ShardId, TableId, TimeRange};
 const HOSTS: usize = 100;
 const POINTS: usize = 1000;
 
-fn meta() -> Arc<TableMeta> {
-    let col = |name: &str, t, tag| ColumnSchema {
-        name: name.into(),
-        column_type: t,
-        is_tag: tag,
-        nullable: true,
-        comment: String::new(),
-    };
-    let schema = TableSchema::try_new(
-        vec![
-            col("host", ColumnType::String, true),
-            col("ts", ColumnType::Timestamp, false),
-            col("usage", ColumnType::Double, false),
-        ],
-        "ts",
-        &[],
-    )
-    .unwrap();
+/// A table `name` of `(column, type, is_tag)` columns, keyed by `ts`.
+fn table(id: u64, name: &str, columns: &[(&str, ColumnType, bool)]) -> Arc<TableMeta> {
+    let columns = columns
+        .iter()
+        .map(|&(name, column_type, is_tag)| ColumnSchema {
+            name: name.into(),
+            column_type,
+            is_tag,
+            nullable: true,
+            comment: String::new(),
+        })
+        .collect();
+    let schema = TableSchema::try_new(columns, "ts", &[]).unwrap();
     TableMeta::new(TableEntry {
-        id: TableId(1),
+        id: TableId(id),
         database: "public".into(),
-        name: "cpu".into(),
+        name: name.into(),
         schema,
         options: TableOptions::default(),
         shard: ShardId(0),
         created_at_ms: 0,
     })
+}
+
+fn meta() -> Arc<TableMeta> {
+    table(
+        1,
+        "cpu",
+        &[
+            ("host", ColumnType::String, true),
+            ("ts", ColumnType::Timestamp, false),
+            ("usage", ColumnType::Double, false),
+        ],
+    )
 }
 
 /// One write: every host's point at time `t`, as the shard writer sees it.
@@ -132,33 +139,16 @@ const PROM_SAMPLES: i64 = 10;
 const PROM_METRICS: u64 = 100;
 
 fn prom_meta() -> Arc<TableMeta> {
-    let col = |name: &str, t, tag| ColumnSchema {
-        name: name.into(),
-        column_type: t,
-        is_tag: tag,
-        nullable: true,
-        comment: String::new(),
-    };
-    let schema = TableSchema::try_new(
-        vec![
-            col("metric", ColumnType::String, true),
-            col("series", ColumnType::UInt64, true),
-            col("ts", ColumnType::Timestamp, false),
-            col("value", ColumnType::Double, false),
+    table(
+        2,
+        "prom_samples_0",
+        &[
+            ("metric", ColumnType::String, true),
+            ("series", ColumnType::UInt64, true),
+            ("ts", ColumnType::Timestamp, false),
+            ("value", ColumnType::Double, false),
         ],
-        "ts",
-        &[],
     )
-    .unwrap();
-    TableMeta::new(TableEntry {
-        id: TableId(2),
-        database: "public".into(),
-        name: "prom_samples_0".into(),
-        schema,
-        options: TableOptions::default(),
-        shard: ShardId(0),
-        created_at_ms: 0,
-    })
 }
 
 /// 200k samples in writes of 1,000 series × 10 samples; series ids are
