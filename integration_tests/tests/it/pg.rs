@@ -91,6 +91,16 @@ async fn psql_runs_ddl_inserts_and_queries() {
     let (ok, _, err) = psql(pg, "no_such_db", "SELECT 1");
     assert!(!ok && err.contains("no_such_db"), "{err}");
     assert_eq!(psql_ok(pg, "SELECT count(*) FROM cpu"), "3");
+    // The connection's database, as a function of the session: the text of
+    // a query is not rewritten.
+    assert_eq!(psql_ok(pg, "CREATE DATABASE other"), "CREATE DATABASE");
+    let (ok, out, err) = psql(
+        pg,
+        "other",
+        "SELECT current_database(), current_schema(), 'current_database()'",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "other|other|current_database()");
     // What psql wrote, gRPC reads.
     let client = server.client().await;
     assert_eq!(

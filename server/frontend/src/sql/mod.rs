@@ -364,6 +364,9 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(pg_compat::current_setting_udf());
+        for udf in pg_compat::session_database_udfs() {
+            ctx.register_udf(udf);
+        }
         ctx.register_udtf(
             last_values::NAME,
             Arc::new(last_values::LastValuesFunction {
@@ -389,6 +392,9 @@ impl QueryEngine {
     fn parse_session(&self, database: &str) -> SessionState {
         let mut state = self.ctx.state();
         state.config_mut().options_mut().catalog.default_schema = database.to_string();
+        // Planning folds `current_database()` with the configuration taken
+        // here, so take it again now that it names the database.
+        state.mark_start_execution();
         state
     }
 
@@ -413,6 +419,9 @@ impl QueryEngine {
             .with_runtime_env(runtime)
             .build();
         state.config_mut().options_mut().catalog.default_schema = database.to_string();
+        // Planning folds `current_database()` with the configuration taken
+        // here, so take it again now that it names the database.
+        state.mark_start_execution();
         state
     }
 

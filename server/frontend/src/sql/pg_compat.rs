@@ -1,7 +1,8 @@
 //! What PostgreSQL clients expect of the SQL itself, whichever protocol
-//! carries it: the settings they read with `SHOW` or `current_setting()`.
+//! carries it: the settings they read with `SHOW` or `current_setting()`,
+//! and `current_database()`.
 
-use std::sync::Arc;
+use std::{any::Any, sync::Arc};
 
 use arrow::datatypes::DataType;
 
@@ -58,4 +59,57 @@ pub fn current_setting_udf() -> datafusion::logical_expr::ScalarUDF {
             ))))
         }),
     )
+}
+
+/// `current_database()` or `current_schema()`: the database the statement
+/// runs in (a Strata database is a schema of DataFusion's catalog), read
+/// from the session's configuration, so that the text of a query is never
+/// rewritten (a literal `'current_database()'` stays a literal).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionDatabase {
+    name: &'static str,
+    signature: datafusion::logical_expr::Signature,
+}
+
+impl datafusion::logical_expr::ScalarUDFImpl for SessionDatabase {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &datafusion::logical_expr::Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: datafusion::logical_expr::ScalarFunctionArgs,
+    ) -> datafusion::common::Result<datafusion::logical_expr::ColumnarValue> {
+        let db = args.config_options.catalog.default_schema.clone();
+        Ok(datafusion::logical_expr::ColumnarValue::Scalar(
+            datafusion::common::ScalarValue::Utf8(Some(db)),
+        ))
+    }
+}
+
+/// `current_database()` and `current_schema()` (see [`SessionDatabase`]).
+pub fn session_database_udfs() -> Vec<datafusion::logical_expr::ScalarUDF> {
+    ["current_database", "current_schema"]
+        .into_iter()
+        .map(|name| {
+            datafusion::logical_expr::ScalarUDF::new_from_impl(SessionDatabase {
+                name,
+                signature: datafusion::logical_expr::Signature::nullary(
+                    datafusion::logical_expr::Volatility::Stable,
+                ),
+            })
+        })
+        .collect()
 }

@@ -225,19 +225,3 @@ pub(super) fn command_tag(sql: &str) -> (String, bool) {
         other => (other.to_string(), false),
     }
 }
-
-/// Replaces `current_database()` and `current_schema()` (a Strata database
-/// is a schema in DataFusion's catalog) with the connection's database.
-pub(super) fn session_functions(sql: &str, db: &str) -> String {
-    let lit = format!("'{}'", db.replace('\'', "''"));
-    let mut out = sql.to_string();
-    for f in [
-        "current_database()",
-        "current_schema()",
-        "CURRENT_DATABASE()",
-        "CURRENT_SCHEMA()",
-    ] {
-        out = out.replace(f, &lit);
-    }
-    out
-}

@@ -19,7 +19,7 @@ use pgwire::{
 };
 use rust_decimal::Decimal;
 
-use super::encode::{fields, response, session_functions};
+use super::encode::{fields, response};
 use super::{database, pg_error, user_error, PgHandler};
 
 /// Decodes parameter `i` of a portal into a value of its declared type:
@@ -259,7 +259,6 @@ impl ExtendedQueryHandler for PgHandler {
         }
         // Parameters are bound as values on the plan, never into the text.
         let values = param_values(portal)?;
-        let sql = &session_functions(sql, &db);
         let started = std::time::Instant::now();
         let db = &db;
         let result = self
@@ -303,7 +302,7 @@ impl ExtendedQueryHandler for PgHandler {
         } else {
             // Planned with a NULL of the inferred type for each parameter.
             let nulls = crate::sql::cast_binder(vec![ScalarValue::Null; count]);
-            let (db, sql) = (&db, &session_functions(sql, &db));
+            let db = &db;
             self.query
                 .limited(
                     false,
@@ -335,7 +334,7 @@ impl ExtendedQueryHandler for PgHandler {
             return Ok(DescribePortalResponse::new(fields));
         }
         let values = param_values(portal)?;
-        let (db, sql) = (&db, &session_functions(sql, &db));
+        let db = &db;
         let schema = self
             .query
             .limited(false, |q| async move {

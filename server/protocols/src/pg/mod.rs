@@ -55,7 +55,7 @@ mod extended;
 #[cfg(test)]
 mod tests;
 
-use self::encode::{fields, response, session_functions};
+use self::encode::{fields, response};
 /// One handler for all connections; per-connection state is the client's
 /// metadata (its database).
 pub struct PgHandler {
@@ -242,7 +242,6 @@ impl PgHandler {
         if let Some(r) = session_statement(sql) {
             return Ok(r);
         }
-        let sql = &session_functions(sql, db);
         let started = std::time::Instant::now();
         let result = self
             .query
@@ -288,7 +287,7 @@ impl PgHandler {
             }
             return Ok(Vec::new());
         }
-        let sql = session_functions(sql, db);
+        let sql = sql.to_string();
         match self
             .query
             .limited(false, |q| async move { q.describe(db, &sql).await })
