@@ -180,6 +180,12 @@ async fn scenario(http: SocketAddr, reader: &Client) {
     assert!(read(http, 0, 10_000, vec![matcher(0, "__name__", "nope")])
         .await
         .is_empty());
+    // A name is a value bound to the scan, not SQL text.
+    for name in ["metric_7' OR metric <> '", "it's", "metric_7\\'--"] {
+        assert!(read(http, 0, 10_000, vec![matcher(0, "__name__", name)])
+            .await
+            .is_empty());
+    }
 
     // The metadata API Grafana uses.
     let get = |path: &'static str| async move {
@@ -239,6 +245,22 @@ async fn scenario(http: SocketAddr, reader: &Client) {
         query(reader, ALL_SAMPLES).await,
         vec![vec!["1200".to_string()]]
     );
+
+    // Names with quotes and backslashes are read back exactly: bound as
+    // values here, and not sent to another instance as SQL it would read
+    // differently (`a''b` as `a'b`, `x\'…` as `x\` followed by SQL).
+    let odd = ["a''b", "x\\' OR true --", "c:\\m"];
+    let ts = odd
+        .iter()
+        .map(|name| series(&[("__name__", name), ("job", "q")], &[(5_000, 5.0)]))
+        .collect();
+    let (code, text) = post(http, "/api/v1/write", &body(ts)).await;
+    assert_eq!(code, 204, "{text}");
+    for name in odd {
+        let got = read(http, 0, 10_000, vec![matcher(0, "__name__", name)]).await;
+        assert_eq!(got.len(), 1, "{name}: {got:?}");
+        assert_eq!(got[0].1, vec![(5_000, 5.0)], "{name}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,13 +14,14 @@ use arrow::{
     array::{Array, AsArray},
     datatypes::{DataType, Float64Type, Int64Type, UInt64Type},
 };
+use datafusion::scalar::ScalarValue;
 use promql_parser::label::{MatchOp, Matcher};
 use prost::Message;
 
 use crate::{
     error::{Error, Result},
     prom::{self, Label, Sample, TimeSeries},
-    sql::{Output, QueryEngine},
+    sql::{cast_binder, Output, QueryEngine},
 };
 
 #[derive(Clone, PartialEq, Message)]
@@ -94,12 +95,65 @@ fn compile(m: &LabelMatcher) -> Result<Matcher> {
     })
 }
 
-fn quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+/// A statement's text and the values of its `$n` placeholders: what a
+/// request names (a metric, a time range, series ids) is bound as a value
+/// on the plan, never pasted into the SQL.
+#[derive(Default)]
+struct Statement {
+    sql: String,
+    params: Vec<ScalarValue>,
 }
 
-async fn rows(query: &QueryEngine, db: &str, sql: &str) -> Result<Vec<arrow::array::RecordBatch>> {
-    match query.execute(db, sql).await? {
+impl Statement {
+    fn new(sql: impl Into<String>) -> Self {
+        Self {
+            sql: sql.into(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Binds `v` to the next placeholder, returning its name (`$3`).
+    fn bind(&mut self, v: ScalarValue) -> String {
+        self.params.push(v);
+        format!("${}", self.params.len())
+    }
+
+    /// Appends ` AND `/` WHERE ` (whichever comes next) and a condition.
+    fn and(&mut self, cond: &str) {
+        let word = if self.sql.contains(" WHERE ") {
+            " AND "
+        } else {
+            " WHERE "
+        };
+        self.sql.push_str(word);
+        self.sql.push_str(cond);
+    }
+
+    /// `series IN ($n, …)` over `ids`.
+    fn series_in(&mut self, ids: &[u64]) {
+        let list: Vec<String> = ids
+            .iter()
+            .map(|&id| self.bind(ScalarValue::UInt64(Some(id))))
+            .collect();
+        self.and(&format!("series IN ({})", list.join(", ")));
+    }
+
+    /// `metric = $n`, when a metric is named.
+    fn metric(&mut self, metric: Option<&str>) {
+        if let Some(m) = metric {
+            let p = self.bind(ScalarValue::Utf8(Some(m.to_string())));
+            self.and(&format!("metric = {p}"));
+        }
+    }
+}
+
+async fn rows(
+    query: &QueryEngine,
+    db: &str,
+    statement: Statement,
+) -> Result<Vec<arrow::array::RecordBatch>> {
+    let bind = cast_binder(statement.params);
+    match query.execute_bound(db, &statement.sql, bind).await? {
         Output::Rows { batches, .. } => Ok(batches),
         Output::AffectedRows(_) => Ok(Vec::new()),
     }
@@ -129,27 +183,10 @@ pub async fn scan_series(
     if query.engine().entry(db, &table).is_err() {
         return Ok(Vec::new());
     }
-    // `WHERE` with the metric's condition, if any, and `more`.
-    let filter = |more: Option<String>| {
-        let conds: Vec<String> = metric
-            .map(|m| format!("metric = {}", quote(m)))
-            .into_iter()
-            .chain(more)
-            .collect();
-        if conds.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", conds.join(" AND "))
-        }
-    };
+    let mut all = Statement::new(format!("SELECT series FROM {table}"));
+    all.metric(metric);
     let mut ids = Vec::new();
-    for b in rows(
-        query,
-        db,
-        &format!("SELECT series FROM {table}{}", filter(None)),
-    )
-    .await?
-    {
+    for b in rows(query, db, all).await? {
         let col = column(&b, 0, &DataType::UInt64)?;
         ids.extend(col.as_primitive::<UInt64Type>().iter().flatten());
     }
@@ -158,11 +195,10 @@ pub async fn scan_series(
     let (mut out, missing) = query.prom_labels().get_all(&ids);
     let mut parsed = Vec::with_capacity(missing.len());
     for chunk in missing.chunks(1000) {
-        let sql = format!(
-            "SELECT series, labels FROM {table}{}",
-            filter(Some(format!("series IN ({})", id_list(chunk))))
-        );
-        for b in rows(query, db, &sql).await? {
+        let mut labels_of = Statement::new(format!("SELECT series, labels FROM {table}"));
+        labels_of.metric(metric);
+        labels_of.series_in(chunk);
+        for b in rows(query, db, labels_of).await? {
             let ids = column(&b, 0, &DataType::UInt64)?;
             let ids = ids.as_primitive::<UInt64Type>();
             let labels = column(&b, 1, &DataType::Utf8)?;
@@ -184,13 +220,6 @@ pub async fn scan_series(
 
 /// Above this many series, a read scans the metric rather than listing them.
 const MAX_LISTED_SERIES: usize = 500;
-
-fn id_list(ids: &[u64]) -> String {
-    ids.iter()
-        .map(u64::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// The samples PromQL evaluates: [`select`] over one database, counted
 /// against the query's memory limit (`query.memory_limit`).
@@ -278,19 +307,20 @@ pub(crate) async fn select(
         // A few series are named in the query, so that the scan prunes by
         // them; many are read in one scan (of the metric, when named) and
         // kept here.
-        let list = if ids.len() <= MAX_LISTED_SERIES {
-            format!(" AND series IN ({})", id_list(&ids))
-        } else {
-            String::new()
-        };
-        let mut sql = format!(
-            "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table} \
-             WHERE ts >= {start_ms} AND ts <= {end_ms}{list}"
+        let mut scan = Statement::new(format!(
+            "SELECT series, CAST(ts AS BIGINT), value FROM {samples_table}"
+        ));
+        let (start, end) = (
+            scan.bind(ScalarValue::Int64(Some(start_ms))),
+            scan.bind(ScalarValue::Int64(Some(end_ms))),
         );
-        if let Some(m) = metric {
-            sql.push_str(&format!(" AND metric = {}", quote(m)));
+        // The placeholders take the type of `ts`: milliseconds.
+        scan.and(&format!("ts >= {start} AND ts <= {end}"));
+        if ids.len() <= MAX_LISTED_SERIES {
+            scan.series_in(&ids);
         }
-        for b in rows(query, db, &sql).await? {
+        scan.metric(metric);
+        for b in rows(query, db, scan).await? {
             let s = column(&b, 0, &DataType::UInt64)?;
             let s = s.as_primitive::<UInt64Type>().values();
             let t = column(&b, 1, &DataType::Int64)?;

@@ -2,8 +2,9 @@
 //!
 //! A scan sends `SELECT <projected columns> FROM <table> WHERE <filters>` to
 //! the shard's leader, marked as forwarded so that it is never forwarded
-//! again; filters that cannot be written back as SQL stay here (every filter
-//! is pushed down as inexact, so DataFusion re-applies them). An `INSERT`
+//! again; filters that cannot be written back as SQL, or not exactly (see
+//! [`unparses_exactly`]), stay here (every filter is pushed down as
+//! inexact, so DataFusion re-applies them). An `INSERT`
 //! sends its rows as Arrow to the leader's `WriteArrow`.
 
 use std::{fmt, sync::Arc, time::Instant};
@@ -15,7 +16,7 @@ use arrow::{
 use async_trait::async_trait;
 use datafusion::{
     catalog::{Session, TableProvider},
-    common::{DataFusionError, Result as DfResult},
+    common::{tree_node::TreeNode, DataFusionError, Result as DfResult},
     datasource::{
         memory::MemorySourceConfig,
         sink::{DataSink, DataSinkExec},
@@ -41,6 +42,30 @@ use crate::{
 
 fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// Whether `filter`, written as SQL by DataFusion's unparser, reads back
+/// as the same expression. The unparser quotes with sqlparser's
+/// `escape_quoted_string`, which leaves a quote after a backslash and a
+/// doubled quote as they are: the value `x\' OR true --` would be written
+/// `'x\' OR true --'` and read back as `x\` followed by SQL, and `a''b` as
+/// `a'b`. Such filters are not sent; they run here.
+fn unparses_exactly(filter: &Expr) -> bool {
+    let awkward_value = |s: &str| s.contains('\\') || s.contains("''");
+    let awkward_name = |s: &str| s.contains('\\') || s.contains('"');
+    let awkward = filter.exists(|e| {
+        Ok(match e {
+            Expr::Literal(v, _) => v.try_as_str().flatten().is_some_and(awkward_value),
+            Expr::Column(c) => {
+                awkward_name(&c.name)
+                    || c.relation
+                        .as_ref()
+                        .is_some_and(|r| awkward_name(&r.to_string()))
+            }
+            _ => false,
+        })
+    });
+    !awkward.unwrap_or(true)
 }
 
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
@@ -127,8 +152,8 @@ impl RemoteTable {
         let pushed: Vec<String> = filters
             .iter()
             .filter_map(|f| match expr_to_sql(f) {
-                Ok(ast) => Some(format!("({ast})")),
-                Err(_) => {
+                Ok(ast) if unparses_exactly(f) => Some(format!("({ast})")),
+                _ => {
                     all_pushed = false;
                     None
                 }
@@ -428,6 +453,37 @@ pub(crate) async fn forward_batches(
                     Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use datafusion::logical_expr::{col, lit};
+
+    use super::*;
+
+    #[test]
+    fn filters_that_would_not_read_back_as_written_are_not_sent() {
+        // What sqlparser's quoting would turn into other SQL, or another value.
+        for value in ["x\\' OR true --", "a''b", "c:\\dir"] {
+            let f = col("host").eq(lit(value));
+            assert!(!unparses_exactly(&f), "{value}");
+            let f = col("v")
+                .gt(lit(1))
+                .and(col("host").in_list(vec![lit("ok"), lit(value)], false));
+            assert!(!unparses_exactly(&f), "{value}");
+        }
+        let weird = Expr::Column(datafusion::common::Column::new_unqualified("we\"ird"));
+        assert!(!unparses_exactly(&weird.eq(lit(1))));
+        // A lone quote is doubled correctly: sent.
+        for value in ["it's", "plain", ""] {
+            let f = col("host").eq(lit(value));
+            assert!(unparses_exactly(&f), "{value}");
+            let sql = expr_to_sql(&f).unwrap().to_string();
+            let quoted = format!("'{}'", value.replace('\'', "''"));
+            assert_eq!(sql, format!("(host = {quoted})"));
         }
     }
 }
