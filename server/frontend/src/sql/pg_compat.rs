@@ -2,7 +2,7 @@
 //! carries it: the settings they read with `SHOW` or `current_setting()`,
 //! and `current_database()`.
 
-use std::{any::Any, sync::Arc};
+use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 
@@ -72,10 +72,6 @@ struct SessionDatabase {
 }
 
 impl datafusion::logical_expr::ScalarUDFImpl for SessionDatabase {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn name(&self) -> &str {
         self.name
     }
