@@ -55,6 +55,9 @@ fn unparses_exactly(filter: &Expr) -> bool {
     let awkward_name = |s: &str| s.contains('\\') || s.contains('"');
     let awkward = filter.exists(|e| {
         Ok(match e {
+            // A list or struct literal's strings are written by the same
+            // quoting, element by element: never sent.
+            Expr::Literal(v, _) if v.data_type().is_nested() => true,
             Expr::Literal(v, _) => v.try_as_str().flatten().is_some_and(awkward_value),
             Expr::Column(c) => {
                 awkward_name(&c.name)
@@ -460,7 +463,10 @@ pub(crate) async fn forward_batches(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use datafusion::logical_expr::{col, lit};
+    use datafusion::{
+        common::ScalarValue,
+        logical_expr::{col, lit},
+    };
 
     use super::*;
 
@@ -475,6 +481,13 @@ mod tests {
                 .and(col("host").in_list(vec![lit("ok"), lit(value)], false));
             assert!(!unparses_exactly(&f), "{value}");
         }
+        let list = ScalarValue::List(ScalarValue::new_list_nullable(
+            &[ScalarValue::from("a''b")],
+            &arrow::datatypes::DataType::Utf8,
+        ));
+        assert!(!unparses_exactly(
+            &col("host").eq(Expr::Literal(list, None))
+        ));
         let weird = Expr::Column(datafusion::common::Column::new_unqualified("we\"ird"));
         assert!(!unparses_exactly(&weird.eq(lit(1))));
         // A lone quote is doubled correctly: sent.
