@@ -98,7 +98,6 @@ fn compile(m: &LabelMatcher) -> Result<Matcher> {
 /// A statement's text and the values of its `$n` placeholders: what a
 /// request names (a metric, a time range, series ids) is bound as a value
 /// on the plan, never pasted into the SQL.
-#[derive(Default)]
 struct Statement {
     sql: String,
     params: Vec<ScalarValue>,

@@ -180,6 +180,15 @@ pub fn cast_binder(values: Vec<ScalarValue>) -> Binder {
     })
 }
 
+/// `state` with unqualified table names resolving in `database`.
+fn in_database(mut state: SessionState, database: &str) -> SessionState {
+    state.config_mut().options_mut().catalog.default_schema = database.to_string();
+    // Planning folds `current_database()` with the configuration taken when
+    // the state was made: take it again now that it names the database.
+    state.mark_start_execution();
+    state
+}
+
 /// The most parameters one statement may have (PostgreSQL's own bound).
 const MAX_PARAMETERS: usize = 65_535;
 
@@ -390,12 +399,7 @@ impl QueryEngine {
     /// A session whose unqualified table names resolve in `database`, for
     /// parsing and resolving names only.
     fn parse_session(&self, database: &str) -> SessionState {
-        let mut state = self.ctx.state();
-        state.config_mut().options_mut().catalog.default_schema = database.to_string();
-        // Planning folds `current_database()` with the configuration taken
-        // here, so take it again now that it names the database.
-        state.mark_start_execution();
-        state
+        in_database(self.ctx.state(), database)
     }
 
     /// A session whose unqualified table names resolve in `database`, and
@@ -415,14 +419,10 @@ impl QueryEngine {
             memory_pool: pool,
             ..RuntimeEnv::clone(base.runtime_env())
         });
-        let mut state = SessionStateBuilder::new_from_existing(base)
+        let state = SessionStateBuilder::new_from_existing(base)
             .with_runtime_env(runtime)
             .build();
-        state.config_mut().options_mut().catalog.default_schema = database.to_string();
-        // Planning folds `current_database()` with the configuration taken
-        // here, so take it again now that it names the database.
-        state.mark_start_execution();
-        state
+        in_database(state, database)
     }
 
     /// Runs `fut` on the query runtime; dropping the returned future cancels it.
