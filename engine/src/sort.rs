@@ -81,6 +81,26 @@ fn sorted_order(batch: &RecordBatch, key: &[usize], seq: usize, dedup: bool) -> 
         .iter()
         .map(|&i| ranks(batch.column(i)).unwrap_or_else(|| batch.column(i).clone()))
         .collect();
+    let seqs = batch
+        .column(seq)
+        .as_primitive_opt::<UInt64Type>()
+        .ok_or_else(|| Error::Internal(format!("{SEQ_COLUMN} is not a UInt64 column")))?
+        .values();
+    // Keys of up to four integer-like columns (ranked strings included)
+    // sort as fixed arrays of integers: no row encoding, one integer
+    // comparison per column.
+    if let Some(words) = cols.iter().map(key_words).collect::<Option<Vec<_>>>() {
+        let order = match words.len() {
+            1 => sort_words::<1>(&words, seqs, dedup),
+            2 => sort_words::<2>(&words, seqs, dedup),
+            3 => sort_words::<3>(&words, seqs, dedup),
+            4 => sort_words::<4>(&words, seqs, dedup),
+            _ => None,
+        };
+        if let Some(order) = order {
+            return Ok(order);
+        }
+    }
     let converter = RowConverter::new(
         cols.iter()
             .map(|c| SortField::new_with_options(c.data_type().clone(), KEY_SORT))
@@ -90,11 +110,6 @@ fn sorted_order(batch: &RecordBatch, key: &[usize], seq: usize, dedup: bool) -> 
     let rows = converter
         .convert_columns(&cols)
         .map_err(arrow_err("encoding keys"))?;
-    let seqs = batch
-        .column(seq)
-        .as_primitive_opt::<UInt64Type>()
-        .ok_or_else(|| Error::Internal(format!("{SEQ_COLUMN} is not a UInt64 column")))?
-        .values();
     // (key bytes, seq, position): sorting the entries themselves keeps each
     // comparison's data in one place.
     let mut entries: Vec<(Row<'_>, u64, u32)> = (0..n)
@@ -110,6 +125,115 @@ fn sorted_order(batch: &RecordBatch, key: &[usize], seq: usize, dedup: bool) -> 
         entries.dedup_by(|later, kept| later.0 == kept.0);
     }
     Ok(entries.into_iter().map(|(_, _, i)| i).collect())
+}
+
+/// A key column as one `u64` per row that orders as [`KEY_SORT`] orders
+/// the column's values (ascending, nulls first) and is equal exactly when
+/// the values are. `None` for a type without such a mapping, and for a
+/// 64-bit column with nulls (no spare value to stand for null).
+fn key_words(column: &ArrayRef) -> Option<Vec<u64>> {
+    use arrow::datatypes::{
+        DataType, Date32Type, Int16Type, Int32Type, Int64Type, Int8Type, TimeUnit,
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType, UInt16Type, UInt32Type, UInt8Type,
+    };
+    // Signed values flip their sign bit so that they order as unsigned.
+    const SIGN: u64 = 1 << 63;
+    // A column of at most 32 bits: null is 0, a value is 2^32 + its word.
+    fn narrow<T: arrow::datatypes::ArrowPrimitiveType>(
+        column: &ArrayRef,
+        word: impl Fn(T::Native) -> u32,
+    ) -> Option<Vec<u64>> {
+        let a = column.as_primitive_opt::<T>()?;
+        let values = a.values();
+        Some(match a.nulls().filter(|n| n.null_count() > 0) {
+            None => values.iter().map(|&v| u64::from(word(v))).collect(),
+            Some(nulls) => values
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| {
+                    if nulls.is_valid(i) {
+                        (1 << 32) | u64::from(word(v))
+                    } else {
+                        0
+                    }
+                })
+                .collect(),
+        })
+    }
+    // A 64-bit column: only without nulls.
+    fn wide<T: arrow::datatypes::ArrowPrimitiveType>(
+        column: &ArrayRef,
+        word: impl Fn(T::Native) -> u64,
+    ) -> Option<Vec<u64>> {
+        let a = column.as_primitive_opt::<T>()?;
+        if a.null_count() > 0 {
+            return None;
+        }
+        Some(a.values().iter().map(|&v| word(v)).collect())
+    }
+    const SIGN32: u32 = 1 << 31;
+    match column.data_type() {
+        DataType::UInt8 => narrow::<UInt8Type>(column, u32::from),
+        DataType::UInt16 => narrow::<UInt16Type>(column, u32::from),
+        DataType::UInt32 => narrow::<UInt32Type>(column, |v| v),
+        DataType::Int8 => narrow::<Int8Type>(column, |v| (i32::from(v) as u32) ^ SIGN32),
+        DataType::Int16 => narrow::<Int16Type>(column, |v| (i32::from(v) as u32) ^ SIGN32),
+        DataType::Int32 => narrow::<Int32Type>(column, |v| (v as u32) ^ SIGN32),
+        DataType::Date32 => narrow::<Date32Type>(column, |v| (v as u32) ^ SIGN32),
+        DataType::UInt64 => wide::<UInt64Type>(column, |v| v),
+        DataType::Int64 => wide::<Int64Type>(column, |v| (v as u64) ^ SIGN),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            wide::<TimestampSecondType>(column, |v| (v as u64) ^ SIGN)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            wide::<TimestampMillisecondType>(column, |v| (v as u64) ^ SIGN)
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            wide::<TimestampMicrosecondType>(column, |v| (v as u64) ^ SIGN)
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            wide::<TimestampNanosecondType>(column, |v| (v as u64) ^ SIGN)
+        }
+        DataType::Boolean => {
+            let a = column.as_boolean_opt()?;
+            Some(
+                (0..a.len())
+                    .map(|i| {
+                        if a.is_null(i) {
+                            0
+                        } else {
+                            1 + u64::from(a.value(i))
+                        }
+                    })
+                    .collect(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// [`sorted_order`] over `N` key columns given as [`key_words`]: entries
+/// of (key words, `!seq`, `!position`) sort ascending as plain integers,
+/// which is (key ascending, seq descending, position descending).
+fn sort_words<const N: usize>(words: &[Vec<u64>], seqs: &[u64], dedup: bool) -> Option<Vec<u32>> {
+    if words.len() != N {
+        return None;
+    }
+    let n = seqs.len();
+    let mut entries: Vec<([u64; N], u64, u32)> = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut key = [0u64; N];
+        for (k, column) in key.iter_mut().zip(words) {
+            *k = column[i];
+        }
+        entries.push((key, !seqs[i], !(i as u32)));
+    }
+    entries.sort_unstable();
+    if dedup {
+        entries.dedup_by(|later, kept| later.0 == kept.0);
+    }
+    Some(entries.into_iter().map(|(_, _, i)| !i).collect())
 }
 
 /// An order-preserving stand-in for a string column: each row's rank among
@@ -255,6 +379,14 @@ mod tests {
             Field::new("ts", DataType::Int64, false),
             Field::new("v", DataType::Int64, true),
             Field::new("__seq", DataType::UInt64, false),
+            Field::new("s2", DataType::UInt64, false),
+            Field::new(
+                "tm",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                false,
+            ),
+            Field::new("i", DataType::Int32, true),
+            Field::new("b", DataType::Boolean, true),
         ]));
         let names = [
             "",
@@ -280,6 +412,17 @@ mod tests {
                     let ts = Int64Array::from_iter_values((0..n).map(|_| next(6) as i64 - 3));
                     let v = Int64Array::from_iter_values((0..n).map(|i| (round * 1000 + i) as i64));
                     let seq = UInt64Array::from_iter_values((0..n).map(|_| b as u64 + next(2)));
+                    let s2 =
+                        UInt64Array::from_iter_values((0..n).map(|_| next(4) * (u64::MAX / 3)));
+                    let tm = arrow::array::TimestampMillisecondArray::from_iter_values(
+                        (0..n).map(|_| next(5) as i64 - 2),
+                    );
+                    let i: arrow::array::Int32Array = (0..n)
+                        .map(|_| (next(6) != 0).then(|| next(5) as i32 - 2))
+                        .collect();
+                    let bo: arrow::array::BooleanArray = (0..n)
+                        .map(|_| (next(5) != 0).then(|| next(2) == 1))
+                        .collect();
                     RecordBatch::try_new(
                         schema.clone(),
                         vec![
@@ -288,16 +431,28 @@ mod tests {
                             Arc::new(ts),
                             Arc::new(v),
                             Arc::new(seq),
+                            Arc::new(s2),
+                            Arc::new(tm),
+                            Arc::new(i),
+                            Arc::new(bo),
                         ],
                     )
                     .unwrap()
                 })
                 .collect();
             let all = concat_batches(&schema, &batches).unwrap();
+            // [0, 1, 2]: `series` has nulls, so the row format; the others
+            // (but the five-column key) sort as integer words.
             for (key, dedup) in [
                 (&[0, 1, 2][..], true),
                 (&[0, 1, 2][..], false),
                 (&[2][..], true),
+                (&[0, 5, 6][..], true),
+                (&[0, 5, 6][..], false),
+                (&[7, 8][..], true),
+                (&[7, 8][..], false),
+                (&[0, 5, 7, 8][..], true),
+                (&[0, 1, 2, 5, 6][..], true),
             ] {
                 let want =
                     take_record_batch(&all, &UInt32Array::from(reference(&all, key, 4, dedup)))
@@ -308,6 +463,27 @@ mod tests {
                 assert_eq!(got, want, "round {round}, key {key:?}, dedup {dedup}");
             }
         }
+    }
+
+    #[test]
+    fn integer_like_columns_map_to_words() {
+        let words = |a: ArrayRef| key_words(&a);
+        let ts = arrow::array::TimestampNanosecondArray::from(vec![-1, 0, 1]);
+        assert_eq!(
+            words(Arc::new(ts)),
+            Some(vec![(1 << 63) - 1, 1 << 63, (1 << 63) + 1])
+        );
+        let i = arrow::array::Int8Array::from(vec![Some(-1), None, Some(1)]);
+        assert_eq!(
+            words(Arc::new(i)),
+            Some(vec![(1 << 32) | 0x7fff_ffff, 0, (1 << 32) | 0x8000_0001])
+        );
+        // A 64-bit column with nulls has no spare word for null.
+        assert_eq!(
+            words(Arc::new(UInt64Array::from(vec![Some(1), None]))),
+            None
+        );
+        assert_eq!(words(Arc::new(StringArray::from(vec!["a"]))), None);
     }
 
     #[test]

@@ -381,7 +381,9 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         }
     }
     let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;
-    let decoded = prom::decode(&raw, |id| state.prom_series.contains(db, id))
+    let decoded = state
+        .prom_series
+        .decode(db, &raw)
         .map_err(|e| Error::InvalidArgument(format!("remote write: {e}")))?;
     drop(raw);
     if decoded.samples == 0 {
@@ -396,7 +398,9 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         Instant::now() + crate::route::MOVE_WAIT,
     )
     .await?;
-    state.prom_series.insert_all(db, &decoded.series);
+    state
+        .prom_series
+        .written(db, &decoded.series, decoded.label_sets);
     Ok(())
 }
 

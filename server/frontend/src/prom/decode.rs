@@ -7,7 +7,10 @@
 //! Nothing is allocated per label or per sample; a series' label JSON is
 //! built only for a series the caller has not written yet.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use arrow::{
     array::{ArrayRef, Float64Builder, StringBuilder, TimestampMillisecondBuilder, UInt64Builder},
@@ -27,8 +30,11 @@ pub struct Decoded {
     /// `(table, rows)`: the samples tables with samples, and the series
     /// tables with series not known to be written.
     pub tables: Vec<(String, RecordBatch)>,
-    /// The series in it, for the caller's cache of series already written.
+    /// The series in it whose labels were parsed, for the caller's cache
+    /// of series already written.
     pub series: Vec<u64>,
+    /// Their label sets, for [`LabelSets::insert`] once written.
+    pub label_sets: Vec<(Box<[u8]>, Derived)>,
     pub samples: usize,
 }
 
@@ -75,28 +81,87 @@ impl Rows {
     }
 }
 
+/// What the decoder derives from a series' labels: its id, its metric and
+/// partition.
+#[derive(Debug, Clone)]
+pub struct Derived {
+    id: u64,
+    partition: u8,
+    metric: Box<str>,
+}
+
+/// Label sets already written to one database: the exact bytes of a
+/// series' labels as a client sent them (every `Label` field, in order) →
+/// what the decoder derived from them. Prometheus sends a series' labels
+/// byte for byte the same in every request, so a series seen before costs
+/// one hash and one comparison of its bytes instead of checking UTF-8,
+/// sorting its labels and hashing them again. Only label sets that decoded
+/// without error and whose rows were written are kept, so a hit means the
+/// series' row exists.
+#[derive(Debug, Default)]
+pub struct LabelSets {
+    map: HashMap<Box<[u8]>, Derived, foldhash::fast::RandomState>,
+    bytes: usize,
+}
+
+impl LabelSets {
+    /// The bytes the keys hold.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn insert(&mut self, sets: Vec<(Box<[u8]>, Derived)>) {
+        for (key, derived) in sets {
+            let len = key.len() + derived.metric.len();
+            if self.map.insert(key, derived).is_none() {
+                self.bytes += len;
+            }
+        }
+    }
+}
+
 /// One series as read from the wire, before its labels are checked.
 #[derive(Default)]
 struct SeriesBuf<'a> {
+    /// Each `Label` field's bytes, parsed only when the set is not known.
+    raw_labels: Vec<&'a [u8]>,
     labels: Vec<(&'a str, &'a str)>,
     samples: Vec<(i64, f64)>,
     histograms: bool,
+    /// The length of the message's leading `Label` fields, and whether no
+    /// `Label` field follows another field (then that prefix is the whole
+    /// label set, the key of [`LabelSets`]).
+    prefix: usize,
+    contiguous: bool,
 }
 
 impl<'a> SeriesBuf<'a> {
     fn clear(&mut self) {
+        self.raw_labels.clear();
         self.labels.clear();
         self.samples.clear();
         self.histograms = false;
+        self.prefix = 0;
+        self.contiguous = true;
     }
 
-    /// Reads one `prompb.TimeSeries` message.
+    /// Reads one `prompb.TimeSeries` message; its labels' contents are
+    /// read by [`SeriesBuf::parse_labels`].
     fn read(&mut self, body: &'a [u8]) -> WireResult<()> {
         self.clear();
         let mut w = Wire::new(body);
+        let mut other = false;
         while !w.done() {
             match w.key()? {
-                (1, LEN) => self.labels.push(read_label(w.bytes()?)?),
+                (1, LEN) => {
+                    self.raw_labels.push(w.bytes()?);
+                    if other {
+                        self.contiguous = false;
+                    } else {
+                        self.prefix = w.pos();
+                    }
+                    continue;
+                }
                 (2, LEN) => self.samples.push(read_sample(w.bytes()?)?),
                 (4, LEN) => {
                     w.bytes()?;
@@ -105,6 +170,14 @@ impl<'a> SeriesBuf<'a> {
                 (f @ (1 | 2 | 4), wire) => return Err(wrong_type("TimeSeries", f, wire)),
                 (_, wire) => w.skip(wire)?,
             }
+            other = true;
+        }
+        Ok(())
+    }
+
+    fn parse_labels(&mut self) -> WireResult<()> {
+        for raw in &self.raw_labels {
+            self.labels.push(read_label(raw)?);
         }
         Ok(())
     }
@@ -159,11 +232,23 @@ fn labels_json(labels: &[(&str, &str)], out: &mut String) {
 /// `known` says whether a series' row was written already (then it is not
 /// written again).
 pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
+    decode_with(raw, &LabelSets::default(), known)
+}
+
+/// [`decode`], with the label sets already written to the database: a
+/// series whose labels are among them is not parsed again, and its row is
+/// known to be written.
+pub fn decode_with(
+    raw: &[u8],
+    written: &LabelSets,
+    known: impl Fn(u64) -> bool,
+) -> Result<Decoded, String> {
     let not_a_request = |e: String| format!("the body is not a Prometheus WriteRequest: {e}");
     let mut samples_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
     let mut series_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
     let mut new_series: HashSet<u64> = HashSet::new();
     let mut series_ids = Vec::new();
+    let mut label_sets = Vec::new();
     let mut samples = 0usize;
     let mut json = String::new();
     let mut buf = SeriesBuf::default();
@@ -195,31 +280,52 @@ pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String
                 "series {n}: native histograms are not supported; send classic histograms"
             ));
         }
-        let labels = &mut buf.labels;
-        labels.retain(|(_, v)| !v.is_empty());
-        labels.sort_unstable();
-        if labels.windows(2).any(|w| w[0].0 == w[1].0) {
-            return Err(format!("series {n}: a label name repeats"));
-        }
-        let Some(&(_, metric)) = labels.iter().find(|(k, _)| *k == "__name__") else {
-            return Err(format!("series {n}: no __name__ label"));
+        let key = &body[..buf.prefix];
+        let hit = if buf.contiguous && !key.is_empty() {
+            written.map.get(key)
+        } else {
+            None
         };
-        if buf.samples.is_empty() {
-            continue;
-        }
-        let id = series_id(labels);
-        let p = partition(metric) as usize;
-        if !known(id) && new_series.insert(id) {
-            json.clear();
-            labels_json(labels, &mut json);
-            row_bytes = row_bytes.saturating_add(json.len() + metric.len() + 24);
-            let rows = &mut series_rows[p];
-            rows.metric.append_value(metric);
-            rows.series.append_value(id);
-            rows.ts.append_value(0);
-            rows.labels.append_value(&json);
-        }
-        series_ids.push(id);
+        let (id, p, metric) = match hit {
+            Some(d) => (d.id, d.partition as usize, &*d.metric),
+            None => {
+                buf.parse_labels().map_err(not_a_request)?;
+                let labels = &mut buf.labels;
+                labels.retain(|(_, v)| !v.is_empty());
+                labels.sort_unstable();
+                if labels.windows(2).any(|w| w[0].0 == w[1].0) {
+                    return Err(format!("series {n}: a label name repeats"));
+                }
+                let Some(&(_, metric)) = labels.iter().find(|(k, _)| *k == "__name__") else {
+                    return Err(format!("series {n}: no __name__ label"));
+                };
+                if buf.samples.is_empty() {
+                    continue;
+                }
+                let id = series_id(labels);
+                let p = partition(metric) as usize;
+                if !known(id) && new_series.insert(id) {
+                    json.clear();
+                    labels_json(labels, &mut json);
+                    row_bytes = row_bytes.saturating_add(json.len() + metric.len() + 24);
+                    let rows = &mut series_rows[p];
+                    rows.metric.append_value(metric);
+                    rows.series.append_value(id);
+                    rows.ts.append_value(0);
+                    rows.labels.append_value(&json);
+                }
+                series_ids.push(id);
+                if buf.contiguous && !key.is_empty() {
+                    let derived = Derived {
+                        id,
+                        partition: p as u8,
+                        metric: metric.into(),
+                    };
+                    label_sets.push((Box::from(key), derived));
+                }
+                (id, p, metric)
+            }
+        };
         row_bytes = row_bytes.saturating_add((metric.len() + 28).saturating_mul(buf.samples.len()));
         if row_bytes > budget {
             return Err(too_large(budget));
@@ -250,6 +356,7 @@ pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String
     Ok(Decoded {
         tables,
         series: series_ids,
+        label_sets,
         samples,
     })
 }

@@ -22,7 +22,7 @@ mod decode;
 mod labels;
 mod wire;
 
-pub use decode::{decode, Decoded};
+pub use decode::{decode, decode_with, Decoded, Derived, LabelSets};
 pub use labels::{LabelCache, Labels};
 
 /// Physical tables per kind and database.
@@ -129,42 +129,79 @@ pub fn decompress(body: &[u8], max_decoded: usize, what: &str) -> crate::error::
         .map_err(not_snappy)
 }
 
-/// The series an instance has written already, per database (bounded: it is
-/// cleared when it grows past a million entries).
+/// The series an instance has written already, per database: their ids,
+/// and their label sets as sent ([`LabelSets`]). Bounded: the ids are
+/// cleared past a million, the label sets past 64 MiB.
 #[derive(Debug, Default)]
 pub struct SeenSeries {
-    /// Series ids per database, and how many ids in all.
-    inner: parking_lot::Mutex<(HashMap<String, HashSet<u64>>, usize)>,
+    inner: parking_lot::RwLock<Seen>,
 }
 
+#[derive(Debug, Default)]
+struct Seen {
+    databases: HashMap<String, SeenIn>,
+    ids: usize,
+    label_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct SeenIn {
+    ids: HashSet<u64>,
+    labels: LabelSets,
+}
+
+/// The bounds of [`SeenSeries`].
+const MAX_SEEN_IDS: usize = 1_000_000;
+const MAX_SEEN_LABEL_BYTES: usize = 64 << 20;
+
 impl SeenSeries {
-    /// Whether the series' row was written to `db` (no allocation: it is
-    /// asked once per series of every remote write).
-    pub fn contains(&self, db: &str, id: u64) -> bool {
-        self.inner.lock().0.get(db).is_some_and(|s| s.contains(&id))
-    }
-
-    pub fn insert_all(&self, db: &str, ids: &[u64]) {
-        let mut guard = self.inner.lock();
-        let (map, total) = &mut *guard;
-        if *total > 1_000_000 {
-            map.clear();
-            *total = 0;
+    /// Decodes a remote-write body for `db` ([`decode_with`]), skipping
+    /// the series written already. Concurrent decodes share the cache.
+    pub fn decode(&self, db: &str, raw: &[u8]) -> Result<Decoded, String> {
+        let seen = self.inner.read();
+        match seen.databases.get(db) {
+            Some(d) => decode_with(raw, &d.labels, |id| d.ids.contains(&id)),
+            None => decode(raw, |_| false),
         }
-        let set = match map.get_mut(db) {
-            Some(set) => set,
-            None => map.entry(db.to_string()).or_default(),
-        };
-        let before = set.len();
-        set.extend(ids.iter().copied());
-        *total += set.len() - before;
     }
 
+    /// Records what `decoded` held once its rows are written.
+    pub fn written(&self, db: &str, ids: &[u64], label_sets: Vec<(Box<[u8]>, Derived)>) {
+        if ids.is_empty() && label_sets.is_empty() {
+            return;
+        }
+        let mut guard = self.inner.write();
+        let seen = &mut *guard;
+        if seen.ids > MAX_SEEN_IDS {
+            for d in seen.databases.values_mut() {
+                d.ids = HashSet::new();
+            }
+            seen.ids = 0;
+        }
+        if seen.label_bytes > MAX_SEEN_LABEL_BYTES {
+            for d in seen.databases.values_mut() {
+                d.labels = LabelSets::default();
+            }
+            seen.label_bytes = 0;
+        }
+        let d = match seen.databases.get_mut(db) {
+            Some(d) => d,
+            None => seen.databases.entry(db.to_string()).or_default(),
+        };
+        let before = (d.ids.len(), d.labels.bytes());
+        d.ids.extend(ids.iter().copied());
+        d.labels.insert(label_sets);
+        seen.ids += d.ids.len() - before.0;
+        seen.label_bytes += d.labels.bytes() - before.1;
+    }
+
+    /// Forgets `db`'s series (its tables were created anew).
     pub fn forget_database(&self, db: &str) {
-        let mut guard = self.inner.lock();
-        let (map, total) = &mut *guard;
-        if let Some(set) = map.remove(db) {
-            *total -= set.len();
+        let mut guard = self.inner.write();
+        let seen = &mut *guard;
+        if let Some(d) = seen.databases.remove(db) {
+            seen.ids -= d.ids.len();
+            seen.label_bytes -= d.labels.bytes();
         }
     }
 }
@@ -454,6 +491,97 @@ mod tests {
             }
         }
         assert!(checked.0 > 1000 && checked.1 > 300, "{checked:?}");
+    }
+
+    /// Decoding with the label sets written before (the server's cache)
+    /// gives the rows decoding from scratch gives, series after series,
+    /// including label sets a client sends in another order, with empty
+    /// values, split around the samples, or that fail to decode.
+    #[test]
+    fn written_label_sets_decode_as_parsed_ones() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let values = ["a", "b", "", "é", "x\"y"];
+        let pool: Vec<Vec<(String, String)>> = (0..30)
+            .map(|i| {
+                let mut labels = Vec::new();
+                if i % 10 != 9 {
+                    labels.push(("__name__".to_string(), format!("m{}", i % 4)));
+                }
+                for _ in 0..rng.random_range(0..4) {
+                    labels.push((
+                        format!("l{}", rng.random_range(0..4)),
+                        values[rng.random_range(0..values.len())].to_string(),
+                    ));
+                }
+                labels
+            })
+            .collect();
+        // One `timeseries` field of a WriteRequest; with `split`, the last
+        // label is sent after the samples (protobuf merges the two halves),
+        // which is not a cache key.
+        fn series_field(
+            labels: &[(String, String)],
+            samples: &[(i64, f64)],
+            split: bool,
+        ) -> Vec<u8> {
+            let l: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let inner = if split && !l.is_empty() {
+                let (first, last) = l.split_at(l.len() - 1);
+                let mut b = TimeSeries::new(first, samples).encode_to_vec();
+                b.extend(TimeSeries::new(last, &[]).encode_to_vec());
+                b
+            } else {
+                TimeSeries::new(&l, samples).encode_to_vec()
+            };
+            let mut out = vec![0x0a];
+            let mut n = inner.len() as u64;
+            while n >= 0x80 {
+                out.push((n as u8) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+            out.extend(inner);
+            out
+        }
+        let mut sets = LabelSets::default();
+        let mut ids: HashSet<u64> = HashSet::new();
+        let (mut hits, mut ok, mut refused) = (0usize, 0usize, 0usize);
+        for round in 0..600 {
+            let mut raw = Vec::new();
+            let mut with_samples = 0;
+            for _ in 0..rng.random_range(0..8) {
+                let labels = &pool[rng.random_range(0..pool.len())];
+                let samples: Vec<(i64, f64)> = (0..rng.random_range(0..3))
+                    .map(|_| (rng.random_range(0..1000i64), rng.random::<f64>()))
+                    .collect();
+                with_samples += usize::from(!samples.is_empty());
+                raw.extend(series_field(labels, &samples, rng.random_bool(0.1)));
+            }
+            let known = |id: u64| ids.contains(&id);
+            let want = reference(&raw, known);
+            match (want, decode_with(&raw, &sets, known)) {
+                (Ok(w), Ok(g)) => {
+                    assert_eq!(rows(&g), w, "round {round}");
+                    hits += with_samples - g.series.len();
+                    ok += 1;
+                    ids.extend(g.series.iter().copied());
+                    sets.insert(g.label_sets);
+                }
+                (Err(()), Err(_)) => refused += 1,
+                (w, g) => panic!(
+                    "round {round}: {:?} vs {:?}",
+                    w.map(|r| r.len()),
+                    g.map(|d| d.samples)
+                ),
+            }
+        }
+        assert!(
+            hits > 300 && ok > 100 && refused > 100,
+            "{hits} {ok} {refused}"
+        );
     }
 
     #[test]

@@ -26,6 +26,11 @@ impl<'a> Wire<'a> {
         Self { buf, pos: 0 }
     }
 
+    /// How many bytes were read.
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
     pub(crate) fn done(&self) -> bool {
         self.pos >= self.buf.len()
     }
