@@ -381,7 +381,7 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
         }
     }
     let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;
-    let decoded = state
+    let (decoded, generation) = state
         .prom_series
         .decode(db, &raw)
         .map_err(|e| Error::InvalidArgument(format!("remote write: {e}")))?;
@@ -400,7 +400,7 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
     .await?;
     state
         .prom_series
-        .written(db, &decoded.series, decoded.label_sets);
+        .written(db, generation, &decoded.series, decoded.label_sets);
     Ok(())
 }
 

@@ -81,42 +81,82 @@ impl Rows {
     }
 }
 
-/// What the decoder derives from a series' labels: its id, its metric and
-/// partition.
-#[derive(Debug, Clone)]
+/// What the decoder derives from a series' label bytes: its id and
+/// partition, and where its metric name lies in those bytes (so that a hit
+/// borrows nothing from the cache).
+#[derive(Debug, Clone, Copy)]
 pub struct Derived {
     id: u64,
     partition: u8,
-    metric: Box<str>,
+    metric_at: u32,
+    metric_len: u32,
 }
 
 /// Label sets already written to one database: the exact bytes of a
-/// series' labels as a client sent them (every `Label` field, in order) →
-/// what the decoder derived from them. Prometheus sends a series' labels
-/// byte for byte the same in every request, so a series seen before costs
-/// one hash and one comparison of its bytes instead of checking UTF-8,
-/// sorting its labels and hashing them again. Only label sets that decoded
-/// without error and whose rows were written are kept, so a hit means the
-/// series' row exists.
+/// series' labels as a client sent them (every `Label` field, in order,
+/// before any other field) → what the decoder derived from them. Prometheus
+/// sends a series' labels byte for byte the same in every request, so a
+/// series seen before costs one hash and one comparison of its bytes
+/// instead of checking UTF-8, sorting its labels and hashing them again.
+/// Only label sets that decoded without error and whose rows were written
+/// are kept, so a hit means the series' row exists.
 #[derive(Debug, Default)]
 pub struct LabelSets {
     map: HashMap<Box<[u8]>, Derived, foldhash::fast::RandomState>,
     bytes: usize,
 }
 
+/// What an entry costs beyond its key bytes (the map's slot, the key's
+/// allocation), counted in [`LabelSets::bytes`].
+const ENTRY_OVERHEAD: usize = 64;
+
 impl LabelSets {
-    /// The bytes the keys hold.
+    /// About the memory the entries hold.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
+    pub fn get(&self, key: &[u8]) -> Option<Derived> {
+        self.map.get(key).copied()
+    }
+
     pub fn insert(&mut self, sets: Vec<(Box<[u8]>, Derived)>) {
         for (key, derived) in sets {
-            let len = key.len() + derived.metric.len();
+            let len = key.len() + ENTRY_OVERHEAD;
             if self.map.insert(key, derived).is_none() {
                 self.bytes += len;
             }
         }
+    }
+}
+
+/// What the decoder asks about the series written before.
+pub trait Written {
+    /// What a label set (its bytes, [`LabelSets`]) was decoded to, if its
+    /// rows were written.
+    fn label_set(&mut self, key: &[u8]) -> Option<Derived>;
+    /// Whether the series' row was written.
+    fn series(&mut self, id: u64) -> bool;
+}
+
+/// Nothing written before, or only the series `known` says.
+struct Known<F>(F);
+
+impl<F: Fn(u64) -> bool> Written for Known<F> {
+    fn label_set(&mut self, _: &[u8]) -> Option<Derived> {
+        None
+    }
+    fn series(&mut self, id: u64) -> bool {
+        (self.0)(id)
+    }
+}
+
+impl Written for (&LabelSets, &HashSet<u64>) {
+    fn label_set(&mut self, key: &[u8]) -> Option<Derived> {
+        self.0.get(key)
+    }
+    fn series(&mut self, id: u64) -> bool {
+        self.1.contains(&id)
     }
 }
 
@@ -232,17 +272,13 @@ fn labels_json(labels: &[(&str, &str)], out: &mut String) {
 /// `known` says whether a series' row was written already (then it is not
 /// written again).
 pub fn decode(raw: &[u8], known: impl Fn(u64) -> bool) -> Result<Decoded, String> {
-    decode_with(raw, &LabelSets::default(), known)
+    decode_with(raw, &mut Known(known))
 }
 
-/// [`decode`], with the label sets already written to the database: a
-/// series whose labels are among them is not parsed again, and its row is
-/// known to be written.
-pub fn decode_with(
-    raw: &[u8],
-    written: &LabelSets,
-    known: impl Fn(u64) -> bool,
-) -> Result<Decoded, String> {
+/// [`decode`], asking `written` about the series written before: a series
+/// whose label bytes are known is not parsed again, and its row is known
+/// to be written.
+pub fn decode_with(raw: &[u8], written: &mut impl Written) -> Result<Decoded, String> {
     let not_a_request = |e: String| format!("the body is not a Prometheus WriteRequest: {e}");
     let mut samples_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
     let mut series_rows: Vec<Rows> = (0..PARTITIONS).map(|_| Rows::default()).collect();
@@ -281,13 +317,22 @@ pub fn decode_with(
             ));
         }
         let key = &body[..buf.prefix];
-        let hit = if buf.contiguous && !key.is_empty() {
-            written.map.get(key)
+        let cacheable = buf.contiguous && !key.is_empty();
+        let hit = if cacheable {
+            written.label_set(key).and_then(|d| {
+                let at = d.metric_at as usize;
+                let metric = key.get(at..at.checked_add(d.metric_len as usize)?)?;
+                Some((
+                    d.id,
+                    d.partition as usize,
+                    std::str::from_utf8(metric).ok()?,
+                ))
+            })
         } else {
             None
         };
         let (id, p, metric) = match hit {
-            Some(d) => (d.id, d.partition as usize, &*d.metric),
+            Some(hit) => hit,
             None => {
                 buf.parse_labels().map_err(not_a_request)?;
                 let labels = &mut buf.labels;
@@ -304,7 +349,7 @@ pub fn decode_with(
                 }
                 let id = series_id(labels);
                 let p = partition(metric) as usize;
-                if !known(id) && new_series.insert(id) {
+                if !written.series(id) && new_series.insert(id) {
                     json.clear();
                     labels_json(labels, &mut json);
                     row_bytes = row_bytes.saturating_add(json.len() + metric.len() + 24);
@@ -315,13 +360,22 @@ pub fn decode_with(
                     rows.labels.append_value(&json);
                 }
                 series_ids.push(id);
-                if buf.contiguous && !key.is_empty() {
-                    let derived = Derived {
-                        id,
-                        partition: p as u8,
-                        metric: metric.into(),
-                    };
-                    label_sets.push((Box::from(key), derived));
+                // The metric name is a slice of the label bytes: its place
+                // there is what the cache keeps.
+                let at = (metric.as_ptr() as usize).wrapping_sub(key.as_ptr() as usize);
+                let in_key = key.get(at..at.saturating_add(metric.len()));
+                if cacheable && in_key == Some(metric.as_bytes()) {
+                    if let (Ok(metric_at), Ok(metric_len)) =
+                        (u32::try_from(at), u32::try_from(metric.len()))
+                    {
+                        let derived = Derived {
+                            id,
+                            partition: p as u8,
+                            metric_at,
+                            metric_len,
+                        };
+                        label_sets.push((Box::from(key), derived));
+                    }
                 }
                 (id, p, metric)
             }

@@ -22,7 +22,7 @@ mod decode;
 mod labels;
 mod wire;
 
-pub use decode::{decode, decode_with, Decoded, Derived, LabelSets};
+pub use decode::{decode, decode_with, Decoded, Derived, LabelSets, Written};
 pub use labels::{LabelCache, Labels};
 
 /// Physical tables per kind and database.
@@ -132,6 +132,13 @@ pub fn decompress(body: &[u8], max_decoded: usize, what: &str) -> crate::error::
 /// The series an instance has written already, per database: their ids,
 /// and their label sets as sent ([`LabelSets`]). Bounded: the ids are
 /// cleared past a million, the label sets past 64 MiB.
+///
+/// A decode reads it under a read lock that it yields to a waiting writer
+/// every [`YIELD_EVERY`] lookups, so that a large body does not hold up the
+/// requests that record what they wrote. What a request decoded is
+/// recorded only if the database's series were not forgotten since
+/// ([`Generation`]): otherwise a request decoded against the old tables
+/// could mark as written a series row that the new tables lack.
 #[derive(Debug, Default)]
 pub struct SeenSeries {
     inner: parking_lot::RwLock<Seen>,
@@ -142,67 +149,138 @@ struct Seen {
     databases: HashMap<String, SeenIn>,
     ids: usize,
     label_bytes: usize,
+    /// The last generation given to a forgotten database.
+    generations: u64,
 }
 
 #[derive(Debug, Default)]
 struct SeenIn {
+    generation: u64,
     ids: HashSet<u64>,
     labels: LabelSets,
 }
 
+/// Which version of a database's series cache a request decoded against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Generation(u64);
+
 /// The bounds of [`SeenSeries`].
 const MAX_SEEN_IDS: usize = 1_000_000;
 const MAX_SEEN_LABEL_BYTES: usize = 64 << 20;
+/// Lookups between two chances for a writer to take the lock.
+const YIELD_EVERY: u32 = 256;
+
+/// [`Written`] over a read lock of [`SeenSeries`].
+struct Lookup<'a> {
+    seen: parking_lot::RwLockReadGuard<'a, Seen>,
+    db: &'a str,
+    generation: u64,
+    calls: u32,
+}
+
+impl Lookup<'_> {
+    fn current(&mut self) -> Option<&SeenIn> {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(YIELD_EVERY) {
+            parking_lot::RwLockReadGuard::bump(&mut self.seen);
+        }
+        self.seen
+            .databases
+            .get(self.db)
+            .filter(|d| d.generation == self.generation)
+    }
+}
+
+impl Written for Lookup<'_> {
+    fn label_set(&mut self, key: &[u8]) -> Option<Derived> {
+        self.current()?.labels.get(key)
+    }
+    fn series(&mut self, id: u64) -> bool {
+        self.current().is_some_and(|d| d.ids.contains(&id))
+    }
+}
 
 impl SeenSeries {
     /// Decodes a remote-write body for `db` ([`decode_with`]), skipping
     /// the series written already. Concurrent decodes share the cache.
-    pub fn decode(&self, db: &str, raw: &[u8]) -> Result<Decoded, String> {
+    pub fn decode(&self, db: &str, raw: &[u8]) -> Result<(Decoded, Generation), String> {
         let seen = self.inner.read();
-        match seen.databases.get(db) {
-            Some(d) => decode_with(raw, &d.labels, |id| d.ids.contains(&id)),
-            None => decode(raw, |_| false),
-        }
+        let generation = seen.databases.get(db).map_or(0, |d| d.generation);
+        let mut lookup = Lookup {
+            seen,
+            db,
+            generation,
+            calls: 0,
+        };
+        let decoded = decode_with(raw, &mut lookup)?;
+        Ok((decoded, Generation(generation)))
     }
 
-    /// Records what `decoded` held once its rows are written.
-    pub fn written(&self, db: &str, ids: &[u64], label_sets: Vec<(Box<[u8]>, Derived)>) {
+    /// Records what a request decoded at `generation` held, once its rows
+    /// are written; nothing if `db`'s series were forgotten since.
+    pub fn written(
+        &self,
+        db: &str,
+        generation: Generation,
+        ids: &[u64],
+        label_sets: Vec<(Box<[u8]>, Derived)>,
+    ) {
         if ids.is_empty() && label_sets.is_empty() {
             return;
         }
-        let mut guard = self.inner.write();
-        let seen = &mut *guard;
-        if seen.ids > MAX_SEEN_IDS {
-            for d in seen.databases.values_mut() {
-                d.ids = HashSet::new();
+        let mut dropped = Vec::new();
+        {
+            let mut guard = self.inner.write();
+            let seen = &mut *guard;
+            let d = match seen.databases.get_mut(db) {
+                Some(d) => d,
+                None => seen.databases.entry(db.to_string()).or_default(),
+            };
+            if d.generation != generation.0 {
+                return;
             }
-            seen.ids = 0;
-        }
-        if seen.label_bytes > MAX_SEEN_LABEL_BYTES {
-            for d in seen.databases.values_mut() {
-                d.labels = LabelSets::default();
+            let before = (d.ids.len(), d.labels.bytes());
+            d.ids.extend(ids.iter().copied());
+            d.labels.insert(label_sets);
+            seen.ids += d.ids.len() - before.0;
+            seen.label_bytes += d.labels.bytes() - before.1;
+            // Past a bound, every database's entries of that kind go; they
+            // are freed after the lock is released.
+            if seen.ids > MAX_SEEN_IDS {
+                for d in seen.databases.values_mut() {
+                    dropped.push((std::mem::take(&mut d.ids), LabelSets::default()));
+                }
+                seen.ids = 0;
             }
-            seen.label_bytes = 0;
+            if seen.label_bytes > MAX_SEEN_LABEL_BYTES {
+                for d in seen.databases.values_mut() {
+                    dropped.push((HashSet::new(), std::mem::take(&mut d.labels)));
+                }
+                seen.label_bytes = 0;
+            }
         }
-        let d = match seen.databases.get_mut(db) {
-            Some(d) => d,
-            None => seen.databases.entry(db.to_string()).or_default(),
-        };
-        let before = (d.ids.len(), d.labels.bytes());
-        d.ids.extend(ids.iter().copied());
-        d.labels.insert(label_sets);
-        seen.ids += d.ids.len() - before.0;
-        seen.label_bytes += d.labels.bytes() - before.1;
+        drop(dropped);
     }
 
-    /// Forgets `db`'s series (its tables were created anew).
+    /// Forgets `db`'s series (its tables were created anew). A request
+    /// decoded before does not record what it wrote.
     pub fn forget_database(&self, db: &str) {
-        let mut guard = self.inner.write();
-        let seen = &mut *guard;
-        if let Some(d) = seen.databases.remove(db) {
-            seen.ids -= d.ids.len();
-            seen.label_bytes -= d.labels.bytes();
-        }
+        let old = {
+            let mut guard = self.inner.write();
+            let seen = &mut *guard;
+            seen.generations += 1;
+            let fresh = SeenIn {
+                generation: seen.generations,
+                ..SeenIn::default()
+            };
+            let old = seen.databases.insert(db.to_string(), fresh);
+            if let Some(d) = &old {
+                seen.ids -= d.ids.len();
+                seen.label_bytes -= d.labels.bytes();
+            }
+            old
+        };
+        drop(old);
     }
 }
 
@@ -560,9 +638,9 @@ mod tests {
                 with_samples += usize::from(!samples.is_empty());
                 raw.extend(series_field(labels, &samples, rng.random_bool(0.1)));
             }
-            let known = |id: u64| ids.contains(&id);
-            let want = reference(&raw, known);
-            match (want, decode_with(&raw, &sets, known)) {
+            let want = reference(&raw, |id: u64| ids.contains(&id));
+            let got = decode_with(&raw, &mut (&sets, &ids));
+            match (want, got) {
                 (Ok(w), Ok(g)) => {
                     assert_eq!(rows(&g), w, "round {round}");
                     hits += with_samples - g.series.len();
@@ -582,6 +660,40 @@ mod tests {
             hits > 300 && ok > 100 && refused > 100,
             "{hits} {ok} {refused}"
         );
+    }
+
+    /// What a request decoded before its database's tables were created
+    /// anew is not recorded as written: the new tables lack its series rows.
+    #[test]
+    fn a_forgotten_database_does_not_take_back_earlier_decodes() {
+        let seen = SeenSeries::default();
+        let raw = body(vec![ts(&[("__name__", "up"), ("job", "a")], &[(1, 1.0)])]);
+        let tables = |d: &Decoded| d.tables.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>();
+        let (d, g) = seen.decode("db", &raw).unwrap();
+        assert_eq!(tables(&d).len(), 2, "{:?}", tables(&d));
+        seen.written("db", g, &d.series, d.label_sets);
+        // Written: the label set is a hit, the series row is not written again.
+        let (d, g) = seen.decode("db", &raw).unwrap();
+        assert_eq!(tables(&d).len(), 1);
+        assert!(d.series.is_empty() && d.label_sets.is_empty());
+        // Another database knows nothing of it.
+        assert_eq!(tables(&seen.decode("other", &raw).unwrap().0).len(), 2);
+        drop((d, g));
+        // Forgotten between a decode and its write (another request found
+        // the tables dropped and created them anew): nothing is recorded.
+        seen.forget_database("db");
+        let (before, g) = seen.decode("db", &raw).unwrap();
+        assert_eq!(tables(&before).len(), 2);
+        seen.forget_database("db");
+        seen.written("db", g, &before.series, before.label_sets);
+        let (d, g) = seen.decode("db", &raw).unwrap();
+        assert_eq!(
+            tables(&d).len(),
+            2,
+            "the new tables still need the series row"
+        );
+        seen.written("db", g, &d.series, d.label_sets);
+        assert_eq!(tables(&seen.decode("db", &raw).unwrap().0).len(), 1);
     }
 
     #[test]
