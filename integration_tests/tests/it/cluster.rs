@@ -2,6 +2,7 @@
 //! and S3. Failover under write load, expansion, meta failover during a
 //! create-table storm, the weak dependency on etcd and meta (and a rebuild
 //! from an empty etcd), stale routes and proxy mode, and `strata admin`.
+//! A leader paused past its lease is in `cluster_pause.rs`.
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -25,7 +26,7 @@ use strata_proto::{
     },
 };
 
-fn row(table: &str, n: i64) -> WriteRequest {
+pub(crate) fn row(table: &str, n: i64) -> WriteRequest {
     WriteRequest {
         context: Some(RequestContext {
             database: "public".to_string(),
@@ -50,7 +51,7 @@ fn row(table: &str, n: i64) -> WriteRequest {
     }
 }
 
-async fn create_append(client: &Client, table: &str) {
+pub(crate) async fn create_append(client: &Client, table: &str) {
     exec(
         client,
         &format!(
@@ -61,7 +62,7 @@ async fn create_append(client: &Client, table: &str) {
 }
 
 /// Every acknowledged n is present exactly once, and no n twice.
-async fn check_exactly_once(client: &Client, table: &str, acked: &BTreeSet<i64>) {
+pub(crate) async fn check_exactly_once(client: &Client, table: &str, acked: &BTreeSet<i64>) {
     let got = query(client, &format!("SELECT n FROM {table}")).await;
     let mut seen: HashMap<i64, usize> = HashMap::new();
     for r in &got {
@@ -79,7 +80,7 @@ async fn check_exactly_once(client: &Client, table: &str, acked: &BTreeSet<i64>)
 }
 
 /// The shard of a table and the index of the server leading it.
-async fn shard_of(c: &TestCluster, table: &str) -> (u64, usize) {
+pub(crate) async fn shard_of(c: &TestCluster, table: &str) -> (u64, usize) {
     let r = c.meta_get(&format!("/route?table={table}")).await;
     let shard = r["shard"].as_u64().expect("route has a shard");
     let leader = r["endpoint"].as_str().unwrap_or("").to_string();
@@ -92,7 +93,7 @@ async fn shard_of(c: &TestCluster, table: &str) -> (u64, usize) {
 }
 
 /// Asks meta (as `strata admin` does) to move `shard` to server `to`.
-async fn ask_move(c: &TestCluster, shard: u64, to: usize) {
+pub(crate) async fn ask_move(c: &TestCluster, shard: u64, to: usize) {
     let (code, body) = c
         .meta_post(&format!(
             "/shards/{shard}/move?node={}",
@@ -104,7 +105,7 @@ async fn ask_move(c: &TestCluster, shard: u64, to: usize) {
 
 /// Waits (up to 60 s) until `table`'s shard is led by server `to` and
 /// every shard is served.
-async fn wait_moved(c: &TestCluster, table: &str, to: usize) {
+pub(crate) async fn wait_moved(c: &TestCluster, table: &str, to: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, leader) = shard_of(c, table).await;
@@ -779,314 +780,6 @@ async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
         odd.join("\n")
     );
     assert!(total.get(&200).copied().unwrap_or(0) > 30, "{total:?}");
-    let (code, body) = c.meta_post("/schedule/resume").await;
-    assert_eq!(code, 200, "{body}");
-}
-
-/// Writes single rows with SQL INSERT through whichever instance is not
-/// paused (instances forward to the leader), one id per attempt, each with
-/// a timeout: an attempt that times out or fails is not retried with the
-/// same id, so a duplicate or a loss would show in the ledger.
-struct PauseWriter {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<i64>>>,
-    /// The server index not to send to (paused or killed); usize::MAX: none.
-    avoid: Arc<std::sync::atomic::AtomicUsize>,
-    last_ok: Arc<Mutex<Instant>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PauseWriter {
-    async fn start(c: &TestCluster, table: &'static str) -> Self {
-        let mut clients = Vec::new();
-        for s in &c.servers {
-            clients.push(s.client().await);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let avoid = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
-        let last_ok = Arc::new(Mutex::new(Instant::now()));
-        let task = {
-            let (stop, acked, avoid, last_ok) =
-                (stop.clone(), acked.clone(), avoid.clone(), last_ok.clone());
-            tokio::spawn(async move {
-                let mut n = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let mut i = (n as usize) % clients.len();
-                    if i == avoid.load(Ordering::Relaxed) {
-                        i = (i + 1) % clients.len();
-                    }
-                    let sql = format!(
-                        "INSERT INTO {table} (n, ts) VALUES ({n}, {})",
-                        1_700_000_000_000i64 + n
-                    );
-                    match tokio::time::timeout(Duration::from_secs(5), clients[i].sql("", &sql))
-                        .await
-                    {
-                        Ok(Ok(_)) => {
-                            acked.lock().unwrap().insert(n);
-                            *last_ok.lock().unwrap() = Instant::now();
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        Self {
-            stop,
-            acked,
-            avoid,
-            last_ok,
-            task,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` further rows are acknowledged.
-    async fn progress(&self, more: usize, c: &TestCluster, what: &str) {
-        let target = self.acked() + more;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.acked() < target {
-            assert!(
-                Instant::now() < deadline,
-                "writes made no progress ({what}); logs:\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finish(self) -> BTreeSet<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let acked = self.acked.lock().unwrap().clone();
-        let _ = self.last_ok;
-        acked
-    }
-}
-
-/// What the leader is doing when it is paused.
-#[derive(Clone, Copy, Debug)]
-enum PauseDuring {
-    /// Serving writes.
-    Writes,
-    /// Between uploading a flush's SSTs and committing its manifest edit.
-    Flush,
-    /// Between writing a compaction's outputs and committing its edit.
-    Compaction,
-}
-
-/// The pause test of issue 14: SIGSTOP a shard's leader past the node TTL
-/// under write load; another instance takes the shard; SIGCONT the old one
-/// (whose flush or compaction, when paused in one, then tries to commit);
-/// flush, compact and scan for orphans on the new owner; kill -9 it; and
-/// check that every acknowledged row is there exactly once.
-async fn a_paused_leader_commits_nothing(during: PauseDuring) {
-    let failpoints = match during {
-        PauseDuring::Writes => String::new(),
-        PauseDuring::Flush => "flush.before_commit=6000".to_string(),
-        PauseDuring::Compaction => "compaction.before_commit=6000".to_string(),
-    };
-    let mut server_env = vec![
-        // Orphan scans every 5 s, of files older than 2 s.
-        (
-            "STRATA_ENGINE__GC_INTERVAL".to_string(),
-            "500ms".to_string(),
-        ),
-        ("STRATA_ENGINE__GC_GRACE".to_string(), "1s".to_string()),
-        (
-            "STRATA_ENGINE__ORPHAN_MIN_AGE".to_string(),
-            "2s".to_string(),
-        ),
-    ];
-    if !failpoints.is_empty() {
-        server_env.push(("STRATA_FAILPOINTS".to_string(), failpoints));
-    }
-    let mut c = TestCluster::start(ClusterOptions {
-        shard_count: 3,
-        server_env,
-        ..ClusterOptions::default()
-    })
-    .await;
-    let client = c.servers[0].client().await;
-    create_append(&client, "p").await;
-    let (shard, old) = shard_of(&c, "p").await;
-    let writer = PauseWriter::start(&c, "p").await;
-    writer.progress(100, &c, "before the pause").await;
-    if matches!(during, PauseDuring::Compaction) {
-        // Something to compact: two more SSTs.
-        let leader = c.servers[old].client().await;
-        exec(&leader, "FLUSH TABLE p").await;
-        writer.progress(50, &c, "between flushes").await;
-        exec(&leader, "FLUSH TABLE p").await;
-    }
-    // Start the flush or compaction on the leader; it stops at its
-    // failpoint with its files uploaded.
-    let stalled = match during {
-        PauseDuring::Writes => None,
-        PauseDuring::Flush | PauseDuring::Compaction => {
-            let leader = c.servers[old].client().await;
-            let stmt = if matches!(during, PauseDuring::Flush) {
-                "FLUSH TABLE p"
-            } else {
-                "COMPACT TABLE p"
-            };
-            let task = tokio::spawn(async move {
-                tokio::time::timeout(Duration::from_secs(60), leader.sql("", stmt)).await
-            });
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while c.servers[old].log_count("failpoint: pausing") == 0 {
-                assert!(Instant::now() < deadline, "the failpoint was not reached");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Some(task)
-        }
-    };
-
-    writer.avoid.store(old, Ordering::Relaxed);
-    c.servers[old].pause();
-    // Past the TTL another instance takes the shard, and writes go on.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(now) = c.leader_of(shard).await {
-            if now != old {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the shard did not move; logs:\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    writer.progress(100, &c, "on the new leader").await;
-    let (_, new) = shard_of(&c, "p").await;
-    assert_ne!(new, old);
-
-    // The old leader resumes: its stalled flush or compaction tries to
-    // commit, and its heartbeat learns of the move.
-    c.servers[old].resume();
-    if let Some(task) = stalled {
-        let outcome = task.await.unwrap();
-        assert!(
-            matches!(outcome, Ok(Err(_))),
-            "the replaced leader's {during:?} must fail, got {outcome:?}; its log:\n{}",
-            c.servers[old].log_tail()
-        );
-    }
-    writer.avoid.store(usize::MAX, Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while c.servers[old].log_count("without a flush") == 0
-        && c.servers[old].log_count("a newer owner took this shard over") == 0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the old leader did not notice it was replaced; its log:\n{}",
-            c.servers[old].log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    // The new owner flushes, compacts and scans for orphans.
-    writer
-        .progress(100, &c, "after the old leader resumed")
-        .await;
-    let leader = c.servers[new].client().await;
-    exec(&leader, "FLUSH TABLE p").await;
-    writer
-        .progress(50, &c, "between flushes on the new leader")
-        .await;
-    exec(&leader, "FLUSH TABLE p").await;
-    exec(&leader, "COMPACT TABLE p").await;
-    // Two orphan scans' worth of time.
-    tokio::time::sleep(Duration::from_secs(11)).await;
-    writer.progress(50, &c, "after the orphan scans").await;
-
-    // Kill the new owner; the shard moves again and replays.
-    writer.avoid.store(new, Ordering::Relaxed);
-    c.servers[new].kill9();
-    writer
-        .progress(100, &c, "after kill -9 of the new leader")
-        .await;
-    let acked = writer.finish().await;
-
-    let reader = c.servers[old].client().await;
-    check_exactly_once(&reader, "p", &acked).await;
-    eprintln!(
-        "pause during {during:?}: {} rows acknowledged, all present exactly once",
-        acked.len()
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_paused_past_its_lease_commits_nothing() {
-    a_paused_leader_commits_nothing(PauseDuring::Writes).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_paused_during_a_flush_commits_nothing() {
-    a_paused_leader_commits_nothing(PauseDuring::Flush).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_leader_paused_during_a_compaction_commits_nothing() {
-    a_paused_leader_commits_nothing(PauseDuring::Compaction).await;
-}
-
-/// An instance that takes a shard's lock and then fails to open its WAL
-/// (the broker is down) gives the lock back. It kept it (chaos seed
-/// 13636986120279680227): its heartbeats renewed the lease, so the
-/// instance meta moved the shard to next could never take it, and the
-/// shard stayed unserved after every service was back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_failed_wal_open_gives_the_shard_lock_back() {
-    let c = TestCluster::start(ClusterOptions {
-        private_services: true,
-        ..ClusterOptions::default()
-    })
-    .await;
-    let client = c.servers[0].client().await;
-    create_append(&client, "lk").await;
-    let mut acked = BTreeSet::new();
-    for n in 1..=20 {
-        assert_eq!(client.write_proxied(row("lk", n)).await.unwrap(), 1);
-        acked.insert(n);
-    }
-    // No balancing or failover moves but the two below.
-    let (code, body) = c.meta_post("/schedule/pause").await;
-    assert_eq!(code, 200, "{body}");
-    let (shard, from) = shard_of(&c, "lk").await;
-    let b = (from + 1) % c.servers.len();
-    let to = (from + 2) % c.servers.len();
-
-    c.services.stop("kafka");
-    ask_move(&c, shard, b).await;
-    // B takes the lock and fails to open the shard's WAL.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while c.servers[b].log_count("shard transition failed") == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} never failed to open the shard without a broker:\n{}",
-            c.servers[b].name,
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Meta moves it on while the broker is still down, then the broker
-    // comes back: the third instance must get the lock and serve.
-    ask_move(&c, shard, to).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    c.services.start("kafka");
-    wait_moved(&c, "lk", to).await;
-    let via = c.servers[to].client().await;
-    check_exactly_once(&via, "lk", &acked).await;
-    assert_eq!(via.write_proxied(row("lk", 21)).await.unwrap(), 1);
     let (code, body) = c.meta_post("/schedule/resume").await;
     assert_eq!(code, 200, "{body}");
 }
