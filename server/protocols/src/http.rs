@@ -374,12 +374,24 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
     let engine = state.query.engine();
     // The physical tables, created on the first write to a database (and
     // again if dropped: then no series row is known to be written).
+    let mut series_tables = Vec::with_capacity(prom::PARTITIONS as usize);
     for (table, schema) in prom::tables()? {
-        if engine.entry(db, &table).is_err() {
-            crate::writer::table_for_write(&state.query, db, &table, Some(|| Ok(schema))).await?;
-            state.prom_series.forget_database(db);
+        let entry = match engine.entry(db, &table) {
+            Ok(entry) => Some(entry),
+            Err(_) => {
+                crate::writer::table_for_write(&state.query, db, &table, Some(|| Ok(schema)))
+                    .await?;
+                state.prom_series.forget_database(db);
+                engine.entry(db, &table).ok()
+            }
+        };
+        if table.starts_with("prom_series_") {
+            series_tables.push(entry.map(|e| e.id.0));
         }
     }
+    // Tables created anew elsewhere (another instance, or SQL) have new
+    // ids: what this instance knew of the old ones is forgotten.
+    state.prom_series.check_tables(db, &series_tables);
     let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;
     let (decoded, generation) = state
         .prom_series

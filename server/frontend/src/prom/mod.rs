@@ -156,6 +156,9 @@ struct Seen {
 #[derive(Debug, Default)]
 struct SeenIn {
     generation: u64,
+    /// The ids of the series tables these series were written to
+    /// ([`SeenSeries::check_tables`]).
+    tables: Vec<Option<u64>>,
     ids: HashSet<u64>,
     labels: LabelSets,
 }
@@ -262,15 +265,35 @@ impl SeenSeries {
         drop(dropped);
     }
 
+    /// Forgets `db`'s series unless they were written to the series tables
+    /// of these ids (`None`: a table this instance does not see): tables
+    /// dropped and created anew by another instance or by SQL have new ids.
+    pub fn check_tables(&self, db: &str, tables: &[Option<u64>]) {
+        let same = self
+            .inner
+            .read()
+            .databases
+            .get(db)
+            .is_some_and(|d| d.tables == tables);
+        if !same {
+            self.forget(db, tables.to_vec());
+        }
+    }
+
     /// Forgets `db`'s series (its tables were created anew). A request
     /// decoded before does not record what it wrote.
     pub fn forget_database(&self, db: &str) {
+        self.forget(db, Vec::new());
+    }
+
+    fn forget(&self, db: &str, tables: Vec<Option<u64>>) {
         let old = {
             let mut guard = self.inner.write();
             let seen = &mut *guard;
             seen.generations += 1;
             let fresh = SeenIn {
                 generation: seen.generations,
+                tables,
                 ..SeenIn::default()
             };
             let old = seen.databases.insert(db.to_string(), fresh);
@@ -694,6 +717,16 @@ mod tests {
         );
         seen.written("db", g, &d.series, d.label_sets);
         assert_eq!(tables(&seen.decode("db", &raw).unwrap().0).len(), 1);
+        // The series tables as this instance sees them: the first check
+        // records them (and forgets), the same ids again keep what is known,
+        // new ids (tables created anew elsewhere) forget it.
+        seen.check_tables("db", &[Some(1), Some(2)]);
+        let (d, g) = seen.decode("db", &raw).unwrap();
+        seen.written("db", g, &d.series, d.label_sets);
+        seen.check_tables("db", &[Some(1), Some(2)]);
+        assert_eq!(tables(&seen.decode("db", &raw).unwrap().0).len(), 1);
+        seen.check_tables("db", &[Some(1), Some(3)]);
+        assert_eq!(tables(&seen.decode("db", &raw).unwrap().0).len(), 2);
     }
 
     #[test]
