@@ -89,17 +89,16 @@ fn sorted_order(batch: &RecordBatch, key: &[usize], seq: usize, dedup: bool) -> 
     // Keys of up to four integer-like columns (ranked strings included)
     // sort as fixed arrays of integers: no row encoding, one integer
     // comparison per column.
-    if let Some(words) = cols.iter().map(key_words).collect::<Option<Vec<_>>>() {
-        let order = match words.len() {
+    let words = (cols.len() <= 4)
+        .then(|| cols.iter().map(key_words).collect::<Option<Vec<_>>>())
+        .flatten();
+    if let Some(words) = words {
+        return Ok(match words.len() {
             1 => sort_words::<1>(&words, seqs, dedup),
             2 => sort_words::<2>(&words, seqs, dedup),
             3 => sort_words::<3>(&words, seqs, dedup),
-            4 => sort_words::<4>(&words, seqs, dedup),
-            _ => None,
-        };
-        if let Some(order) = order {
-            return Ok(order);
-        }
+            _ => sort_words::<4>(&words, seqs, dedup),
+        });
     }
     let converter = RowConverter::new(
         cols.iter()
@@ -213,13 +212,11 @@ fn key_words(column: &ArrayRef) -> Option<Vec<u64>> {
     }
 }
 
-/// [`sorted_order`] over `N` key columns given as [`key_words`]: entries
-/// of (key words, `!seq`, `!position`) sort ascending as plain integers,
-/// which is (key ascending, seq descending, position descending).
-fn sort_words<const N: usize>(words: &[Vec<u64>], seqs: &[u64], dedup: bool) -> Option<Vec<u32>> {
-    if words.len() != N {
-        return None;
-    }
+/// [`sorted_order`] over `N` key columns given as [`key_words`] (the
+/// caller passes exactly `N`): entries of (key words, `!seq`, `!position`)
+/// sort ascending as plain integers, which is (key ascending, seq
+/// descending, position descending).
+fn sort_words<const N: usize>(words: &[Vec<u64>], seqs: &[u64], dedup: bool) -> Vec<u32> {
     let n = seqs.len();
     let mut entries: Vec<([u64; N], u64, u32)> = Vec::with_capacity(n);
     for i in 0..n {
@@ -233,7 +230,7 @@ fn sort_words<const N: usize>(words: &[Vec<u64>], seqs: &[u64], dedup: bool) -> 
     if dedup {
         entries.dedup_by(|later, kept| later.0 == kept.0);
     }
-    Some(entries.into_iter().map(|(_, _, i)| !i).collect())
+    entries.into_iter().map(|(_, _, i)| !i).collect()
 }
 
 /// An order-preserving stand-in for a string column: each row's rank among

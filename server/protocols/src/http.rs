@@ -381,7 +381,6 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
             Err(_) => {
                 crate::writer::table_for_write(&state.query, db, &table, Some(|| Ok(schema)))
                     .await?;
-                state.prom_series.forget_database(db);
                 engine.entry(db, &table).ok()
             }
         };
@@ -389,7 +388,7 @@ async fn prom_write_inner(state: &AppState, db: &str, body: &[u8]) -> Result<(),
             series_tables.push(entry.map(|e| e.id.0));
         }
     }
-    // Tables created anew elsewhere (another instance, or SQL) have new
+    // Tables created anew (here, by another instance or by SQL) have new
     // ids: what this instance knew of the old ones is forgotten.
     state.prom_series.check_tables(db, &series_tables);
     let raw = prom::decompress(body, state.storage.max_decoded(), "remote write")?;

@@ -280,12 +280,8 @@ impl SeenSeries {
         }
     }
 
-    /// Forgets `db`'s series (its tables were created anew). A request
+    /// Forgets `db`'s series: its series tables are now `tables`. A request
     /// decoded before does not record what it wrote.
-    pub fn forget_database(&self, db: &str) {
-        self.forget(db, Vec::new());
-    }
-
     fn forget(&self, db: &str, tables: Vec<Option<u64>>) {
         let old = {
             let mut guard = self.inner.write();
@@ -703,11 +699,12 @@ mod tests {
         assert_eq!(tables(&seen.decode("other", &raw).unwrap().0).len(), 2);
         drop((d, g));
         // Forgotten between a decode and its write (another request found
-        // the tables dropped and created them anew): nothing is recorded.
-        seen.forget_database("db");
+        // the tables dropped and created them anew, with new ids): nothing
+        // is recorded.
+        seen.check_tables("db", &[Some(10)]);
         let (before, g) = seen.decode("db", &raw).unwrap();
         assert_eq!(tables(&before).len(), 2);
-        seen.forget_database("db");
+        seen.check_tables("db", &[Some(11)]);
         seen.written("db", g, &before.series, before.label_sets);
         let (d, g) = seen.decode("db", &raw).unwrap();
         assert_eq!(
