@@ -110,6 +110,12 @@ pub struct LabelSets {
 /// allocation), counted in [`LabelSets::bytes`].
 const ENTRY_OVERHEAD: usize = 64;
 
+/// The most label-set bytes (with [`ENTRY_OVERHEAD`]) one request hands
+/// to the cache: a body of very many small new series neither holds their
+/// copies beyond this across its write nor floods the cache at once; the
+/// series past it are cached when they are next sent.
+const MAX_NEW_LABEL_BYTES: usize = 16 << 20;
+
 impl LabelSets {
     /// About the memory the entries hold.
     pub fn bytes(&self) -> usize {
@@ -285,6 +291,7 @@ pub fn decode_with(raw: &[u8], written: &mut impl Written) -> Result<Decoded, St
     let mut new_series: HashSet<u64> = HashSet::new();
     let mut series_ids = Vec::new();
     let mut label_sets = Vec::new();
+    let mut label_set_bytes = 0usize;
     let mut samples = 0usize;
     let mut json = String::new();
     let mut buf = SeriesBuf::default();
@@ -364,7 +371,11 @@ pub fn decode_with(raw: &[u8], written: &mut impl Written) -> Result<Decoded, St
                 // there is what the cache keeps.
                 let at = (metric.as_ptr() as usize).wrapping_sub(key.as_ptr() as usize);
                 let in_key = key.get(at..at.saturating_add(metric.len()));
-                if cacheable && in_key == Some(metric.as_bytes()) {
+                let cost = key.len() + ENTRY_OVERHEAD;
+                if cacheable
+                    && in_key == Some(metric.as_bytes())
+                    && label_set_bytes + cost <= MAX_NEW_LABEL_BYTES
+                {
                     if let (Ok(metric_at), Ok(metric_len)) =
                         (u32::try_from(at), u32::try_from(metric.len()))
                     {
@@ -375,6 +386,7 @@ pub fn decode_with(raw: &[u8], written: &mut impl Written) -> Result<Decoded, St
                             metric_len,
                         };
                         label_sets.push((Box::from(key), derived));
+                        label_set_bytes += cost;
                     }
                 }
                 (id, p, metric)

@@ -726,6 +726,24 @@ mod tests {
         assert_eq!(tables(&seen.decode("db", &raw).unwrap().0).len(), 2);
     }
 
+    /// A body of very many small new series hands at most 16 MiB of label
+    /// sets to the cache: they are held across the write, and inserted
+    /// under the cache's write lock.
+    #[test]
+    fn one_request_hands_a_bounded_number_of_label_sets_to_the_cache() {
+        let names: Vec<String> = (0..300_000).map(|i| format!("m{i}")).collect();
+        let series = names
+            .iter()
+            .map(|n| ts(&[("__name__", n.as_str())], &[(1, 1.0)]))
+            .collect();
+        let d = decode(&body(series), |_| false).unwrap();
+        assert_eq!(d.samples, 300_000);
+        assert_eq!(d.series.len(), 300_000);
+        let bytes: usize = d.label_sets.iter().map(|(k, _)| k.len() + 64).sum();
+        assert!(!d.label_sets.is_empty() && d.label_sets.len() < 300_000);
+        assert!(bytes <= 16 << 20, "{bytes}");
+    }
+
     #[test]
     fn refuses_bad_bodies_with_reasons() {
         let err = decompress(b"not snappy", 1 << 20, "remote write").unwrap_err();
