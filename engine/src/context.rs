@@ -45,6 +45,11 @@ pub struct EngineConfig {
     /// picker run.
     #[serde(with = "humantime_serde_compat")]
     pub gc_interval: Duration,
+    /// How often a follower re-reads its tables' manifests (to see the
+    /// leader's flushes and compactions). Keep it well under `gc_grace`:
+    /// the leader deletes replaced files that long after replacing them.
+    #[serde(with = "humantime_serde_compat")]
+    pub follower_sync_interval: Duration,
     /// How long a retired SST file is kept after the last query using it.
     #[serde(with = "humantime_serde_compat")]
     pub gc_grace: Duration,
@@ -89,6 +94,7 @@ impl Default for EngineConfig {
             write_stall_timeout: Duration::from_secs(10),
             gc_interval: Duration::from_secs(60),
             gc_grace: Duration::from_secs(60),
+            follower_sync_interval: Duration::from_secs(1),
             orphan_min_age: Duration::from_secs(15 * 60),
             max_concurrent_compactions: 1,
             compaction_memory_budget: 256 * 1024 * 1024,

@@ -191,6 +191,14 @@ impl LastValues {
         true
     }
 
+    /// Forgets everything: the next query seeds the cache from a scan (a
+    /// promoted follower's table holds rows that were never folded here).
+    pub fn invalidate(&self) {
+        let mut inner = self.inner.lock();
+        let key = inner.key.clone();
+        inner.reset(key);
+    }
+
     /// How many series are cached.
     pub fn series(&self) -> usize {
         self.inner.lock().slots.len()

@@ -22,6 +22,7 @@ pub mod context;
 mod engine;
 mod error;
 pub mod failpoint;
+pub mod follower;
 pub mod gc;
 pub mod last_values;
 pub mod manifest;

@@ -7,7 +7,12 @@ use std::{
     time::Instant,
 };
 
-use arrow::{compute::concat_batches, datatypes::SchemaRef, record_batch::RecordBatch};
+use arrow::{
+    array::AsArray,
+    compute::concat_batches,
+    datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type},
+    record_batch::RecordBatch,
+};
 use parking_lot::Mutex;
 use strata_sst::TimeRange;
 
@@ -151,5 +156,55 @@ impl Memtable {
 
     pub fn created(&self) -> Instant {
         self.created
+    }
+
+    /// A copy holding only the rows at WAL offset `from` or above (a
+    /// follower drops what its leader flushed). `None` when no row is left.
+    pub fn retain_from(&self, from: u64) -> Result<Option<Memtable>> {
+        let arrow_err = |source| Error::Arrow {
+            op: "filtering a memtable",
+            source: Box::new(source),
+        };
+        let kept = Memtable::new(self.meta.clone());
+        let seq_index = self.schema.fields().len() - 1;
+        let ts_index = self.meta.entry.schema.timestamp_index;
+        for chunk in self.snapshot() {
+            let seq = chunk
+                .column(seq_index)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| Error::Internal("memtable __seq is not u64".into()))?;
+            let keep = arrow::compute::kernels::cmp::gt_eq(
+                seq,
+                &arrow::array::UInt64Array::new_scalar(from),
+            )
+            .map_err(arrow_err)?;
+            let chunk = arrow::compute::filter_record_batch(&chunk, &keep).map_err(arrow_err)?;
+            if chunk.num_rows() == 0 {
+                continue;
+            }
+            let seq = chunk
+                .column(seq_index)
+                .as_primitive_opt::<UInt64Type>()
+                .ok_or_else(|| Error::Internal("memtable __seq is not u64".into()))?;
+            let ts = chunk
+                .column(ts_index)
+                .as_primitive_opt::<TimestampMillisecondType>()
+                .ok_or_else(|| Error::Internal("memtable timestamp has the wrong type".into()))?;
+            let (Some(lo), Some(hi)) = (arrow::compute::min(ts), arrow::compute::max(ts)) else {
+                continue;
+            };
+            let (Some(first), Some(last)) = (arrow::compute::min(seq), arrow::compute::max(seq))
+            else {
+                continue;
+            };
+            // The rows go in once; the statistics cover both ends of the
+            // chunk's offsets.
+            kept.insert(chunk, first, TimeRange::new(lo, hi.saturating_add(1)))?;
+            kept.max_offset.fetch_max(last, Ordering::AcqRel);
+        }
+        if let Some(t) = *self.first_write.lock() {
+            *kept.first_write.lock() = Some(t);
+        }
+        Ok((!kept.is_empty()).then_some(kept))
     }
 }

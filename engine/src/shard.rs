@@ -92,6 +92,7 @@ impl Shard {
         compaction: CompactionSignal,
         fence: bool,
         partials: &PartialOpens,
+        seed: Option<crate::follower::Seed>,
     ) -> Result<Arc<Self>> {
         let partial = match partials.lock().remove(&id) {
             // Resumed only under the same epoch (the lock was held all
@@ -106,6 +107,8 @@ impl Shard {
             }
             None => None,
         };
+        // A promoted follower's position: the replay goes on from there.
+        let mut seeded: Option<crate::follower::Position> = None;
         let (tables, owner, sender, receiver, progress) = match partial {
             Some(p) => {
                 tracing::info!(shard = %id, epoch = epoch.0,
@@ -132,6 +135,14 @@ impl Shard {
                     },
                     e => e,
                 })?;
+                if let Some(seed) = seed {
+                    for t in &opened {
+                        if let Some(theirs) = seed.tables.get(&t.id()) {
+                            t.adopt(theirs)?;
+                        }
+                    }
+                    seeded = Some(seed.position);
+                }
                 let tables = opened.into_iter().map(|t| (t.id(), t)).collect();
                 (tables, owner, sender, receiver, None)
             }
@@ -192,7 +203,16 @@ impl Shard {
                         }
                     }
                 }
-                ReplayProgress::start(&inner, fence)
+                let mut p = ReplayProgress::start(&inner, fence);
+                if let Some(position) = seeded {
+                    tracing::info!(shard = %id, epoch = epoch.0, from = position.next.0,
+                        "promoting a follower: reading only the WAL it has not applied");
+                    p.start = position.next.0;
+                    p.next = position.next;
+                    p.fence = position.fence;
+                    p.needed = true;
+                }
+                p
             }
         };
         let highest = match replay(&inner, progress).await {

@@ -36,6 +36,8 @@ pub struct ClusterOptions {
     /// Run on a private set of services (its own broker, S3 server and
     /// etcd), for a test that stops them.
     pub private_services: bool,
+    /// Followers per shard (meta's `replicas`).
+    pub replicas: u64,
 }
 
 impl Default for ClusterOptions {
@@ -49,6 +51,7 @@ impl Default for ClusterOptions {
             embedded_etcd: false,
             server_env: Vec::new(),
             private_services: false,
+            replicas: 0,
         }
     }
 }
@@ -287,9 +290,10 @@ impl TestCluster {
         std::fs::write(
             &config,
             format!(
-                "cluster = \"{}\"\nshard_count = {}\nnode_ttl = \"{}ms\"\nstartup_grace = \"{}ms\"\n",
+                "cluster = \"{}\"\nshard_count = {}\nreplicas = {}\nnode_ttl = \"{}ms\"\nstartup_grace = \"{}ms\"\n",
                 self.name,
                 self.opts.shard_count,
+                self.opts.replicas,
                 self.opts.node_ttl.as_millis(),
                 self.opts.startup_grace.as_millis()
             ),

@@ -74,6 +74,8 @@ pub fn router(meta: Meta) -> Router {
         .route("/tables", get(tables))
         .route("/procedures", get(procedures))
         .route("/shards/{id}/move", post(move_shard))
+        .route("/shards/{id}/replicas", post(shard_replicas))
+        .route("/replicas", post(replicas))
         .route("/schedule/pause", post(pause))
         .route("/schedule/resume", post(resume))
         .route("/schedule", get(schedule))
@@ -116,6 +118,7 @@ async fn route(State(meta): State<Meta>, Query(q): Query<RouteQuery>) -> Respons
                 "leader": r.leader,
                 "endpoint": r.leader_endpoint,
                 "role": "leader",
+                "followers": r.follower_endpoints,
             }))
             .into_response(),
             _ => error(
@@ -251,6 +254,66 @@ async fn resume(State(meta): State<Meta>, headers: HeaderMap) -> Response {
 async fn schedule(State(meta): State<Meta>) -> Response {
     match meta.store().schedule_paused().await {
         Ok(p) => Json(json!({ "paused": p })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct ReplicasQuery {
+    count: Option<u64>,
+}
+
+/// Most followers a shard may ask for: more than any cluster has nodes.
+const MAX_REPLICAS: u64 = 16;
+
+async fn replicas(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Query(q): Query<ReplicasQuery>,
+) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
+    let Some(n) = q.count.filter(|n| *n <= MAX_REPLICAS) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("give ?count=N, N from 0 to {MAX_REPLICAS}"),
+        );
+    };
+    match meta.store().set_replicas(n).await {
+        Ok(c) => Json(json!({ "replicas": c.replicas })).into_response(),
+        Err(e) => failed(&e),
+    }
+}
+
+async fn shard_replicas(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Query(q): Query<ReplicasQuery>,
+) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
+    if q.count.is_some_and(|n| n > MAX_REPLICAS) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("count is at most {MAX_REPLICAS}"),
+        );
+    }
+    let shards = match meta.store().shards().await {
+        Ok(s) => s,
+        Err(e) => return failed(&e),
+    };
+    let Some((info, rev)) = shards.into_iter().find(|(s, _)| s.id == id) else {
+        return error(StatusCode::NOT_FOUND, format!("shard {id} does not exist"));
+    };
+    match meta.store().set_shard_replicas(&info, rev, q.count).await {
+        Ok(Some(s)) => Json(json!({ "shard": s.id, "replicas": s.replicas })).into_response(),
+        Ok(None) => error(
+            StatusCode::CONFLICT,
+            format!("shard {id} changed meanwhile; retry"),
+        ),
         Err(e) => failed(&e),
     }
 }

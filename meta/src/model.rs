@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     /// starts on an empty etcd, which tells instances to report their tables.
     #[serde(default)]
     pub incarnation: u64,
+    /// Followers each shard keeps (on instances other than its leader's),
+    /// unless the shard sets its own; 0 keeps shards single-copy.
+    #[serde(default)]
+    pub replicas: u64,
 }
 
 /// The holder of a shard's lease lock, and the WAL epoch it writes under.
@@ -82,7 +86,26 @@ pub struct ShardReport {
     /// The offset after the last WAL record the shard applied.
     pub wal_offset: u64,
     pub tables: u64,
+    /// `leader` or `follower` (empty in reports from before followers:
+    /// a leader).
+    #[serde(default)]
+    pub role: String,
+    /// A follower's lag: WAL records, and how long it has been behind.
+    #[serde(default)]
+    pub lag_records: u64,
+    #[serde(default)]
+    pub lag_ms: u64,
 }
+
+impl ShardReport {
+    pub fn is_follower(&self) -> bool {
+        self.role == ROLE_FOLLOWER
+    }
+}
+
+/// A shard's role on an instance, as reported.
+pub const ROLE_LEADER: &str = "leader";
+pub const ROLE_FOLLOWER: &str = "follower";
 
 /// Where a shard should be served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +116,13 @@ pub struct ShardInfo {
     pub version: u64,
     /// The node that should lead it; `None` while unassigned.
     pub leader: Option<NodeId>,
+    /// The nodes that should follow it (never its leader): read-only
+    /// copies that tail its WAL, the first choice when it fails over.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub followers: Vec<NodeId>,
+    /// This shard's own follower count, overriding the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

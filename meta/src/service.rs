@@ -50,6 +50,10 @@ pub struct MetaOptions {
     /// The cluster secret: sent with every `ShardControl` call to instances,
     /// and required of every `MetaService` call when set.
     pub cluster_secret: Option<crate::secret::ClusterSecret>,
+    /// Followers per shard, set in the cluster's metadata when this process
+    /// becomes the meta leader (`None` leaves the stored setting, which
+    /// `strata admin replicas` changes).
+    pub replicas: Option<u64>,
 }
 
 impl MetaOptions {
@@ -62,6 +66,7 @@ impl MetaOptions {
             schedule_interval: Duration::from_millis(500),
             startup_grace: Duration::from_secs(12),
             cluster_secret: None,
+            replicas: None,
         }
     }
 }
@@ -73,6 +78,10 @@ pub struct ShardView {
     pub version: u64,
     /// Where meta wants it.
     pub leader: Option<String>,
+    /// The nodes that should follow it.
+    pub followers: Vec<FollowerView>,
+    /// Its own follower count, when it overrides the cluster's.
+    pub replicas: Option<u64>,
     /// Who holds its lock (serves it) and under which WAL epoch.
     pub holder: Option<String>,
     pub epoch: Option<u64>,
@@ -81,6 +90,17 @@ pub struct ShardView {
     pub state: &'static str,
     pub tables: u64,
     pub wal_offset: Option<u64>,
+}
+
+/// A follower of a shard, as the admin API shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FollowerView {
+    pub node: String,
+    /// `following` once the node reports it, `opening` before.
+    pub state: &'static str,
+    pub wal_offset: Option<u64>,
+    pub lag_records: Option<u64>,
+    pub lag_ms: Option<u64>,
 }
 
 /// The meta service of one meta process.
@@ -314,6 +334,9 @@ impl Meta {
                 version: s.version,
                 wal_offset: s.wal_offset,
                 tables: s.tables,
+                role: s.role.clone(),
+                lag_records: s.lag_records,
+                lag_ms: s.lag_ms,
             })
             .collect();
         let info = NodeInfo {
@@ -328,7 +351,11 @@ impl Meta {
             lease,
             load: NodeLoad {
                 memtable_bytes: req.memtable_bytes,
-                tables: reports.iter().map(|r| r.tables).sum(),
+                tables: reports
+                    .iter()
+                    .filter(|r| !r.is_follower())
+                    .map(|r| r.tables)
+                    .sum(),
             },
         };
         store.put_node(&info, lease).await?;
@@ -348,7 +375,7 @@ impl Meta {
             }
         }
         let mut shards = store.shards().await?;
-        for report in &reports {
+        for report in reports.iter().filter(|r| !r.is_follower()) {
             if let Some((shard, rev)) = shards
                 .iter_mut()
                 .find(|(s, _)| s.id == report.id && s.leader.is_none())
@@ -392,6 +419,12 @@ impl Meta {
                     version: s.version,
                     leader_endpoint: endpoints.get(&leader).cloned().unwrap_or_default(),
                     leader,
+                    follower_endpoints: s
+                        .followers
+                        .iter()
+                        .map(|f| endpoints.get(f).cloned().unwrap_or_default())
+                        .collect(),
+                    followers: s.followers,
                 }
             })
             .collect())
@@ -617,6 +650,11 @@ impl Meta {
         // Read the fingerprint first: a change racing with the reads below
         // then shows up as a new fingerprint on the next heartbeat.
         let fingerprint = store.catalog_fingerprint().await?;
+        // Read before the tables: every id up to it was created before
+        // they are read, so one of them the list lacks was dropped (a
+        // follower skips its WAL records; read after, a table created in
+        // between would look dropped).
+        let last_table_id = store.last_table_id().await?;
         let databases = store
             .databases()
             .await?
@@ -634,6 +672,7 @@ impl Meta {
             fingerprint,
             databases,
             tables_json: tables,
+            last_table_id,
         })
     }
 
@@ -676,6 +715,14 @@ impl Meta {
                 shard_version: shard.map_or(0, |s| s.version),
                 leader_endpoint: endpoints.get(&leader).cloned().unwrap_or_default(),
                 leader,
+                follower_endpoints: shard
+                    .map(|s| {
+                        s.followers
+                            .iter()
+                            .filter_map(|f| endpoints.get(f).cloned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             });
         }
         Ok(MetaRouteResponse {
@@ -695,7 +742,7 @@ impl Meta {
                 nodes
                     .iter()
                     .find(|n| &n.id == l)
-                    .and_then(|n| n.shards.iter().find(|r| r.id == s.id))
+                    .and_then(|n| n.shards.iter().find(|r| r.id == s.id && !r.is_follower()))
             });
             // Serving: the assigned leader holds the lock and reported the
             // shard open (its WAL replayed).
@@ -704,9 +751,31 @@ impl Meta {
                 (Some(l), Some(h)) if *l == h.node && report.is_some() => "serving",
                 _ => "moving",
             };
+            let followers =
+                s.followers
+                    .iter()
+                    .map(|f| {
+                        let report = nodes.iter().find(|n| &n.id == f).and_then(|n| {
+                            n.shards.iter().find(|r| r.id == s.id && r.is_follower())
+                        });
+                        FollowerView {
+                            node: f.clone(),
+                            state: if report.is_some() {
+                                "following"
+                            } else {
+                                "opening"
+                            },
+                            wal_offset: report.map(|r| r.wal_offset),
+                            lag_records: report.map(|r| r.lag_records),
+                            lag_ms: report.map(|r| r.lag_ms),
+                        }
+                    })
+                    .collect();
             out.push(ShardView {
                 id: s.id,
                 version: s.version,
+                followers,
+                replicas: s.replicas,
                 leader: s.leader.clone(),
                 holder: lock.as_ref().map(|h| h.node.clone()),
                 epoch: lock.map(|h| h.epoch),
@@ -749,7 +818,23 @@ impl Meta {
         if info.leader.as_deref() == Some(node) {
             return Ok(Ok(info));
         }
-        match store.set_leader(&info, rev, Some(node.to_string())).await? {
+        // A follower taking over hands its place to the old leader, which
+        // keeps the shard's copy count (a planned switch).
+        let mut followers: Vec<String> = info
+            .followers
+            .iter()
+            .filter(|f| *f != node)
+            .cloned()
+            .collect();
+        if info.followers.iter().any(|f| f == node) {
+            if let Some(old) = &info.leader {
+                followers.push(old.clone());
+            }
+        }
+        match store
+            .set_assignment(&info, rev, Some(node.to_string()), followers)
+            .await?
+        {
             Some(next) => {
                 tracing::info!(shard, from = ?info.leader, to = node, version = next.version,
                     "moving shard (admin)");
@@ -789,6 +874,7 @@ impl Meta {
             *lease = store.grant_lease(self.inner.opts.leader_ttl).await?;
         }
         let leading = store.campaign(&self.inner.opts.me, *lease).await?;
+        let mut fresh = false;
         let since = {
             let mut guard = self.inner.leader_since.lock();
             match (leading, *guard) {
@@ -799,13 +885,23 @@ impl Meta {
                 (true, Some(t)) => t,
                 (true, None) => {
                     tracing::info!(me = %self.inner.opts.me, "became the meta leader");
+                    fresh = true;
                     let now = Instant::now();
                     *guard = Some(now);
                     now
                 }
             }
         };
-        self.ensure_cluster().await?;
+        let config = self.ensure_cluster().await?;
+        if let Some(r) = self.inner.opts.replicas {
+            if fresh && config.replicas != r {
+                store.set_replicas(r).await?;
+                tracing::info!(
+                    replicas = r,
+                    "set the cluster's followers per shard from the configuration"
+                );
+            }
+        }
         if since.elapsed() < self.inner.opts.startup_grace || store.schedule_paused().await? {
             return Ok(());
         }
@@ -816,26 +912,49 @@ impl Meta {
     /// only when no other move is still in flight.
     async fn schedule(&self) -> Result<()> {
         let store = self.store();
-        let live: Vec<String> = store.nodes().await?.into_iter().map(|n| n.id).collect();
+        let nodes = store.nodes().await?;
+        let live: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
         let shards = store.shards().await?;
         let infos: Vec<ShardInfo> = shards.iter().map(|(s, _)| s.clone()).collect();
-        let moves = scheduler::plan(&live, &infos);
+        let config = self.ensure_cluster().await?;
+        let mut facts = scheduler::Facts {
+            replicas: config.replicas,
+            ..Default::default()
+        };
+        for n in &nodes {
+            for r in n.shards.iter().filter(|r| r.is_follower()) {
+                facts.applied.insert((r.id, n.id.clone()), r.wal_offset);
+            }
+        }
+        let moves = scheduler::plan(&live, &infos, &facts);
         for mv in moves {
             let Some((info, rev)) = shards.iter().find(|(s, _)| s.id == mv.shard) else {
                 continue;
             };
-            let balancing = mv.from.as_ref().is_some_and(|f| live.contains(f));
+            let balancing = mv.kind == scheduler::Kind::Balance;
             if balancing && self.moves_in_flight(&shards).await? {
                 continue;
             }
-            if let Some(next) = store.set_leader(info, *rev, Some(mv.to.clone())).await? {
-                self.announce_move(mv.from.as_deref().filter(|_| balancing), &next)
-                    .await?;
-                tracing::info!(shard = mv.shard, from = ?mv.from, to = %mv.to,
-                    version = next.version,
-                    reason = if balancing { "balance" } else { "failover" },
-                    "scheduled shard");
+            let Some(next) = store
+                .set_assignment(info, *rev, Some(mv.to.clone()), mv.followers.clone())
+                .await?
+            else {
+                continue;
+            };
+            if mv.kind == scheduler::Kind::Followers {
+                tracing::info!(shard = mv.shard, followers = ?next.followers, "placed followers");
+                continue;
             }
+            self.announce_move(mv.from.as_deref().filter(|_| balancing), &next)
+                .await?;
+            tracing::info!(shard = mv.shard, from = ?mv.from, to = %mv.to,
+                version = next.version, followers = ?next.followers,
+                reason = match mv.kind {
+                    scheduler::Kind::Promote => "failover (promoting a follower)",
+                    scheduler::Kind::Assign => "failover",
+                    _ => "balance",
+                },
+                "scheduled shard");
         }
         Ok(())
     }

@@ -79,6 +79,7 @@ impl MetaStore {
         let wanted = ClusterConfig {
             shard_count,
             incarnation: incarnation(),
+            replicas: 0,
         };
         let mut ops = vec![Op::put(self.keys.config(), encode(&wanted)?)];
         for id in 0..shard_count {
@@ -88,6 +89,8 @@ impl MetaStore {
                     id,
                     version: 1,
                     leader: None,
+                    followers: Vec::new(),
+                    replicas: None,
                 })?,
             ));
         }
@@ -146,19 +149,100 @@ impl MetaStore {
     }
 
     /// Moves a shard to `leader`, bumping its version, if its record is
-    /// still at `revision`. Returns the new record, or `None` if it changed.
+    /// still at `revision` (the new leader leaves the followers). Returns
+    /// the new record, or `None` if it changed.
     pub async fn set_leader(
         &self,
         shard: &ShardInfo,
         revision: i64,
         leader: Option<NodeId>,
     ) -> Result<Option<ShardInfo>> {
+        let followers = shard
+            .followers
+            .iter()
+            .filter(|f| Some(*f) != leader.as_ref())
+            .cloned()
+            .collect();
+        self.set_assignment(shard, revision, leader, followers)
+            .await
+    }
+
+    /// Sets a shard's leader and followers if its record is still at
+    /// `revision`. The version is bumped when the leader changes (requests
+    /// routed under the old one are refused), not for followers alone.
+    pub async fn set_assignment(
+        &self,
+        shard: &ShardInfo,
+        revision: i64,
+        leader: Option<NodeId>,
+        followers: Vec<NodeId>,
+    ) -> Result<Option<ShardInfo>> {
+        let bump = u64::from(leader != shard.leader);
         let next = ShardInfo {
             id: shard.id,
-            version: shard.version + 1,
+            version: shard.version + bump,
+            followers: followers
+                .into_iter()
+                .filter(|f| Some(f) != leader.as_ref())
+                .collect(),
             leader,
+            replicas: shard.replicas,
         };
-        let key = self.keys.shard(shard.id);
+        self.put_shard(&next, revision).await
+    }
+
+    /// Sets a shard's own follower count (`None`: the cluster's).
+    pub async fn set_shard_replicas(
+        &self,
+        shard: &ShardInfo,
+        revision: i64,
+        replicas: Option<u64>,
+    ) -> Result<Option<ShardInfo>> {
+        let next = ShardInfo {
+            replicas,
+            ..shard.clone()
+        };
+        self.put_shard(&next, revision).await
+    }
+
+    /// Sets the cluster's follower count.
+    pub async fn set_replicas(&self, replicas: u64) -> Result<ClusterConfig> {
+        for _ in 0..8 {
+            let Some(kv) = self.kv.get(&self.keys.config()).await? else {
+                return Err(Error::Invalid("the cluster is not initialised".into()));
+            };
+            let mut config: ClusterConfig = decode(&kv)?;
+            if config.replicas == replicas {
+                return Ok(config);
+            }
+            config.replicas = replicas;
+            let r = self
+                .kv
+                .txn(
+                    vec![Compare::ModRevision(self.keys.config(), kv.mod_revision)],
+                    vec![Op::put(self.keys.config(), encode(&config)?)],
+                )
+                .await?;
+            if r.succeeded {
+                return Ok(config);
+            }
+        }
+        Err(Error::Invalid(
+            "setting replicas kept conflicting; retry".into(),
+        ))
+    }
+
+    /// The last table id handed out (0 before any).
+    pub async fn last_table_id(&self) -> Result<u64> {
+        match self.kv.get(&self.keys.table_ids()).await? {
+            Some(kv) => decode(&kv),
+            None => Ok(0),
+        }
+    }
+
+    async fn put_shard(&self, next: &ShardInfo, revision: i64) -> Result<Option<ShardInfo>> {
+        let next = next.clone();
+        let key = self.keys.shard(next.id);
         let r = self
             .kv
             .txn(

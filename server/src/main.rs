@@ -49,8 +49,8 @@ enum Command {
     },
     /// Run a meta process: cluster metadata on etcd, shard scheduling.
     Meta {
-        /// A TOML file with `shard_count`, `node_ttl`, `cluster`, `etcd`,
-        /// `cluster_secret`.
+        /// A TOML file with `shard_count`, `replicas`, `node_ttl`,
+        /// `cluster`, `etcd`, `cluster_secret`.
         #[arg(long)]
         config: Option<PathBuf>,
         #[arg(long)]
@@ -68,6 +68,11 @@ enum Command {
         /// Shards of a new cluster (ignored once the cluster exists).
         #[arg(long)]
         shard_count: Option<u64>,
+        /// Followers per shard (read-only copies on other instances that
+        /// make failover fast); set when this process becomes the meta
+        /// leader. Without it the stored setting stays (0 on a new cluster).
+        #[arg(long)]
+        replicas: Option<u64>,
         /// An instance silent this long is dead (e.g. `6s`).
         #[arg(long, value_parser = humantime::parse_duration)]
         node_ttl: Option<std::time::Duration>,
@@ -125,6 +130,21 @@ enum AdminCommand {
     Tables,
     /// Moves in flight.
     Procedures,
+    /// Set the followers per shard: the cluster's, or with `--shard` one
+    /// shard's own (`--shard S --clear` goes back to the cluster's).
+    Replicas {
+        count: Option<u64>,
+        #[arg(long)]
+        shard: Option<u64>,
+        #[arg(long, requires = "shard", conflicts_with = "count")]
+        clear: bool,
+    },
+    /// Hand a shard's leadership to a node, normally one of its caught-up
+    /// followers (then no replay: writes pause about a second).
+    SwitchLeader {
+        shard: u64,
+        node: String,
+    },
     /// Move a shard to a node (its gRPC address).
     MoveShard {
         shard: u64,
@@ -143,6 +163,7 @@ enum AdminCommand {
 struct MetaFile {
     cluster: Option<String>,
     shard_count: Option<u64>,
+    replicas: Option<u64>,
     #[serde(default, with = "humantime_serde_opt")]
     node_ttl: Option<std::time::Duration>,
     #[serde(default, with = "humantime_serde_opt")]
@@ -172,6 +193,7 @@ async fn meta(
     embedded_etcd: bool,
     etcd: Vec<String>,
     shard_count: Option<u64>,
+    replicas: Option<u64>,
     node_ttl: Option<std::time::Duration>,
     startup_grace: Option<std::time::Duration>,
 ) -> Result<(), String> {
@@ -203,6 +225,7 @@ async fn meta(
         }
         options.shard_count = n;
     }
+    options.replicas = replicas.or(file.replicas);
     if let Some(t) = node_ttl.or(file.node_ttl) {
         options.node_ttl = t;
         // Enough for live instances to heartbeat and re-take their locks.
@@ -356,6 +379,19 @@ async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
                 version.map(|v| format!("&version={v}")).unwrap_or_default()
             ),
         ),
+        AdminCommand::Replicas {
+            count,
+            shard,
+            clear,
+        } => match (shard, count, clear) {
+            (Some(s), _, true) => ("POST", format!("/shards/{s}/replicas")),
+            (Some(s), Some(n), false) => ("POST", format!("/shards/{s}/replicas?count={n}")),
+            (None, Some(n), _) => ("POST", format!("/replicas?count={n}")),
+            _ => return Err("give a count (and --shard S for one shard)".to_string()),
+        },
+        AdminCommand::SwitchLeader { shard, node } => {
+            ("POST", format!("/shards/{shard}/move?node={node}"))
+        }
         AdminCommand::PauseSchedule => ("POST", "/schedule/pause".to_string()),
         AdminCommand::ResumeSchedule => ("POST", "/schedule/resume".to_string()),
     };
@@ -461,6 +497,7 @@ async fn main() -> ExitCode {
             embedded_etcd,
             etcd,
             shard_count,
+            replicas,
             node_ttl,
             startup_grace,
         } => {
@@ -472,6 +509,7 @@ async fn main() -> ExitCode {
                 embedded_etcd,
                 etcd,
                 shard_count,
+                replicas,
                 node_ttl,
                 startup_grace,
             )

@@ -909,6 +909,21 @@ impl Wal for KafkaWal {
     fn low_watermark(&self) -> WalOffset {
         WalOffset(self.low.load(Ordering::Acquire))
     }
+
+    async fn end_offset(&self) -> Result<WalOffset> {
+        let consumer = self.consumer.clone();
+        let topic = self.options.topic.clone();
+        let timeout = self.options.request_timeout;
+        tokio::task::spawn_blocking(move || {
+            let (_, high) = consumer
+                .lock()
+                .fetch_watermarks(&topic, 0, timeout)
+                .map_err(kafka_err("reading the topic's offsets"))?;
+            Ok(WalOffset(high.max(0) as u64))
+        })
+        .await
+        .map_err(closed)?
+    }
 }
 
 #[cfg(test)]

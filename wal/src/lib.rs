@@ -128,4 +128,12 @@ pub trait Wal: Send + Sync + Debug {
 
     /// The truncation watermark: the lowest offset reads may return.
     fn low_watermark(&self) -> WalOffset;
+
+    /// The end of the log as the backend stores it now, including records
+    /// other processes appended (a follower measures its lag by it). The
+    /// default is [`Self::next_offset`], exact for backends one process
+    /// owns.
+    async fn end_offset(&self) -> Result<WalOffset> {
+        Ok(self.next_offset())
+    }
 }

@@ -27,6 +27,7 @@ use crate::{
     catalog::{Catalog, TableEntry},
     compaction::{CompactionSignal, Compactor},
     context::{EngineConfig, EngineContext},
+    follower::Follower,
     gc::Gc,
     memory::WriteBufferManager,
     options::TableOptions,
@@ -92,6 +93,10 @@ pub struct Engine {
     /// `Some` in cluster mode.
     cluster: Option<Arc<dyn ClusterCatalog>>,
     shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
+    /// Shards followed here (read-only copies of shards led elsewhere).
+    followers: parking_lot::RwLock<BTreeMap<ShardId, Arc<Follower>>>,
+    /// The last table id meta had handed out when the catalog was loaded.
+    last_table_id: std::sync::atomic::AtomicU64,
     /// Opens interrupted during replay, resumed by the next open.
     partials: crate::shard::PartialOpens,
     ddl_lock: tokio::sync::Mutex<()>,
@@ -177,6 +182,7 @@ impl Engine {
                 signal.clone(),
                 epoch.is_some(),
                 &partials,
+                None,
             )
             .await
             {
@@ -271,6 +277,8 @@ impl Engine {
             catalog,
             cluster,
             shards: parking_lot::RwLock::new(shards),
+            followers: parking_lot::RwLock::new(BTreeMap::new()),
+            last_table_id: std::sync::atomic::AtomicU64::new(0),
             partials: Default::default(),
             ddl_lock: tokio::sync::Mutex::new(()),
             maintenance: parking_lot::Mutex::new(None),
@@ -298,6 +306,39 @@ impl Engine {
         wal: Arc<dyn Wal>,
         epoch: Epoch,
     ) -> Result<Arc<Shard>> {
+        self.open_shard_seeded(id, wal, epoch, None).await
+    }
+
+    /// Makes this instance the leader of shard `id`, which it follows: the
+    /// follower stops, and the shard opens under `epoch` with the
+    /// follower's memtables and position, reading only the WAL records the
+    /// follower had not applied. Without a follower here this is
+    /// [`Self::open_shard`]. `wal` must be freshly opened (a follower's
+    /// view of the region's end is old).
+    pub async fn promote_follower(
+        &self,
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+        epoch: Epoch,
+    ) -> Result<Arc<Shard>> {
+        if let Some(s) = self.shard(id) {
+            return Ok(s);
+        }
+        let follower = self.followers.write().remove(&id);
+        let seed = match follower {
+            Some(f) => Some(f.stop().await),
+            None => None,
+        };
+        self.open_shard_seeded(id, wal, epoch, seed).await
+    }
+
+    async fn open_shard_seeded(
+        &self,
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+        epoch: Epoch,
+        seed: Option<crate::follower::Seed>,
+    ) -> Result<Arc<Shard>> {
         if let Some(s) = self.shard(id) {
             return Ok(s);
         }
@@ -316,6 +357,7 @@ impl Engine {
             self.compaction.clone(),
             self.is_cluster(),
             &self.partials,
+            seed,
         )
         .await?;
         // Tables created or altered while the shard was opening: apply them
@@ -356,6 +398,103 @@ impl Engine {
         }
         tracing::info!(shard = %id, "closed shard");
         result.map(|()| true)
+    }
+
+    /// Opens shard `id` here as a read-only follower of its leader, reading
+    /// `wal`. Idempotent.
+    pub async fn open_follower(
+        self: &Arc<Self>,
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+    ) -> Result<Arc<Follower>> {
+        if let Some(f) = self.follower(id) {
+            return Ok(f);
+        }
+        if self.shard(id).is_some() {
+            return Err(Error::Internal(format!(
+                "shard {id} is led here; it cannot also be followed"
+            )));
+        }
+        let entries: Vec<TableEntry> = self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+            .collect();
+        let weak = Arc::downgrade(self);
+        let lookup: crate::follower::Lookup = Arc::new(move |table| match weak.upgrade() {
+            Some(engine) => engine.known(table),
+            None => crate::follower::Known::Unknown,
+        });
+        let follower = Follower::open(
+            id,
+            wal,
+            entries,
+            self.ctx.clone(),
+            lookup,
+            self.ctx.config.follower_sync_interval,
+        )
+        .await?;
+        let _guard = self.ddl_lock.lock().await;
+        let follower = self.followers.write().entry(id).or_insert(follower).clone();
+        for entry in self
+            .catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+        {
+            follower.apply_entry(entry).await?;
+        }
+        Ok(follower)
+    }
+
+    /// What the catalog says about a table id a follower met in the WAL.
+    fn known(&self, id: strata_sst::TableId) -> crate::follower::Known {
+        use crate::follower::Known;
+        let all = self.catalog.all_tables();
+        if let Some(e) = all.iter().find(|t| t.id == id) {
+            return Known::Entry(Box::new(e.clone()));
+        }
+        // Ids are handed out in increasing order and the catalog is a
+        // snapshot: an id below one it lists, or at or below the last one
+        // meta handed out, was dropped.
+        let last = self
+            .last_table_id
+            .load(std::sync::atomic::Ordering::Acquire);
+        if id.0 <= last || all.iter().any(|t| t.id > id) {
+            Known::Dropped
+        } else {
+            Known::Unknown
+        }
+    }
+
+    /// Records the last table id meta handed out, as of the catalog about
+    /// to be installed (call before [`Self::install_catalog`]).
+    pub fn note_last_table_id(&self, id: u64) {
+        self.last_table_id
+            .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Stops following shard `id`.
+    pub async fn close_follower(&self, id: ShardId) -> bool {
+        let follower = self.followers.write().remove(&id);
+        match follower {
+            Some(f) => {
+                f.close().await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A shard followed here.
+    pub fn follower(&self, id: ShardId) -> Option<Arc<Follower>> {
+        self.followers.read().get(&id).cloned()
+    }
+
+    /// The shards followed here, by id.
+    pub fn followers(&self) -> Vec<Arc<Follower>> {
+        self.followers.read().values().cloned().collect()
     }
 
     /// Forgets what an interrupted open of shard `id` had replayed (the

@@ -34,6 +34,16 @@ impl Engine {
                 self.apply_entry(&shard, entry.clone()).await?;
             }
         }
+        for follower in self.followers() {
+            for table in follower.tables() {
+                if !wanted.contains_key(&table.id()) {
+                    follower.remove_table(table.id());
+                }
+            }
+            for entry in wanted.values().filter(|e| e.shard == follower.id()) {
+                follower.apply_entry(entry.clone()).await?;
+            }
+        }
         Ok(())
     }
 
@@ -42,6 +52,9 @@ impl Engine {
     pub async fn install_table(&self, entry: TableEntry) -> Result<()> {
         let _guard = self.ddl_lock.lock().await;
         self.catalog.install_table(entry.clone());
+        if let Some(follower) = self.follower(entry.shard) {
+            follower.apply_entry(entry.clone()).await?;
+        }
         if let Some(shard) = self.shard(entry.shard) {
             self.apply_entry(&shard, entry).await?;
         }
@@ -54,6 +67,9 @@ impl Engine {
         let _guard = self.ddl_lock.lock().await;
         let entry = self.catalog.remove_table(id);
         let mut found = entry.is_some();
+        for follower in self.followers() {
+            follower.remove_table(id);
+        }
         for shard in self.shards() {
             if shard.remove_table(id).is_some() {
                 found = true;

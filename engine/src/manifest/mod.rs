@@ -196,8 +196,33 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// Loads the manifest in `dir` without claiming it (a follower reads
+    /// what the shard's leader commits). `owner` must be one that commits
+    /// nothing (relinquished): every commit checks it first.
+    pub async fn open_read_only(
+        store: Arc<dyn ObjectStore>,
+        dir: Path,
+        table: TableId,
+        owner: Arc<Ownership>,
+    ) -> Result<Self> {
+        let state = load(&store, &dir, table).await?;
+        Ok(Self {
+            store,
+            dir,
+            state,
+            owner,
+            edits_since_snapshot: 0,
+            stale: false,
+        })
+    }
+
     pub fn state(&self) -> &ManifestState {
         &self.state
+    }
+
+    /// The directory the manifest lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn owner(&self) -> &Arc<Ownership> {

@@ -100,6 +100,10 @@ pub struct Table {
     /// unknown: the orphan scan leaves them alone until the manifest is
     /// re-read.
     parked: parking_lot::Mutex<Vec<crate::gc::WriteGuard>>,
+    /// A follower's table: read-only, and its memtables are not counted in
+    /// the write buffer (their size follows the leader's flushes, which
+    /// this instance's flushes cannot reduce).
+    follower: bool,
 }
 
 impl Table {
@@ -145,11 +149,149 @@ impl Table {
             writer,
             last_values,
             parked: parking_lot::Mutex::new(Vec::new()),
+            follower: false,
         }))
+    }
+
+    /// Opens a table read-only, for a follower of its shard: the manifest is
+    /// read, never claimed, and `owner` (relinquished) refuses every commit;
+    /// writes sent to it fail (nothing receives them).
+    pub(crate) async fn open_follower(
+        entry: TableEntry,
+        ctx: Arc<EngineContext>,
+        owner: Arc<Ownership>,
+    ) -> Result<Arc<Self>> {
+        debug_assert!(owner.is_over());
+        let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
+        let manifest =
+            Manifest::open_read_only(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
+        let state = manifest.state();
+        let meta = TableMeta::new(entry);
+        let last_values = LastValues::new(
+            &meta,
+            ctx.config.last_value_cache_max_series,
+            state.ssts.is_empty(),
+        );
+        let version = TableVersion {
+            active: Arc::new(Memtable::new(meta.clone())),
+            frozen: Vec::new(),
+            ssts: Arc::new(state.ssts.values().cloned().map(SstHandle::new).collect()),
+            flushed_offset: state.flushed_offset,
+            meta: meta.clone(),
+        };
+        let (writer, _) = mpsc::channel(1);
+        Ok(Arc::new(Self {
+            id: meta.entry.id,
+            name: meta.entry.name.clone(),
+            database: meta.entry.database.clone(),
+            version: RwLock::new(Arc::new(version)),
+            manifest: tokio::sync::Mutex::new(manifest),
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_scheduled: AtomicBool::new(false),
+            compaction_scheduled: AtomicBool::new(false),
+            maintenance: tokio::sync::Mutex::new(()),
+            dropped: AtomicBool::new(false),
+            ctx,
+            owner,
+            writer,
+            last_values,
+            parked: parking_lot::Mutex::new(Vec::new()),
+            follower: true,
+        }))
+    }
+
+    /// A follower's table takes the leader's manifest `state` as it is now:
+    /// its SST list, and its flushed offset, below which the memtables' rows
+    /// are dropped (they are in the SSTs). Nothing is retired: the files
+    /// are the leader's to delete. One version swap, so a query sees either
+    /// the rows in memory or the SSTs holding them, never both or neither.
+    pub(crate) fn follow(&self, state: &ManifestState) -> Result<()> {
+        let mut guard = self.version.write();
+        let same = guard.ssts.len() == state.ssts.len()
+            && guard
+                .ssts
+                .iter()
+                .all(|h| state.ssts.contains_key(&h.info.id))
+            && guard.flushed_offset >= state.flushed_offset;
+        if same {
+            return Ok(());
+        }
+        let mut next = (**guard).clone();
+        let mut all: Vec<Arc<SstHandle>> = Vec::with_capacity(state.ssts.len());
+        for (id, info) in &state.ssts {
+            match guard.ssts.iter().find(|h| h.info.id == *id) {
+                Some(h) => all.push(h.clone()),
+                None => all.push(SstHandle::new(info.clone())),
+            }
+        }
+        next.ssts = Arc::new(all);
+        let flushed = next.flushed_offset.max(state.flushed_offset);
+        next.flushed_offset = flushed;
+        let mut frozen = Vec::with_capacity(next.frozen.len());
+        for m in &next.frozen {
+            match trim(m, flushed)? {
+                Trimmed::Same => frozen.push(m.clone()),
+                Trimmed::Gone => {}
+                Trimmed::Kept(k) => frozen.push(k),
+            }
+        }
+        next.frozen = frozen;
+        match trim(&next.active, flushed)? {
+            Trimmed::Same => {}
+            Trimmed::Gone => {
+                next.active = Arc::new(Memtable::new(next.active.meta().clone()));
+            }
+            Trimmed::Kept(k) => next.active = k,
+        }
+        *guard = Arc::new(next);
+        Ok(())
+    }
+
+    /// A promoted follower's rows: this table (just opened by the new
+    /// leader, its manifest claimed) takes over the memtables of the
+    /// follower's table `from`, without the rows its manifest records as
+    /// flushed. From here on their memory counts in the write buffer.
+    pub(crate) fn adopt(&self, from: &Table) -> Result<()> {
+        let theirs = from.version();
+        let mut guard = self.version.write();
+        let mut next = (**guard).clone();
+        let flushed = next.flushed_offset;
+        let mut kept: Vec<Arc<Memtable>> = Vec::new();
+        for m in theirs.memtables() {
+            match trim(m, flushed)? {
+                Trimmed::Same => kept.push(m.clone()),
+                Trimmed::Gone => {}
+                Trimmed::Kept(k) => kept.push(k),
+            }
+        }
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let added: usize = kept.iter().map(|m| m.bytes()).sum();
+        // The newest takes writes when it has the current schema; the rest
+        // wait for the next flush, oldest first.
+        if kept
+            .last()
+            .is_some_and(|m| m.meta().entry.schema == next.meta.entry.schema)
+        {
+            next.active = kept.pop().unwrap_or_else(|| next.active.clone());
+        }
+        next.frozen = kept;
+        *guard = Arc::new(next);
+        drop(guard);
+        self.ctx.write_buffer.add(added);
+        // The rows it holds were never folded into this table's cache.
+        self.last_values.invalidate();
+        Ok(())
     }
 
     pub fn id(&self) -> TableId {
         self.id
+    }
+
+    /// Whether this is a follower's read-only copy.
+    pub fn is_follower(&self) -> bool {
+        self.follower
     }
 
     pub fn name(&self) -> &str {
@@ -305,9 +447,11 @@ impl Table {
         // Sequence 0 is for rows read back by a seeding scan.
         self.last_values
             .fold(version.active.meta(), &batch, offset + 1);
-        self.ctx
-            .write_buffer
-            .add(version.active.bytes().saturating_sub(before));
+        if !self.follower {
+            self.ctx
+                .write_buffer
+                .add(version.active.bytes().saturating_sub(before));
+        }
         Ok(rows)
     }
 
@@ -475,9 +619,10 @@ impl Table {
     /// are retired, SSTs it lists are added, and frozen memtables whose rows
     /// it records as flushed are dropped.
     pub(crate) fn sync_with(&self, state: &ManifestState) {
-        if self.owner.is_fenced() {
-            // The state is a newer owner's: this process must not retire
-            // (and so delete) files on its behalf.
+        if self.owner.is_over() {
+            // Fenced: the state is a newer owner's, and this process must
+            // not retire (and so delete) files on its behalf. Closed here,
+            // or a follower's table: the files are another writer's.
             return;
         }
         let mut guard = self.version.write();
@@ -535,5 +680,24 @@ impl Table {
         }
         self.owner.check()?;
         Ok(state.ssts.keys().copied().collect())
+    }
+}
+
+/// What is left of a memtable once rows below an offset are dropped.
+enum Trimmed {
+    Same,
+    Gone,
+    Kept(Arc<Memtable>),
+}
+
+fn trim(m: &Arc<Memtable>, from: u64) -> Result<Trimmed> {
+    match (m.min_offset(), m.max_offset()) {
+        (Some(lo), _) if lo >= from => Ok(Trimmed::Same),
+        (None, _) => Ok(Trimmed::Same),
+        (_, Some(hi)) if hi < from => Ok(Trimmed::Gone),
+        _ => Ok(match m.retain_from(from)? {
+            Some(k) => Trimmed::Kept(Arc::new(k)),
+            None => Trimmed::Gone,
+        }),
     }
 }

@@ -124,20 +124,20 @@ pub(crate) async fn wait_moved(c: &TestCluster, table: &str, to: usize) {
 
 /// A steady writer of single rows, one id per attempt: an attempt that
 /// fails is not retried with the same id, so a duplicate would show.
-struct Writer {
+pub(crate) struct Writer {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeSet<i64>>>,
     /// Milliseconds after `epoch` of the first success of an attempt that
     /// started after `watch_from` (0 while none).
-    first_ok_after: Arc<AtomicU64>,
+    pub(crate) first_ok_after: Arc<AtomicU64>,
     watch_from: Arc<AtomicU64>,
     epoch: Instant,
-    failures: Arc<AtomicU64>,
+    pub(crate) failures: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Writer {
-    fn start(client: Arc<RoutedClient>, table: &'static str) -> Self {
+    pub(crate) fn start(client: Arc<RoutedClient>, table: &'static str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
         let first_ok_after = Arc::new(AtomicU64::new(0));
@@ -186,18 +186,18 @@ impl Writer {
         }
     }
 
-    fn acked(&self) -> BTreeSet<i64> {
+    pub(crate) fn acked(&self) -> BTreeSet<i64> {
         self.acked.lock().unwrap().clone()
     }
 
     /// Starts timing: returns the instant, as ms after the writer's epoch.
-    fn mark(&self) -> u64 {
+    pub(crate) fn mark(&self) -> u64 {
         let now = self.epoch.elapsed().as_millis() as u64;
         self.watch_from.store(now, Ordering::Relaxed);
         now
     }
 
-    async fn finish(self) -> BTreeSet<i64> {
+    pub(crate) async fn finish(self) -> BTreeSet<i64> {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         self.acked.lock().unwrap().clone()

@@ -123,6 +123,12 @@ enum PauseDuring {
 /// flush, compact and scan for orphans on the new owner; kill -9 it; and
 /// check that every acknowledged row is there exactly once.
 async fn a_paused_leader_commits_nothing(during: PauseDuring) {
+    a_paused_leader_with_followers_commits_nothing(during, 0).await
+}
+
+/// The same, with `replicas` followers per shard: the shard fails over by
+/// promoting its follower.
+async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, replicas: u64) {
     let failpoints = match during {
         PauseDuring::Writes => String::new(),
         PauseDuring::Flush => "flush.before_commit=6000".to_string(),
@@ -146,12 +152,18 @@ async fn a_paused_leader_commits_nothing(during: PauseDuring) {
     let mut c = TestCluster::start(ClusterOptions {
         shard_count: 3,
         server_env,
+        replicas,
         ..ClusterOptions::default()
     })
     .await;
     let client = c.servers[0].client().await;
     create_append(&client, "p").await;
     let (shard, old) = shard_of(&c, "p").await;
+    let follower = if replicas > 0 {
+        Some(crate::cluster_followers::wait_following(&c, shard).await)
+    } else {
+        None
+    };
     let writer = PauseWriter::start(&c, "p").await;
     writer.progress(100, &c, "before the pause").await;
     if matches!(during, PauseDuring::Compaction) {
@@ -204,6 +216,14 @@ async fn a_paused_leader_commits_nothing(during: PauseDuring) {
     writer.progress(100, &c, "on the new leader").await;
     let (_, new) = shard_of(&c, "p").await;
     assert_ne!(new, old);
+    if let Some(f) = follower {
+        assert_eq!(new, f, "the follower took over");
+        assert!(
+            c.servers[new].log_count("promoting a follower") > 0,
+            "the follower was promoted, not reopened; its log:\n{}",
+            c.servers[new].log_tail()
+        );
+    }
 
     // The old leader resumes: its stalled flush or compaction tries to
     // commit, and its heartbeat learns of the move.
@@ -263,6 +283,13 @@ async fn a_paused_leader_commits_nothing(during: PauseDuring) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_paused_past_its_lease_commits_nothing() {
     a_paused_leader_commits_nothing(PauseDuring::Writes).await;
+}
+
+/// Issue 16: a paused leader that resumes after its follower was promoted
+/// commits nothing, and the ledger holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_paused_past_its_lease_after_its_follower_was_promoted_commits_nothing() {
+    a_paused_leader_with_followers_commits_nothing(PauseDuring::Writes, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

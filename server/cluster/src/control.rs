@@ -59,6 +59,19 @@ impl Cluster {
             let mut a = self.assignments.write();
             let newer = a.get(&e.shard).is_none_or(|cur| cur.version <= e.version);
             if newer {
+                // The event names the leader only: the followers stay as
+                // last heard (without the new leader) until the heartbeat.
+                let (followers, follower_endpoints) = a
+                    .get(&e.shard)
+                    .map(|cur| {
+                        cur.followers
+                            .iter()
+                            .zip(&cur.follower_endpoints)
+                            .filter(|(f, _)| **f != e.leader)
+                            .map(|(f, ep)| (f.clone(), ep.clone()))
+                            .unzip()
+                    })
+                    .unwrap_or_default();
                 a.insert(
                     e.shard,
                     Assignment {
@@ -66,6 +79,8 @@ impl Cluster {
                         version: e.version,
                         leader: e.leader,
                         endpoint: e.leader_endpoint,
+                        followers,
+                        follower_endpoints,
                     },
                 );
             }

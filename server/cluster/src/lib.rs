@@ -176,6 +176,7 @@ impl Cluster {
             .iter()
             .map(|j| entry_of(j))
             .collect::<EngineResult<Vec<_>>>()?;
+        self.engine.note_last_table_id(resp.last_table_id);
         self.engine.install_catalog(resp.databases, tables).await?;
         self.fingerprint.store(resp.fingerprint, Ordering::Relaxed);
         Ok(())
@@ -228,7 +229,22 @@ impl Cluster {
                     version: versions.get(&s.id().0).map_or(0, |a| a.version),
                     wal_offset: s.applied_offset(),
                     tables: s.tables().len() as u64,
+                    role: strata_meta::model::ROLE_LEADER.to_string(),
+                    lag_records: 0,
+                    lag_ms: 0,
                 })
+                .chain(self.engine.followers().iter().map(|f| {
+                    let status = f.status();
+                    ShardState {
+                        id: f.id().0,
+                        version: versions.get(&f.id().0).map_or(0, |a| a.version),
+                        wal_offset: status.applied,
+                        tables: f.tables().len() as u64,
+                        role: strata_meta::model::ROLE_FOLLOWER.to_string(),
+                        lag_records: status.lag_records,
+                        lag_ms: status.lag_ms,
+                    }
+                }))
                 .collect(),
             tables_json,
             memtable_bytes: self.engine.write_buffer_usage().0 as u64,
@@ -274,6 +290,8 @@ impl Cluster {
                             version: s.version,
                             leader: s.leader.clone(),
                             endpoint: s.leader_endpoint.clone(),
+                            followers: s.followers.clone(),
+                            follower_endpoints: s.follower_endpoints.clone(),
                         },
                     )
                 })

@@ -19,8 +19,21 @@ impl Cluster {
         }
         let assignments = self.assignments();
         let open: BTreeSet<u64> = self.engine.shards().iter().map(|s| s.id().0).collect();
+        let followed: BTreeSet<u64> = self.engine.followers().iter().map(|f| f.id().0).collect();
         for a in &assignments {
             let mine = a.leader == self.node_id;
+            let follow = !mine && a.followers.iter().any(|f| *f == self.node_id);
+            if follow && !open.contains(&a.shard) && !followed.contains(&a.shard) {
+                self.spawn_busy(
+                    a.shard,
+                    |me, shard| async move { me.open_follower(shard).await },
+                );
+            } else if !follow && !mine && followed.contains(&a.shard) {
+                self.spawn_busy(a.shard, |me, shard| async move {
+                    me.engine.close_follower(ShardId(shard)).await;
+                    Ok(())
+                });
+            }
             if mine && !open.contains(&a.shard) {
                 if self
                     .open_backoff
@@ -226,6 +239,24 @@ impl Cluster {
                 tracing::warn!(shard = %s.id(), error = %e, "closing a superseded shard");
             }
         }
+        for f in self.engine.followers() {
+            self.engine.close_follower(f.id()).await;
+        }
+    }
+
+    /// Opens a read-only follower of a shard led elsewhere. It takes no
+    /// lock: it writes nothing.
+    pub(super) async fn open_follower(self: Arc<Self>, shard: u64) -> EngineResult<()> {
+        let started = std::time::Instant::now();
+        let wal = self.wal.open(ShardId(shard)).await?;
+        let f = self.engine.open_follower(ShardId(shard), wal).await?;
+        tracing::info!(
+            shard,
+            tables = f.tables().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "following shard"
+        );
+        Ok(())
     }
 
     pub(super) async fn open_shard(self: Arc<Self>, shard: u64) -> EngineResult<()> {
@@ -234,6 +265,14 @@ impl Cluster {
             return Ok(());
         };
         let started = std::time::Instant::now();
+        // Every record in the WAL was written to a table meta had created
+        // before we took the lock: load the catalog as of now, so that no
+        // record is skipped as one of an unknown table (a table created
+        // just before a failover, which the heartbeat had not brought yet).
+        if let Err(e) = self.refresh_catalog().await {
+            self.release(shard).await;
+            return Err(e);
+        }
         let wal = match self.wal.open(ShardId(shard)).await {
             Ok(wal) => wal,
             Err(e) => {
@@ -246,15 +285,19 @@ impl Cluster {
                 return Err(e);
             }
         };
+        // A follower here is promoted: it has the shard's data already and
+        // reads only the WAL it had not applied.
+        let promoted = self.engine.follower(ShardId(shard)).is_some();
         match self
             .engine
-            .open_shard(ShardId(shard), wal, Epoch(epoch))
+            .promote_follower(ShardId(shard), wal, Epoch(epoch))
             .await
         {
             Ok(s) => {
                 tracing::info!(
                     shard,
                     epoch,
+                    promoted,
                     tables = s.tables().len(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "opened shard"

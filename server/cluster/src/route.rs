@@ -26,7 +26,7 @@ pub const MOVE_POLL: std::time::Duration = std::time::Duration::from_millis(200)
 pub type EngineResult<T> = strata_engine::Result<T>;
 
 /// A shard's assignment as this instance last heard it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Assignment {
     pub shard: u64,
     pub version: u64,
@@ -34,6 +34,10 @@ pub struct Assignment {
     pub leader: String,
     /// The leader's gRPC endpoint; empty while the shard has no leader.
     pub endpoint: String,
+    /// The node ids of the shard's followers.
+    pub followers: Vec<String>,
+    /// Their gRPC endpoints (same order; empty for one not registered).
+    pub follower_endpoints: Vec<String>,
 }
 
 /// Where a table's rows are, once its shard has a serving leader.
@@ -146,6 +150,7 @@ impl Router for LocalRouter {
             version: 1,
             leader: STANDALONE_NODE.to_string(),
             endpoint: String::new(),
+            ..Default::default()
         })
     }
 

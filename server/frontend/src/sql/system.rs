@@ -4,8 +4,10 @@
 //! - `system.tables`: one row per table, with its options and storage use;
 //! - `system.sst_files`: one row per SST (segment, level, rows, bytes, time
 //!   range);
-//! - `system.shards`: one row per shard: where meta assigns it and, when it
-//!   is open here, its WAL epoch and applied offset;
+//! - `system.shards`: one row per shard: where meta assigns it (leader and
+//!   followers), this instance's role in it, and when it is open here
+//!   (leading or following) its WAL epoch, applied offset and a follower's
+//!   lag;
 //! - `system.nodes`: the instances leading shards, as this instance last
 //!   heard from meta (meta's `/nodes` has the full list).
 
@@ -56,11 +58,23 @@ impl SystemSchema {
             Field::new("epoch", DataType::UInt64, true),
             Field::new("wal_offset", DataType::UInt64, true),
             Field::new("tables", DataType::UInt64, true),
+            Field::new("followers", DataType::Utf8, false),
+            Field::new("role", DataType::Utf8, true),
+            Field::new("lag_records", DataType::UInt64, true),
+            Field::new("lag_ms", DataType::UInt64, true),
         ]));
         let (_, assignments) = self.assignments();
         let local: Vec<_> = assignments
             .iter()
             .map(|a| self.engine.shard(strata_sst::ShardId(a.shard)))
+            .collect();
+        let followed: Vec<_> = assignments
+            .iter()
+            .map(|a| self.engine.follower(strata_sst::ShardId(a.shard)))
+            .collect();
+        let status: Vec<_> = followed
+            .iter()
+            .map(|f| f.as_ref().map(|f| f.status()))
             .collect();
         build(
             schema,
@@ -83,13 +97,35 @@ impl SystemSchema {
                 Arc::new(UInt64Array::from_iter(
                     local.iter().map(|s| s.as_ref().map(|s| s.epoch().0)),
                 )),
+                Arc::new(UInt64Array::from_iter(local.iter().zip(&status).map(
+                    |(s, f)| {
+                        s.as_ref()
+                            .map(|s| s.applied_offset())
+                            .or(f.map(|f| f.applied))
+                    },
+                ))),
+                Arc::new(UInt64Array::from_iter(local.iter().zip(&followed).map(
+                    |(s, f)| {
+                        s.as_ref()
+                            .map(|s| s.tables().len() as u64)
+                            .or(f.as_ref().map(|f| f.tables().len() as u64))
+                    },
+                ))),
+                Arc::new(StringArray::from_iter_values(
+                    assignments.iter().map(|a| a.followers.join(",")),
+                )),
+                Arc::new(StringArray::from_iter(local.iter().zip(&followed).map(
+                    |(s, f)| match (s, f) {
+                        (Some(_), _) => Some("leader"),
+                        (None, Some(_)) => Some("follower"),
+                        (None, None) => None,
+                    },
+                ))),
                 Arc::new(UInt64Array::from_iter(
-                    local.iter().map(|s| s.as_ref().map(|s| s.applied_offset())),
+                    status.iter().map(|f| f.map(|f| f.lag_records)),
                 )),
                 Arc::new(UInt64Array::from_iter(
-                    local
-                        .iter()
-                        .map(|s| s.as_ref().map(|s| s.tables().len() as u64)),
+                    status.iter().map(|f| f.map(|f| f.lag_ms)),
                 )),
             ],
         )

@@ -158,6 +158,7 @@ impl FakeRouter {
                 version: 4,
                 leader: "b".to_string(),
                 endpoint: "b:1".to_string(),
+                ..Default::default()
             }),
             calls,
         })
@@ -364,6 +365,7 @@ async fn a_local_router_answers_as_standalone_did() {
             version: 1,
             leader: "standalone".to_string(),
             endpoint: String::new(),
+            ..Default::default()
         }]
     );
     assert_eq!(router.remote_leader(STANDALONE_SHARD), None);

@@ -1,0 +1,380 @@
+//! A follower of a shard led by another instance: a read-only copy that
+//! serves queries and makes failover fast.
+//!
+//! A follower opens the shard's tables from their manifests without claiming
+//! them, then tails the shard's WAL exactly as a replay would (the same
+//! epoch filter, the same skipping of records below a table's flushed
+//! offset), applying each record to its memtables. Every `sync_interval` it
+//! re-reads the manifests: the SSTs the leader's flushes, compactions and
+//! TTL expiry committed replace its SST list, and memtable rows below the
+//! new flushed offset are dropped, in one version swap per table. It never
+//! writes: no WAL record, no SST, no manifest edit, no deletion (its tables'
+//! owner is relinquished from the start, so every commit path refuses, and
+//! the engine's maintenance and compaction never see follower shards).
+//!
+//! Promotion ([`crate::Engine::promote_follower`]) stops the tail and hands
+//! its tables and its position to a normal shard open under the new epoch:
+//! the manifests are claimed, the memtables adopted, the fence marker
+//! appended, and only the records after the follower's position are read.
+//! The time it takes does not depend on how much of the WAL is unflushed.
+//!
+//! A record of a table this instance does not know yet (created a moment
+//! ago), or written under a newer schema than it knows (an `ALTER` it has
+//! not heard of), stops the tail at that record until the catalog catches
+//! up: applying it would lose the record or its new columns.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use strata_sst::{layout, ShardId, TableId};
+use strata_wal::{fence::EpochFence, Wal, WalOffset};
+use tokio::task::JoinHandle;
+
+use crate::{
+    catalog::TableEntry, codec, context::EngineContext, ownership::Ownership, table::Table, Error,
+    Result,
+};
+
+/// Bytes of WAL payload read per call.
+const TAIL_READ_BYTES: usize = 8 * 1024 * 1024;
+/// How long the tail sleeps when it has read everything.
+const TAIL_IDLE: Duration = Duration::from_millis(50);
+/// How long it waits for the catalog before reading a record again.
+const CATALOG_WAIT: Duration = Duration::from_millis(200);
+
+/// What the catalog says about a table id met in the WAL.
+#[derive(Debug, Clone)]
+pub enum Known {
+    Entry(Box<TableEntry>),
+    /// Dropped (an id below one the catalog lists, and absent).
+    Dropped,
+    /// Not known yet: wait for the catalog.
+    Unknown,
+}
+
+/// How a follower asks the catalog about a table id.
+pub type Lookup = Arc<dyn Fn(TableId) -> Known + Send + Sync>;
+
+/// Where a follower stands: the next WAL offset to apply and the epoch
+/// filter, exactly as a replay would have them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Position {
+    pub next: WalOffset,
+    pub fence: EpochFence,
+}
+
+/// What a stopped follower hands to the shard that replaces it.
+#[derive(Debug)]
+pub(crate) struct Seed {
+    pub tables: HashMap<TableId, Arc<Table>>,
+    pub position: Position,
+}
+
+/// A follower's state, as `system.shards` and heartbeats show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowerStatus {
+    /// The offset after the last record applied.
+    pub applied: u64,
+    /// The end of the WAL when last looked at.
+    pub end: u64,
+    /// Records behind (`end - applied`).
+    pub lag_records: u64,
+    /// How long it has been behind the WAL's end (0 when caught up).
+    pub lag_ms: u64,
+    /// Stopped at a record whose table or schema the catalog does not show
+    /// yet.
+    pub waiting_for_catalog: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: ShardId,
+    wal: Arc<dyn Wal>,
+    ctx: Arc<EngineContext>,
+    /// Relinquished from the start: commits nothing.
+    owner: Arc<Ownership>,
+    tables: RwLock<HashMap<TableId, Arc<Table>>>,
+    position: tokio::sync::Mutex<Position>,
+    applied: AtomicU64,
+    end: AtomicU64,
+    /// Since when it has been behind; `None` while caught up.
+    behind_since: Mutex<Option<Instant>>,
+    waiting: AtomicBool,
+    sync_interval: Duration,
+}
+
+/// A read-only follower of one shard.
+pub struct Follower {
+    inner: Arc<Inner>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Follower(shard {})", self.inner.id)
+    }
+}
+
+impl Follower {
+    /// Opens a follower of shard `id` with `entries` (its tables in the
+    /// catalog), reading `wal`, and starts tailing it.
+    pub(crate) async fn open(
+        id: ShardId,
+        wal: Arc<dyn Wal>,
+        entries: Vec<TableEntry>,
+        ctx: Arc<EngineContext>,
+        lookup: Lookup,
+        sync_interval: Duration,
+    ) -> Result<Arc<Self>> {
+        let owner = Arc::new(Ownership::new(id, 0));
+        owner.relinquish();
+        let opened = futures::future::try_join_all(
+            entries
+                .into_iter()
+                .map(|e| Table::open_follower(e, ctx.clone(), owner.clone())),
+        )
+        .await?;
+        let tables = opened.into_iter().map(|t| (t.id(), t)).collect();
+        let inner = Arc::new(Inner {
+            id,
+            wal,
+            ctx,
+            owner,
+            tables: RwLock::new(tables),
+            position: tokio::sync::Mutex::new(Position::default()),
+            applied: AtomicU64::new(0),
+            end: AtomicU64::new(0),
+            behind_since: Mutex::new(Some(Instant::now())),
+            waiting: AtomicBool::new(false),
+            sync_interval,
+        });
+        let task = tokio::spawn(run_tail(inner.clone(), lookup));
+        tracing::info!(shard = %id, tables = inner.tables.read().len(), "opened shard as a follower");
+        Ok(Arc::new(Self {
+            inner,
+            task: Mutex::new(Some(task)),
+        }))
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.inner.id
+    }
+
+    pub fn table(&self, id: TableId) -> Option<Arc<Table>> {
+        self.inner.tables.read().get(&id).cloned()
+    }
+
+    pub fn tables(&self) -> Vec<Arc<Table>> {
+        self.inner.tables.read().values().cloned().collect()
+    }
+
+    /// The offset after the last WAL record applied.
+    pub fn applied_offset(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    pub fn status(&self) -> FollowerStatus {
+        let applied = self.applied_offset();
+        let end = self.inner.end.load(Ordering::Acquire).max(applied);
+        FollowerStatus {
+            applied,
+            end,
+            lag_records: end - applied,
+            lag_ms: self
+                .inner
+                .behind_since
+                .lock()
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            waiting_for_catalog: self.inner.waiting.load(Ordering::Acquire),
+        }
+    }
+
+    /// Opens a table created on the shard (or applies a changed
+    /// definition).
+    pub(crate) async fn apply_entry(&self, entry: TableEntry) -> Result<()> {
+        add_or_update(&self.inner, entry).await.map(|_| ())
+    }
+
+    /// Forgets a dropped table.
+    pub(crate) fn remove_table(&self, id: TableId) {
+        if let Some(t) = self.inner.tables.write().remove(&id) {
+            t.mark_dropped();
+        }
+    }
+
+    /// Stops tailing and returns the tables and the position, for a
+    /// promotion. The follower is unusable afterwards.
+    pub(crate) async fn stop(&self) -> Seed {
+        let task = self.task.lock().take();
+        if let Some(t) = task {
+            t.abort();
+            let _ = t.await;
+        }
+        let position = self.inner.position.lock().await.clone();
+        let tables = std::mem::take(&mut *self.inner.tables.write());
+        Seed { tables, position }
+    }
+
+    /// Stops tailing and drops the tables (their memtables were never
+    /// counted in the write buffer: nothing to give back).
+    pub(crate) async fn close(&self) {
+        let seed = self.stop().await;
+        for t in seed.tables.values() {
+            t.mark_dropped();
+        }
+        tracing::info!(shard = %self.inner.id, "closed follower");
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.lock().take() {
+            t.abort();
+        }
+    }
+}
+
+/// Opens `entry`'s table on the follower, or installs its new definition.
+async fn add_or_update(inner: &Inner, entry: TableEntry) -> Result<Arc<Table>> {
+    let existing = inner.tables.read().get(&entry.id).cloned();
+    if let Some(t) = existing {
+        if t.meta().entry != entry {
+            t.install_meta(entry);
+        }
+        return Ok(t);
+    }
+    let t = Table::open_follower(entry, inner.ctx.clone(), inner.owner.clone()).await?;
+    Ok(inner.tables.write().entry(t.id()).or_insert(t).clone())
+}
+
+enum Step {
+    Applied,
+    CaughtUp,
+    WaitingForCatalog,
+}
+
+async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
+    let mut last_sync: Option<Instant> = None;
+    let mut failing = false;
+    loop {
+        if last_sync.is_none_or(|t| t.elapsed() >= inner.sync_interval) {
+            sync_manifests(&inner).await;
+            match inner.wal.end_offset().await {
+                Ok(end) => {
+                    inner.end.fetch_max(end.0, Ordering::AcqRel);
+                }
+                Err(e) => tracing::debug!(shard = %inner.id, error = %e, "reading the WAL's end"),
+            }
+            last_sync = Some(Instant::now());
+        }
+        match step(&inner, &lookup).await {
+            Ok(step) => {
+                if std::mem::replace(&mut failing, false) {
+                    tracing::info!(shard = %inner.id, "the follower reads its WAL again");
+                }
+                inner
+                    .waiting
+                    .store(matches!(step, Step::WaitingForCatalog), Ordering::Release);
+                match step {
+                    Step::Applied => tokio::task::yield_now().await,
+                    Step::CaughtUp => tokio::time::sleep(TAIL_IDLE).await,
+                    Step::WaitingForCatalog => tokio::time::sleep(CATALOG_WAIT).await,
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(shard = %inner.id, error = %e, "the follower cannot read its WAL; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Reads and applies one batch of records.
+async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
+    let mut position = inner.position.lock().await;
+    let entries = inner
+        .wal
+        .read(position.next, TAIL_READ_BYTES)
+        .await
+        .map_err(|source| Error::Wal {
+            op: "follower read",
+            source: Box::new(source),
+        })?;
+    if entries.is_empty() {
+        inner.end.fetch_max(position.next.0, Ordering::AcqRel);
+        let applied = inner.applied.load(Ordering::Acquire);
+        if applied >= inner.end.load(Ordering::Acquire) {
+            *inner.behind_since.lock() = None;
+        }
+        return Ok(Step::CaughtUp);
+    }
+    if let Some(last) = entries.last() {
+        inner.end.fetch_max(last.offset.0 + 1, Ordering::AcqRel);
+        inner.behind_since.lock().get_or_insert_with(Instant::now);
+    }
+    for (i, entry) in entries.into_iter().enumerate() {
+        if i % 32 == 31 {
+            tokio::task::yield_now().await;
+        }
+        let offset = entry.offset;
+        if !position.fence.admit(&entry) || codec::is_fence(&entry.payload) {
+            position.next = offset.next();
+            inner.applied.store(position.next.0, Ordering::Release);
+            continue;
+        }
+        let record = codec::decode(&entry.payload)?;
+        let existing = inner.tables.read().get(&record.table).cloned();
+        let table = match existing {
+            Some(t) => t,
+            None => match lookup(record.table) {
+                Known::Entry(e) if e.shard == inner.id => add_or_update(inner, *e).await?,
+                Known::Entry(_) | Known::Dropped => {
+                    position.next = offset.next();
+                    inner.applied.store(position.next.0, Ordering::Release);
+                    continue;
+                }
+                Known::Unknown => return Ok(Step::WaitingForCatalog),
+            },
+        };
+        if record.schema_version > table.meta().entry.schema.version {
+            return Ok(Step::WaitingForCatalog);
+        }
+        table.apply_replayed(record.batch, offset.0)?;
+        position.next = offset.next();
+        inner.applied.store(position.next.0, Ordering::Release);
+    }
+    Ok(Step::Applied)
+}
+
+/// Brings every table in line with its manifest on the store.
+async fn sync_manifests(inner: &Inner) {
+    let tables: Vec<Arc<Table>> = inner.tables.read().values().cloned().collect();
+    let store = inner.ctx.store.clone();
+    let cluster = inner.ctx.config.cluster.clone();
+    let mut loads = futures::stream::iter(tables.into_iter().map(|t| {
+        let store = store.clone();
+        let dir = layout::manifest_dir(&cluster, inner.id, t.id());
+        async move {
+            let state = crate::manifest::load(&store, &dir, t.id()).await;
+            (t, state)
+        }
+    }))
+    .buffer_unordered(8);
+    while let Some((table, state)) = loads.next().await {
+        let result = state.and_then(|s| table.follow(&s));
+        if let Err(e) = result {
+            tracing::debug!(shard = %inner.id, table = %table.name(), error = %e,
+                "a follower could not read its table's manifest; trying again");
+        }
+    }
+}
