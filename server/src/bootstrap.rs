@@ -269,7 +269,8 @@ pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Res
         query_threads(&config),
         cluster.clone(),
     )
-    .with_limits(crate::sql::QueryLimits::new(&config.query));
+    .with_limits(crate::sql::QueryLimits::new(&config.query))
+    .reading_followers(config.query.read_preference == crate::config::ReadPreference::Follower);
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
         ShardControlService::new(cluster.clone(), secret),
     );

@@ -12,7 +12,7 @@ use std::{
 use strata_client::routed::RoutedClient;
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
-    query,
+    http_request, query,
 };
 
 use crate::cluster::{check_exactly_once, create_append, shard_of, Writer};
@@ -102,6 +102,56 @@ async fn kill9_of_a_leader_promotes_its_follower_and_loses_nothing() {
     )
     .await;
     assert_eq!(rows, vec![vec!["follower".to_string(), "0".to_string()]]);
+
+    // Reads from the follower: with the leader stopped (SIGSTOP), a query
+    // that prefers followers is answered by the follower's own copy,
+    // rows written just before included once it has caught up.
+    let values: Vec<String> = (1..=50)
+        .map(|n| format!("(-{n}, {})", 1_600_000_000_000i64 + n))
+        .collect();
+    strata_integration_tests::exec(
+        &client,
+        &format!("INSERT INTO ff (n, ts) VALUES {}", values.join(", ")),
+    )
+    .await;
+    // A follower may be a moment behind: wait until it shows the rows.
+    let follower_count = || async {
+        http_request(
+            c.servers[follower].http,
+            "POST",
+            "/sql?read_preference=follower",
+            Some(r#"{"query": "SELECT count(*) AS n FROM ff"}"#),
+        )
+        .await
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = follower_count().await;
+        if got.as_ref().is_some_and(|(_, b)| b.contains(r#""n":50"#)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the follower never showed the rows: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.servers[victim].pause();
+    let asked = follower_count().await;
+    c.servers[victim].resume();
+    let (code, body) = asked.expect("the follower answered");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""n":50"#), "{body}");
+    // A bad preference is refused, and the server stays up.
+    let (code, body) = http_request(
+        c.servers[follower].http,
+        "POST",
+        "/sql?read_preference=nearest",
+        Some(r#"{"query": "SELECT 1"}"#),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 400, "{body}");
 
     let seeds: Vec<String> = c.servers.iter().map(|s| s.endpoint()).collect();
     let writer = Writer::start(Arc::new(RoutedClient::new(seeds)), "ff");

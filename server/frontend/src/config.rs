@@ -146,6 +146,38 @@ pub struct QueryConfig {
     /// How long a query waits for a slot before it fails with `Overloaded`.
     #[serde(with = "strata_engine::context::humantime_serde_compat")]
     pub queue_timeout: std::time::Duration,
+    /// Where read-only statements read a table whose shard this instance
+    /// follows: `leader` (read-your-writes, the default) or `follower` (the
+    /// local copy, possibly behind; PromQL and remote read included). A
+    /// request may ask otherwise: `x-strata-read-preference` (HTTP header
+    /// or gRPC metadata) or `?read_preference=` on `/sql`.
+    pub read_preference: ReadPreference,
+}
+
+/// Where read-only statements read tables whose shards are followed here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadPreference {
+    #[default]
+    Leader,
+    Follower,
+}
+
+impl ReadPreference {
+    /// The HTTP header and gRPC metadata key a request names it with.
+    pub const HEADER: &'static str = "x-strata-read-preference";
+
+    /// Parses `leader` or `follower` (any case).
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "leader" => Ok(Self::Leader),
+            "follower" => Ok(Self::Follower),
+            other => Err(crate::error::Error::InvalidArgument(format!(
+                "read_preference is leader or follower, not {:?}",
+                other.chars().take(32).collect::<String>()
+            ))),
+        }
+    }
 }
 
 impl Default for QueryConfig {
@@ -156,6 +188,7 @@ impl Default for QueryConfig {
             timeout: std::time::Duration::from_secs(120),
             max_concurrent: 32,
             queue_timeout: std::time::Duration::from_secs(5),
+            read_preference: ReadPreference::Leader,
         }
     }
 }

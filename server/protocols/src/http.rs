@@ -291,8 +291,41 @@ fn batches_to_json(batches: &[RecordBatch]) -> Result<Value, Error> {
 
 /// The body is read as JSON whatever its content type, so that
 /// `curl -d '{"query": …}'` works.
-async fn sql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+/// The read preference a request asks for (`?read_preference=` or the
+/// `x-strata-read-preference` header); `None` when it names none.
+fn read_preference(
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> crate::error::Result<Option<strata_frontend::config::ReadPreference>> {
+    use strata_frontend::config::ReadPreference;
+    let from_query = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "read_preference")
+            .map(|(_, v)| v.into_owned())
+    });
+    let from_header = headers
+        .get(ReadPreference::HEADER)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    from_query
+        .or(from_header)
+        .map(|v| ReadPreference::parse(&v))
+        .transpose()
+}
+
+async fn sql(
+    State(state): State<Arc<AppState>>,
+    RawQuery(params): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let started = Instant::now();
+    let query = match read_preference(params.as_deref(), &headers) {
+        Ok(Some(p)) => state
+            .query
+            .reading_followers(p == strata_frontend::config::ReadPreference::Follower),
+        Ok(None) => state.query.clone(),
+        Err(e) => return error_response(&e),
+    };
     let req: SqlRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -304,8 +337,7 @@ async fn sql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     let db = req.database.unwrap_or_else(|| DEFAULT_DATABASE.to_string());
     let sql = req.query;
-    let result = state
-        .query
+    let result = query
         .limited(false, |q| async move { q.execute(&db, &sql).await })
         .await;
     metrics::observe_request("http_sql", started, result.is_ok());

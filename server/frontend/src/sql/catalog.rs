@@ -26,11 +26,18 @@ pub struct StrataCatalog {
     /// `LocalRouter` for forwarded requests, which must not be forwarded
     /// again.
     router: Arc<dyn Router>,
+    /// Read tables whose shards are followed here from the follower's
+    /// copy (read-only statements under `read_preference = follower`).
+    followers: bool,
 }
 
 impl StrataCatalog {
-    pub fn new(engine: Arc<Engine>, router: Arc<dyn Router>) -> Self {
-        Self { engine, router }
+    pub fn new(engine: Arc<Engine>, router: Arc<dyn Router>, followers: bool) -> Self {
+        Self {
+            engine,
+            router,
+            followers,
+        }
     }
 }
 
@@ -53,6 +60,7 @@ impl CatalogProvider for StrataCatalog {
                 engine: self.engine.clone(),
                 router: self.router.clone(),
                 database: name.to_string(),
+                followers: self.followers,
             }) as Arc<dyn SchemaProvider>
         })
     }
@@ -63,6 +71,7 @@ struct DatabaseSchema {
     engine: Arc<Engine>,
     router: Arc<dyn Router>,
     database: String,
+    followers: bool,
 }
 
 #[async_trait]
@@ -78,6 +87,19 @@ impl SchemaProvider for DatabaseSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.engine.locate(&self.database, name) {
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
+            Ok(Located::Remote(entry))
+                if self.followers
+                    && self
+                        .engine
+                        .follower(entry.shard)
+                        .is_some_and(|f| f.table(entry.id).is_some()) =>
+            {
+                let table = self
+                    .engine
+                    .follower(entry.shard)
+                    .and_then(|f| f.table(entry.id));
+                Ok(table.map(|t| Arc::new(StrataTableProvider::new(t)) as Arc<dyn TableProvider>))
+            }
             Ok(Located::Remote(entry)) => match self.router.is_distributed() {
                 true => Ok(Some(Arc::new(RemoteTable::new(
                     *entry,

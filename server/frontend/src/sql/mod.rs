@@ -132,6 +132,12 @@ pub struct QueryEngine {
     /// Cluster mode: the context for requests forwarded by another
     /// instance, which resolves only the tables open here.
     local_ctx: SessionContext,
+    /// The context of read-only statements under `read_preference =
+    /// follower`: a table whose shard this instance follows is read from
+    /// its follower copy (possibly behind the leader), the rest as `ctx`.
+    follower_ctx: SessionContext,
+    /// Whether this engine's read-only statements prefer followers.
+    follower_reads: bool,
     /// Where tables are served: [`LocalRouter`] in standalone.
     router: Arc<dyn Router>,
     runtime: tokio::runtime::Handle,
@@ -264,19 +270,43 @@ impl QueryEngine {
         target_partitions: usize,
         router: Arc<dyn Router>,
     ) -> Self {
-        let ctx = Self::context(&engine, target_partitions, router.clone());
+        let ctx = Self::context(&engine, target_partitions, router.clone(), false);
         // Requests forwarded here are not forwarded again.
-        let local_ctx = Self::context(&engine, target_partitions, LocalRouter::new(engine.clone()));
+        let local_ctx = Self::context(
+            &engine,
+            target_partitions,
+            LocalRouter::new(engine.clone()),
+            false,
+        );
+        let follower_ctx = Self::context(&engine, target_partitions, router.clone(), true);
         Self {
             engine,
             ctx,
             local_ctx,
+            follower_ctx,
+            follower_reads: false,
             router,
             runtime,
             prom_labels: Default::default(),
             limits: Arc::new(QueryLimits::unlimited()),
             admission: None,
         }
+    }
+
+    /// This engine, with read-only statements reading the tables of shards
+    /// followed here from the followers (`read_preference = follower`: a
+    /// follower may be behind its leader; `system.shards` shows by how
+    /// much) or, with `false`, always from the leaders (the default:
+    /// read-your-writes).
+    pub fn reading_followers(&self, yes: bool) -> Self {
+        let mut q = self.clone();
+        q.follower_reads = yes;
+        q
+    }
+
+    /// Whether read-only statements read from followers.
+    pub fn reads_followers(&self) -> bool {
+        self.follower_reads
     }
 
     /// Applies `limits` to the requests run through [`Self::limited`].
@@ -354,6 +384,7 @@ impl QueryEngine {
         engine: &Arc<Engine>,
         target_partitions: usize,
         router: Arc<dyn Router>,
+        followers: bool,
     ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_DATABASE)
@@ -385,7 +416,11 @@ impl QueryEngine {
         );
         ctx.register_catalog(
             CATALOG_NAME,
-            Arc::new(catalog::StrataCatalog::new(engine.clone(), router)),
+            Arc::new(catalog::StrataCatalog::new(
+                engine.clone(),
+                router,
+                followers,
+            )),
         );
         ctx.runtime_env()
             .register_object_store(engine.object_store_url().as_ref(), engine.object_store());
@@ -405,9 +440,11 @@ impl QueryEngine {
     /// A session whose unqualified table names resolve in `database`, and
     /// whose operators draw on the request's memory pool (a pool of its own
     /// outside [`Self::limited`]).
-    fn session(&self, database: &str, forwarded: bool) -> SessionState {
+    fn session(&self, database: &str, forwarded: bool, read_only: bool) -> SessionState {
         let base = if forwarded {
             self.local_ctx.state()
+        } else if read_only && self.follower_reads {
+            self.follower_ctx.state()
         } else {
             self.ctx.state()
         };
@@ -496,7 +533,11 @@ impl QueryEngine {
             // Every table the statement names is led by one other instance:
             // that instance runs the whole statement (its plan, EXPLAIN and
             // INSERT checks are the leader's own).
-            if let Some(endpoint) = self.single_remote_leader(database, sql) {
+            let read_only = matches!(first_word(sql).as_str(), "select" | "with");
+            if let Some(endpoint) = self
+                .single_remote_leader(database, sql)
+                .filter(|_| !(read_only && self.follower_reads && self.follows_any(database, sql)))
+            {
                 match self.forward(&endpoint, database, sql).await {
                     Err(e)
                         if matches!(
@@ -548,7 +589,8 @@ impl QueryEngine {
         forwarded: bool,
         bind: Option<Binder>,
     ) -> Result<Output> {
-        let state = self.session(database, forwarded);
+        let read_only = matches!(first_word(sql).as_str(), "select" | "with");
+        let state = self.session(database, forwarded, read_only);
         let engine = self.engine.clone();
         let database = database.to_string();
         let sql = sql.to_string();
@@ -640,7 +682,7 @@ impl QueryEngine {
         if !returns_rows(&sql) {
             return Ok(None);
         }
-        let state = self.session(database, false);
+        let state = self.session(database, false, false);
         self.on_query_runtime(async move {
             let dialect = state.config().options().sql_parser.dialect;
             let statement = state.sql_to_statement(&sql, &dialect)?;
@@ -658,7 +700,7 @@ impl QueryEngine {
         crate::limits::check_sql(sql)?;
         match first_word(sql).as_str() {
             "select" | "with" | "values" | "" | "explain" => {
-                let state = self.session(database, false);
+                let state = self.session(database, false, false);
                 let sql = sql.to_string();
                 self.on_query_runtime(async move {
                     let dialect = state.config().options().sql_parser.dialect;
@@ -701,6 +743,26 @@ impl QueryEngine {
             }
         }
         leader
+    }
+
+    /// Whether a table the statement names is on a shard followed here.
+    fn follows_any(&self, database: &str, sql: &str) -> bool {
+        let state = self.parse_session(database);
+        let dialect = state.config().options().sql_parser.dialect;
+        let Ok(statement) = state.sql_to_statement(sql, &dialect) else {
+            return false;
+        };
+        let Ok(refs) = state.resolve_table_references(&statement) else {
+            return false;
+        };
+        refs.iter().any(|r| {
+            let db = r.schema().unwrap_or(database);
+            self.engine.entry(db, r.table()).is_ok_and(|e| {
+                self.engine
+                    .follower(e.shard)
+                    .is_some_and(|f| f.table(e.id).is_some())
+            })
+        })
     }
 
     /// Runs one statement on another instance.

@@ -278,9 +278,19 @@ impl StorageServiceImpl {
     /// part of a query another instance admitted, takes a slot of the
     /// forwarded set). A forwarded request first brings the catalog up to
     /// the sender's, once admitted: the fingerprint is the client's to set.
-    async fn sql(&self, req: &SqlQueryRequest) -> Result<Output> {
+    async fn sql(
+        &self,
+        req: &SqlQueryRequest,
+        preference: Option<strata_frontend::config::ReadPreference>,
+    ) -> Result<Output> {
         let db = database(&req.context);
-        self.query
+        let query = match preference {
+            Some(p) => self
+                .query
+                .reading_followers(p == strata_frontend::config::ReadPreference::Follower),
+            None => self.query.clone(),
+        };
+        query
             .limited(req.forwarded, |q| async move {
                 if req.forwarded {
                     q.router().sync_catalog(req.catalog_fingerprint).await?;
@@ -466,8 +476,12 @@ impl StorageService for StorageServiceImpl {
         request: Request<SqlQueryRequest>,
     ) -> Result<Response<SqlQueryResponse>, Status> {
         let started = Instant::now();
+        let preference = read_preference(&request);
         let req = request.into_inner();
-        let result = self.sql(&req).await.and_then(sql_response);
+        let result = match preference {
+            Ok(p) => self.sql(&req, p).await.and_then(sql_response),
+            Err(e) => Err(e),
+        };
         metrics::observe_request("grpc_sql", started, result.is_ok());
         Ok(Response::new(match result {
             Ok(resp) => resp,
@@ -485,8 +499,12 @@ impl StorageService for StorageServiceImpl {
         request: Request<SqlQueryRequest>,
     ) -> Result<Response<Self::StreamSqlQueryStream>, Status> {
         let started = Instant::now();
+        let preference = read_preference(&request);
         let req = request.into_inner();
-        let result = self.sql(&req).await;
+        let result = match preference {
+            Ok(p) => self.sql(&req, p).await,
+            Err(e) => Err(e),
+        };
         metrics::observe_request("grpc_stream_sql", started, result.is_ok());
         let responses: Vec<Result<SqlQueryResponse, Status>> = match result {
             Err(e) => vec![Ok(error_sql_response(&e))],
@@ -521,4 +539,17 @@ impl StorageService for StorageServiceImpl {
         };
         Ok(Response::new(Box::pin(futures::stream::iter(responses))))
     }
+}
+
+/// The read preference a request's metadata asks for
+/// (`x-strata-read-preference: follower`); `None` when it names none.
+fn read_preference<T>(
+    request: &Request<T>,
+) -> Result<Option<strata_frontend::config::ReadPreference>> {
+    use strata_frontend::config::ReadPreference;
+    request
+        .metadata()
+        .get(ReadPreference::HEADER)
+        .map(|v| ReadPreference::parse(&String::from_utf8_lossy(v.as_bytes())))
+        .transpose()
 }
