@@ -109,6 +109,8 @@ struct Inner {
     behind_since: Mutex<Option<Instant>>,
     waiting: AtomicBool,
     sync_interval: Duration,
+    /// Tables whose records the tail skips (dropped, or on another shard).
+    skipped: RwLock<std::collections::HashSet<TableId>>,
 }
 
 /// A read-only follower of one shard.
@@ -155,6 +157,7 @@ impl Follower {
             behind_since: Mutex::new(Some(Instant::now())),
             waiting: AtomicBool::new(false),
             sync_interval,
+            skipped: RwLock::new(Default::default()),
         });
         let task = tokio::spawn(run_tail(inner.clone(), lookup));
         tracing::info!(shard = %id, tables = inner.tables.read().len(), "opened shard as a follower");
@@ -333,12 +336,19 @@ async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
             continue;
         }
         let record = codec::decode(&entry.payload)?;
+        if inner.skipped.read().contains(&record.table) {
+            position.next = offset.next();
+            inner.applied.store(position.next.0, Ordering::Release);
+            continue;
+        }
         let existing = inner.tables.read().get(&record.table).cloned();
         let table = match existing {
             Some(t) => t,
             None => match lookup(record.table) {
                 Known::Entry(e) if e.shard == inner.id => add_or_update(inner, *e).await?,
                 Known::Entry(_) | Known::Dropped => {
+                    // Met again, it is skipped without asking.
+                    inner.skipped.write().insert(record.table);
                     position.next = offset.next();
                     inner.applied.store(position.next.0, Ordering::Release);
                     continue;
@@ -371,7 +381,8 @@ async fn sync_manifests(inner: &Inner) {
     }))
     .buffer_unordered(8);
     while let Some((table, state)) = loads.next().await {
-        let result = state.and_then(|s| table.follow(&s));
+        let applied = inner.applied.load(Ordering::Acquire);
+        let result = state.and_then(|s| table.follow(&s, applied));
         if let Err(e) = result {
             tracing::debug!(shard = %inner.id, table = %table.name(), error = %e,
                 "a follower could not read its table's manifest; trying again");

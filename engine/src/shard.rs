@@ -244,6 +244,11 @@ impl Shard {
 
         strata_wal::loss::clear(&format!("shard {id}"));
         let writer = tokio::spawn(run_writer(inner.clone(), receiver));
+        if inner.ctx.write_buffer.over_soft() {
+            // A promoted follower's memtables now count: flush the largest
+            // rather than stall writes at the hard limit.
+            flush_largest(&inner);
+        }
         let ticker = tokio::spawn(run_ticker(inner.clone()));
         Ok(Arc::new(Self {
             inner,

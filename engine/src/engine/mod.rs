@@ -95,8 +95,14 @@ pub struct Engine {
     shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
     /// Shards followed here (read-only copies of shards led elsewhere).
     followers: parking_lot::RwLock<BTreeMap<ShardId, Arc<Follower>>>,
-    /// The last table id meta had handed out when the catalog was loaded.
-    last_table_id: std::sync::atomic::AtomicU64,
+    /// The last table id meta had handed out as of the catalog about to be
+    /// installed ([`Self::note_last_table_id`]).
+    pending_last_table_id: std::sync::atomic::AtomicU64,
+    /// The last whole catalog meta sent ([`Self::install_catalog`]): the
+    /// last table id handed out when it was read, and the ids it lists. A
+    /// follower calls a table dropped only by this one snapshot (tables
+    /// announced one by one arrive out of order with it).
+    snapshot: parking_lot::Mutex<(u64, std::collections::HashSet<strata_sst::TableId>)>,
     /// Opens interrupted during replay, resumed by the next open.
     partials: crate::shard::PartialOpens,
     ddl_lock: tokio::sync::Mutex<()>,
@@ -278,7 +284,8 @@ impl Engine {
             cluster,
             shards: parking_lot::RwLock::new(shards),
             followers: parking_lot::RwLock::new(BTreeMap::new()),
-            last_table_id: std::sync::atomic::AtomicU64::new(0),
+            pending_last_table_id: std::sync::atomic::AtomicU64::new(0),
+            snapshot: parking_lot::Mutex::new((0, Default::default())),
             partials: Default::default(),
             ddl_lock: tokio::sync::Mutex::new(()),
             maintenance: parking_lot::Mutex::new(None),
@@ -451,17 +458,15 @@ impl Engine {
     /// What the catalog says about a table id a follower met in the WAL.
     fn known(&self, id: strata_sst::TableId) -> crate::follower::Known {
         use crate::follower::Known;
-        let all = self.catalog.all_tables();
-        if let Some(e) = all.iter().find(|t| t.id == id) {
-            return Known::Entry(Box::new(e.clone()));
+        if let Some(e) = self.catalog.table_by_id(id) {
+            return Known::Entry(Box::new(e));
         }
-        // Ids are handed out in increasing order and the catalog is a
-        // snapshot: an id below one it lists, or at or below the last one
-        // meta handed out, was dropped.
-        let last = self
-            .last_table_id
-            .load(std::sync::atomic::Ordering::Acquire);
-        if id.0 <= last || all.iter().any(|t| t.id > id) {
+        // Ids are handed out in increasing order and meta's catalog is a
+        // snapshot: an id at or below the last one handed out when it was
+        // read, which it does not list, was dropped. Anything else (a
+        // table created since, not heard of yet) is waited for.
+        let snapshot = self.snapshot.lock();
+        if id.0 <= snapshot.0 && !snapshot.1.contains(&id) {
             Known::Dropped
         } else {
             Known::Unknown
@@ -471,8 +476,22 @@ impl Engine {
     /// Records the last table id meta handed out, as of the catalog about
     /// to be installed (call before [`Self::install_catalog`]).
     pub fn note_last_table_id(&self, id: u64) {
-        self.last_table_id
-            .fetch_max(id, std::sync::atomic::Ordering::AcqRel);
+        self.pending_last_table_id
+            .store(id, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Records meta's whole catalog as the snapshot followers judge dropped
+    /// tables by (see `snapshot`).
+    pub(crate) fn note_snapshot(&self, tables: &[TableEntry]) {
+        let ids: std::collections::HashSet<strata_sst::TableId> =
+            tables.iter().map(|t| t.id).collect();
+        // Without meta's last id (an older meta), the highest id listed:
+        // the snapshot is consistent, so an absent id below it was dropped.
+        let last = self
+            .pending_last_table_id
+            .swap(0, std::sync::atomic::Ordering::AcqRel)
+            .max(ids.iter().map(|t| t.0).max().unwrap_or(0));
+        *self.snapshot.lock() = (last, ids);
     }
 
     /// Stops following shard `id`.

@@ -23,6 +23,7 @@ impl Engine {
         let _guard = self.ddl_lock.lock().await;
         let wanted: BTreeMap<TableId, TableEntry> =
             tables.iter().map(|t| (t.id, t.clone())).collect();
+        self.note_snapshot(&tables);
         self.catalog.install(databases, tables);
         for shard in self.shards() {
             for table in shard.tables() {

@@ -170,7 +170,9 @@ impl Table {
         let last_values = LastValues::new(
             &meta,
             ctx.config.last_value_cache_max_series,
-            state.ssts.is_empty(),
+            // Seeded by a scan at the first query: the tail may skip rows
+            // the leader flushed before the follower read them.
+            false,
         );
         let version = TableVersion {
             active: Arc::new(Memtable::new(meta.clone())),
@@ -205,7 +207,13 @@ impl Table {
     /// are dropped (they are in the SSTs). Nothing is retired: the files
     /// are the leader's to delete. One version swap, so a query sees either
     /// the rows in memory or the SSTs holding them, never both or neither.
-    pub(crate) fn follow(&self, state: &ManifestState) -> Result<()> {
+    /// `applied` is where the follower's tail stands: rows the leader
+    /// flushed beyond it are skipped by the tail, never folded into the
+    /// last-value cache, which is then re-seeded.
+    pub(crate) fn follow(&self, state: &ManifestState, applied: u64) -> Result<()> {
+        if state.flushed_offset > applied {
+            self.last_values.invalidate();
+        }
         let mut guard = self.version.write();
         let same = guard.ssts.len() == state.ssts.len()
             && guard

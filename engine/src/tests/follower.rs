@@ -257,3 +257,64 @@ async fn a_promoted_follower_keeps_every_row_and_fences_the_old_leader() {
     let at = again.table("public", "t").unwrap();
     assert_eq!(count_of(&again, &at).await, 250);
 }
+
+/// A table the follower has not heard of yet is waited for, not skipped,
+/// even when a table with a higher id (announced on its own, before the
+/// catalog) is known already: skipping it lost its rows on the follower
+/// and, after a promotion, for good (found by review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_waits_for_a_table_it_has_not_heard_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let wal: Arc<dyn Wal> = Arc::new(MemoryWal::new());
+    let now = chrono::Utc::now().timestamp_millis();
+    let leader = Engine::open_fenced(no_background(), store.clone(), wal.clone(), Some(Epoch(10)))
+        .await
+        .unwrap();
+    let x = create(&leader, "x", append()).await;
+    let y = create(&leader, "y", append()).await;
+    assert!(y.id() > x.id());
+    let cfg = EngineConfig {
+        follower_sync_interval: Duration::from_millis(50),
+        ..no_background()
+    };
+    // The follower's catalog is older than both tables; then y alone is
+    // announced to it.
+    let fe = Engine::open_cluster(cfg, store.clone(), Arc::new(NoDdl)).unwrap();
+    fe.install_catalog(vec!["public".to_string()], Vec::new())
+        .await
+        .unwrap();
+    let y_entry = leader.catalog().table_by_id(y.id()).unwrap();
+    fe.install_table(y_entry).await.unwrap();
+    let follower = fe
+        .open_follower(STANDALONE_SHARD, wal.clone())
+        .await
+        .unwrap();
+    x.write(rows(&x, "a", 0, 40, now)).await.unwrap();
+    y.write(rows(&y, "a", 0, 10, now)).await.unwrap();
+    eventually("the follower waits at x's record", || async {
+        follower.status().waiting_for_catalog
+    })
+    .await;
+    // The catalog arrives: x's rows are applied, none skipped.
+    fe.install_catalog(vec!["public".to_string()], leader.catalog().all_tables())
+        .await
+        .unwrap();
+    let fx = loop {
+        if let Some(t) = follower.table(x.id()) {
+            break t;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eventually("the follower applies x's rows", || async {
+        count_of(&fe, &fx).await == 40
+    })
+    .await;
+    let promoted = fe
+        .promote_follower(STANDALONE_SHARD, wal.clone(), Epoch(20))
+        .await
+        .unwrap();
+    assert_eq!(count_of(&fe, &promoted.table(x.id()).unwrap()).await, 40);
+    assert_eq!(count_of(&fe, &promoted.table(y.id()).unwrap()).await, 10);
+}
