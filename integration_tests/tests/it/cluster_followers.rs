@@ -234,3 +234,142 @@ async fn a_planned_switch_hands_the_shard_to_its_follower_under_write_load() {
     assert_eq!(wait_following(&c, shard).await, leader);
     check_exactly_once(&c.servers[leader].client().await, "sw", &acked).await;
 }
+
+/// `POST /sql` on server `i`, preferring followers or not; the body.
+async fn sql_on(c: &TestCluster, i: usize, follower: bool, q: &str) -> String {
+    let path = if follower {
+        "/sql?read_preference=follower"
+    } else {
+        "/sql"
+    };
+    let body = serde_json::json!({ "query": q }).to_string();
+    let (code, body) = http_request(c.servers[i].http, "POST", path, Some(&body))
+        .await
+        .expect("the instance answered");
+    assert_eq!(code, 200, "{q}: {body}");
+    body
+}
+
+/// Once caught up, every instance reading its follower copies gives the
+/// leaders' answers: APPEND and OVERWRITE tables through flushes, a
+/// compaction, overwrites and an added column, and the last-value cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_answer_as_their_leaders_once_caught_up() {
+    // Three shards, two followers each: every instance leads or follows
+    // every shard.
+    let c = TestCluster::start(ClusterOptions {
+        shard_count: 3,
+        replicas: 2,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let client = c.servers[0].client().await;
+    let exec = |sql: String| {
+        let client = client.clone();
+        async move { strata_integration_tests::exec(&client, &sql).await }
+    };
+    exec("CREATE TABLE a (host STRING TAG, v DOUBLE, ts TIMESTAMP NOT NULL, TIMESTAMP KEY(ts)) WITH (update_mode='APPEND')".into()).await;
+    exec("CREATE TABLE o (host STRING TAG, v DOUBLE, n BIGINT, ts TIMESTAMP NOT NULL, TIMESTAMP KEY(ts))".into()).await;
+    exec(
+        "CREATE TABLE p (host STRING TAG, v DOUBLE, ts TIMESTAMP NOT NULL, TIMESTAMP KEY(ts))"
+            .into(),
+    )
+    .await;
+    let values = |from: i64, to: i64, f: f64| {
+        (from..to)
+            .map(|i| {
+                format!(
+                    "('h{}', {}, {}, {})",
+                    i % 7,
+                    i as f64 * f,
+                    i,
+                    1_700_000_000_000 + i * 1000
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let two = |from: i64, to: i64| {
+        (from..to)
+            .map(|i| format!("('h{}', {}, {})", i % 5, i, 1_700_000_000_000 + i * 1000))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    exec(format!(
+        "INSERT INTO a (host, v, ts) VALUES {}",
+        two(0, 300)
+    ))
+    .await;
+    exec(format!(
+        "INSERT INTO o (host, v, n, ts) VALUES {}",
+        values(0, 300, 1.0)
+    ))
+    .await;
+    exec(format!(
+        "INSERT INTO p (host, v, ts) VALUES {}",
+        two(0, 100)
+    ))
+    .await;
+    for t in ["a", "o"] {
+        exec(format!("FLUSH TABLE {t}")).await;
+    }
+    exec(format!(
+        "INSERT INTO a (host, v, ts) VALUES {}",
+        two(300, 500)
+    ))
+    .await;
+    // Overwrites of half the keys, flushed, compacted, then more in memory.
+    exec(format!(
+        "INSERT INTO o (host, v, n, ts) VALUES {}",
+        values(150, 400, 2.0)
+    ))
+    .await;
+    exec("FLUSH TABLE o".into()).await;
+    exec("COMPACT TABLE o".into()).await;
+    exec("ALTER TABLE o ADD COLUMN note STRING".into()).await;
+    exec("INSERT INTO o (host, v, n, note, ts) VALUES ('h1', -1, 5, 'new', 1700000005000), ('h9', 9, 900, 'late', 1700000900000)".into()).await;
+    exec(format!(
+        "INSERT INTO a (host, v, ts) VALUES {}",
+        two(500, 520)
+    ))
+    .await;
+
+    let queries = [
+        "SELECT count(*) AS n, sum(v) AS s FROM a",
+        "SELECT host, count(*) AS n, max(ts) AS t FROM a GROUP BY host ORDER BY host",
+        "SELECT host, v, n, note, ts FROM o ORDER BY ts, host",
+        "SELECT count(*) AS n, sum(v) AS s, sum(n) AS m FROM o WHERE ts >= 1700000100000",
+        "SELECT host, v, ts FROM last_values('o') ORDER BY host",
+        "SELECT host, v FROM p WHERE host = 'h3' ORDER BY ts",
+    ];
+    let mut leader_answers = Vec::new();
+    for q in queries {
+        leader_answers.push(sql_on(&c, 0, false, q).await);
+    }
+    for i in 0..c.servers.len() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (q, want) in queries.iter().zip(&leader_answers) {
+            loop {
+                let got = sql_on(&c, i, true, q).await;
+                if &got == want {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "server {i} reading followers answers {q}\n  with {got}\n  the leader: {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // Each instance did read follower copies: it follows two shards.
+    for i in 0..c.servers.len() {
+        let client = c.servers[i].client().await;
+        let roles = query(
+            &client,
+            "SELECT role FROM system.shards WHERE role = 'follower'",
+        )
+        .await;
+        assert_eq!(roles.len(), 2, "server {i}: {roles:?}");
+    }
+}
