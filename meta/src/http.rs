@@ -76,6 +76,8 @@ pub fn router(meta: Meta) -> Router {
         .route("/shards/{id}/move", post(move_shard))
         .route("/shards/{id}/replicas", post(shard_replicas))
         .route("/replicas", post(replicas))
+        .route("/nodes/drain", post(drain))
+        .route("/nodes/undrain", post(undrain))
         .route("/schedule/pause", post(pause))
         .route("/schedule/resume", post(resume))
         .route("/schedule", get(schedule))
@@ -131,6 +133,10 @@ async fn route(State(meta): State<Meta>, Query(q): Query<RouteQuery>) -> Respons
 }
 
 async fn nodes(State(meta): State<Meta>) -> Response {
+    let draining = match meta.store().draining().await {
+        Ok(d) => d,
+        Err(e) => return failed(&e),
+    };
     match meta.store().nodes().await {
         Ok(nodes) => Json(
             nodes
@@ -142,9 +148,11 @@ async fn nodes(State(meta): State<Meta>) -> Response {
                         "http_endpoint": n.http_endpoint,
                         "started_at_ms": n.started_at_ms,
                         "last_heartbeat_ms": n.last_heartbeat_ms,
-                        "shards": n.shards.iter().map(|s| s.id).collect::<Vec<_>>(),
+                        "shards": n.shards.iter().filter(|s| !s.is_follower()).map(|s| s.id).collect::<Vec<_>>(),
+                        "draining": draining.iter().any(|(d, i)| *d == n.id && *i == n.instance),
                         "tables": n.load.tables,
                         "memtable_bytes": n.load.memtable_bytes,
+                        "followed": n.shards.iter().filter(|s| s.is_follower()).map(|s| s.id).collect::<Vec<_>>(),
                     })
                 })
                 .collect::<Vec<_>>(),
@@ -314,6 +322,38 @@ async fn shard_replicas(
             StatusCode::CONFLICT,
             format!("shard {id} changed meanwhile; retry"),
         ),
+        Err(e) => failed(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NodeQuery {
+    node: String,
+}
+
+async fn drain(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Query(q): Query<NodeQuery>,
+) -> Response {
+    set_drain(meta, headers, q.node, true).await
+}
+
+async fn undrain(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Query(q): Query<NodeQuery>,
+) -> Response {
+    set_drain(meta, headers, q.node, false).await
+}
+
+async fn set_drain(meta: Meta, headers: HeaderMap, node: String, on: bool) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
+    match meta.drain(&node, on).await {
+        Ok(Ok(())) => Json(json!({ "node": node, "draining": on })).into_response(),
+        Ok(Err(m)) => error(StatusCode::CONFLICT, m),
         Err(e) => failed(&e),
     }
 }

@@ -12,6 +12,7 @@
 //! /strata/{cluster}/ids/table                 the last table id handed out
 //! /strata/{cluster}/meta_leader               the leading meta process (its lease)
 //! /strata/{cluster}/schedule_paused           present while scheduling is paused
+//! /strata/{cluster}/draining/{node}           the node's process, while it is drained
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -204,6 +205,12 @@ impl Keys {
     }
     pub fn schedule_paused(&self) -> Vec<u8> {
         self.key("schedule_paused")
+    }
+    pub fn draining_prefix(&self) -> Vec<u8> {
+        self.key("draining/")
+    }
+    pub fn draining(&self, node: &str) -> Vec<u8> {
+        self.key(&format!("draining/{node}"))
     }
 }
 

@@ -9,6 +9,11 @@
 //! 2. **Balance / expansion.** While some node leads two or more shards
 //!    more than another, one shard moves from the most to the least loaded
 //!    node. One move per call: moves are close-then-open, so they are paced.
+//! Drained nodes (`strata admin drain`) lead nothing: their shards go to
+//! their best follower (else the least loaded node) as in a failover, but
+//! announced to the old leader, which flushes and hands over; no new
+//! follower is placed on them.
+//!
 //! 3. **Followers.** Each shard with a live leader keeps `replicas`
 //!    followers (its own setting, else the cluster's), on live nodes other
 //!    than its leader, the least busy first; dead followers are replaced.
@@ -48,6 +53,8 @@ pub struct Facts {
     pub replicas: u64,
     /// The WAL offset each follower reported applying: (shard, node).
     pub applied: BTreeMap<(u64, NodeId), u64>,
+    /// Live nodes being drained: they lead nothing and get no new follower.
+    pub draining: std::collections::BTreeSet<NodeId>,
 }
 
 /// The changes that bring `shards` closer to the wanted assignment over
@@ -57,7 +64,15 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
         return Vec::new();
     }
     let alive = |n: &NodeId| live.contains(n);
-    let mut load: BTreeMap<&NodeId, usize> = live.iter().map(|n| (n, 0)).collect();
+    // The nodes that may lead: live and not drained.
+    let mut load: BTreeMap<&NodeId, usize> = live
+        .iter()
+        .filter(|n| !facts.draining.contains(*n))
+        .map(|n| (n, 0))
+        .collect();
+    if load.is_empty() {
+        return Vec::new();
+    }
     for s in shards {
         if let Some(l) = &s.leader {
             if let Some(c) = load.get_mut(l) {
@@ -74,6 +89,7 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
         let live_followers: Vec<&NodeId> = s.followers.iter().filter(|f| alive(f)).collect();
         let promoted = live_followers
             .iter()
+            .filter(|f| load.contains_key(**f))
             .max_by_key(|f| {
                 let applied = facts.applied.get(&(s.id, (**f).clone())).copied();
                 let leads = load.get(**f).copied().unwrap_or(0);
@@ -104,6 +120,8 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
                 .into_iter()
                 .filter(|f| **f != target)
                 .cloned()
+                // A drained leader keeps a copy while it is up.
+                .chain(s.leader.iter().filter(|l| alive(l)).cloned())
                 .collect(),
             to: target,
             kind,
@@ -149,7 +167,11 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
     // follower goes to the node following the fewest shards, then to the
     // next node after the leader in name order (a ring: the followers of
     // evenly led shards spread evenly).
-    let mut busy: BTreeMap<&NodeId, usize> = live.iter().map(|n| (n, 0)).collect();
+    let mut busy: BTreeMap<&NodeId, usize> = live
+        .iter()
+        .filter(|n| !facts.draining.contains(*n))
+        .map(|n| (n, 0))
+        .collect();
     let ring = |leader: &NodeId, n: &NodeId| {
         let pos = |x: &NodeId| live.iter().filter(|y| *y < x).count();
         (pos(n) + live.len() - pos(leader)) % live.len()
@@ -168,6 +190,16 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
         let want = usize::try_from(s.replicas.unwrap_or(facts.replicas))
             .unwrap_or(usize::MAX)
             .min(live.len() - 1);
+        // Followers already on drained nodes stay (until they stop); no new
+        // one goes there.
+        let want = want.min(
+            busy.len()
+                .saturating_sub(usize::from(busy.contains_key(leader)))
+                + s.followers
+                    .iter()
+                    .filter(|f| alive(f) && facts.draining.contains(*f))
+                    .count(),
+        );
         let mut next: Vec<NodeId> = s
             .followers
             .iter()
@@ -336,5 +368,28 @@ mod tests {
         let m = plan(&nodes(&["d"]), &s, &facts);
         assert_eq!(m[0].kind, Kind::Assign);
         assert_eq!(m[0].to, "d");
+    }
+
+    #[test]
+    fn a_drained_node_leads_nothing_and_keeps_its_copy_while_up() {
+        let mut s = shards(&[Some("a"), Some("b"), Some("c")]);
+        with_followers(&mut s, &[&["b"], &["c"], &["a"]]);
+        let mut facts = Facts {
+            replicas: 1,
+            ..Default::default()
+        };
+        facts.draining.insert("a".to_string());
+        let m = plan(&nodes(&["a", "b", "c"]), &s, &facts);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].shard, 0);
+        assert_eq!(m[0].to, "b", "its follower takes over");
+        assert_eq!(m[0].followers, vec!["a".to_string()]);
+        // Nothing moves to a drained node, and it gets no new follower.
+        let mut s = shards(&[Some("b"), Some("b"), Some("c")]);
+        with_followers(&mut s, &[&["a"], &["c"], &[]]);
+        let m = plan(&nodes(&["a", "b", "c"]), &s, &facts);
+        assert!(m.iter().all(|mv| mv.to != "a"), "{m:?}");
+        let s2 = m.iter().find(|mv| mv.shard == 2).unwrap();
+        assert_eq!(s2.followers, vec!["b".to_string()]);
     }
 }

@@ -787,6 +787,20 @@ impl Meta {
         Ok(out)
     }
 
+    /// Drains `node` (no shard is led there while the process now behind
+    /// it runs), or undrains it.
+    pub async fn drain(&self, node: &str, on: bool) -> Result<std::result::Result<(), String>> {
+        let store = self.store();
+        let Some(info) = store.nodes().await?.into_iter().find(|n| n.id == node) else {
+            return Ok(Err(format!("node {node} is not alive")));
+        };
+        store
+            .set_draining(node, on.then_some(info.instance.as_str()))
+            .await?;
+        tracing::info!(node, on, "drain");
+        Ok(Ok(()))
+    }
+
     /// Moves a shard to `node` (an admin request). `version`, when given,
     /// must be the shard's current version: a stale request is refused.
     pub async fn move_shard(
@@ -926,6 +940,13 @@ impl Meta {
                 facts.applied.insert((r.id, n.id.clone()), r.wal_offset);
             }
         }
+        // A drain holds for the process that was drained: a new process
+        // behind the node id (the restart of a rolling restart) leads again.
+        for (node, instance) in store.draining().await? {
+            if nodes.iter().any(|n| n.id == node && n.instance == instance) {
+                facts.draining.insert(node);
+            }
+        }
         let moves = scheduler::plan(&live, &infos, &facts);
         for mv in moves {
             let Some((info, rev)) = shards.iter().find(|(s, _)| s.id == mv.shard) else {
@@ -945,8 +966,12 @@ impl Meta {
                 tracing::info!(shard = mv.shard, followers = ?next.followers, "placed followers");
                 continue;
             }
-            self.announce_move(mv.from.as_deref().filter(|_| balancing), &next)
-                .await?;
+            // A live old leader (balancing, draining) is told to hand over.
+            self.announce_move(
+                mv.from.as_deref().filter(|f| live.iter().any(|l| l == f)),
+                &next,
+            )
+            .await?;
             tracing::info!(shard = mv.shard, from = ?mv.from, to = %mv.to,
                 version = next.version, followers = ?next.followers,
                 reason = match mv.kind {

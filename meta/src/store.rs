@@ -645,6 +645,39 @@ impl MetaStore {
         Ok(())
     }
 
+    /// Marks process `instance` of `node` drained (no shard is led there;
+    /// a new process behind the node id is not), or clears the mark.
+    pub async fn set_draining(&self, node: &str, instance: Option<&str>) -> Result<()> {
+        match instance {
+            Some(i) => {
+                self.kv
+                    .put(&self.keys.draining(node), i.as_bytes(), 0)
+                    .await?;
+            }
+            None => {
+                self.kv.delete(&self.keys.draining(node)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The drained nodes: (node id, the process that was drained).
+    pub async fn draining(&self) -> Result<Vec<(String, String)>> {
+        let prefix = self.keys.draining_prefix();
+        Ok(self
+            .kv
+            .range(&prefix)
+            .await?
+            .into_iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string(),
+                    String::from_utf8_lossy(&kv.value).to_string(),
+                )
+            })
+            .collect())
+    }
+
     pub async fn schedule_paused(&self) -> Result<bool> {
         Ok(self.kv.get(&self.keys.schedule_paused()).await?.is_some())
     }

@@ -139,6 +139,20 @@ enum AdminCommand {
         #[arg(long, requires = "shard", conflicts_with = "count")]
         clear: bool,
     },
+    /// Drain a node (its gRPC address) before stopping it: meta moves every
+    /// shard it leads to the shard's best follower (else another node) and
+    /// gives it no new one; waits until it leads nothing. The mark holds
+    /// for the running process only: restarted, the node leads again.
+    Drain {
+        node: String,
+        /// How long to wait for the node to lead nothing (e.g. `120s`).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Let a drained node lead again.
+    Undrain {
+        node: String,
+    },
     /// Hand a shard's leadership to a node, normally one of its caught-up
     /// followers (then no replay: writes pause about a second).
     SwitchLeader {
@@ -389,6 +403,10 @@ async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
             (None, Some(n), _) => ("POST", format!("/replicas?count={n}")),
             _ => return Err("give a count (and --shard S for one shard)".to_string()),
         },
+        AdminCommand::Drain { node, timeout } => {
+            return drain(&meta, node, *timeout).await;
+        }
+        AdminCommand::Undrain { node } => ("POST", format!("/nodes/undrain?node={node}")),
         AdminCommand::SwitchLeader { shard, node } => {
             ("POST", format!("/shards/{shard}/move?node={node}"))
         }
@@ -403,6 +421,45 @@ async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
     }
     print_json_table(&body);
     Ok(())
+}
+
+/// `strata admin drain`: marks the node, then waits until no shard names it
+/// as leader and every shard is served.
+async fn drain(meta: &str, node: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let secret = strata_meta::secret::ClusterSecret::from_env()?;
+    let (status, body) = http(
+        meta,
+        "POST",
+        &format!("/nodes/drain?node={node}"),
+        secret.as_ref(),
+    )
+    .await?;
+    if status != 200 {
+        return Err(format!("meta answered {status}: {body}"));
+    }
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (status, body) = http(meta, "GET", "/shards", None).await?;
+        if status == 200 {
+            let shards: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| format!("meta's /shards: {e}"))?;
+            let shards = shards.as_array().cloned().unwrap_or_default();
+            let led = shards
+                .iter()
+                .filter(|s| s["leader"].as_str() == Some(node))
+                .count();
+            let unserved = shards.iter().filter(|s| s["state"] != "serving").count();
+            if led == 0 && unserved == 0 {
+                println!("{node} leads no shard; every shard is served");
+                return Ok(());
+            }
+            eprintln!("{node} still leads {led} shard(s); {unserved} not served yet");
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{node} was not drained within {timeout:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn init_logging(level: &str) {
