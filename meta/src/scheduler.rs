@@ -9,14 +9,14 @@
 //! 2. **Balance / expansion.** While some node leads two or more shards
 //!    more than another, one shard moves from the most to the least loaded
 //!    node. One move per call: moves are close-then-open, so they are paced.
+//! 3. **Followers.** Each shard with a live leader keeps `replicas`
+//!    followers (its own setting, else the cluster's), on live nodes other
+//!    than its leader, the least busy first; dead followers are replaced.
+//!
 //! Drained nodes (`strata admin drain`) lead nothing: their shards go to
 //! their best follower (else the least loaded node) as in a failover, but
 //! announced to the old leader, which flushes and hands over; no new
 //! follower is placed on them.
-//!
-//! 3. **Followers.** Each shard with a live leader keeps `replicas`
-//!    followers (its own setting, else the cluster's), on live nodes other
-//!    than its leader, the least busy first; dead followers are replaced.
 
 use std::collections::BTreeMap;
 
