@@ -17,6 +17,17 @@ def sh(cmd):
         return ""
 
 
+def failover_section():
+    """The failover section: docs/benchmarks-failover.md's figures."""
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks-failover.md")
+    body = "Not measured yet: run `bench/run-failover`."
+    if os.path.exists(path):
+        lines = open(path).read().splitlines()
+        body = "\n".join(l for l in lines if not l.startswith("# ")).strip()
+    return "<!-- failover -->\n## Failover (cluster): followers against WAL replay\n\n" + body + "\n<!-- /failover -->"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--results", required=True)
@@ -169,6 +180,10 @@ def main():
             same = st["matches_reference"] and vm["matches_reference"]
             w(f"| {q} | {st['mean_ms']:.1f} | {st['median_ms']:.1f} | {vm['mean_ms']:.1f} | {vm['median_ms']:.1f} | {ratio} | {st['rows']} | {'yes' if same else '**no**'} |")
         w("")
+    # The failover figures (bench/run-failover), kept between markers that
+    # run-failover rewrites.
+    w(failover_section())
+    w("")
     w("## Against the targets of issue 7")
     w("")
     vm = ingest.get("victoriametrics")

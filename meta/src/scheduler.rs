@@ -190,20 +190,22 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
         let want = usize::try_from(s.replicas.unwrap_or(facts.replicas))
             .unwrap_or(usize::MAX)
             .min(live.len() - 1);
-        // Followers already on drained nodes stay (until they stop); no new
-        // one goes there.
+        // Followers on drained nodes stay while they are up, as extras
+        // (they are about to stop): the count is made of the others.
         let want = want.min(
             busy.len()
-                .saturating_sub(usize::from(busy.contains_key(leader)))
-                + s.followers
-                    .iter()
-                    .filter(|f| alive(f) && facts.draining.contains(*f))
-                    .count(),
+                .saturating_sub(usize::from(busy.contains_key(leader))),
         );
+        let drained: Vec<NodeId> = s
+            .followers
+            .iter()
+            .filter(|f| alive(f) && *f != leader && facts.draining.contains(*f))
+            .cloned()
+            .collect();
         let mut next: Vec<NodeId> = s
             .followers
             .iter()
-            .filter(|f| alive(f) && *f != leader)
+            .filter(|f| alive(f) && *f != leader && !facts.draining.contains(*f))
             .cloned()
             .collect();
         while next.len() > want {
@@ -227,6 +229,7 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
             }
             next.push(n);
         }
+        next.extend(drained);
         if next != s.followers {
             moves.push(Move {
                 shard: s.id,
@@ -384,6 +387,12 @@ mod tests {
         assert_eq!(m[0].shard, 0);
         assert_eq!(m[0].to, "b", "its follower takes over");
         assert_eq!(m[0].followers, vec!["a".to_string()]);
+        // Then it gets a follower that is not about to stop (a stays, extra).
+        let mut s = shards(&[Some("b"), Some("b"), Some("c")]);
+        with_followers(&mut s, &[&["a"], &["c"], &["a"]]);
+        let m = plan(&nodes(&["a", "b", "c"]), &s, &facts);
+        let s0 = m.iter().find(|mv| mv.shard == 0).unwrap();
+        assert_eq!(s0.followers, vec!["c".to_string(), "a".to_string()]);
         // Nothing moves to a drained node, and it gets no new follower.
         let mut s = shards(&[Some("b"), Some("b"), Some("c")]);
         with_followers(&mut s, &[&["a"], &["c"], &[]]);

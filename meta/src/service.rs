@@ -791,9 +791,21 @@ impl Meta {
     /// it runs), or undrains it.
     pub async fn drain(&self, node: &str, on: bool) -> Result<std::result::Result<(), String>> {
         let store = self.store();
-        let Some(info) = store.nodes().await?.into_iter().find(|n| n.id == node) else {
+        let nodes = store.nodes().await?;
+        let Some(info) = nodes.iter().find(|n| n.id == node).cloned() else {
             return Ok(Err(format!("node {node} is not alive")));
         };
+        if on {
+            let draining = store.draining().await?;
+            let others_lead = nodes.iter().any(|n| {
+                n.id != node && !draining.iter().any(|(d, i)| *d == n.id && *i == n.instance)
+            });
+            if !others_lead {
+                return Ok(Err(format!(
+                    "draining {node} would leave no live node to lead shards"
+                )));
+            }
+        }
         store
             .set_draining(node, on.then_some(info.instance.as_str()))
             .await?;

@@ -465,8 +465,7 @@ impl Engine {
         // snapshot: an id at or below the last one handed out when it was
         // read, which it does not list, was dropped. Anything else (a
         // table created since, not heard of yet) is waited for.
-        let snapshot = self.snapshot.lock();
-        if id.0 <= snapshot.0 && !snapshot.1.contains(&id) {
+        if self.dropped_by_snapshot(id) {
             Known::Dropped
         } else {
             Known::Unknown
@@ -482,7 +481,8 @@ impl Engine {
 
     /// Records meta's whole catalog as the snapshot followers judge dropped
     /// tables by (see `snapshot`).
-    pub(crate) fn note_snapshot(&self, tables: &[TableEntry]) {
+    /// Returns the snapshot's last table id.
+    pub(crate) fn note_snapshot(&self, tables: &[TableEntry]) -> u64 {
         let ids: std::collections::HashSet<strata_sst::TableId> =
             tables.iter().map(|t| t.id).collect();
         // Without meta's last id (an older meta), the highest id listed:
@@ -492,6 +492,14 @@ impl Engine {
             .swap(0, std::sync::atomic::Ordering::AcqRel)
             .max(ids.iter().map(|t| t.0).max().unwrap_or(0));
         *self.snapshot.lock() = (last, ids);
+        last
+    }
+
+    /// Whether meta's last whole catalog shows table `id` dropped (an id it
+    /// had handed out, which it does not list).
+    pub(crate) fn dropped_by_snapshot(&self, id: strata_sst::TableId) -> bool {
+        let snapshot = self.snapshot.lock();
+        id.0 <= snapshot.0 && !snapshot.1.contains(&id)
     }
 
     /// Stops following shard `id`.

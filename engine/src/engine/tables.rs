@@ -15,15 +15,25 @@ use crate::{
 impl Engine {
     /// Replaces the catalog with meta's, then opens the tables new on open
     /// shards, applies changed definitions and closes dropped tables.
+    ///
+    /// A table created after meta read this catalog (its id above the
+    /// snapshot's last id), and announced here meanwhile, is kept: the
+    /// snapshot is older than it, not a sign it was dropped (dropping it
+    /// would throw away the rows written to it since).
     pub async fn install_catalog(
         &self,
         databases: Vec<String>,
-        tables: Vec<TableEntry>,
+        mut tables: Vec<TableEntry>,
     ) -> Result<()> {
         let _guard = self.ddl_lock.lock().await;
+        let last = self.note_snapshot(&tables);
+        for newer in self.catalog.all_tables() {
+            if newer.id.0 > last && !tables.iter().any(|t| t.id == newer.id) {
+                tables.push(newer);
+            }
+        }
         let wanted: BTreeMap<TableId, TableEntry> =
             tables.iter().map(|t| (t.id, t.clone())).collect();
-        self.note_snapshot(&tables);
         self.catalog.install(databases, tables);
         for shard in self.shards() {
             for table in shard.tables() {
@@ -52,6 +62,11 @@ impl Engine {
     /// it when its shard is open here.
     pub async fn install_table(&self, entry: TableEntry) -> Result<()> {
         let _guard = self.ddl_lock.lock().await;
+        if self.dropped_by_snapshot(entry.id) {
+            // A late announcement of a table meta's catalog already shows
+            // dropped.
+            return Ok(());
+        }
         self.catalog.install_table(entry.clone());
         if let Some(follower) = self.follower(entry.shard) {
             follower.apply_entry(entry.clone()).await?;

@@ -211,9 +211,6 @@ impl Table {
     /// flushed beyond it are skipped by the tail, never folded into the
     /// last-value cache, which is then re-seeded.
     pub(crate) fn follow(&self, state: &ManifestState, applied: u64) -> Result<()> {
-        if state.flushed_offset > applied {
-            self.last_values.invalidate();
-        }
         let mut guard = self.version.write();
         let same = guard.ssts.len() == state.ssts.len()
             && guard
@@ -252,6 +249,13 @@ impl Table {
             Trimmed::Kept(k) => next.active = k,
         }
         *guard = Arc::new(next);
+        drop(guard);
+        if flushed > applied {
+            // Rows between the tail and the new flushed offset are never
+            // applied here, so never folded: re-seed (after the swap, so
+            // the seeding scan reads the SSTs holding them).
+            self.last_values.invalidate();
+        }
         Ok(())
     }
 

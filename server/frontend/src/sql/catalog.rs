@@ -87,20 +87,28 @@ impl SchemaProvider for DatabaseSchema {
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.engine.locate(&self.database, name) {
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
-            Ok(Located::Remote(entry))
-                if self.followers
+            Ok(Located::Remote(entry)) => match self.router.is_distributed() {
+                // A followed table, under `read_preference = follower`.
+                true if self.followers
                     && self
                         .engine
                         .follower(entry.shard)
-                        .is_some_and(|f| f.table(entry.id).is_some()) =>
-            {
-                let table = self
-                    .engine
-                    .follower(entry.shard)
-                    .and_then(|f| f.table(entry.id));
-                Ok(table.map(|t| Arc::new(StrataTableProvider::new(t)) as Arc<dyn TableProvider>))
-            }
-            Ok(Located::Remote(entry)) => match self.router.is_distributed() {
+                        .and_then(|f| f.table(entry.id))
+                        .is_some() =>
+                {
+                    match self
+                        .engine
+                        .follower(entry.shard)
+                        .and_then(|f| f.table(entry.id))
+                    {
+                        Some(t) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
+                        // Closed meanwhile: read through the leader.
+                        None => Ok(Some(Arc::new(RemoteTable::new(
+                            *entry,
+                            self.router.clone(),
+                        )))),
+                    }
+                }
                 true => Ok(Some(Arc::new(RemoteTable::new(
                     *entry,
                     self.router.clone(),
