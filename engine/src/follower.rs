@@ -221,6 +221,9 @@ impl Follower {
             t.abort();
             let _ = t.await;
         }
+        let shard = self.inner.id.to_string();
+        let _ = crate::metrics::FOLLOWER_LAG_RECORDS.remove_label_values(&[&shard]);
+        let _ = crate::metrics::FOLLOWER_LAG_MS.remove_label_values(&[&shard]);
         let position = self.inner.position.lock().await.clone();
         let tables = std::mem::take(&mut *self.inner.tables.write());
         Seed { tables, position }
@@ -278,7 +281,9 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
             }
             last_sync = Some(Instant::now());
         }
-        match step(&inner, &lookup).await {
+        let result = step(&inner, &lookup).await;
+        publish_lag(&inner);
+        match result {
             Ok(step) => {
                 if std::mem::replace(&mut failing, false) {
                     tracing::info!(shard = %inner.id, "the follower reads its WAL again");
@@ -300,6 +305,23 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
             }
         }
     }
+}
+
+/// Sets the lag gauges of `/metrics`.
+fn publish_lag(inner: &Inner) {
+    let applied = inner.applied.load(Ordering::Acquire);
+    let end = inner.end.load(Ordering::Acquire).max(applied);
+    let behind = inner
+        .behind_since
+        .lock()
+        .map_or(0, |t| t.elapsed().as_millis() as i64);
+    let shard = inner.id.to_string();
+    crate::metrics::FOLLOWER_LAG_RECORDS
+        .with_label_values(&[&shard])
+        .set(i64::try_from(end - applied).unwrap_or(i64::MAX));
+    crate::metrics::FOLLOWER_LAG_MS
+        .with_label_values(&[&shard])
+        .set(behind);
 }
 
 /// Reads and applies one batch of records.

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts};
 
 // Metric names and help texts below are static and valid, so construction
 // cannot fail; registration fails only on a duplicate name, which LazyLock
@@ -21,6 +21,31 @@ fn gauge(name: &str, help: &str) -> IntGauge {
     let _ = prometheus::default_registry().register(Box::new(g.clone()));
     g
 }
+
+#[allow(clippy::expect_used)]
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g =
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(g.clone()));
+    g
+}
+
+/// A follower's WAL records behind the end of its shard's topic.
+pub static FOLLOWER_LAG_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "strata_follower_lag_records",
+        "WAL records a follower shard is behind the end of its topic (as of its last look)",
+        &["shard"],
+    )
+});
+/// How long a follower has been behind (0 when caught up).
+pub static FOLLOWER_LAG_MS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "strata_follower_lag_ms",
+        "Milliseconds a follower shard has been behind the end of its topic (0 when caught up)",
+        &["shard"],
+    )
+});
 
 #[allow(clippy::expect_used)]
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
@@ -201,6 +226,8 @@ pub static MANIFEST_UNKNOWN_COMMITS: LazyLock<IntCounter> = LazyLock::new(|| {
 });
 
 pub fn register_all() {
+    LazyLock::force(&FOLLOWER_LAG_RECORDS);
+    LazyLock::force(&FOLLOWER_LAG_MS);
     LazyLock::force(&SHARDS_FENCED);
     LazyLock::force(&MANIFEST_CONFLICTS);
     LazyLock::force(&MANIFEST_UNKNOWN_COMMITS);

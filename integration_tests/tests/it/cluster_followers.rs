@@ -142,6 +142,19 @@ async fn kill9_of_a_leader_promotes_its_follower_and_loses_nothing() {
     let (code, body) = asked.expect("the follower answered");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(r#""n":50"#), "{body}");
+    // Its lag is on /metrics.
+    let (_, metrics) = strata_integration_tests::http_get(c.servers[follower].http, "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains(&format!("strata_follower_lag_records{{shard=\"{shard}\"}}")),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("follower"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // A bad preference is refused, and the server stays up.
     let (code, body) = http_request(
         c.servers[follower].http,
