@@ -119,6 +119,23 @@ pub struct Follower {
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
+impl Inner {
+    fn status(&self) -> FollowerStatus {
+        let applied = self.applied.load(Ordering::Acquire);
+        let end = self.end.load(Ordering::Acquire).max(applied);
+        FollowerStatus {
+            applied,
+            end,
+            lag_records: end - applied,
+            lag_ms: self
+                .behind_since
+                .lock()
+                .map_or(0, |t| t.elapsed().as_millis() as u64),
+            waiting_for_catalog: self.waiting.load(Ordering::Acquire),
+        }
+    }
+}
+
 impl std::fmt::Debug for Follower {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Follower(shard {})", self.inner.id)
@@ -185,19 +202,7 @@ impl Follower {
     }
 
     pub fn status(&self) -> FollowerStatus {
-        let applied = self.applied_offset();
-        let end = self.inner.end.load(Ordering::Acquire).max(applied);
-        FollowerStatus {
-            applied,
-            end,
-            lag_records: end - applied,
-            lag_ms: self
-                .inner
-                .behind_since
-                .lock()
-                .map_or(0, |t| t.elapsed().as_millis() as u64),
-            waiting_for_catalog: self.inner.waiting.load(Ordering::Acquire),
-        }
+        self.inner.status()
     }
 
     /// Opens a table created on the shard (or applies a changed
@@ -309,19 +314,14 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
 
 /// Sets the lag gauges of `/metrics`.
 fn publish_lag(inner: &Inner) {
-    let applied = inner.applied.load(Ordering::Acquire);
-    let end = inner.end.load(Ordering::Acquire).max(applied);
-    let behind = inner
-        .behind_since
-        .lock()
-        .map_or(0, |t| t.elapsed().as_millis() as i64);
+    let status = inner.status();
     let shard = inner.id.to_string();
     crate::metrics::FOLLOWER_LAG_RECORDS
         .with_label_values(&[&shard])
-        .set(i64::try_from(end - applied).unwrap_or(i64::MAX));
+        .set(i64::try_from(status.lag_records).unwrap_or(i64::MAX));
     crate::metrics::FOLLOWER_LAG_MS
         .with_label_values(&[&shard])
-        .set(behind);
+        .set(i64::try_from(status.lag_ms).unwrap_or(i64::MAX));
 }
 
 /// Reads and applies one batch of records.

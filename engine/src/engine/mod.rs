@@ -349,12 +349,7 @@ impl Engine {
         if let Some(s) = self.shard(id) {
             return Ok(s);
         }
-        let entries: Vec<TableEntry> = self
-            .catalog
-            .all_tables()
-            .into_iter()
-            .filter(|t| t.shard == id)
-            .collect();
+        let entries = self.entries_on(id);
         let shard = Shard::open(
             id,
             wal,
@@ -371,12 +366,7 @@ impl Engine {
         // now, under the DDL lock so that no change slips in between.
         let _guard = self.ddl_lock.lock().await;
         let shard = self.shards.write().entry(id).or_insert(shard).clone();
-        for entry in self
-            .catalog
-            .all_tables()
-            .into_iter()
-            .filter(|t| t.shard == id)
-        {
+        for entry in self.entries_on(id) {
             self.apply_entry(&shard, entry).await?;
         }
         Ok(shard)
@@ -422,12 +412,7 @@ impl Engine {
                 "shard {id} is led here; it cannot also be followed"
             )));
         }
-        let entries: Vec<TableEntry> = self
-            .catalog
-            .all_tables()
-            .into_iter()
-            .filter(|t| t.shard == id)
-            .collect();
+        let entries = self.entries_on(id);
         let weak = Arc::downgrade(self);
         let lookup: crate::follower::Lookup = Arc::new(move |table| match weak.upgrade() {
             Some(engine) => engine.known(table),
@@ -444,15 +429,19 @@ impl Engine {
         .await?;
         let _guard = self.ddl_lock.lock().await;
         let follower = self.followers.write().entry(id).or_insert(follower).clone();
-        for entry in self
-            .catalog
-            .all_tables()
-            .into_iter()
-            .filter(|t| t.shard == id)
-        {
+        for entry in self.entries_on(id) {
             follower.apply_entry(entry).await?;
         }
         Ok(follower)
+    }
+
+    /// The catalog's tables on shard `id`.
+    fn entries_on(&self, id: ShardId) -> Vec<TableEntry> {
+        self.catalog
+            .all_tables()
+            .into_iter()
+            .filter(|t| t.shard == id)
+            .collect()
     }
 
     /// What the catalog says about a table id a follower met in the WAL.

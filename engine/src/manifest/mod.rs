@@ -179,15 +179,7 @@ impl Manifest {
         table: TableId,
         owner: Arc<Ownership>,
     ) -> Result<Self> {
-        let state = load(&store, &dir, table).await?;
-        let mut manifest = Self {
-            store,
-            dir,
-            state,
-            owner,
-            edits_since_snapshot: 0,
-            stale: false,
-        };
+        let mut manifest = Self::open_read_only(store, dir, table, owner).await?;
         manifest.check_epoch()?;
         if manifest.state.epoch < manifest.owner.epoch {
             manifest.commit(ManifestEdit::default(), |_| true).await?;
@@ -218,11 +210,6 @@ impl Manifest {
 
     pub fn state(&self) -> &ManifestState {
         &self.state
-    }
-
-    /// The directory the manifest lives in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn owner(&self) -> &Arc<Ownership> {

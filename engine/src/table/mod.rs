@@ -117,40 +117,12 @@ impl Table {
         // Loading claims the manifest for this owner: from here on an older
         // owner can commit nothing to it.
         let manifest = Manifest::open(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
-        let state = manifest.state();
-        let meta = TableMeta::new(entry);
         // With no SSTs, every row the table will hold is folded as it is
         // applied (WAL replay included).
-        let last_values = LastValues::new(
-            &meta,
-            ctx.config.last_value_cache_max_series,
-            state.ssts.is_empty(),
-        );
-        let version = TableVersion {
-            active: Arc::new(Memtable::new(meta.clone())),
-            frozen: Vec::new(),
-            ssts: Arc::new(state.ssts.values().cloned().map(SstHandle::new).collect()),
-            flushed_offset: state.flushed_offset,
-            meta: meta.clone(),
-        };
-        Ok(Arc::new(Self {
-            id: meta.entry.id,
-            name: meta.entry.name.clone(),
-            database: meta.entry.database.clone(),
-            version: RwLock::new(Arc::new(version)),
-            manifest: tokio::sync::Mutex::new(manifest),
-            flush_lock: tokio::sync::Mutex::new(()),
-            flush_scheduled: AtomicBool::new(false),
-            compaction_scheduled: AtomicBool::new(false),
-            maintenance: tokio::sync::Mutex::new(()),
-            dropped: AtomicBool::new(false),
-            ctx,
-            owner,
-            writer,
-            last_values,
-            parked: parking_lot::Mutex::new(Vec::new()),
-            follower: false,
-        }))
+        let complete = manifest.state().ssts.is_empty();
+        Ok(Self::from_manifest(
+            entry, ctx, owner, writer, manifest, complete, false,
+        ))
     }
 
     /// Opens a table read-only, for a follower of its shard: the manifest is
@@ -165,15 +137,27 @@ impl Table {
         let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
         let manifest =
             Manifest::open_read_only(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
+        let (writer, _) = mpsc::channel(1);
+        // The last-value cache is seeded by a scan at the first query: the
+        // tail may skip rows the leader flushed before the follower read them.
+        Ok(Self::from_manifest(
+            entry, ctx, owner, writer, manifest, false, true,
+        ))
+    }
+
+    /// A table whose SSTs and flushed offset are `manifest`'s.
+    fn from_manifest(
+        entry: TableEntry,
+        ctx: Arc<EngineContext>,
+        owner: Arc<Ownership>,
+        writer: mpsc::Sender<WriteJob>,
+        manifest: Manifest,
+        complete: bool,
+        follower: bool,
+    ) -> Arc<Self> {
         let state = manifest.state();
         let meta = TableMeta::new(entry);
-        let last_values = LastValues::new(
-            &meta,
-            ctx.config.last_value_cache_max_series,
-            // Seeded by a scan at the first query: the tail may skip rows
-            // the leader flushed before the follower read them.
-            false,
-        );
+        let last_values = LastValues::new(&meta, ctx.config.last_value_cache_max_series, complete);
         let version = TableVersion {
             active: Arc::new(Memtable::new(meta.clone())),
             frozen: Vec::new(),
@@ -181,8 +165,7 @@ impl Table {
             flushed_offset: state.flushed_offset,
             meta: meta.clone(),
         };
-        let (writer, _) = mpsc::channel(1);
-        Ok(Arc::new(Self {
+        Arc::new(Self {
             id: meta.entry.id,
             name: meta.entry.name.clone(),
             database: meta.entry.database.clone(),
@@ -198,8 +181,8 @@ impl Table {
             writer,
             last_values,
             parked: parking_lot::Mutex::new(Vec::new()),
-            follower: true,
-        }))
+            follower,
+        })
     }
 
     /// A follower's table takes the leader's manifest `state` as it is now:
