@@ -50,6 +50,11 @@ pub struct EngineConfig {
     /// the leader deletes replaced files that long after replacing them.
     #[serde(with = "humantime_serde_compat")]
     pub follower_sync_interval: Duration,
+    /// How long a read from a follower waits for the follower to apply
+    /// what the WAL held when the read began; then it fails with the
+    /// retryable `FollowerBehind`.
+    #[serde(with = "humantime_serde_compat")]
+    pub follower_read_timeout: Duration,
     /// How long a retired SST file is kept after the last query using it.
     #[serde(with = "humantime_serde_compat")]
     pub gc_grace: Duration,
@@ -95,6 +100,7 @@ impl Default for EngineConfig {
             gc_interval: Duration::from_secs(60),
             gc_grace: Duration::from_secs(60),
             follower_sync_interval: Duration::from_secs(1),
+            follower_read_timeout: Duration::from_secs(5),
             orphan_min_age: Duration::from_secs(15 * 60),
             max_concurrent_compactions: 1,
             compaction_memory_budget: 256 * 1024 * 1024,

@@ -128,6 +128,13 @@ pub enum Error {
         shard: strata_sst::ShardId,
     },
 
+    #[error("FollowerBehind: the follower of shard {shard} has applied its WAL up to offset {applied}, not yet to {end}, the end when the read began; retry, or read from the leader")]
+    FollowerBehind {
+        shard: strata_sst::ShardId,
+        applied: u64,
+        end: u64,
+    },
+
     #[error("ShardMoving: shard {shard} is between leaders; retry shortly")]
     ShardNotOpen { shard: strata_sst::ShardId },
 
@@ -178,6 +185,7 @@ impl Error {
             Error::Sst { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
             Error::ObjectStore { .. }
             | Error::ShuttingDown
+            | Error::FollowerBehind { .. }
             | Error::WriteStalled { .. }
             | Error::CompactionOverBudget { .. } => ErrorKind::Unavailable,
             Error::Wal { .. }

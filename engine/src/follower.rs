@@ -111,6 +111,33 @@ struct Inner {
     sync_interval: Duration,
     /// Tables whose records the tail skips (dropped, or on another shard).
     skipped: RwLock<std::collections::HashSet<TableId>>,
+    /// Every complete record below this offset is applied: the end of the
+    /// WAL as known before a read that found nothing more to apply. Above
+    /// `applied` when the last record was written in chunks (a record's
+    /// offset is its first chunk's).
+    settled: AtomicU64,
+    /// Woken after each batch the tail reads and each manifest sync
+    /// (readers waiting to catch up).
+    progress: tokio::sync::Notify,
+    /// Wakes an idle tail (a reader is waiting for it, or the catalog
+    /// changed).
+    wake: tokio::sync::Notify,
+    /// Manifest syncs asked for (a table's definition changed: a TTL
+    /// change must not show rows the leader's expiry already removed), and
+    /// the last such request a completed sync covered.
+    sync_requested: AtomicU64,
+    synced: AtomicU64,
+    /// The last read of the WAL's end from the broker, shared by readers.
+    end_probe: Arc<tokio::sync::Mutex<EndProbe>>,
+    /// Stopped (closed or promoted): readers stop waiting.
+    stopped: AtomicBool,
+}
+
+/// The WAL's end as last read from the broker, and when that read began.
+#[derive(Debug, Default)]
+struct EndProbe {
+    started: Option<tokio::time::Instant>,
+    end: u64,
 }
 
 /// A read-only follower of one shard.
@@ -120,8 +147,15 @@ pub struct Follower {
 }
 
 impl Inner {
+    /// Every complete record below this offset is applied.
+    fn caught_up_to(&self) -> u64 {
+        self.applied
+            .load(Ordering::Acquire)
+            .max(self.settled.load(Ordering::Acquire))
+    }
+
     fn status(&self) -> FollowerStatus {
-        let applied = self.applied.load(Ordering::Acquire);
+        let applied = self.caught_up_to();
         let end = self.end.load(Ordering::Acquire).max(applied);
         FollowerStatus {
             applied,
@@ -175,6 +209,13 @@ impl Follower {
             waiting: AtomicBool::new(false),
             sync_interval,
             skipped: RwLock::new(Default::default()),
+            settled: AtomicU64::new(0),
+            progress: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
+            sync_requested: AtomicU64::new(0),
+            synced: AtomicU64::new(0),
+            end_probe: Default::default(),
+            stopped: AtomicBool::new(false),
         });
         let task = tokio::spawn(run_tail(inner.clone(), lookup));
         tracing::info!(shard = %id, tables = inner.tables.read().len(), "opened shard as a follower");
@@ -205,10 +246,110 @@ impl Follower {
         self.inner.status()
     }
 
+    /// Waits until the follower has applied every record the WAL held when
+    /// called, and has re-read its manifests if a table's definition
+    /// changed since: a read that follows sees every write acknowledged
+    /// before it began, as on the leader (the follower's manifests may be a
+    /// second older, but rows leave its memtables only when it adopts the
+    /// SSTs holding them). Fails with `FollowerBehind` after
+    /// `engine.follower_read_timeout`, when the WAL's end cannot be read, or
+    /// at once when the follower is stopped; the caller reads the leader
+    /// instead.
+    pub async fn catch_up(&self) -> Result<()> {
+        let result = self.wait_caught_up().await;
+        match &result {
+            Ok(()) => crate::metrics::FOLLOWER_READS.inc(),
+            Err(_) => crate::metrics::FOLLOWER_READS_BEHIND.inc(),
+        }
+        result
+    }
+
+    async fn wait_caught_up(&self) -> Result<()> {
+        let since = tokio::time::Instant::now();
+        let deadline = since + self.inner.ctx.config.follower_read_timeout;
+        let sync_wanted = self.inner.sync_requested.load(Ordering::Acquire);
+        let behind = |end: u64| Error::FollowerBehind {
+            shard: self.inner.id,
+            applied: self.inner.caught_up_to(),
+            end,
+        };
+        let end = self.wal_end(since, deadline).await.map_err(|e| {
+            tracing::debug!(shard = %self.inner.id, error = %e, "reading the end of a followed WAL");
+            behind(self.inner.end.load(Ordering::Acquire))
+        })?;
+        self.inner.end.fetch_max(end, Ordering::AcqRel);
+        loop {
+            // Registered before the checks: no progress is missed in between.
+            let progressed = self.inner.progress.notified();
+            if self.inner.stopped.load(Ordering::Acquire) {
+                return Err(behind(end));
+            }
+            if self.inner.caught_up_to() >= end
+                && self.inner.synced.load(Ordering::Acquire) >= sync_wanted
+            {
+                return Ok(());
+            }
+            self.inner.wake.notify_one();
+            if tokio::time::timeout_at(deadline, progressed).await.is_err() {
+                return Err(behind(end));
+            }
+        }
+    }
+
+    /// The WAL's end, from a read of it that began after `since`. One read
+    /// at a time per follower, shared by the readers waiting for it; it
+    /// goes on after a reader gives up, and holds the others back until it
+    /// ends (a slow broker does not pile up blocked reads).
+    async fn wal_end(
+        &self,
+        since: tokio::time::Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64> {
+        let timed_out = || Error::Internal("timed out reading the end of a followed WAL".into());
+        let probe = tokio::time::timeout_at(deadline, self.inner.end_probe.clone().lock_owned())
+            .await
+            .map_err(|_| timed_out())?;
+        if probe.started.is_some_and(|s| s >= since) {
+            return Ok(probe.end);
+        }
+        let wal = self.inner.wal.clone();
+        let read = tokio::spawn(async move {
+            let mut probe = probe;
+            let started = tokio::time::Instant::now();
+            let end = wal.end_offset().await?.0;
+            *probe = EndProbe {
+                started: Some(started),
+                end,
+            };
+            Ok::<u64, strata_wal::Error>(end)
+        });
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(Ok(end))) => Ok(end),
+            Ok(Ok(Err(source))) => Err(Error::Wal {
+                op: "reading the end of a followed WAL",
+                source: Box::new(source),
+            }),
+            Ok(Err(e)) => Err(Error::Internal(format!("reading the WAL's end: {e}"))),
+            Err(_) => Err(timed_out()),
+        }
+    }
+
     /// Opens a table created on the shard (or applies a changed
     /// definition).
     pub(crate) async fn apply_entry(&self, entry: TableEntry) -> Result<()> {
-        add_or_update(&self.inner, entry).await.map(|_| ())
+        let changed = self
+            .inner
+            .tables
+            .read()
+            .get(&entry.id)
+            .is_some_and(|t| t.meta().entry != entry);
+        add_or_update(&self.inner, entry).await?;
+        if changed {
+            self.inner.sync_requested.fetch_add(1, Ordering::AcqRel);
+        }
+        // A tail waiting for this table or schema goes on at once.
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Forgets a dropped table.
@@ -221,6 +362,8 @@ impl Follower {
     /// Stops tailing and returns the tables and the position, for a
     /// promotion. The follower is unusable afterwards.
     pub(crate) async fn stop(&self) -> Seed {
+        self.inner.stopped.store(true, Ordering::Release);
+        self.inner.progress.notify_waiters();
         let task = self.task.lock().take();
         if let Some(t) = task {
             t.abort();
@@ -276,8 +419,12 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
     let mut last_sync: Option<Instant> = None;
     let mut failing = false;
     loop {
-        if last_sync.is_none_or(|t| t.elapsed() >= inner.sync_interval) {
+        let sync_wanted = inner.sync_requested.load(Ordering::Acquire);
+        if last_sync.is_none_or(|t| t.elapsed() >= inner.sync_interval)
+            || sync_wanted > inner.synced.load(Ordering::Acquire)
+        {
             sync_manifests(&inner).await;
+            inner.synced.fetch_max(sync_wanted, Ordering::AcqRel);
             match inner.wal.end_offset().await {
                 Ok(end) => {
                     inner.end.fetch_max(end.0, Ordering::AcqRel);
@@ -288,6 +435,7 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
         }
         let result = step(&inner, &lookup).await;
         publish_lag(&inner);
+        inner.progress.notify_waiters();
         match result {
             Ok(step) => {
                 if std::mem::replace(&mut failing, false) {
@@ -298,8 +446,18 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
                     .store(matches!(step, Step::WaitingForCatalog), Ordering::Release);
                 match step {
                     Step::Applied => tokio::task::yield_now().await,
-                    Step::CaughtUp => tokio::time::sleep(TAIL_IDLE).await,
-                    Step::WaitingForCatalog => tokio::time::sleep(CATALOG_WAIT).await,
+                    Step::CaughtUp => {
+                        tokio::select! {
+                            () = tokio::time::sleep(TAIL_IDLE) => {}
+                            () = inner.wake.notified() => {}
+                        }
+                    }
+                    Step::WaitingForCatalog => {
+                        tokio::select! {
+                            () = tokio::time::sleep(CATALOG_WAIT) => {}
+                            () = inner.wake.notified() => {}
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -327,6 +485,8 @@ fn publish_lag(inner: &Inner) {
 /// Reads and applies one batch of records.
 async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
     let mut position = inner.position.lock().await;
+    // Known before the read: the broker's end at the read is at least this.
+    let end_before = inner.end.load(Ordering::Acquire);
     let entries = inner
         .wal
         .read(position.next, TAIL_READ_BYTES)
@@ -336,9 +496,13 @@ async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
             source: Box::new(source),
         })?;
     if entries.is_empty() {
+        // Nothing left to apply below the broker's end at this read (at
+        // most the trailing chunks of the last record, applied already).
         inner.end.fetch_max(position.next.0, Ordering::AcqRel);
-        let applied = inner.applied.load(Ordering::Acquire);
-        if applied >= inner.end.load(Ordering::Acquire) {
+        inner
+            .settled
+            .fetch_max(end_before.max(position.next.0), Ordering::AcqRel);
+        if inner.caught_up_to() >= inner.end.load(Ordering::Acquire) {
             *inner.behind_since.lock() = None;
         }
         return Ok(Step::CaughtUp);

@@ -212,6 +212,18 @@ pub static SHARDS_FENCED: LazyLock<IntCounter> = LazyLock::new(|| {
         "Shards that stopped writing because a newer owner took them over",
     )
 });
+pub static FOLLOWER_READS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_follower_reads_total",
+        "Table reads served by a follower shard, once caught up with its WAL",
+    )
+});
+pub static FOLLOWER_READS_BEHIND: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "strata_follower_reads_behind_total",
+        "Follower reads that went to the leader: the follower did not catch up within engine.follower_read_timeout",
+    )
+});
 pub static MANIFEST_CONFLICTS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "strata_manifest_conflicts_total",
@@ -229,6 +241,8 @@ pub fn register_all() {
     LazyLock::force(&FOLLOWER_LAG_RECORDS);
     LazyLock::force(&FOLLOWER_LAG_MS);
     LazyLock::force(&SHARDS_FENCED);
+    LazyLock::force(&FOLLOWER_READS);
+    LazyLock::force(&FOLLOWER_READS_BEHIND);
     LazyLock::force(&MANIFEST_CONFLICTS);
     LazyLock::force(&MANIFEST_UNKNOWN_COMMITS);
     LazyLock::force(&ROWS_WRITTEN);

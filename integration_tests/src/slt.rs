@@ -8,6 +8,8 @@ use strata_client::{Client, SqlOutput};
 pub struct StrataDb {
     client: Client,
     database: String,
+    /// Sent before every statement, in the same request.
+    prefix: &'static str,
 }
 
 impl StrataDb {
@@ -15,7 +17,16 @@ impl StrataDb {
         Self {
             client,
             database: "public".to_string(),
+            prefix: "",
         }
+    }
+
+    /// Every request starts with `SET read_preference = 'follower'`: its
+    /// reads of tables whose shards the instance follows are served by
+    /// the followers.
+    pub fn reading_followers(mut self) -> Self {
+        self.prefix = "SET read_preference = 'follower';\n";
+        self
     }
 }
 
@@ -147,7 +158,15 @@ impl sqllogictest::AsyncDB for StrataDb {
     type ColumnType = DefaultColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DefaultColumnType>, Self::Error> {
-        let out = self.client.sql(&self.database, sql).await?;
+        // An empty request stays empty (it is refused as such).
+        let empty = sql.trim().trim_matches(';').trim().is_empty();
+        let out = if self.prefix.is_empty() || empty {
+            self.client.sql(&self.database, sql).await?
+        } else {
+            self.client
+                .sql(&self.database, &format!("{}{sql}", self.prefix))
+                .await?
+        };
         let trimmed = sql.trim().trim_end_matches(';');
         let mut words = trimmed.split_whitespace();
         if words.next().is_some_and(|w| w.eq_ignore_ascii_case("use")) {

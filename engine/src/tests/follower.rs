@@ -377,3 +377,124 @@ async fn an_older_catalog_keeps_a_table_announced_after_it() {
     fe.install_table(y_entry).await.unwrap();
     assert!(fe.catalog().table_by_id(y.id()).is_none());
 }
+
+/// `catch_up` makes a follower read see every write acknowledged before it,
+/// with no waiting by the reader; a follower that cannot catch up (stopped
+/// at a table its catalog does not show) refuses with the retryable
+/// `FollowerBehind` after `follower_read_timeout`, and serves again once
+/// the catalog arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_read_catches_up_with_every_acknowledged_write_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let wal: Arc<dyn Wal> = Arc::new(MemoryWal::new());
+    let now = chrono::Utc::now().timestamp_millis();
+    let leader = Engine::open_fenced(no_background(), store.clone(), wal.clone(), Some(Epoch(10)))
+        .await
+        .unwrap();
+    let t = create(&leader, "t", append()).await;
+    let cfg = EngineConfig {
+        // Manifests are re-read rarely: the memtables alone must hold what
+        // the leader flushed meanwhile.
+        follower_sync_interval: Duration::from_secs(3600),
+        follower_read_timeout: Duration::from_millis(300),
+        ..no_background()
+    };
+    let fe = follower_engine(store.clone(), &leader, cfg).await;
+    let follower = fe
+        .open_follower(STANDALONE_SHARD, wal.clone())
+        .await
+        .unwrap();
+    let ft = follower.table(t.id()).unwrap();
+    let mut written = 0;
+    for round in 0..30 {
+        let n: i64 = 1 + (round * 7) % 50;
+        t.write(rows(&t, &format!("h{round}"), 0, n, now))
+            .await
+            .unwrap();
+        written += n;
+        if round % 10 == 9 {
+            leader.flush_table(&t).await.unwrap();
+        }
+        follower.catch_up().await.unwrap();
+        assert_eq!(count_of(&fe, &ft).await, written, "round {round}");
+    }
+
+    // A table created after the follower's catalog: its record stops the
+    // tail, and reads refuse rather than answer stale.
+    let u = create(&leader, "u", append()).await;
+    u.write(rows(&u, "a", 0, 5, now)).await.unwrap();
+    t.write(rows(&t, "late", 0, 3, now)).await.unwrap();
+    let started = std::time::Instant::now();
+    let err = follower.catch_up().await.unwrap_err();
+    assert!(matches!(err, Error::FollowerBehind { .. }), "{err:?}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(follower.status().waiting_for_catalog);
+    fe.install_table(leader.catalog().table_by_id(u.id()).unwrap())
+        .await
+        .unwrap();
+    follower.catch_up().await.unwrap();
+    assert_eq!(count_of(&fe, &ft).await, written + 3);
+    assert_eq!(count_of(&fe, &follower.table(u.id()).unwrap()).await, 5);
+}
+
+/// A change of a table's definition makes the next follower read re-read
+/// its manifests: after the leader's TTL expiry removed old rows and the
+/// TTL was lengthened again, the follower does not show them (its periodic
+/// manifest sync is an hour away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_read_after_a_definition_change_sees_the_leaders_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+    let wal: Arc<dyn Wal> = Arc::new(MemoryWal::new());
+    let now = chrono::Utc::now().timestamp_millis();
+    let leader = Engine::open_fenced(no_background(), store.clone(), wal.clone(), Some(Epoch(10)))
+        .await
+        .unwrap();
+    let t = create(&leader, "t", append()).await;
+    // Two days old, then new, in SSTs of their own.
+    t.write(rows(&t, "old", 0, 20, now - 2 * 86_400_000))
+        .await
+        .unwrap();
+    leader.flush_table(&t).await.unwrap();
+    t.write(rows(&t, "new", 0, 5, now)).await.unwrap();
+    leader.flush_table(&t).await.unwrap();
+
+    let cfg = EngineConfig {
+        follower_sync_interval: Duration::from_secs(3600),
+        ..no_background()
+    };
+    let fe = follower_engine(store.clone(), &leader, cfg).await;
+    let follower = fe
+        .open_follower(STANDALONE_SHARD, wal.clone())
+        .await
+        .unwrap();
+    let ft = follower.table(t.id()).unwrap();
+    follower.catch_up().await.unwrap();
+    assert_eq!(count_of(&fe, &ft).await, 25);
+
+    // TTL 1 day: expiry drops the old SST on the leader.
+    let alter = |ttl: &str| AlterTable::ModifySettings(vec![("ttl".to_string(), ttl.to_string())]);
+    leader
+        .alter_table("public", "t", alter("1d"))
+        .await
+        .unwrap();
+    assert_eq!(t.expire().await.unwrap(), 1);
+    fe.install_table(leader.catalog().table_by_id(t.id()).unwrap())
+        .await
+        .unwrap();
+    // Lengthened again: the deleted rows stay deleted, on the follower too.
+    leader
+        .alter_table("public", "t", alter("30d"))
+        .await
+        .unwrap();
+    fe.install_table(leader.catalog().table_by_id(t.id()).unwrap())
+        .await
+        .unwrap();
+    follower.catch_up().await.unwrap();
+    assert_eq!(count_of(&leader, &t).await, 5);
+    assert_eq!(count_of(&fe, &ft).await, 5);
+}

@@ -248,6 +248,44 @@ async fn a_planned_switch_hands_the_shard_to_its_follower_under_write_load() {
     check_exactly_once(&c.servers[leader].client().await, "sw", &acked).await;
 }
 
+/// Runs `statements` through `psql`, one `-c` each (one connection, one
+/// query message per statement); the output lines, command tags left out.
+fn psql_session(addr: std::net::SocketAddr, statements: &[&str]) -> Vec<String> {
+    let mut cmd = std::process::Command::new("psql");
+    cmd.args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(["-U", "anyone", "-d", "public", "-X", "-A", "-t"])
+        .args(["-v", "ON_ERROR_STOP=1"]);
+    for s in statements {
+        cmd.args(["-c", s]);
+    }
+    let out = cmd.output().expect("psql is installed");
+    assert!(
+        out.status.success(),
+        "{statements:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !matches!(*l, "SET" | "RESET" | ""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Server `i`'s `strata_follower_reads_total`.
+async fn follower_reads(c: &TestCluster, i: usize) -> u64 {
+    let (_, body) = strata_integration_tests::http_get(c.servers[i].http, "/metrics")
+        .await
+        .expect("metrics");
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix("strata_follower_reads_total ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0, |v| v as u64)
+}
+
 /// `POST /sql` on server `i`, preferring followers or not; the body.
 async fn sql_on(c: &TestCluster, i: usize, follower: bool, q: &str) -> String {
     let path = if follower {
@@ -374,6 +412,64 @@ async fn followers_answer_as_their_leaders_once_caught_up() {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
+    }
+    // Over PostgreSQL, `SET read_preference` holds for the connection
+    // (psql sends each `-c` as its own query on one connection): reads
+    // after it are served by the followers (the counter moves), and
+    // `RESET` returns to the leaders.
+    let mut counts = Vec::new();
+    for t in ["o", "a"] {
+        counts.push(query(&client, &format!("SELECT count(*) FROM {t}")).await[0][0].clone());
+    }
+    for i in 0..c.servers.len() {
+        let pg = c.servers[i].pg.expect("instances speak PostgreSQL");
+        let reads = follower_reads(&c, i).await;
+        let out = psql_session(
+            pg,
+            &[
+                "SET read_preference = 'follower'",
+                "SHOW read_preference",
+                "SELECT count(*) FROM o",
+                "SELECT count(*) FROM a",
+            ],
+        );
+        assert_eq!(
+            out,
+            ["follower", counts[0].as_str(), counts[1].as_str()],
+            "server {i}"
+        );
+        let after = follower_reads(&c, i).await;
+        // `o` and `a` are on two of the three shards; this instance leads
+        // at most one of those.
+        assert!(
+            after > reads,
+            "server {i}: {reads} -> {after} follower reads"
+        );
+        let out = psql_session(
+            pg,
+            &[
+                "SET read_preference = 'follower'",
+                "RESET read_preference",
+                "SHOW read_preference",
+                "SELECT count(*) FROM o",
+                "SELECT count(*) FROM a",
+            ],
+        );
+        assert_eq!(
+            out,
+            ["leader", counts[0].as_str(), counts[1].as_str()],
+            "server {i}"
+        );
+        assert_eq!(
+            follower_reads(&c, i).await,
+            after,
+            "server {i}: read the leaders"
+        );
+        let (ok, _, err) = crate::pg::psql(pg, "public", "SET read_preference = 'nearest'");
+        assert!(
+            !ok && err.contains("read_preference is leader or follower"),
+            "{err}"
+        );
     }
     // Each instance did read follower copies: it follows two shards.
     for i in 0..c.servers.len() {

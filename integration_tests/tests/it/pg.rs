@@ -10,7 +10,7 @@ use strata_integration_tests::{
 };
 
 /// Runs SQL through `psql`; returns (success, stdout, stderr).
-fn psql(addr: SocketAddr, db: &str, sql: &str) -> (bool, String, String) {
+pub(crate) fn psql(addr: SocketAddr, db: &str, sql: &str) -> (bool, String, String) {
     let out = Command::new("psql")
         .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
         .args([

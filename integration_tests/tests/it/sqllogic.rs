@@ -95,3 +95,83 @@ async fn sqllogictest_files_pass_against_a_three_instance_cluster() {
         failures.join("\n\n")
     );
 }
+
+/// The same files on a three-instance cluster whose shards each have a
+/// follower (`replicas = 1`), every request starting with `SET
+/// read_preference = 'follower'`: the tables whose shards the instance
+/// follows are read from its follower copies, which first catch up with
+/// what the WAL held when the read began, so they answer as the leaders
+/// do, right after the writes (the rest are read from their leaders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files_pass_reading_followers_of_a_replicated_cluster() {
+    let mut failures = Vec::new();
+    let mut follower_reads = 0;
+    let mut fell_back = 0;
+    for (i, file) in slt_files().into_iter().enumerate() {
+        let cluster = TestCluster::start(ClusterOptions {
+            replicas: 1,
+            ..ClusterOptions::default()
+        })
+        .await;
+        let server = &cluster.servers[i % cluster.servers.len()];
+        wait_followers_open(&cluster).await;
+        let client = server.client().await;
+        let mut runner = sqllogictest::Runner::new(move || {
+            let client = client.clone();
+            async move { Ok(StrataDb::new(client).reading_followers()) }
+        });
+        runner.add_label("cluster");
+        if let Err(e) = runner.run_file_async(&file).await {
+            failures.push(format!(
+                "{}:\n{e}\nlogs:\n{}",
+                file.display(),
+                cluster.logs()
+            ));
+        }
+        follower_reads += metric(server.http, "strata_follower_reads_total").await;
+        fell_back += metric(server.http, "strata_follower_reads_behind_total").await;
+    }
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+    // The followers did serve reads (not every read went to a leader).
+    eprintln!("{follower_reads} reads served by followers, {fell_back} by leaders");
+    assert!(follower_reads >= 10, "{follower_reads} follower reads");
+    // Each caught up in time: none went to the leader instead.
+    assert_eq!(fell_back, 0, "follower reads that fell back to the leader");
+}
+
+/// Waits until every shard has a follower open.
+async fn wait_followers_open(c: &TestCluster) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let shards = c.shards().await;
+        if !shards.is_empty()
+            && shards.iter().all(|s| {
+                s["followers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f["state"] == "following"))
+            })
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "followers did not open: {shards:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// A counter's value on an instance's `/metrics`.
+async fn metric(http: std::net::SocketAddr, name: &str) -> u64 {
+    let (_, body) = strata_integration_tests::http_get(http, "/metrics")
+        .await
+        .expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}

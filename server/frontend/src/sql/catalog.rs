@@ -27,7 +27,8 @@ pub struct StrataCatalog {
     /// again.
     router: Arc<dyn Router>,
     /// Read tables whose shards are followed here from the follower's
-    /// copy (read-only statements under `read_preference = follower`).
+    /// copy once it has caught up with the WAL, else from the leader
+    /// (read-only statements under `read_preference = follower`).
     followers: bool,
 }
 
@@ -88,27 +89,20 @@ impl SchemaProvider for DatabaseSchema {
         match self.engine.locate(&self.database, name) {
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
             Ok(Located::Remote(entry)) => match self.router.is_distributed() {
-                // A followed table, under `read_preference = follower`.
-                true if self.followers
-                    && self
-                        .engine
-                        .follower(entry.shard)
-                        .and_then(|f| f.table(entry.id))
-                        .is_some() =>
-                {
-                    match self
-                        .engine
-                        .follower(entry.shard)
-                        .and_then(|f| f.table(entry.id))
-                    {
-                        Some(t) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
-                        // Closed meanwhile: read through the leader.
-                        None => Ok(Some(Arc::new(RemoteTable::new(
-                            *entry,
-                            self.router.clone(),
-                        )))),
-                    }
-                }
+                // A followed table, under `read_preference = follower`:
+                // read from the follower once it has caught up (at the
+                // scan: resolving a name costs nothing), else the leader.
+                true if self.followers => match self.engine.follower(entry.shard) {
+                    Some(f) => Ok(Some(Arc::new(RemoteTable::preferring_follower(
+                        *entry,
+                        self.router.clone(),
+                        f,
+                    )))),
+                    None => Ok(Some(Arc::new(RemoteTable::new(
+                        *entry,
+                        self.router.clone(),
+                    )))),
+                },
                 true => Ok(Some(Arc::new(RemoteTable::new(
                     *entry,
                     self.router.clone(),

@@ -16,6 +16,7 @@ pub mod limits;
 pub mod pg_compat;
 pub(crate) mod remote;
 mod statements;
+pub use statements::{parse_set_read_preference, SetReadPreference};
 pub mod system;
 pub mod tokens;
 
@@ -102,7 +103,9 @@ pub fn parse_only(sql: &str) -> Result<()> {
     });
     let dialect = state.config().options().sql_parser.dialect;
     for stmt in split_statements(sql) {
-        if statements::parse_use(&stmt)?.is_some() {
+        if statements::parse_use(&stmt)?.is_some()
+            || statements::parse_set_read_preference(&stmt)?.is_some()
+        {
             continue;
         }
         // Each parser refuses what is not its statement; errors are
@@ -495,6 +498,8 @@ impl QueryEngine {
         }
         let mut current = database.to_string();
         let mut last = Output::AffectedRows(0);
+        // `SET read_preference` changes it for the rest of the request.
+        let mut preferring: Option<Self> = None;
         for stmt in statements {
             if let Some(db) = statements::parse_use(&stmt)? {
                 if !self.engine.database_exists(&db) {
@@ -504,14 +509,25 @@ impl QueryEngine {
                 last = Output::AffectedRows(0);
                 continue;
             }
-            last = match self.execute_one(&current, &stmt, forwarded).await {
+            if let Some(set) = statements::parse_set_read_preference(&stmt)? {
+                preferring = Some(self.reading_followers(match set {
+                    statements::SetReadPreference::To(p) => {
+                        p == crate::config::ReadPreference::Follower
+                    }
+                    statements::SetReadPreference::Default => self.follower_reads,
+                }));
+                last = Output::AffectedRows(0);
+                continue;
+            }
+            let q = preferring.as_ref().unwrap_or(self);
+            last = match q.execute_one(&current, &stmt, forwarded).await {
                 // Cluster mode: the catalog may lag meta by a heartbeat
                 // (a table created through another instance); refresh once.
                 Err(e) if catalog_may_lag(&e) => {
                     if !self.router.refresh_catalog().await? {
                         return Err(e);
                     }
-                    self.execute_one(&current, &stmt, forwarded).await?
+                    q.execute_one(&current, &stmt, forwarded).await?
                 }
                 other => other?,
             };

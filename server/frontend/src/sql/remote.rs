@@ -104,6 +104,9 @@ pub struct RemoteTable {
     router: Arc<dyn Router>,
     /// Reads `last_values('table')` instead of the table.
     last_values: bool,
+    /// This instance's follower of the table's shard, read first once it
+    /// has caught up (`read_preference = follower`).
+    follower: Option<Arc<strata_engine::follower::Follower>>,
 }
 
 impl RemoteTable {
@@ -113,6 +116,37 @@ impl RemoteTable {
             entry,
             router,
             last_values: false,
+            follower: None,
+        }
+    }
+
+    /// The table, read from this instance's `follower` of its shard once
+    /// the follower has caught up with the WAL, else from its leader.
+    pub fn preferring_follower(
+        entry: TableEntry,
+        router: Arc<dyn Router>,
+        follower: Arc<strata_engine::follower::Follower>,
+    ) -> Self {
+        Self {
+            follower: Some(follower),
+            ..Self::new(entry, router)
+        }
+    }
+
+    /// The follower's copy of the table, once it has caught up, if it has
+    /// the same definition as the catalog here.
+    async fn caught_up_follower(&self) -> Option<Arc<strata_engine::table::Table>> {
+        let follower = self.follower.as_ref()?;
+        let table = follower
+            .table(self.entry.id)
+            .filter(|t| t.meta().entry.schema.version == self.entry.schema.version)?;
+        match follower.catch_up().await {
+            Ok(()) => Some(table),
+            Err(e) => {
+                tracing::debug!(table = %self.entry.name, error = %e,
+                    "the follower has not caught up; reading the leader");
+                None
+            }
         }
     }
 
@@ -197,6 +231,11 @@ impl TableProvider for RemoteTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if let Some(t) = self.caught_up_follower().await {
+            return StrataTableProvider::new(t)
+                .scan(state, projection, filters, limit)
+                .await;
+        }
         let deadline = Instant::now() + MOVE_WAIT;
         loop {
             match target(self.router.as_ref(), &self.entry, deadline).await? {

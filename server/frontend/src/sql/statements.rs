@@ -12,6 +12,54 @@ use strata_engine::Engine;
 use super::{alter_table, create_table, tokens::Cursor, Output};
 use crate::error::{Error, Result};
 
+/// A change of the session's read preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetReadPreference {
+    To(crate::config::ReadPreference),
+    /// `RESET read_preference` or `SET read_preference = DEFAULT`: back to
+    /// the configured one.
+    Default,
+}
+
+/// `SET [SESSION | LOCAL] read_preference {= | TO} {'leader' | 'follower' |
+/// DEFAULT}` and `RESET read_preference`; `None` for any other statement.
+/// (Strata has no transactions: `LOCAL` lasts as long as `SESSION`.)
+pub fn parse_set_read_preference(sql: &str) -> Result<Option<SetReadPreference>> {
+    // Cheap refusal of every other statement (comments may come first).
+    if !sql.to_ascii_lowercase().contains("read_preference") {
+        return Ok(None);
+    }
+    let mut c = Cursor::new(sql)?;
+    let reset = if c.eat_keyword("reset") {
+        true
+    } else if c.eat_keyword("set") {
+        let _ = c.eat_keyword("session") || c.eat_keyword("local");
+        false
+    } else {
+        return Ok(None);
+    };
+    match c.identifier("setting") {
+        Ok(name) if name.eq_ignore_ascii_case("read_preference") => {}
+        _ => return Ok(None),
+    }
+    if reset {
+        c.expect_end()?;
+        return Ok(Some(SetReadPreference::Default));
+    }
+    if !(c.eat_token(&datafusion::sql::sqlparser::tokenizer::Token::Eq) || c.eat_keyword("to")) {
+        return Err(c.error("expected = or TO after read_preference"));
+    }
+    if c.eat_keyword("default") {
+        c.expect_end()?;
+        return Ok(Some(SetReadPreference::Default));
+    }
+    let value = c.value()?;
+    c.expect_end()?;
+    Ok(Some(SetReadPreference::To(
+        crate::config::ReadPreference::parse(&value)?,
+    )))
+}
+
 /// `USE db` → `Some(db)`.
 pub fn parse_use(sql: &str) -> Result<Option<String>> {
     let mut c = Cursor::new(sql)?;
@@ -258,7 +306,62 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
 
 #[cfg(test)]
 mod tests {
-    use super::like;
+    #![allow(clippy::unwrap_used)]
+    use super::{like, parse_set_read_preference, SetReadPreference};
+    use crate::config::ReadPreference;
+
+    #[test]
+    fn set_read_preference() {
+        let to = |p| Some(SetReadPreference::To(p));
+        for (sql, want) in [
+            (
+                "SET read_preference = 'follower'",
+                to(ReadPreference::Follower),
+            ),
+            ("set READ_PREFERENCE to leader;", to(ReadPreference::Leader)),
+            (
+                "SET SESSION read_preference = 'FOLLOWER'",
+                to(ReadPreference::Follower),
+            ),
+            (
+                "SET LOCAL read_preference TO 'leader'",
+                to(ReadPreference::Leader),
+            ),
+            (
+                "SET \"read_preference\" = 'follower'",
+                to(ReadPreference::Follower),
+            ),
+            (
+                "/* a tool */ SET read_preference = 'follower'",
+                to(ReadPreference::Follower),
+            ),
+            ("SET read_preference_x = 1", None),
+            ("SELECT 'read_preference'", None),
+            (
+                "SET read_preference = DEFAULT",
+                Some(SetReadPreference::Default),
+            ),
+            ("RESET read_preference", Some(SetReadPreference::Default)),
+            ("SET extra_float_digits = 3", None),
+            ("RESET ALL", None),
+            ("SELECT 1", None),
+        ] {
+            assert_eq!(parse_set_read_preference(sql).unwrap(), want, "{sql}");
+        }
+        for bad in [
+            "SET read_preference = 'nearest'",
+            "SET read_preference 'follower'",
+            "SET read_preference = 'follower' extra",
+            "RESET read_preference now",
+        ] {
+            let e = parse_set_read_preference(bad).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                strata_engine::ErrorKind::InvalidArgument,
+                "{bad}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn like_patterns() {

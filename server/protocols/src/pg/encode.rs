@@ -225,3 +225,21 @@ pub(super) fn command_tag(sql: &str) -> (String, bool) {
         other => (other.to_string(), false),
     }
 }
+
+/// A one-row, one-column text answer (`SHOW name`).
+pub(super) fn one_text_value(name: &str, value: &str) -> PgWireResult<Response> {
+    let fields = Arc::new(vec![FieldInfo::new(
+        name.to_string(),
+        None,
+        None,
+        Type::TEXT,
+        pgwire::api::results::FieldFormat::Text,
+    )]);
+    let mut encoder = DataRowEncoder::new(fields.clone());
+    encoder.encode_field(&value)?;
+    let row = encoder.take_row();
+    Ok(Response::Query(QueryResponse::new(
+        fields,
+        stream::iter(vec![Ok::<DataRow, PgWireError>(row)]),
+    )))
+}

@@ -254,15 +254,20 @@ impl ExtendedQueryHandler for PgHandler {
             return Ok(Response::EmptyQuery);
         }
         one_statement(sql)?;
+        if let Some(r) = self.read_preference_statement(client, sql)? {
+            return Ok(r);
+        }
+        let query = self.query_for(client);
         if portal.parameter_len() == 0 {
-            return self.run(&db, sql, &portal.result_column_format).await;
+            return self
+                .run(&query, &db, sql, &portal.result_column_format)
+                .await;
         }
         // Parameters are bound as values on the plan, never into the text.
         let values = param_values(portal)?;
         let started = std::time::Instant::now();
         let db = &db;
-        let result = self
-            .query
+        let result = query
             .limited(false, |q| async move {
                 q.execute_bound(db, sql, crate::sql::cast_binder(values))
                     .await

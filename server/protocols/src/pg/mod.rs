@@ -25,18 +25,16 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use async_trait::async_trait;
-use futures::stream;
 use pgwire::{
     api::{
         auth::noop::NoopStartupHandler,
         portal::Format,
         query::{ExtendedQueryHandler, SimpleQueryHandler},
-        results::{DataRowEncoder, FieldInfo, QueryResponse, Response, Tag},
+        results::{FieldInfo, Response, Tag},
         stmt::NoopQueryParser,
         ClientInfo, PgWireServerHandlers, Type,
     },
     error::{ErrorInfo, PgWireError, PgWireResult},
-    messages::data::DataRow,
 };
 use strata_engine::{catalog::DEFAULT_DATABASE, ErrorKind};
 use tokio::net::TcpListener;
@@ -218,33 +216,98 @@ pub(super) fn session_statement(sql: &str) -> Option<Response> {
         "show" => {
             let name = lower["show".len()..].trim().to_string();
             let value = crate::sql::pg_compat::pg_setting(&name)?;
-            let fields = Arc::new(vec![FieldInfo::new(
-                name.replace(' ', "_"),
-                None,
-                None,
-                Type::TEXT,
-                pgwire::api::results::FieldFormat::Text,
-            )]);
-            let mut encoder = DataRowEncoder::new(fields.clone());
-            encoder.encode_field(&value).ok()?;
-            let row = encoder.take_row();
-            Response::Query(QueryResponse::new(
-                fields,
-                stream::iter(vec![Ok::<DataRow, PgWireError>(row)]),
-            ))
+            encode::one_text_value(&name.replace(' ', "_"), value).ok()?
         }
         _ => return None,
     })
 }
 
+/// The connection's metadata key holding its `SET read_preference`.
+const READ_PREFERENCE_KEY: &str = "strata.read_preference";
+
 impl PgHandler {
-    async fn run(&self, db: &str, sql: &str, format: &Format) -> PgWireResult<Response> {
+    /// The query engine for a connection: reading followers or not as its
+    /// `SET read_preference` (or the configured default) says.
+    pub(super) fn query_for<C: ClientInfo>(&self, client: &C) -> QueryEngine {
+        match client
+            .metadata()
+            .get(READ_PREFERENCE_KEY)
+            .map(String::as_str)
+        {
+            Some("follower") => self.query.reading_followers(true),
+            Some("leader") => self.query.reading_followers(false),
+            _ => self.query.clone(),
+        }
+    }
+
+    /// `SET`, `RESET` and `SHOW read_preference`, which change or show the
+    /// connection's read preference; `None` for other statements.
+    pub(super) fn read_preference_statement<C: ClientInfo>(
+        &self,
+        client: &mut C,
+        sql: &str,
+    ) -> PgWireResult<Option<Response>> {
+        use strata_frontend::sql::{parse_set_read_preference, SetReadPreference};
+        let text = sql.trim().trim_end_matches(';').trim();
+        // They reset every setting (a pool hands the connection on).
+        let lower = text.to_ascii_lowercase();
+        if lower.split_whitespace().eq(["discard", "all"])
+            || lower.split_whitespace().eq(["reset", "all"])
+        {
+            client.metadata_mut().remove(READ_PREFERENCE_KEY);
+            return Ok(None);
+        }
+        if text
+            .split_whitespace()
+            .map(str::to_ascii_lowercase)
+            .eq(["show", "read_preference"])
+        {
+            let value = if self.query_for(client).reads_followers() {
+                "follower"
+            } else {
+                "leader"
+            };
+            return Ok(Some(encode::one_text_value("read_preference", value)?));
+        }
+        match parse_set_read_preference(sql).map_err(pg_error)? {
+            None => Ok(None),
+            Some(set) => {
+                let metadata = client.metadata_mut();
+                match set {
+                    SetReadPreference::To(p) => {
+                        let value = match p {
+                            strata_frontend::config::ReadPreference::Leader => "leader",
+                            strata_frontend::config::ReadPreference::Follower => "follower",
+                        };
+                        metadata.insert(READ_PREFERENCE_KEY.to_string(), value.to_string());
+                        Ok(Some(Response::Execution(Tag::new("SET"))))
+                    }
+                    SetReadPreference::Default => {
+                        metadata.remove(READ_PREFERENCE_KEY);
+                        let tag = if sql.trim_start().to_ascii_lowercase().starts_with("reset") {
+                            "RESET"
+                        } else {
+                            "SET"
+                        };
+                        Ok(Some(Response::Execution(Tag::new(tag))))
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run(
+        &self,
+        query: &QueryEngine,
+        db: &str,
+        sql: &str,
+        format: &Format,
+    ) -> PgWireResult<Response> {
         if let Some(r) = session_statement(sql) {
             return Ok(r);
         }
         let started = std::time::Instant::now();
-        let result = self
-            .query
+        let result = query
             .limited(false, |q| async move {
                 let output = q.execute(db, sql).await?;
                 // A forwarded query with no rows comes back without its
@@ -273,6 +336,16 @@ impl PgHandler {
         sql: &str,
         format: &Format,
     ) -> PgWireResult<Vec<FieldInfo>> {
+        let text = sql.trim().trim_end_matches(';').trim().to_ascii_lowercase();
+        if text.split_whitespace().eq(["show", "read_preference"]) {
+            return Ok(vec![FieldInfo::new(
+                "read_preference".to_string(),
+                None,
+                None,
+                Type::TEXT,
+                format.format_for(0),
+            )]);
+        }
         if session_statement(sql).is_some() {
             let text = sql.trim().to_ascii_lowercase();
             if let Some(name) = text.strip_prefix("show") {
@@ -313,8 +386,16 @@ impl SimpleQueryHandler for PgHandler {
         }
         let mut out = Vec::with_capacity(statements.len());
         for s in statements {
+            let result = match self.read_preference_statement(client, &s) {
+                Ok(Some(r)) => Ok(r),
+                Ok(None) => {
+                    let query = self.query_for(client);
+                    self.run(&query, &db, &s, &Format::UnifiedText).await
+                }
+                Err(e) => Err(e),
+            };
             // PostgreSQL stops at the first failing statement.
-            match self.run(&db, &s, &Format::UnifiedText).await {
+            match result {
                 Ok(r) => out.push(r),
                 Err(PgWireError::UserError(info)) => {
                     out.push(Response::Error(info));
