@@ -343,10 +343,12 @@ impl Follower {
             .read()
             .get(&entry.id)
             .is_some_and(|t| t.meta().entry != entry);
-        add_or_update(&self.inner, entry).await?;
+        // Asked for before the new definition shows: a reader that sees it
+        // waits for a sync begun after it.
         if changed {
             self.inner.sync_requested.fetch_add(1, Ordering::AcqRel);
         }
+        add_or_update(&self.inner, entry).await?;
         // A tail waiting for this table or schema goes on at once.
         self.inner.wake.notify_one();
         Ok(())
@@ -423,8 +425,11 @@ async fn run_tail(inner: Arc<Inner>, lookup: Lookup) {
         if last_sync.is_none_or(|t| t.elapsed() >= inner.sync_interval)
             || sync_wanted > inner.synced.load(Ordering::Acquire)
         {
-            sync_manifests(&inner).await;
-            inner.synced.fetch_max(sync_wanted, Ordering::AcqRel);
+            // A sync that could not read every manifest does not count
+            // as the one asked for: it is tried again.
+            if sync_manifests(&inner).await {
+                inner.synced.fetch_max(sync_wanted, Ordering::AcqRel);
+            }
             match inner.wal.end_offset().await {
                 Ok(end) => {
                     inner.end.fetch_max(end.0, Ordering::AcqRel);
@@ -552,8 +557,9 @@ async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
     Ok(Step::Applied)
 }
 
-/// Brings every table in line with its manifest on the store.
-async fn sync_manifests(inner: &Inner) {
+/// Brings every table in line with its manifest on the store; whether
+/// every manifest was read.
+async fn sync_manifests(inner: &Inner) -> bool {
     let tables: Vec<Arc<Table>> = inner.tables.read().values().cloned().collect();
     let store = inner.ctx.store.clone();
     let cluster = inner.ctx.config.cluster.clone();
@@ -566,12 +572,15 @@ async fn sync_manifests(inner: &Inner) {
         }
     }))
     .buffer_unordered(8);
+    let mut all = true;
     while let Some((table, state)) = loads.next().await {
         let applied = inner.applied.load(Ordering::Acquire);
         let result = state.and_then(|s| table.follow(&s, applied));
         if let Err(e) = result {
+            all = false;
             tracing::debug!(shard = %inner.id, table = %table.name(), error = %e,
                 "a follower could not read its table's manifest; trying again");
         }
     }
+    all
 }

@@ -725,11 +725,7 @@ fn read_blocking(
         .map_err(kafka_err("assigning the partition"))?;
     let _unassign = Unassign(consumer);
 
-    let mut out = Vec::new();
-    let mut bytes = 0usize;
-    // The chunk groups being assembled, one per writer epoch: the chunks of
-    // two writers interleave while a new writer fences an old one.
-    let mut groups: BTreeMap<u64, ChunkGroup> = BTreeMap::new();
+    let mut assembler = Assembler::default();
     let deadline = std::time::Instant::now() + timeout * 3;
     let mut first_polled = true;
     loop {
@@ -779,10 +775,36 @@ fn read_blocking(
             });
         }
         let (epoch, index, count) = chunk_headers(&message);
+        let data = message.payload().unwrap_or_default();
+        assembler.push(topic, offset, epoch, index, count, data);
+        if offset + 1 >= high {
+            break;
+        }
+        if assembler.bytes >= max_bytes && assembler.groups.is_empty() && !assembler.out.is_empty()
+        {
+            break;
+        }
+    }
+    Ok(assembler.finish())
+}
+
+/// Whole records from a run of messages: chunk groups joined, torn and
+/// overtaken ones dropped.
+#[derive(Default)]
+struct Assembler {
+    out: Vec<WalEntry>,
+    bytes: usize,
+    // The chunk groups being assembled, one per writer epoch: the chunks of
+    // two writers interleave while a new writer fences an old one.
+    groups: BTreeMap<u64, ChunkGroup>,
+}
+
+impl Assembler {
+    fn push(&mut self, topic: &str, offset: u64, epoch: u64, index: u32, count: u32, data: &[u8]) {
+        let groups = &mut self.groups;
         for (_, g) in groups.range_mut(..epoch) {
             g.overtaken = true;
         }
-        let data = message.payload().unwrap_or_default();
         if index == 0 {
             let fresh = ChunkGroup {
                 first: offset,
@@ -822,23 +844,36 @@ fn read_blocking(
                 }
                 !g.overtaken
             }) {
-                bytes += g.data.len();
-                out.push(WalEntry {
+                self.bytes += g.data.len();
+                self.out.push(WalEntry {
                     offset: WalOffset(g.first),
                     epoch: Epoch(epoch),
                     payload: g.data.freeze(),
                 });
             }
         }
-        if offset + 1 >= high {
-            break;
-        }
-        if bytes >= max_bytes && groups.is_empty() && !out.is_empty() {
-            break;
-        }
     }
-    out.sort_by_key(|e| e.offset);
-    Ok(out)
+
+    /// The records read, in offset order. A group still being assembled
+    /// (its last chunks not read yet: the read stopped at the end it saw)
+    /// holds back every record above its first chunk: the next read starts
+    /// at the offset after the last record returned, and a read starting
+    /// above the group's first chunk drops its later chunks as a group
+    /// begun before it; that lost the record (an acknowledged one, of the
+    /// new writer, when an old writer's record lands between its chunks).
+    fn finish(mut self) -> Vec<WalEntry> {
+        if let Some(pending) = self
+            .groups
+            .values()
+            .filter(|g| !g.overtaken)
+            .map(|g| g.first)
+            .min()
+        {
+            self.out.retain(|e| e.offset.0 < pending);
+        }
+        self.out.sort_by_key(|e| e.offset);
+        self.out
+    }
 }
 
 #[async_trait]

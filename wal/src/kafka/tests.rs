@@ -321,3 +321,40 @@ fn replicated_topics_wait_for_a_majority_of_at_least_two() {
     o.min_insync = Some(3);
     assert_eq!(o.min_insync_replicas(), 3);
 }
+
+/// A read that ends inside a record's chunk group (its last chunks not
+/// read yet) returns nothing above the group's first chunk: an old
+/// writer's record between the new writer's chunks was returned, the
+/// reader moved past the group's first chunk, and the next read dropped
+/// the group's later chunks, losing an acknowledged record.
+#[test]
+fn a_read_ending_inside_a_chunk_group_returns_nothing_above_it() {
+    let mut a = Assembler::default();
+    a.push("t", 9, 3, 0, 1, b"before");
+    // The new writer (epoch 3) starts a two-chunk record at 10; the old
+    // writer's (epoch 2) record lands at 11; the read ends there.
+    a.push("t", 10, 3, 0, 2, b"x1");
+    a.push("t", 11, 2, 0, 1, b"old");
+    let got: Vec<u64> = a.finish().iter().map(|e| e.offset.0).collect();
+    assert_eq!(got, [9], "nothing at or above the pending group at 10");
+
+    // Read again from 10, with the group complete: the record is whole.
+    let mut a = Assembler::default();
+    a.push("t", 10, 3, 0, 2, b"x1");
+    a.push("t", 11, 2, 0, 1, b"old");
+    a.push("t", 12, 3, 1, 2, b"x2");
+    let got = a.finish();
+    let x = got
+        .iter()
+        .find(|e| e.offset.0 == 10)
+        .expect("the record at 10");
+    assert_eq!(&x.payload[..], b"x1x2");
+    assert_eq!(got.len(), 2);
+
+    // A group overtaken by a newer writer holds nothing back: it is dropped.
+    let mut a = Assembler::default();
+    a.push("t", 20, 3, 0, 2, b"y1");
+    a.push("t", 21, 4, 0, 1, b"fence");
+    let got: Vec<u64> = a.finish().iter().map(|e| e.offset.0).collect();
+    assert_eq!(got, [21]);
+}

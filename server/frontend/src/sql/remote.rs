@@ -134,14 +134,15 @@ impl RemoteTable {
     }
 
     /// The follower's copy of the table, once it has caught up, if it has
-    /// the same definition as the catalog here.
+    /// the same definition (columns, TTL) as the catalog here, before and
+    /// after the wait.
     async fn caught_up_follower(&self) -> Option<Arc<strata_engine::table::Table>> {
         let follower = self.follower.as_ref()?;
-        let table = follower
-            .table(self.entry.id)
-            .filter(|t| t.meta().entry.schema.version == self.entry.schema.version)?;
+        let same = |t: &Arc<strata_engine::table::Table>| t.meta().entry == self.entry;
+        let table = follower.table(self.entry.id).filter(same)?;
         match follower.catch_up().await {
-            Ok(()) => Some(table),
+            Ok(()) if same(&table) => Some(table),
+            Ok(()) => None,
             Err(e) => {
                 tracing::debug!(table = %self.entry.name, error = %e,
                     "the follower has not caught up; reading the leader");
