@@ -45,6 +45,8 @@ fn table(id: u64, name: &str, columns: &[(&str, ColumnType, bool)]) -> Arc<Table
         options: TableOptions::default(),
         shard: ShardId(0),
         created_at_ms: 0,
+        partition: None,
+        partition_of: None,
     })
 }
 

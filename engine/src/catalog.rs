@@ -42,7 +42,18 @@ pub struct TableEntry {
     pub options: TableOptions,
     pub shard: ShardId,
     pub created_at_ms: i64,
+    /// A partitioned table: how its rows spread over its partitions. It
+    /// holds no rows itself, and its `shard` is [`PARTITIONED`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<crate::partition::PartitionSpec>,
+    /// A partition of a partitioned table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<crate::partition::PartitionOf>,
 }
+
+/// The shard of a partitioned table itself, which no instance opens (its
+/// partitions are on real shards).
+pub const PARTITIONED: ShardId = ShardId(u64::MAX);
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct CatalogState {
@@ -385,11 +396,111 @@ impl Catalog {
                 options,
                 shard,
                 created_at_ms: now_ms(),
+                partition: None,
+                partition_of: None,
             };
             s.tables.insert(id, entry.clone());
             Ok(Some(entry))
         })
         .await
+    }
+
+    /// Registers a partitioned table and its `spec.count` partitions (named
+    /// by [`crate::partition::sub_table_name`], on the standalone shard) in
+    /// one version.
+    /// Returns the table; `Ok(None)` when it existed and `if_not_exists`.
+    pub async fn create_partitioned_table(
+        &self,
+        database: &str,
+        name: &str,
+        schema: TableSchema,
+        options: TableOptions,
+        spec: crate::partition::PartitionSpec,
+        if_not_exists: bool,
+    ) -> Result<Option<TableEntry>> {
+        let shard = crate::STANDALONE_SHARD;
+        if name.is_empty() {
+            return Err(Error::InvalidSchema("table name must not be empty".into()));
+        }
+        spec.validate(&schema)?;
+        self.update(|s| {
+            if !s.databases.contains_key(database) {
+                return Err(Error::DatabaseNotFound {
+                    name: database.into(),
+                });
+            }
+            let exists = |n: &str| {
+                s.tables
+                    .values()
+                    .any(|t| t.database == database && t.name == n)
+            };
+            if exists(name) {
+                return if if_not_exists {
+                    Ok(None)
+                } else {
+                    Err(Error::TableExists { name: name.into() })
+                };
+            }
+            let names: Vec<String> = (0..spec.count)
+                .map(|i| crate::partition::sub_table_name(name, i))
+                .collect();
+            if let Some(taken) = names.iter().find(|n| exists(n)) {
+                return Err(Error::TableExists {
+                    name: taken.clone(),
+                });
+            }
+            let now = now_ms();
+            let parent = TableEntry {
+                id: TableId(s.next_table_id),
+                database: database.to_string(),
+                name: name.to_string(),
+                schema: schema.clone(),
+                options: options.clone(),
+                shard: PARTITIONED,
+                created_at_ms: now,
+                partition: Some(spec.clone()),
+                partition_of: None,
+            };
+            s.next_table_id += 1;
+            for (index, sub) in (0u32..).zip(names) {
+                let id = TableId(s.next_table_id);
+                s.next_table_id += 1;
+                s.tables.insert(
+                    id,
+                    TableEntry {
+                        id,
+                        database: database.to_string(),
+                        name: sub,
+                        schema: schema.clone(),
+                        options: options.clone(),
+                        shard,
+                        created_at_ms: now,
+                        partition: None,
+                        partition_of: Some(crate::partition::PartitionOf {
+                            parent: parent.id,
+                            index,
+                        }),
+                    },
+                );
+            }
+            s.tables.insert(parent.id, parent.clone());
+            Ok(Some(parent))
+        })
+        .await
+    }
+
+    /// The partitions of table `parent`, in partition order.
+    pub fn partitions(&self, parent: TableId) -> Vec<TableEntry> {
+        let mut out: Vec<_> = self
+            .state
+            .read()
+            .tables
+            .values()
+            .filter(|t| t.partition_of.is_some_and(|p| p.parent == parent))
+            .cloned()
+            .collect();
+        out.sort_by_key(|t| t.partition_of.map(|p| p.index));
+        out
     }
 
     /// Changes a table's definition; `change` gets the current entry and
@@ -410,6 +521,29 @@ impl Catalog {
         .await
     }
 
+    /// Changes several tables' definitions in one version (a partitioned
+    /// table and its partitions): all or none.
+    pub async fn update_tables(
+        &self,
+        ids: &[TableId],
+        change: impl Fn(&TableEntry) -> Result<TableEntry>,
+    ) -> Result<Vec<TableEntry>> {
+        self.update(|s| {
+            let mut next = Vec::with_capacity(ids.len());
+            for id in ids {
+                let current = s.tables.get(id).ok_or_else(|| Error::TableNotFound {
+                    name: format!("#{id}"),
+                })?;
+                next.push(change(current)?);
+            }
+            for e in &next {
+                s.tables.insert(e.id, e.clone());
+            }
+            Ok(next)
+        })
+        .await
+    }
+
     /// Removes a table; returns it, or `None` when missing and `if_exists`.
     pub async fn drop_table(
         &self,
@@ -424,7 +558,12 @@ impl Catalog {
                 .find(|t| t.database == database && t.name == name)
                 .map(|t| t.id);
             match id {
-                Some(id) => Ok(s.tables.remove(&id)),
+                Some(id) => {
+                    // A partitioned table goes with its partitions.
+                    s.tables
+                        .retain(|_, t| t.partition_of.is_none_or(|p| p.parent != id));
+                    Ok(s.tables.remove(&id))
+                }
                 None if if_exists => Ok(None),
                 None => Err(Error::TableNotFound { name: name.into() }),
             }

@@ -31,6 +31,7 @@ pub mod memtable;
 pub mod metrics;
 pub mod options;
 pub mod ownership;
+pub mod partition;
 pub mod provider;
 pub mod schema;
 pub mod shard;

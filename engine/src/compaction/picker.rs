@@ -178,6 +178,8 @@ mod tests {
             options: TableOptions::default(),
             shard: strata_sst::ShardId(0),
             created_at_ms: 0,
+            partition: None,
+            partition_of: None,
         });
         let ssts = files
             .iter()

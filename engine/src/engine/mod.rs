@@ -83,6 +83,9 @@ pub enum Located {
     Local(Arc<Table>),
     /// On a shard this instance does not serve.
     Remote(Box<TableEntry>),
+    /// A partitioned table: its rows are in its partitions
+    /// ([`Engine::partitions`]), each located on its own.
+    Partitioned(Box<TableEntry>),
 }
 
 /// The storage engine: a catalog and the shards open on this instance.

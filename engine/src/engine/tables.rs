@@ -241,6 +241,54 @@ impl Engine {
         Ok(Some(entry))
     }
 
+    /// Creates a partitioned table: `spec.count` partitions, each an
+    /// ordinary table (see [`crate::partition`]). Standalone only for now:
+    /// meta does not place partitions yet. Returns `None` when it existed
+    /// and `if_not_exists`.
+    pub async fn create_partitioned_table(
+        &self,
+        database: &str,
+        name: &str,
+        schema: TableSchema,
+        options: TableOptions,
+        spec: crate::partition::PartitionSpec,
+        if_not_exists: bool,
+    ) -> Result<Option<TableEntry>> {
+        let _guard = self.ddl_lock.lock().await;
+        self.check_owner().await?;
+        if self.cluster.is_some() {
+            return Err(Error::Unsupported(
+                "partitioned tables in cluster mode: meta does not place partitions yet"
+                    .to_string(),
+            ));
+        }
+        let Some(entry) = self
+            .catalog
+            .create_partitioned_table(database, name, schema, options, spec, if_not_exists)
+            .await?
+        else {
+            return Ok(None);
+        };
+        self.catalog.install_table(entry.clone());
+        for part in self.catalog.partitions(entry.id) {
+            self.catalog.install_table(part.clone());
+            if let Some(shard) = self.shard(part.shard) {
+                self.apply_entry(&shard, part).await?;
+            }
+        }
+        tracing::info!(database, table = name, id = %entry.id, "created partitioned table");
+        Ok(Some(entry))
+    }
+
+    /// The partitions of a partitioned table, in partition order (none for
+    /// another table).
+    pub fn partitions(&self, parent: &TableEntry) -> Vec<TableEntry> {
+        if parent.partition.is_none() {
+            return Vec::new();
+        }
+        self.catalog.partitions(parent.id)
+    }
+
     /// Changes a table online: adds columns or modifies settings. The change
     /// is persisted before it applies; writes and queries continue.
     pub async fn alter_table(&self, database: &str, name: &str, change: AlterTable) -> Result<()> {
@@ -263,17 +311,28 @@ impl Engine {
             }
             Ok(next)
         };
-        let entry = match &self.cluster {
+        if current.partition_of.is_some() {
+            return Err(Error::Unsupported(format!(
+                "{name} is a partition: alter its partitioned table"
+            )));
+        }
+        // A partitioned table and its partitions change together, in one
+        // catalog version (partitioned tables are standalone only).
+        let mut ids: Vec<TableId> = self.partitions(&current).iter().map(|p| p.id).collect();
+        ids.push(current.id);
+        let entries = match &self.cluster {
             Some(meta) => {
                 let next = apply(&current)?;
                 meta.alter_table(&next).await?;
                 self.catalog.install_table(next.clone());
-                next
+                vec![next]
             }
-            None => self.catalog.update_table(current.id, apply).await?,
+            None => self.catalog.update_tables(&ids, apply).await?,
         };
-        if let Some(shard) = self.shard(entry.shard) {
-            self.apply_entry(&shard, entry).await?;
+        for entry in entries {
+            if let Some(shard) = self.shard(entry.shard) {
+                self.apply_entry(&shard, entry).await?;
+            }
         }
         tracing::info!(database, table = name, ?change, "altered table");
         Ok(())
@@ -284,6 +343,15 @@ impl Engine {
     pub async fn drop_table(&self, database: &str, name: &str, if_exists: bool) -> Result<bool> {
         let _guard = self.ddl_lock.lock().await;
         self.check_owner().await?;
+        let parts = match self.catalog.table(database, name) {
+            Some(e) if e.partition_of.is_some() => {
+                return Err(Error::Unsupported(format!(
+                    "{name} is a partition: drop its partitioned table"
+                )))
+            }
+            Some(e) => self.partitions(&e),
+            None => Vec::new(),
+        };
         let entry = match &self.cluster {
             Some(meta) => meta.drop_table(database, name, if_exists).await?,
             None => self.catalog.drop_table(database, name, if_exists).await?,
@@ -291,10 +359,12 @@ impl Engine {
         let Some(entry) = entry else {
             return Ok(false);
         };
-        self.catalog.remove_table(entry.id);
-        if let Some(shard) = self.shard(entry.shard) {
-            shard.remove_table(entry.id);
-            self.delete_table_files(&entry);
+        for entry in parts.iter().chain(std::iter::once(&entry)) {
+            self.catalog.remove_table(entry.id);
+            if let Some(shard) = self.shard(entry.shard) {
+                shard.remove_table(entry.id);
+                self.delete_table_files(entry);
+            }
         }
         tracing::info!(database, table = name, id = %entry.id, "dropped table");
         Ok(true)
@@ -317,6 +387,9 @@ impl Engine {
     /// Where a table is served.
     pub fn locate(&self, database: &str, name: &str) -> Result<Located> {
         let entry = self.entry(database, name)?;
+        if entry.partition.is_some() {
+            return Ok(Located::Partitioned(Box::new(entry)));
+        }
         match self.shard(entry.shard) {
             Some(shard) => match shard.table(entry.id) {
                 Some(t) => Ok(Located::Local(t)),
@@ -339,6 +412,9 @@ impl Engine {
                 table: name.to_string(),
                 shard: e.shard,
             }),
+            Located::Partitioned(_) => Err(Error::Unsupported(format!(
+                "{name} is partitioned: this operation applies to one partition at a time"
+            ))),
         }
     }
 

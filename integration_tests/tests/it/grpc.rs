@@ -15,7 +15,7 @@ fn ctx() -> Option<RequestContext> {
     })
 }
 
-fn points(table: &str, host: &str, from: i64, n: i64) -> WriteRequest {
+pub(crate) fn points(table: &str, host: &str, from: i64, n: i64) -> WriteRequest {
     WriteRequest {
         context: ctx(),
         table_requests: vec![WriteTableRequest {

@@ -16,6 +16,7 @@ mod grpc;
 mod horaedb_python;
 mod influx;
 mod limits;
+mod partitioned;
 mod persistence;
 mod pg;
 mod prom;

@@ -31,6 +31,8 @@ pub(super) fn entry_of(json: &str) -> EngineResult<TableEntry> {
         options: def.options,
         shard: ShardId(r.shard),
         created_at_ms: r.created_at_ms,
+        partition: None,
+        partition_of: None,
     })
 }
 

@@ -78,16 +78,32 @@ struct DatabaseSchema {
 #[async_trait]
 impl SchemaProvider for DatabaseSchema {
     fn table_names(&self) -> Vec<String> {
+        // Partitions are read through their table (and by name).
         self.engine
             .table_entries(&self.database)
             .into_iter()
+            .filter(|t| t.partition_of.is_none())
             .map(|t| t.name)
             .collect()
     }
 
     async fn table(&self, name: &str) -> DfResult<Option<Arc<dyn TableProvider>>> {
         match self.engine.locate(&self.database, name) {
+            Ok(Located::Local(t)) if t.meta().entry.partition_of.is_some() => {
+                Ok(Some(Arc::new(super::partitioned::PartitionTable::new(
+                    Arc::new(StrataTableProvider::new(t)),
+                    name.to_string(),
+                ))))
+            }
             Ok(Located::Local(t)) => Ok(Some(Arc::new(StrataTableProvider::new(t)))),
+            Ok(Located::Partitioned(entry)) => {
+                Ok(Some(Arc::new(super::partitioned::PartitionedTable::new(
+                    *entry,
+                    self.engine.clone(),
+                    self.router.clone(),
+                    self.followers,
+                )?)))
+            }
             Ok(Located::Remote(entry)) => match self.router.is_distributed() {
                 // A followed table, under `read_preference = follower`:
                 // read from the follower once it has caught up (at the

@@ -26,6 +26,8 @@ pub struct CreateTable {
     pub if_not_exists: bool,
     pub schema: TableSchema,
     pub options: TableOptions,
+    /// `PARTITION BY KEY(columns) PARTITIONS n`.
+    pub partition: Option<strata_engine::partition::PartitionSpec>,
 }
 
 /// Parses the column type at the cursor.
@@ -171,6 +173,7 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
     }
 
     let mut pairs: Vec<(String, String)> = Vec::new();
+    let mut partition = None;
     loop {
         if c.eat_keyword("engine") {
             c.expect_token(&Token::Eq)?;
@@ -196,7 +199,33 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
                 }
             }
         } else if c.eat_keyword("partition") {
-            return Err(c.error("PARTITION BY is not supported yet"));
+            if partition.is_some() {
+                return Err(c.error("PARTITION BY is given twice"));
+            }
+            c.expect_keyword("by")?;
+            if !c.eat_keyword("key") {
+                return Err(c.error(
+                    "only PARTITION BY KEY(tag, …) PARTITIONS n is supported (not HASH or RANDOM)",
+                ));
+            }
+            c.expect_token(&Token::LParen)?;
+            let mut columns = Vec::new();
+            loop {
+                columns.push(c.identifier("column")?);
+                if c.eat_token(&Token::Comma) {
+                    continue;
+                }
+                c.expect_token(&Token::RParen)?;
+                break;
+            }
+            c.expect_keyword("partitions")?;
+            let count = match c.peek() {
+                Some(Token::Number(n, _)) => n.parse::<u32>().ok(),
+                _ => None,
+            }
+            .ok_or_else(|| c.error("PARTITIONS takes a whole number"))?;
+            c.advance();
+            partition = Some(strata_engine::partition::PartitionSpec { columns, count });
         } else {
             break;
         }
@@ -208,17 +237,26 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
     )))?;
     let schema = TableSchema::try_new(columns, &timestamp_key, &primary_key)?;
     let options = TableOptions::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+    if let Some(spec) = &partition {
+        spec.validate(&schema)?;
+    }
     Ok(CreateTable {
         database,
         name,
         if_not_exists,
         schema,
         options,
+        partition,
     })
 }
 
 /// Renders a table as a `CREATE TABLE` statement that recreates it.
-pub fn show_create(name: &str, schema: &TableSchema, options: &TableOptions) -> String {
+pub fn show_create(
+    name: &str,
+    schema: &TableSchema,
+    options: &TableOptions,
+    partition: Option<&strata_engine::partition::PartitionSpec>,
+) -> String {
     let quote = |s: &str| format!("`{}`", s.replace('`', "``"));
     let mut parts: Vec<String> = schema
         .columns
@@ -254,8 +292,16 @@ pub fn show_create(name: &str, schema: &TableSchema, options: &TableOptions) -> 
         .into_iter()
         .map(|(k, v)| format!("{k}='{}'", v.replace('\'', "''")))
         .collect();
+    let partition = partition.map_or_else(String::new, |p| {
+        let key: Vec<String> = p.columns.iter().map(|c| quote(c)).collect();
+        format!(
+            " PARTITION BY KEY({}) PARTITIONS {}",
+            key.join(", "),
+            p.count
+        )
+    });
     format!(
-        "CREATE TABLE {} ({}) ENGINE=Analytic WITH({})",
+        "CREATE TABLE {} ({}){partition} ENGINE=Analytic WITH({})",
         quote(name),
         parts.join(", "),
         with.join(", ")
@@ -314,6 +360,53 @@ mod tests {
     }
 
     #[test]
+    fn parses_horaedb_partitioned_tables() {
+        let sql = "CREATE TABLE `pt` (`name` string TAG, `region` string TAG, `value` double, \
+                   `t` timestamp NOT NULL, timestamp KEY (t)) \
+                   PARTITION BY KEY(name, region) PARTITIONS 4 ENGINE=Analytic";
+        let ct = parse(sql).unwrap();
+        let spec = ct.partition.clone().unwrap();
+        assert_eq!(spec.columns, ["name", "region"]);
+        assert_eq!(spec.count, 4);
+        let shown = show_create(&ct.name, &ct.schema, &ct.options, ct.partition.as_ref());
+        assert!(
+            shown.contains(" PARTITION BY KEY(`name`, `region`) PARTITIONS 4 ENGINE=Analytic"),
+            "{shown}"
+        );
+        assert_eq!(parse(&shown).unwrap().partition, ct.partition);
+        for (bad, why) in [
+            ("PARTITION BY KEY(value) PARTITIONS 4", "must be a TAG"),
+            (
+                "PARTITION BY KEY(region) PARTITIONS 4",
+                "must be a TAG of the primary key",
+            ),
+            ("PARTITION BY KEY(nope) PARTITIONS 4", "not a column"),
+            ("PARTITION BY KEY(name) PARTITIONS 0", "between 1 and"),
+            ("PARTITION BY KEY(name) PARTITIONS 1000", "between 1 and"),
+            ("PARTITION BY KEY(name, name) PARTITIONS 2", "named twice"),
+            ("PARTITION BY KEY(name) PARTITIONS -1", "whole number"),
+            ("PARTITION BY KEY(name) PARTITIONS x", "whole number"),
+            ("PARTITION BY RANDOM PARTITIONS 2", "only PARTITION BY KEY"),
+            (
+                "PARTITION BY HASH(name) PARTITIONS 2",
+                "only PARTITION BY KEY",
+            ),
+            ("PARTITION BY KEY() PARTITIONS 2", "column name"),
+            (
+                "PARTITION BY KEY(name) PARTITIONS 2 PARTITION BY KEY(name) PARTITIONS 2",
+                "twice",
+            ),
+        ] {
+            let sql = format!(
+                "CREATE TABLE pt (name string TAG, region string TAG, value double, \
+                 t timestamp NOT NULL, timestamp KEY (t), PRIMARY KEY (name, t)) {bad}"
+            );
+            let e = parse(&sql).unwrap_err();
+            assert!(e.to_string().contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn parses_inline_keys_and_qualified_names() {
         let ct = parse(
             "create table if not exists db1.Cpu (Host STRING TAG, ts TIMESTAMP TIMESTAMP KEY, \
@@ -342,7 +435,13 @@ mod tests {
     #[test]
     fn show_create_roundtrips() {
         let ct = parse("CREATE TABLE m (h STRING TAG, ts TIMESTAMP NOT NULL, v DOUBLE, TIMESTAMP KEY(ts)) WITH (ttl='1d')").unwrap();
-        let again = parse(&show_create(&ct.name, &ct.schema, &ct.options)).unwrap();
+        let again = parse(&show_create(
+            &ct.name,
+            &ct.schema,
+            &ct.options,
+            ct.partition.as_ref(),
+        ))
+        .unwrap();
         assert_eq!(again.schema, ct.schema);
         assert_eq!(again.options, ct.options);
     }

@@ -57,6 +57,12 @@ impl TableFunctionImpl for LastValuesFunction {
                     },
                 ))),
             },
+            Ok(Located::Partitioned(_)) => Err(DataFusionError::External(Box::new(
+                strata_engine::Error::Unsupported(format!(
+                    "{NAME} of a partitioned table ({name}) is not supported yet; \
+                     use SELECT … ORDER BY ts DESC LIMIT 1 per series"
+                )),
+            ))),
             Err(e) => Err(DataFusionError::External(Box::new(e))),
         }
     }

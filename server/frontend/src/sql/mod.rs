@@ -13,6 +13,7 @@ pub mod create_table;
 mod insert_check;
 mod last_values;
 pub mod limits;
+pub mod partitioned;
 pub mod pg_compat;
 pub(crate) mod remote;
 mod statements;

@@ -122,6 +122,24 @@ fn like(pattern: &str, s: &str) -> bool {
     p[pi..].iter().all(|c| *c == '%')
 }
 
+/// The tables holding `name`'s rows: the table, or a partitioned table's
+/// partitions.
+fn tables_of(
+    engine: &Engine,
+    database: &str,
+    name: &str,
+) -> Result<Vec<Arc<strata_engine::table::Table>>> {
+    let entry = engine.entry(database, name)?;
+    if entry.partition.is_none() {
+        return Ok(vec![engine.table(database, name)?]);
+    }
+    engine
+        .partitions(&entry)
+        .iter()
+        .map(|p| Ok(engine.table(database, &p.name)?))
+        .collect()
+}
+
 /// Runs `sql` when it is one of Strata's own statements; `Ok(None)` means
 /// DataFusion should run it.
 pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<Option<Output>> {
@@ -131,9 +149,25 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
     if c.peek_keyword("create") && c.peek_keyword_nth(1, "table") {
         let ct = create_table::parse(sql)?;
         let db = resolve(ct.database);
-        engine
-            .create_table(&db, &ct.name, ct.schema, ct.options, ct.if_not_exists)
-            .await?;
+        match ct.partition {
+            Some(spec) => {
+                engine
+                    .create_partitioned_table(
+                        &db,
+                        &ct.name,
+                        ct.schema,
+                        ct.options,
+                        spec,
+                        ct.if_not_exists,
+                    )
+                    .await?
+            }
+            None => {
+                engine
+                    .create_table(&db, &ct.name, ct.schema, ct.options, ct.if_not_exists)
+                    .await?
+            }
+        };
         return Ok(Some(Output::AffectedRows(0)));
     }
     if c.peek_keyword("create")
@@ -179,9 +213,11 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
             if !engine.database_exists(&db) {
                 return Err(strata_engine::Error::DatabaseNotFound { name: db }.into());
             }
+            // Partitions are listed in `system.tables`, not here.
             let names: Vec<String> = engine
                 .table_entries(&db)
                 .into_iter()
+                .filter(|t| t.partition_of.is_none())
                 .map(|t| t.name)
                 .filter(|n| pattern.as_deref().is_none_or(|p| like(p, n)))
                 .collect();
@@ -195,7 +231,12 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
             let (db, name) = c.object_name("table")?;
             c.expect_end()?;
             let entry = engine.entry(&resolve(db), &name)?;
-            let ddl = create_table::show_create(&entry.name, &entry.schema, &entry.options);
+            let ddl = create_table::show_create(
+                &entry.name,
+                &entry.schema,
+                &entry.options,
+                entry.partition.as_ref(),
+            );
             return rows(vec![
                 ("Table", strings(vec![entry.name.clone()])),
                 ("Create Table", strings(vec![ddl])),
@@ -269,8 +310,9 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
     if c.eat_keywords(&["flush", "table"]) {
         let (db, name) = c.object_name("table")?;
         c.expect_end()?;
-        let table = engine.table(&resolve(db), &name)?;
-        engine.flush_table(&table).await?;
+        for table in tables_of(engine, &resolve(db), &name)? {
+            engine.flush_table(&table).await?;
+        }
         return Ok(Some(Output::AffectedRows(0)));
     }
     if c.peek_keyword("use") {
@@ -288,9 +330,16 @@ pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<O
     if c.eat_keywords(&["compact", "table"]) {
         let (db, name) = c.object_name("table")?;
         c.expect_end()?;
-        let table = engine.table(&resolve(db), &name)?;
-        engine.flush_table(&table).await?;
-        let report = engine.compact_table(&table).await?;
+        let mut report = strata_engine::compaction::CompactionReport::default();
+        for table in tables_of(engine, &resolve(db), &name)? {
+            engine.flush_table(&table).await?;
+            let r = engine.compact_table(&table).await?;
+            report.tasks += r.tasks;
+            report.input_files += r.input_files;
+            report.output_files += r.output_files;
+            report.input_bytes += r.input_bytes;
+            report.output_bytes += r.output_bytes;
+        }
         let n = |v: u64| Arc::new(UInt64Array::from(vec![v])) as ArrayRef;
         return rows(vec![
             ("tasks", n(report.tasks as u64)),

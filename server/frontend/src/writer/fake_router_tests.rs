@@ -93,6 +93,8 @@ async fn engine() -> Arc<Engine> {
         options: TableOptions::default(),
         shard: SHARD,
         created_at_ms: 0,
+        partition: None,
+        partition_of: None,
     };
     let local = TableEntry {
         id: TableId(8),

@@ -42,7 +42,7 @@ pub fn columns_of(
             let meta = t.meta();
             (meta.schema().clone(), meta.arrow_schema.clone())
         }
-        Located::Remote(entry) => {
+        Located::Remote(entry) | Located::Partitioned(entry) => {
             let arrow = entry.schema.arrow_schema();
             (entry.schema, arrow)
         }
@@ -102,12 +102,38 @@ pub async fn write_batches(
     } else {
         Forward::Never
     };
-    let mut ready = Vec::with_capacity(tables.len());
+    // A partitioned table's rows go to its partitions.
+    let mut by_table = Vec::with_capacity(tables.len());
     for (table, batch) in tables {
         if batch.num_rows() == 0 {
             continue;
         }
         match engine.locate(db, &table)? {
+            Located::Partitioned(parent) => {
+                for (part, rows) in crate::sql::partitioned::split_rows(engine, &parent, &batch)? {
+                    by_table.push((part.name, rows));
+                }
+            }
+            located => {
+                // Straight to a partition: only rows that belong there.
+                let entry = match &located {
+                    Located::Local(t) => t.meta().entry.clone(),
+                    Located::Remote(e) | Located::Partitioned(e) => (**e).clone(),
+                };
+                crate::sql::partitioned::check_partition_rows(engine, &entry, &batch)?;
+                by_table.push((table, batch));
+            }
+        }
+    }
+    let mut ready = Vec::with_capacity(by_table.len());
+    for (table, batch) in by_table {
+        match engine.locate(db, &table)? {
+            Located::Partitioned(_) => {
+                return Err(strata_engine::Error::Internal(format!(
+                    "partition {table} is partitioned itself"
+                ))
+                .into())
+            }
             Located::Local(t) => {
                 let rows =
                     strata_engine::schema::fit_rows(&batch, &t.arrow_schema()).map_err(|e| {

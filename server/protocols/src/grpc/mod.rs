@@ -257,6 +257,15 @@ impl StorageServiceImpl {
             reason: e.to_string(),
         };
         let router = self.query.router();
+        for batch in &batches {
+            // A partition takes only its own rows (a forward of a split
+            // write, or a client naming it).
+            strata_frontend::sql::partitioned::check_partition_rows(
+                self.engine(),
+                &table.meta().entry,
+                batch,
+            )?;
+        }
         let (table, rows) = match strata_engine::schema::fit_all(&batches, &table.arrow_schema()) {
             Ok(rows) => (table, rows),
             // A column the sender added a moment ago, which this
