@@ -55,6 +55,21 @@ pub enum Error {
     #[error("Invalid write to table {table}: {reason}")]
     InvalidWrite { table: String, reason: String },
 
+    /// Part of a write was applied and the rest failed, to an APPEND table
+    /// (where writing a row twice keeps two rows): not to be retried whole.
+    /// A 400, as InfluxDB answers its partial writes, so that clients that
+    /// retry 5xx answers (Telegraf) do not.
+    #[error(
+        "partial write: {written} rows of this write were written to {tables}, and the rest \
+         failed ({reason}); writing it again whole would write those rows twice (an APPEND \
+         table): send only the rest"
+    )]
+    PartialWrite {
+        written: u64,
+        tables: String,
+        reason: String,
+    },
+
     #[error("Unsupported: {0}")]
     Unsupported(String),
 
@@ -171,9 +186,10 @@ impl Error {
             Error::TableNotFound { .. } => ErrorKind::TableNotFound,
             Error::DatabaseNotFound { .. } => ErrorKind::DatabaseNotFound,
             Error::TableExists { .. } | Error::DatabaseExists { .. } => ErrorKind::AlreadyExists,
-            Error::InvalidSchema(_) | Error::InvalidOption { .. } | Error::InvalidWrite { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            Error::InvalidSchema(_)
+            | Error::InvalidOption { .. }
+            | Error::InvalidWrite { .. }
+            | Error::PartialWrite { .. } => ErrorKind::InvalidArgument,
             Error::Unsupported(_) => ErrorKind::Unsupported,
             Error::NotServedHere { .. } | Error::ShardFenced { .. } => ErrorKind::NotLeader,
             Error::ShardNotOpen { .. } => ErrorKind::ShardMoving,

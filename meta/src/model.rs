@@ -141,6 +141,35 @@ pub struct TableRecord {
     pub shard: u64,
     pub definition: serde_json::Value,
     pub created_at_ms: i64,
+    /// A partitioned table: how many partitions it has (each a record of
+    /// its own, with `partition_of` naming this one); 0 for other tables.
+    /// A partitioned table holds no rows and is on [`PARTITIONED_SHARD`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partitions: u32,
+    /// A partition: its partitioned table and its index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition_of: Option<PartitionRef>,
+}
+
+/// Which partition of which table a record is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRef {
+    pub parent: u64,
+    pub index: u32,
+}
+
+/// The shard a partitioned table itself is on: none (no instance opens
+/// it; its partitions are on real shards).
+pub const PARTITIONED_SHARD: u64 = u64::MAX;
+
+/// The name of partition `index` of table `table`. Part of the storage
+/// format (the engine names partitions the same way in standalone mode).
+pub fn partition_name(table: &str, index: u32) -> String {
+    format!("__{table}_{index}")
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Key layout under one cluster.

@@ -8,7 +8,7 @@
 //! placements.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -231,30 +231,55 @@ impl Meta {
         Ok(())
     }
 
-    /// Sends a table change to the instance leading its shard.
-    async fn announce_table(&self, record: &TableRecord, dropped: bool) -> Result<()> {
+    /// Tells the leaders of the records' shards about them (created,
+    /// altered or dropped), and a partitioned table's record to the leaders
+    /// of `partitions` (so that they know the key their rows must hash
+    /// to). Best effort: the change is committed, and every instance's
+    /// next heartbeat brings it anyway.
+    async fn announce(&self, records: &[TableRecord], partitions: &[TableRecord], dropped: bool) {
+        if let Err(e) = self.try_announce(records, partitions, dropped).await {
+            tracing::warn!(error = %e, "announcing a table change failed; heartbeats will carry it");
+        }
+    }
+
+    async fn try_announce(
+        &self,
+        records: &[TableRecord],
+        partitions: &[TableRecord],
+        dropped: bool,
+    ) -> Result<()> {
         let shards = self.store().shards().await?;
-        let Some(leader) = shards
-            .iter()
-            .find(|(s, _)| s.id == record.shard)
-            .and_then(|(s, _)| s.leader.clone())
-        else {
-            return Ok(());
+        let nodes = self.store().nodes().await?;
+        let endpoint_of = |shard: u64| {
+            let leader = shards
+                .iter()
+                .find(|(s, _)| s.id == shard)
+                .and_then(|(s, _)| s.leader.clone())?;
+            nodes
+                .iter()
+                .find(|n| n.id == leader)
+                .map(|n| n.endpoint.clone())
         };
-        let Some(node) = self
-            .store()
-            .nodes()
-            .await?
-            .into_iter()
-            .find(|n| n.id == leader)
-        else {
-            return Ok(());
-        };
+        for record in records {
+            let shards: BTreeSet<u64> = if record.partitions > 0 {
+                partitions.iter().map(|p| p.shard).collect()
+            } else {
+                BTreeSet::from([record.shard])
+            };
+            let endpoints: BTreeSet<String> = shards.into_iter().filter_map(endpoint_of).collect();
+            for endpoint in endpoints {
+                self.announce_one(endpoint, record, dropped)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn announce_one(&self, endpoint: String, record: &TableRecord, dropped: bool) -> Result<()> {
         let event = TableEvent {
             record_json: encode_record(record)?,
         };
         self.notify(
-            node.endpoint,
+            endpoint,
             if dropped {
                 Event::Drop(event)
             } else {
@@ -567,23 +592,57 @@ impl Meta {
         self.ensure_cluster().await?;
         let definition: serde_json::Value = serde_json::from_str(&req.definition_json)
             .map_err(|e| Error::Invalid(format!("the table definition: {e}")))?;
+        if let Some(refused) = check_partitions(&definition, req.partitions) {
+            return Ok(refused);
+        }
         let outcome = self
             .store()
-            .create_table(&req.database, &req.name, definition)
+            .create_table(&req.database, &req.name, definition.clone(), req.partitions)
             .await?;
+        let partitions = match &outcome {
+            CreateTable::Created(r) | CreateTable::Exists(r) if r.partitions > 0 => {
+                self.store().partitions(r.id).await?
+            }
+            _ => Vec::new(),
+        };
         if let CreateTable::Created(r) = &outcome {
-            self.announce_table(r, false).await?;
+            let mut all = vec![r.clone()];
+            all.extend(partitions.iter().cloned());
+            self.announce(&all, &partitions, false).await;
         }
+        let partitions_json = partitions
+            .iter()
+            .map(encode_record)
+            .collect::<Result<Vec<_>>>()?;
         Ok(match outcome {
             CreateTable::Created(r) => TableResponse {
                 header: header_ok(),
                 record_json: encode_record(&r)?,
                 changed: true,
+                partitions_json,
             },
+            // Not the table asked for (one partitioned, the other not, or
+            // with other partitions): a conflict, whatever IF NOT EXISTS.
+            CreateTable::Exists(r)
+                if r.partitions != req.partitions
+                    || r.definition.get("partition") != definition.get("partition") =>
+            {
+                TableResponse {
+                    header: header_err(
+                        409,
+                        format!(
+                            "table {}.{} already exists, with {} partitions",
+                            req.database, req.name, r.partitions
+                        ),
+                    ),
+                    ..Default::default()
+                }
+            }
             CreateTable::Exists(r) if req.if_not_exists => TableResponse {
                 header: header_ok(),
                 record_json: encode_record(&r)?,
                 changed: false,
+                partitions_json,
             },
             CreateTable::Exists(_) => TableResponse {
                 header: header_err(
@@ -596,19 +655,69 @@ impl Meta {
                 header: header_err(404, format!("database {} not found", req.database)),
                 ..Default::default()
             },
+            CreateTable::PartitionNameTaken(name) => TableResponse {
+                header: header_err(
+                    409,
+                    format!(
+                        "table {}.{name} already exists, and partition of {} would take its name",
+                        req.database, req.name
+                    ),
+                ),
+                ..Default::default()
+            },
         })
     }
 
+    /// Refuses DDL naming a partition whose partitioned table exists: it
+    /// applies to that table. (A partition left without its table, after
+    /// a rebuild from an empty etcd, can be dropped.)
+    async fn refuse_partition(&self, db: &str, name: &str) -> Result<Option<TableResponse>> {
+        let Some(parent) = self
+            .store()
+            .table(db, name)
+            .await?
+            .and_then(|r| r.partition_of)
+            .map(|p| p.parent)
+        else {
+            return Ok(None);
+        };
+        if !self.store().tables().await?.iter().any(|t| t.id == parent) {
+            return Ok(None);
+        }
+        Ok(Some(TableResponse {
+            header: header_err(
+                400,
+                format!("{db}.{name} is a partition: change its partitioned table instead"),
+            ),
+            ..Default::default()
+        }))
+    }
+
     pub async fn drop_table(&self, req: TableRequest) -> Result<TableResponse> {
-        match self.store().drop_table(&req.database, &req.name).await? {
-            Some(r) => Ok(TableResponse {
-                header: {
-                    self.announce_table(&r, true).await?;
-                    header_ok()
-                },
-                record_json: encode_record(&r)?,
-                changed: true,
-            }),
+        if let Some(refused) = self.refuse_partition(&req.database, &req.name).await? {
+            return Ok(refused);
+        }
+        let mut dropped = self
+            .store()
+            .drop_table(&req.database, &req.name)
+            .await?
+            .into_iter();
+        match dropped.next() {
+            Some(r) => {
+                let partitions: Vec<TableRecord> = dropped.collect();
+                let mut all = vec![r.clone()];
+                all.extend(partitions.iter().cloned());
+                self.announce(&all, &partitions, true).await;
+                Ok(TableResponse {
+                    header: header_ok(),
+                    record_json: encode_record(&r)?,
+                    changed: true,
+                    partitions_json: partitions
+                        .iter()
+                        .map(encode_record)
+                        .collect::<Result<_>>()?,
+                })
+            }
             None if req.if_exists => Ok(TableResponse {
                 header: header_ok(),
                 ..Default::default()
@@ -626,7 +735,19 @@ impl Meta {
     pub async fn alter_table(&self, req: AlterTableRequest) -> Result<TableResponse> {
         let definition: serde_json::Value = serde_json::from_str(&req.definition_json)
             .map_err(|e| Error::Invalid(format!("the table definition: {e}")))?;
-        let Some(mut record) = self.store().table(&req.database, &req.name).await? else {
+        if let Some(refused) = self.refuse_partition(&req.database, &req.name).await? {
+            return Ok(refused);
+        }
+        if let Some(r) = self.store().table(&req.database, &req.name).await? {
+            if let Some(refused) = check_partitions(&definition, r.partitions) {
+                return Ok(refused);
+            }
+        }
+        let records = self
+            .store()
+            .update_table(&req.database, &req.name, definition)
+            .await?;
+        let Some(record) = records.first() else {
             return Ok(TableResponse {
                 header: header_err(
                     404,
@@ -635,13 +756,15 @@ impl Meta {
                 ..Default::default()
             });
         };
-        record.definition = definition;
-        self.store().update_table(&record).await?;
-        self.announce_table(&record, false).await?;
+        self.announce(&records, &records[1..], false).await;
         Ok(TableResponse {
             header: header_ok(),
-            record_json: encode_record(&record)?,
+            record_json: encode_record(record)?,
             changed: true,
+            partitions_json: records[1..]
+                .iter()
+                .map(encode_record)
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -1014,6 +1137,28 @@ enum Event {
     Close(ShardEvent),
     Table(TableEvent),
     Drop(TableEvent),
+}
+
+/// Refuses a definition whose partition key (`partition.count`, as the
+/// instances write it) disagrees with the table's partition count: an
+/// instance of an older version altering a partitioned table would drop
+/// its key.
+fn check_partitions(definition: &serde_json::Value, partitions: u32) -> Option<TableResponse> {
+    let count = definition
+        .get("partition")
+        .and_then(|p| p.get("count"))
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    (count != u64::from(partitions)).then(|| TableResponse {
+        header: header_err(
+            400,
+            format!(
+                "the definition has {count} partitions and the table {partitions}: \
+                 every instance must run a version that knows partitioned tables"
+            ),
+        ),
+        ..Default::default()
+    })
 }
 
 fn encode_record(r: &TableRecord) -> Result<String> {

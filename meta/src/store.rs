@@ -3,15 +3,15 @@
 //! the id allocator change together; a shard's new leader is a
 //! compare-and-swap on the shard's record, which bumps its version.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     kv::{Compare, KeyValue, KvStore, LeaseId, Op},
     model::{
-        now_ms, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo, ShardInfo, ShardLock,
-        TableRecord,
+        now_ms, partition_name, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo,
+        PartitionRef, ShardInfo, ShardLock, TableRecord, PARTITIONED_SHARD,
     },
     Error, Result,
 };
@@ -44,7 +44,18 @@ pub enum CreateTable {
     Created(TableRecord),
     Exists(TableRecord),
     DatabaseMissing,
+    /// A table already has the name a partition would take.
+    PartitionNameTaken(String),
 }
+
+/// The most partitions a table may have: a table and its partitions are
+/// created in one etcd transaction, which holds at most 128 operations
+/// (etcd's `--max-txn-ops` default), two per table.
+pub const MAX_PARTITIONS: u32 = 60;
+
+/// The most bytes of records one table creation writes (etcd's request
+/// limit is 1.5 MiB by default).
+const MAX_CREATE_BYTES: usize = 1 << 20;
 
 /// The cluster's metadata.
 #[derive(Debug, Clone)]
@@ -473,12 +484,24 @@ impl MetaStore {
     /// allocation, the name and the record change in one transaction, so a
     /// name exists at most once and an id is never reused, even when a meta
     /// leader fails half way (a retry then finds the table).
+    ///
+    /// With `partitions > 0` the table is partitioned: it goes on
+    /// [`PARTITIONED_SHARD`] and its partitions (named by
+    /// [`partition_name`], with the same definition) are spread over the
+    /// shards, each on the one holding the fewest tables, all in the same
+    /// transaction.
     pub async fn create_table(
         &self,
         db: &str,
         name: &str,
         definition: serde_json::Value,
+        partitions: u32,
     ) -> Result<CreateTable> {
+        if partitions > MAX_PARTITIONS {
+            return Err(Error::Invalid(format!(
+                "a table may have at most {MAX_PARTITIONS} partitions, not {partitions}"
+            )));
+        }
         for _ in 0..16 {
             if self.kv.get(&self.keys.database(db)).await?.is_none() {
                 return Ok(CreateTable::DatabaseMissing);
@@ -486,14 +509,35 @@ impl MetaStore {
             if let Some(existing) = self.table(db, name).await? {
                 return Ok(CreateTable::Exists(existing));
             }
+            for index in 0..partitions {
+                let part = partition_name(name, index);
+                if self.table(db, &part).await?.is_some() {
+                    return Ok(CreateTable::PartitionNameTaken(part));
+                }
+            }
             let config = self
                 .config()
                 .await?
                 .ok_or_else(|| Error::Invalid("the cluster is not initialised".into()))?;
             let tables = self.tables().await?;
-            let shard = (0..config.shard_count.max(1))
-                .min_by_key(|s| (tables.iter().filter(|t| t.shard == *s).count(), *s))
-                .unwrap_or(0);
+            let mut counts: BTreeMap<u64, usize> =
+                (0..config.shard_count.max(1)).map(|s| (s, 0)).collect();
+            for t in &tables {
+                if let Some(n) = counts.get_mut(&t.shard) {
+                    *n += 1;
+                }
+            }
+            // The emptiest shard, counting the tables placed so far.
+            let mut place = || {
+                let (&shard, n) = counts.iter_mut().min_by_key(|(s, n)| (**n, **s))?;
+                *n += 1;
+                Some(shard)
+            };
+            let shard = if partitions > 0 {
+                PARTITIONED_SHARD
+            } else {
+                place().unwrap_or(0)
+            };
             let ids = self.kv.get(&self.keys.table_ids()).await?;
             let (last, id_compare) = match &ids {
                 Some(kv) => (
@@ -509,20 +553,46 @@ impl MetaStore {
                 shard,
                 definition: definition.clone(),
                 created_at_ms: now_ms(),
+                partitions,
+                partition_of: None,
             };
+            // etcd refuses a request over 1.5 MiB (`--max-request-bytes`).
+            let bytes = encode(&record)?.len() * (partitions as usize + 1);
+            if bytes > MAX_CREATE_BYTES {
+                return Err(Error::Invalid(format!(
+                    "table {db}.{name}: its definition, once per partition, takes {bytes} \
+                     bytes, more than one metadata transaction holds ({MAX_CREATE_BYTES}); \
+                     use fewer partitions or columns"
+                )));
+            }
             let name_key = self.table_name_key(db, name);
-            let r = self
-                .kv
-                .txn(
-                    vec![id_compare, Compare::Absent(name_key.clone())],
-                    vec![
-                        Op::put(self.keys.table_ids(), encode(&record.id)?),
-                        Op::put(name_key, encode(&record.id)?),
-                        Op::put(self.keys.table(record.id), encode(&record)?),
-                        self.bump_catalog(),
-                    ],
-                )
-                .await?;
+            let mut compares = vec![id_compare, Compare::Absent(name_key.clone())];
+            let mut ops = vec![
+                Op::put(name_key, encode(&record.id)?),
+                Op::put(self.keys.table(record.id), encode(&record)?),
+                self.bump_catalog(),
+            ];
+            let mut last_id = record.id;
+            for index in 0..partitions {
+                last_id += 1;
+                let part = TableRecord {
+                    id: last_id,
+                    name: partition_name(name, index),
+                    shard: place().unwrap_or(0),
+                    partitions: 0,
+                    partition_of: Some(PartitionRef {
+                        parent: record.id,
+                        index,
+                    }),
+                    ..record.clone()
+                };
+                let key = self.table_name_key(db, &part.name);
+                compares.push(Compare::Absent(key.clone()));
+                ops.push(Op::put(key, encode(&part.id)?));
+                ops.push(Op::put(self.keys.table(part.id), encode(&part)?));
+            }
+            ops.push(Op::put(self.keys.table_ids(), encode(&last_id)?));
+            let r = self.kv.txn(compares, ops).await?;
             if r.succeeded {
                 return Ok(CreateTable::Created(record));
             }
@@ -532,36 +602,93 @@ impl MetaStore {
         )))
     }
 
-    /// Replaces a table's definition (ALTER TABLE).
-    pub async fn update_table(&self, record: &TableRecord) -> Result<()> {
-        self.kv
-            .txn(
-                vec![],
-                vec![
-                    Op::put(self.keys.table(record.id), encode(record)?),
-                    self.bump_catalog(),
-                ],
-            )
-            .await?;
-        Ok(())
+    /// Replaces a table's definition (ALTER TABLE), and its partitions'
+    /// with it, in one transaction that fails if any of them changed or
+    /// went since read (a drop racing with the change is not undone);
+    /// returns the records written (the table first), none when the table
+    /// does not exist.
+    pub async fn update_table(
+        &self,
+        db: &str,
+        name: &str,
+        definition: serde_json::Value,
+    ) -> Result<Vec<TableRecord>> {
+        for _ in 0..16 {
+            let Some(id) = self.kv.get(&self.table_name_key(db, name)).await? else {
+                return Ok(Vec::new());
+            };
+            let id: u64 = decode(&id)?;
+            let Some(kv) = self.kv.get(&self.keys.table(id)).await? else {
+                return Ok(Vec::new());
+            };
+            let table: TableRecord = decode(&kv)?;
+            let mut read = vec![(table, kv.mod_revision)];
+            if read[0].0.partitions > 0 {
+                for kv in self.kv.range(&self.keys.tables()).await? {
+                    let r: TableRecord = decode(&kv)?;
+                    if r.partition_of.is_some_and(|p| p.parent == id) {
+                        read.push((r, kv.mod_revision));
+                    }
+                }
+            }
+            let mut compares = Vec::with_capacity(read.len());
+            let mut ops = vec![self.bump_catalog()];
+            let mut records = Vec::with_capacity(read.len());
+            for (mut r, revision) in read {
+                compares.push(Compare::ModRevision(self.keys.table(r.id), revision));
+                r.definition = definition.clone();
+                ops.push(Op::put(self.keys.table(r.id), encode(&r)?));
+                records.push(r);
+            }
+            if self.kv.txn(compares, ops).await?.succeeded {
+                records[1..].sort_by_key(|t| t.partition_of.map(|p| p.index));
+                return Ok(records);
+            }
+        }
+        Err(Error::Invalid(format!(
+            "altering table {db}.{name} kept conflicting; retry"
+        )))
     }
 
-    /// Drops a table; returns it if it existed.
-    pub async fn drop_table(&self, db: &str, name: &str) -> Result<Option<TableRecord>> {
-        let Some(record) = self.table(db, name).await? else {
-            return Ok(None);
-        };
-        self.kv
-            .txn(
-                vec![],
-                vec![
-                    Op::delete(self.table_name_key(db, name)),
-                    Op::delete(self.keys.table(record.id)),
-                    self.bump_catalog(),
-                ],
-            )
-            .await?;
-        Ok(Some(record))
+    /// The partitions of table `parent`, in partition order.
+    pub async fn partitions(&self, parent: u64) -> Result<Vec<TableRecord>> {
+        let mut parts: Vec<TableRecord> = self
+            .tables()
+            .await?
+            .into_iter()
+            .filter(|t| t.partition_of.is_some_and(|p| p.parent == parent))
+            .collect();
+        parts.sort_by_key(|t| t.partition_of.map(|p| p.index));
+        Ok(parts)
+    }
+
+    /// Drops a table, and its partitions with it in the same transaction;
+    /// returns the records dropped (the table first), none if it did not
+    /// exist.
+    pub async fn drop_table(&self, db: &str, name: &str) -> Result<Vec<TableRecord>> {
+        for _ in 0..16 {
+            let Some(record) = self.table(db, name).await? else {
+                return Ok(Vec::new());
+            };
+            let mut records = vec![record.clone()];
+            if record.partitions > 0 {
+                records.extend(self.partitions(record.id).await?);
+            }
+            let mut ops = vec![self.bump_catalog()];
+            for r in &records {
+                ops.push(Op::delete(self.table_name_key(&r.database, &r.name)));
+                ops.push(Op::delete(self.keys.table(r.id)));
+            }
+            // The name still means the table read (not one dropped and
+            // created again meanwhile, whose records this would orphan).
+            let same = Compare::Value(self.table_name_key(db, name), encode(&record.id)?);
+            if self.kv.txn(vec![same], ops).await?.succeeded {
+                return Ok(records);
+            }
+        }
+        Err(Error::Invalid(format!(
+            "dropping table {db}.{name} kept conflicting; retry"
+        )))
     }
 
     /// Records a table reported by an instance (rebuilding an empty etcd):
@@ -712,30 +839,114 @@ mod tests {
         let s = store();
         s.init_cluster(2).await.unwrap();
         let def = serde_json::json!({"columns": []});
-        let a = match s.create_table("public", "a", def.clone()).await.unwrap() {
+        let a = match s.create_table("public", "a", def.clone(), 0).await.unwrap() {
             CreateTable::Created(r) => r,
             other => panic!("{other:?}"),
         };
-        let b = match s.create_table("public", "b", def.clone()).await.unwrap() {
+        let b = match s.create_table("public", "b", def.clone(), 0).await.unwrap() {
             CreateTable::Created(r) => r,
             other => panic!("{other:?}"),
         };
         assert_ne!(a.id, b.id);
         assert_ne!(a.shard, b.shard, "the emptier shard is chosen");
         assert!(matches!(
-            s.create_table("public", "a", def.clone()).await.unwrap(),
+            s.create_table("public", "a", def.clone(), 0).await.unwrap(),
             CreateTable::Exists(_)
         ));
         assert_eq!(
-            s.create_table("nope", "x", def.clone()).await.unwrap(),
+            s.create_table("nope", "x", def.clone(), 0).await.unwrap(),
             CreateTable::DatabaseMissing
         );
-        s.drop_table("public", "a").await.unwrap().unwrap();
-        let c = match s.create_table("public", "a", def).await.unwrap() {
+        assert_eq!(s.drop_table("public", "a").await.unwrap().len(), 1);
+        let c = match s.create_table("public", "a", def, 0).await.unwrap() {
             CreateTable::Created(r) => r,
             other => panic!("{other:?}"),
         };
         assert!(c.id > b.id, "ids are never reused");
+    }
+
+    #[tokio::test]
+    async fn a_partitioned_table_is_created_altered_and_dropped_with_its_partitions() {
+        let s = store();
+        s.init_cluster(3).await.unwrap();
+        let def = serde_json::json!({"v": 1});
+        let other = match s.create_table("public", "o", def.clone(), 0).await.unwrap() {
+            CreateTable::Created(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let t = match s.create_table("public", "t", def.clone(), 5).await.unwrap() {
+            CreateTable::Created(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((t.shard, t.partitions), (PARTITIONED_SHARD, 5));
+        let parts = s.partitions(t.id).await.unwrap();
+        let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["__t_0", "__t_1", "__t_2", "__t_3", "__t_4"]);
+        let ids: Vec<u64> = parts.iter().map(|p| p.id).collect();
+        assert_eq!(ids, (t.id + 1..=t.id + 5).collect::<Vec<_>>());
+        assert_eq!(s.last_table_id().await.unwrap(), t.id + 5);
+        // Spread: with `o` on one shard, 5 partitions over 3 shards leave
+        // every shard 2 tables.
+        let mut per_shard = BTreeMap::new();
+        for r in parts.iter().chain([&other]) {
+            *per_shard.entry(r.shard).or_insert(0) += 1;
+        }
+        assert_eq!(per_shard.into_values().collect::<Vec<_>>(), [2, 2, 2]);
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(
+                p.partition_of,
+                Some(PartitionRef {
+                    parent: t.id,
+                    index: i as u32
+                })
+            );
+        }
+
+        // A name a partition would take is refused, with nothing created.
+        let taken = s
+            .create_table("public", "__u_1", def.clone(), 0)
+            .await
+            .unwrap();
+        assert!(matches!(taken, CreateTable::Created(_)), "{taken:?}");
+        let before = s.last_table_id().await.unwrap();
+        match s.create_table("public", "u", def.clone(), 3).await.unwrap() {
+            CreateTable::PartitionNameTaken(name) => assert_eq!(name, "__u_1"),
+            other => panic!("{other:?}"),
+        }
+        assert!(s.table("public", "u").await.unwrap().is_none());
+        assert!(s.table("public", "__u_0").await.unwrap().is_none());
+        assert_eq!(s.last_table_id().await.unwrap(), before);
+        assert!(s
+            .create_table("public", "big", def.clone(), MAX_PARTITIONS + 1)
+            .await
+            .is_err());
+
+        // ALTER changes every partition's definition with the table's.
+        let new_def = serde_json::json!({"v": 2});
+        let altered = s
+            .update_table("public", "t", new_def.clone())
+            .await
+            .unwrap();
+        assert_eq!(altered.len(), 6);
+        for r in s.tables().await.unwrap() {
+            if r.id == t.id || r.partition_of.is_some_and(|p| p.parent == t.id) {
+                assert_eq!(r.definition, new_def, "{}", r.name);
+            } else {
+                assert_eq!(r.definition, def, "{}", r.name);
+            }
+        }
+
+        // DROP takes the partitions along.
+        assert_eq!(s.drop_table("public", "t").await.unwrap().len(), 6);
+        for i in 0..5 {
+            assert!(s
+                .table("public", &partition_name("t", i))
+                .await
+                .unwrap()
+                .is_none());
+        }
+        assert!(s.partitions(t.id).await.unwrap().is_empty());
+        assert!(s.table("public", "o").await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -56,24 +56,29 @@ pub enum AlterTable {
 pub trait ClusterCatalog: Send + Sync + std::fmt::Debug {
     async fn create_database(&self, name: &str, if_not_exists: bool) -> Result<bool>;
     async fn drop_database(&self, name: &str, if_exists: bool) -> Result<bool>;
-    /// Creates a table; `None` when it existed and `if_not_exists`.
+    /// Creates a table, partitioned when `partition` says so; returns the
+    /// table, then its partitions (each on the shard meta chose), or
+    /// `None` when it existed and `if_not_exists`.
     async fn create_table(
         &self,
         database: &str,
         name: &str,
         schema: TableSchema,
         options: TableOptions,
+        partition: Option<&crate::partition::PartitionSpec>,
         if_not_exists: bool,
-    ) -> Result<Option<TableEntry>>;
-    /// Replaces a table's definition (ALTER TABLE).
-    async fn alter_table(&self, entry: &TableEntry) -> Result<()>;
-    /// Drops a table; `None` when it was missing and `if_exists`.
+    ) -> Result<Option<Vec<TableEntry>>>;
+    /// Replaces a table's definition (ALTER TABLE), and its partitions'
+    /// with it; returns the entries changed (the table first).
+    async fn alter_table(&self, entry: &TableEntry) -> Result<Vec<TableEntry>>;
+    /// Drops a table and its partitions; returns them (the table first),
+    /// none when it was missing and `if_exists`.
     async fn drop_table(
         &self,
         database: &str,
         name: &str,
         if_exists: bool,
-    ) -> Result<Option<TableEntry>>;
+    ) -> Result<Vec<TableEntry>>;
 }
 
 /// Where a table is served.

@@ -214,8 +214,9 @@ impl Engine {
                 if name.is_empty() {
                     return Err(Error::InvalidSchema("table name must not be empty".into()));
                 }
-                meta.create_table(database, name, schema, options, if_not_exists)
+                meta.create_table(database, name, schema, options, None, if_not_exists)
                     .await?
+                    .and_then(|created| created.into_iter().next())
             }
             None => {
                 self.catalog
@@ -242,9 +243,9 @@ impl Engine {
     }
 
     /// Creates a partitioned table: `spec.count` partitions, each an
-    /// ordinary table (see [`crate::partition`]). Standalone only for now:
-    /// meta does not place partitions yet. Returns `None` when it existed
-    /// and `if_not_exists`.
+    /// ordinary table (see [`crate::partition`]); in cluster mode meta
+    /// spreads them over the shards. Returns `None` when it existed and
+    /// `if_not_exists`.
     pub async fn create_partitioned_table(
         &self,
         database: &str,
@@ -256,21 +257,41 @@ impl Engine {
     ) -> Result<Option<TableEntry>> {
         let _guard = self.ddl_lock.lock().await;
         self.check_owner().await?;
-        if self.cluster.is_some() {
-            return Err(Error::Unsupported(
-                "partitioned tables in cluster mode: meta does not place partitions yet"
-                    .to_string(),
-            ));
-        }
-        let Some(entry) = self
-            .catalog
-            .create_partitioned_table(database, name, schema, options, spec, if_not_exists)
-            .await?
-        else {
-            return Ok(None);
+        let (entry, parts) = match &self.cluster {
+            Some(meta) => {
+                spec.validate(&schema)?;
+                if name.is_empty() {
+                    return Err(Error::InvalidSchema("table name must not be empty".into()));
+                }
+                let Some(mut created) = meta
+                    .create_table(database, name, schema, options, Some(&spec), if_not_exists)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let entry = created.remove(0);
+                if entry.partition.as_ref() != Some(&spec) || created.len() != spec.count as usize {
+                    return Err(Error::Catalog(format!(
+                        "meta created table {name} with {} partitions, not as asked",
+                        created.len()
+                    )));
+                }
+                (entry, created)
+            }
+            None => {
+                let Some(entry) = self
+                    .catalog
+                    .create_partitioned_table(database, name, schema, options, spec, if_not_exists)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let parts = self.catalog.partitions(entry.id);
+                (entry, parts)
+            }
         };
         self.catalog.install_table(entry.clone());
-        for part in self.catalog.partitions(entry.id) {
+        for part in parts {
             self.catalog.install_table(part.clone());
             if let Some(shard) = self.shard(part.shard) {
                 self.apply_entry(&shard, part).await?;
@@ -317,19 +338,18 @@ impl Engine {
             )));
         }
         // A partitioned table and its partitions change together, in one
-        // catalog version (partitioned tables are standalone only).
-        let mut ids: Vec<TableId> = self.partitions(&current).iter().map(|p| p.id).collect();
-        ids.push(current.id);
+        // catalog version (one meta transaction in cluster mode).
         let entries = match &self.cluster {
-            Some(meta) => {
-                let next = apply(&current)?;
-                meta.alter_table(&next).await?;
-                self.catalog.install_table(next.clone());
-                vec![next]
+            Some(meta) => meta.alter_table(&apply(&current)?).await?,
+            None => {
+                let mut ids: Vec<TableId> =
+                    self.partitions(&current).iter().map(|p| p.id).collect();
+                ids.push(current.id);
+                self.catalog.update_tables(&ids, apply).await?
             }
-            None => self.catalog.update_tables(&ids, apply).await?,
         };
         for entry in entries {
+            self.catalog.install_table(entry.clone());
             if let Some(shard) = self.shard(entry.shard) {
                 self.apply_entry(&shard, entry).await?;
             }
@@ -344,7 +364,12 @@ impl Engine {
         let _guard = self.ddl_lock.lock().await;
         self.check_owner().await?;
         let parts = match self.catalog.table(database, name) {
-            Some(e) if e.partition_of.is_some() => {
+            // (A partition whose table is gone, after meta was rebuilt
+            // from an empty etcd, can be dropped.)
+            Some(e)
+                if e.partition_of
+                    .is_some_and(|p| self.catalog.table_by_id(p.parent).is_some()) =>
+            {
                 return Err(Error::Unsupported(format!(
                     "{name} is a partition: drop its partitioned table"
                 )))
@@ -352,12 +377,19 @@ impl Engine {
             Some(e) => self.partitions(&e),
             None => Vec::new(),
         };
-        let entry = match &self.cluster {
-            Some(meta) => meta.drop_table(database, name, if_exists).await?,
-            None => self.catalog.drop_table(database, name, if_exists).await?,
-        };
-        let Some(entry) = entry else {
-            return Ok(false);
+        let (entry, parts) = match &self.cluster {
+            Some(meta) => {
+                let mut dropped = meta.drop_table(database, name, if_exists).await?;
+                if dropped.is_empty() {
+                    return Ok(false);
+                }
+                let entry = dropped.remove(0);
+                (entry, dropped)
+            }
+            None => match self.catalog.drop_table(database, name, if_exists).await? {
+                Some(entry) => (entry, parts),
+                None => return Ok(false),
+            },
         };
         for entry in parts.iter().chain(std::iter::once(&entry)) {
             self.catalog.remove_table(entry.id);

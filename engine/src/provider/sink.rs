@@ -50,29 +50,56 @@ impl DataSink for TableSink {
     ) -> DfResult<u64> {
         let mut written = 0u64;
         while let Some(batch) = data.next().await {
-            let batch = batch?;
-            // DataFusion's INSERT planning casts values to the table's types
-            // but may mark non-null columns nullable: rebuild the batch with
-            // the table's own schema (nulls are checked by the write path).
-            let batch = arrow::record_batch::RecordBatch::try_new_with_options(
-                self.schema.clone(),
-                batch.columns().to_vec(),
-                &arrow::record_batch::RecordBatchOptions::new()
-                    .with_row_count(Some(batch.num_rows())),
-            )
-            .map_err(|e| {
-                DataFusionError::External(Box::new(crate::Error::InvalidWrite {
-                    table: self.table.name().to_string(),
-                    reason: e.to_string(),
-                }))
-            })?;
-            let rows = self
-                .table
-                .write(batch)
-                .await
-                .map_err(|e| DataFusionError::External(Box::new(e)))?;
-            written += rows as u64;
+            match self.write_batch(batch).await {
+                Ok(rows) => written += rows,
+                Err(e) => return Err(self.partly_written(written, e)),
+            }
         }
         Ok(written)
+    }
+}
+
+impl TableSink {
+    /// The error of an INSERT that wrote `written` rows (earlier batches)
+    /// before `e`: for an APPEND table, one that says so and is not to be
+    /// retried (running the statement again would write them twice).
+    fn partly_written(&self, written: u64, e: DataFusionError) -> DataFusionError {
+        if written == 0
+            || self.table.meta().options().update_mode == crate::options::UpdateMode::Overwrite
+        {
+            return e;
+        }
+        DataFusionError::External(Box::new(crate::Error::PartialWrite {
+            written,
+            tables: self.table.name().to_string(),
+            reason: e.to_string(),
+        }))
+    }
+
+    async fn write_batch(
+        &self,
+        batch: DfResult<arrow::record_batch::RecordBatch>,
+    ) -> DfResult<u64> {
+        let batch = batch?;
+        // DataFusion's INSERT planning casts values to the table's types
+        // but may mark non-null columns nullable: rebuild the batch with
+        // the table's own schema (nulls are checked by the write path).
+        let batch = arrow::record_batch::RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            batch.columns().to_vec(),
+            &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )
+        .map_err(|e| {
+            DataFusionError::External(Box::new(crate::Error::InvalidWrite {
+                table: self.table.name().to_string(),
+                reason: e.to_string(),
+            }))
+        })?;
+        let rows = self
+            .table
+            .write(batch)
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        Ok(rows as u64)
     }
 }

@@ -27,14 +27,15 @@ impl ClusterCatalog for NoDdl {
         _: &str,
         _: TableSchema,
         _: TableOptions,
+        _: Option<&crate::partition::PartitionSpec>,
         _: bool,
-    ) -> crate::Result<Option<TableEntry>> {
+    ) -> crate::Result<Option<Vec<TableEntry>>> {
         Err(Error::Internal("no DDL here".into()))
     }
-    async fn alter_table(&self, _: &TableEntry) -> crate::Result<()> {
+    async fn alter_table(&self, _: &TableEntry) -> crate::Result<Vec<TableEntry>> {
         Err(Error::Internal("no DDL here".into()))
     }
-    async fn drop_table(&self, _: &str, _: &str, _: bool) -> crate::Result<Option<TableEntry>> {
+    async fn drop_table(&self, _: &str, _: &str, _: bool) -> crate::Result<Vec<TableEntry>> {
         Err(Error::Internal("no DDL here".into()))
     }
 }

@@ -171,6 +171,9 @@ impl Cluster {
             .call(|mut c| async move { c.get_catalog(CatalogRequest {}).await })
             .await?;
         check_ok(resp.header.as_ref())?;
+        // A record this version cannot read fails the whole refresh: one
+        // left out would look dropped (its rows discarded, its WAL records
+        // skipped by replay and followers).
         let tables = resp
             .tables_json
             .iter()
@@ -297,13 +300,17 @@ impl Cluster {
                 })
                 .collect();
         }
-        if resp.catalog_fingerprint != self.fingerprint.load(Ordering::Relaxed)
+        let refreshed = if resp.catalog_fingerprint != self.fingerprint.load(Ordering::Relaxed)
             && !self.report_tables.load(Ordering::Relaxed)
         {
-            self.refresh_catalog().await?;
-        }
+            self.refresh_catalog().await
+        } else {
+            Ok(())
+        };
+        // Shards open and close as meta assigns them even when the catalog
+        // could not be loaded (failover must not wait on it).
         self.reconcile().await;
-        Ok(())
+        refreshed
     }
 
     /// Heartbeats until meta answers (it then knows this instance, and the

@@ -5,16 +5,26 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use strata_engine::{
-    catalog::TableEntry, options::TableOptions, schema::TableSchema, ClusterCatalog,
+    catalog::TableEntry,
+    options::TableOptions,
+    partition::{PartitionOf, PartitionSpec},
+    schema::TableSchema,
+    ClusterCatalog,
 };
-use strata_proto::meta::{AlterTableRequest, CreateTableRequest, DatabaseRequest, TableRequest};
+use strata_meta::model::PartitionRef;
+use strata_proto::meta::{
+    AlterTableRequest, CreateTableRequest, DatabaseRequest, TableRequest, TableResponse,
+};
 use strata_sst::{ShardId, TableId};
 
-/// What meta stores as a table's definition.
+/// What meta stores as a table's definition (a partitioned table's
+/// partitions carry its definition, key included).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) struct Definition {
     schema: TableSchema,
     options: TableOptions,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    partition: Option<PartitionSpec>,
 }
 
 /// Meta's table record, as the engine's catalog entry.
@@ -23,6 +33,22 @@ pub(super) fn entry_of(json: &str) -> EngineResult<TableEntry> {
         .map_err(|e| strata_engine::Error::Catalog(format!("a table from meta: {e}")))?;
     let def: Definition = serde_json::from_value(r.definition)
         .map_err(|e| strata_engine::Error::Catalog(format!("table {}: {e}", r.name)))?;
+    let partition_of = r.partition_of.map(|p| PartitionOf {
+        parent: TableId(p.parent),
+        index: p.index,
+    });
+    // A partition count without a matching key (meta refuses to write
+    // one; an instance of an older version could): the table is shown
+    // unpartitioned, on no shard, rather than failing the whole catalog.
+    let partition = match (r.partitions, def.partition) {
+        (0, _) => None,
+        (n, Some(spec)) if spec.count == n => Some(spec),
+        (n, _) => {
+            tracing::error!(table = %r.name, partitions = n,
+                "a partitioned table in meta's catalog has no matching key; not usable");
+            None
+        }
+    };
     Ok(TableEntry {
         id: TableId(r.id),
         database: r.database,
@@ -31,8 +57,8 @@ pub(super) fn entry_of(json: &str) -> EngineResult<TableEntry> {
         options: def.options,
         shard: ShardId(r.shard),
         created_at_ms: r.created_at_ms,
-        partition: None,
-        partition_of: None,
+        partition,
+        partition_of,
     })
 }
 
@@ -42,8 +68,13 @@ pub(super) fn record_json(e: &TableEntry) -> EngineResult<String> {
         database: e.database.clone(),
         name: e.name.clone(),
         shard: e.shard.0,
-        definition: definition(&e.schema, &e.options)?,
+        definition: definition(&e.schema, &e.options, e.partition.as_ref())?,
         created_at_ms: e.created_at_ms,
+        partitions: e.partition.as_ref().map_or(0, |p| p.count),
+        partition_of: e.partition_of.map(|p| PartitionRef {
+            parent: p.parent.0,
+            index: p.index,
+        }),
     };
     serde_json::to_string(&record).map_err(|err| strata_engine::Error::Internal(err.to_string()))
 }
@@ -51,10 +82,12 @@ pub(super) fn record_json(e: &TableEntry) -> EngineResult<String> {
 pub(super) fn definition(
     schema: &TableSchema,
     options: &TableOptions,
+    partition: Option<&PartitionSpec>,
 ) -> EngineResult<serde_json::Value> {
     serde_json::to_value(Definition {
         schema: schema.clone(),
         options: options.clone(),
+        partition: partition.cloned(),
     })
     .map_err(|e| strata_engine::Error::Internal(format!("encoding a table definition: {e}")))
 }
@@ -125,13 +158,15 @@ impl ClusterCatalog for MetaCatalog {
         name: &str,
         schema: TableSchema,
         options: TableOptions,
+        partition: Option<&PartitionSpec>,
         if_not_exists: bool,
-    ) -> EngineResult<Option<TableEntry>> {
+    ) -> EngineResult<Option<Vec<TableEntry>>> {
         let req = CreateTableRequest {
             database: database.to_string(),
             name: name.to_string(),
-            definition_json: definition(&schema, &options)?.to_string(),
+            definition_json: definition(&schema, &options, partition)?.to_string(),
             if_not_exists,
+            partitions: partition.map_or(0, |p| p.count),
         };
         let resp = self
             .meta
@@ -152,14 +187,15 @@ impl ClusterCatalog for MetaCatalog {
         if !resp.changed {
             return Ok(None);
         }
-        entry_of(&resp.record_json).map(Some)
+        entries_of(&resp).map(Some)
     }
 
-    async fn alter_table(&self, entry: &TableEntry) -> EngineResult<()> {
+    async fn alter_table(&self, entry: &TableEntry) -> EngineResult<Vec<TableEntry>> {
         let req = AlterTableRequest {
             database: entry.database.clone(),
             name: entry.name.clone(),
-            definition_json: definition(&entry.schema, &entry.options)?.to_string(),
+            definition_json: definition(&entry.schema, &entry.options, entry.partition.as_ref())?
+                .to_string(),
         };
         let resp = self
             .meta
@@ -174,7 +210,8 @@ impl ClusterCatalog for MetaCatalog {
                 name: entry.name.clone(),
             },
             || strata_engine::Error::Catalog("unexpected 409".into()),
-        )
+        )?;
+        entries_of(&resp)
     }
 
     async fn drop_table(
@@ -182,7 +219,7 @@ impl ClusterCatalog for MetaCatalog {
         database: &str,
         name: &str,
         if_exists: bool,
-    ) -> EngineResult<Option<TableEntry>> {
+    ) -> EngineResult<Vec<TableEntry>> {
         let req = TableRequest {
             database: database.to_string(),
             name: name.to_string(),
@@ -203,8 +240,16 @@ impl ClusterCatalog for MetaCatalog {
             || strata_engine::Error::Catalog("unexpected 409".into()),
         )?;
         if !resp.changed {
-            return Ok(None);
+            return Ok(Vec::new());
         }
-        entry_of(&resp.record_json).map(Some)
+        entries_of(&resp)
     }
+}
+
+/// A response's table, then its partitions.
+fn entries_of(resp: &TableResponse) -> EngineResult<Vec<TableEntry>> {
+    std::iter::once(&resp.record_json)
+        .chain(&resp.partitions_json)
+        .map(|j| entry_of(j))
+        .collect()
 }

@@ -159,6 +159,12 @@ impl From<DataFusionError> for Error {
                         message: remote.0.to_string(),
                     };
                 }
+                if let Some(ours) = inner.downcast_ref::<Error>() {
+                    return Error::Query {
+                        kind: ours.kind(),
+                        message: ours.to_string(),
+                    };
+                }
                 Error::Query {
                     kind: ErrorKind::Internal,
                     message: inner.to_string(),

@@ -1,7 +1,7 @@
 //! The `last_values('table')` table function: the newest row of every series
 //! of a table in the session's database, from the table's last-value cache
 //! (strata_engine::last_values). In cluster mode a table led elsewhere is
-//! asked of its leader.
+//! asked of its leader; a partitioned table is each partition's rows.
 
 use std::sync::Arc;
 
@@ -57,12 +57,13 @@ impl TableFunctionImpl for LastValuesFunction {
                     },
                 ))),
             },
-            Ok(Located::Partitioned(_)) => Err(DataFusionError::External(Box::new(
-                strata_engine::Error::Unsupported(format!(
-                    "{NAME} of a partitioned table ({name}) is not supported yet; \
-                     use SELECT … ORDER BY ts DESC LIMIT 1 per series"
-                )),
-            ))),
+            Ok(Located::Partitioned(entry)) => {
+                Ok(Arc::new(super::partitioned::PartitionedTable::last_values(
+                    *entry,
+                    self.engine.clone(),
+                    self.router.clone(),
+                )?))
+            }
             Err(e) => Err(DataFusionError::External(Box::new(e))),
         }
     }

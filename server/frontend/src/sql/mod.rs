@@ -16,6 +16,7 @@ pub mod limits;
 pub mod partitioned;
 pub mod pg_compat;
 pub(crate) mod remote;
+mod remote_scan;
 mod statements;
 pub use statements::{parse_set_read_preference, SetReadPreference};
 pub mod system;
@@ -570,6 +571,22 @@ impl QueryEngine {
                 }
             }
         }
+        if self.router.is_distributed()
+            && !forwarded
+            && matches!(first.as_str(), "flush" | "compact")
+        {
+            if let Some((verb, db, name)) = statements::maintenance_statement(sql) {
+                let db = db.unwrap_or_else(|| database.to_string());
+                if let Some(entry) = self
+                    .engine
+                    .entry(&db, &name)
+                    .ok()
+                    .filter(|e| e.partition.is_some())
+                {
+                    return self.maintain_partitions(verb, &entry).await;
+                }
+            }
+        }
         match statements::try_execute(&self.engine, database, sql).await {
             Ok(Some(output)) => {
                 if matches!(first.as_str(), "create" | "drop" | "alter") {
@@ -783,6 +800,62 @@ impl QueryEngine {
     }
 
     /// Runs one statement on another instance.
+    /// `FLUSH` or `COMPACT` of a partitioned table in a cluster: the same
+    /// statement on each partition, here or on its leader; `COMPACT`'s
+    /// report is the sum of the partitions'.
+    async fn maintain_partitions(
+        &self,
+        verb: &str,
+        entry: &strata_engine::catalog::TableEntry,
+    ) -> Result<Output> {
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let mut sum: Option<(SchemaRef, Vec<u64>)> = None;
+        for part in self.engine.partitions(entry) {
+            let stmt = format!(
+                "{verb} TABLE {}.{}",
+                quote(&part.database),
+                quote(&part.name)
+            );
+            let output = Box::pin(self.execute_one(&part.database, &stmt, false)).await?;
+            if let Output::Rows { schema, batches } = output {
+                let values: Vec<u64> = (0..schema.fields().len())
+                    .map(|i| {
+                        batches
+                            .iter()
+                            .filter_map(|b| {
+                                b.column(i)
+                                    .as_any()
+                                    .downcast_ref::<arrow::array::UInt64Array>()
+                                    .map(|a| a.iter().flatten().sum::<u64>())
+                            })
+                            .sum()
+                    })
+                    .collect();
+                match &mut sum {
+                    Some((_, total)) => {
+                        for (t, v) in total.iter_mut().zip(values) {
+                            *t += v;
+                        }
+                    }
+                    None => sum = Some((schema, values)),
+                }
+            }
+        }
+        let Some((schema, total)) = sum else {
+            return Ok(Output::AffectedRows(0));
+        };
+        let columns = total
+            .into_iter()
+            .map(|v| Arc::new(arrow::array::UInt64Array::from(vec![v])) as arrow::array::ArrayRef)
+            .collect();
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("summing the partitions' reports: {e}")))?;
+        Ok(Output::Rows {
+            schema,
+            batches: vec![batch],
+        })
+    }
+
     async fn forward(&self, endpoint: &str, database: &str, sql: &str) -> Result<Output> {
         let remote = |e: strata_client::Error| Error::Query {
             kind: crate::error::remote_kind(&e),

@@ -28,7 +28,10 @@ use datafusion::{
 };
 use futures::StreamExt;
 use strata_engine::{
-    catalog::TableEntry, partition::PartitionSpec, provider::StrataTableProvider, Engine, Located,
+    catalog::TableEntry,
+    partition::PartitionSpec,
+    provider::{LastValuesProvider, StrataTableProvider},
+    Engine, Located,
 };
 
 use super::remote::{forward_batches, RemoteTable, MOVE_WAIT};
@@ -52,6 +55,9 @@ pub struct PartitionedTable {
     router: Arc<dyn Router>,
     /// Read followed partitions from the followers.
     followers: bool,
+    /// `last_values(table)`: the newest row of every series of each
+    /// partition (a series is in one partition: the key is made of tags).
+    last_values: bool,
 }
 
 impl PartitionedTable {
@@ -71,6 +77,20 @@ impl PartitionedTable {
             engine,
             router,
             followers,
+            last_values: false,
+        })
+    }
+
+    /// `last_values(table)` of a partitioned table: each partition's
+    /// newest rows, from its leader.
+    pub fn last_values(
+        entry: TableEntry,
+        engine: Arc<Engine>,
+        router: Arc<dyn Router>,
+    ) -> DfResult<Self> {
+        Ok(Self {
+            last_values: true,
+            ..Self::new(entry, engine, router, false)?
         })
     }
 
@@ -88,6 +108,26 @@ impl PartitionedTable {
         Ok(parts)
     }
 
+    /// The partitions' entries, with the table's columns: in a cluster, a
+    /// partition led elsewhere may show an older definition here for a
+    /// moment after an `ALTER` through another instance (its table's came
+    /// with meta's announcement); the catalog is then taken from meta once.
+    async fn current_partitions(&self) -> DfResult<Vec<TableEntry>> {
+        let parts = self.partitions()?;
+        let stale = parts.iter().any(|p| p.schema != self.entry.schema);
+        if !stale || !self.router.is_distributed() {
+            return Ok(parts);
+        }
+        // Meta unreachable: read what this catalog shows (as before the
+        // ALTER).
+        if let Err(e) = self.router.refresh_catalog().await {
+            tracing::warn!(table = %self.entry.name, error = %e,
+                "a partition's definition here is older than its table's; reading it as it is");
+            return Ok(parts);
+        }
+        self.partitions()
+    }
+
     /// How partition `part` is read.
     fn provider(&self, part: &TableEntry) -> DfResult<Arc<dyn TableProvider>> {
         Ok(
@@ -96,6 +136,10 @@ impl PartitionedTable {
                 .locate(&part.database, &part.name)
                 .map_err(external)?
             {
+                Located::Local(t) if self.last_values => Arc::new(LastValuesProvider::new(t)),
+                Located::Remote(entry) if self.last_values => {
+                    Arc::new(RemoteTable::last_values(*entry, self.router.clone()))
+                }
                 Located::Local(t) => Arc::new(StrataTableProvider::new(t)),
                 Located::Remote(entry) => match self.engine.follower(entry.shard) {
                     Some(f) if self.followers => Arc::new(RemoteTable::preferring_follower(
@@ -267,7 +311,7 @@ impl TableProvider for PartitionedTable {
             .map(|&i| self.schema.field(i).name().clone())
             .collect();
         let mut scans = Vec::new();
-        for part in self.partitions()? {
+        for part in self.current_partitions().await? {
             let index = part.partition_of.map_or(0, |p| p.index);
             if wanted.as_ref().is_some_and(|w| !w.contains(&index)) {
                 continue;
@@ -428,15 +472,41 @@ impl DataSink for PartitionedSink {
         let mut written = 0;
         // Batch by batch: the input is never held whole.
         while let Some(batch) = data.next().await {
-            written += self.write_batch(&batch?).await?;
+            let result = match batch {
+                Ok(batch) => self.write_batch(&batch).await,
+                // The statement's source failed (a remote scan, say).
+                Err(e) => Err((0, e)),
+            };
+            match result {
+                Ok(n) => written += n,
+                Err((n, e)) => return Err(self.partly_written(written + n, e)),
+            }
         }
         Ok(written)
     }
 }
 
 impl PartitionedSink {
-    async fn write_batch(&self, rows: &RecordBatch) -> DfResult<u64> {
-        let parts = split_rows(&self.engine, &self.entry, rows).map_err(external)?;
+    /// The error of a statement that wrote `written` rows before `e`: a
+    /// retry of the whole would write an APPEND table's rows again, so the
+    /// answer is a partial write (not retryable, and not run again by the
+    /// catalog-lag retry), whatever the error.
+    fn partly_written(&self, written: u64, e: DataFusionError) -> DataFusionError {
+        if written == 0
+            || self.entry.options.update_mode == strata_engine::options::UpdateMode::Overwrite
+        {
+            return e;
+        }
+        external(strata_engine::Error::PartialWrite {
+            written,
+            tables: format!("partitions of {}", self.entry.name),
+            reason: crate::error::Error::from(e).to_string(),
+        })
+    }
+
+    /// Writes one batch; on failure, also the rows written before it.
+    async fn write_batch(&self, rows: &RecordBatch) -> Result<u64, (u64, DataFusionError)> {
+        let parts = split_rows(&self.engine, &self.entry, rows).map_err(|e| (0, external(e)))?;
         let deadline = Instant::now() + MOVE_WAIT;
         let writes = parts.into_iter().map(|(part, rows)| async move {
             match self
@@ -471,7 +541,7 @@ impl PartitionedSink {
             }
         }
         match first_error {
-            Some(e) => Err(e),
+            Some(e) => Err((written, e)),
             None => Ok(written),
         }
     }

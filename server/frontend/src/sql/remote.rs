@@ -1,8 +1,8 @@
 //! Tables on shards another instance leads (cluster mode).
 //!
 //! A scan sends `SELECT <projected columns> FROM <table> WHERE <filters>` to
-//! the shard's leader, marked as forwarded so that it is never forwarded
-//! again; filters that cannot be written back as SQL, or not exactly (see
+//! the shard's leader when the plan runs (a [`super::remote_scan::RemoteScanExec`]),
+//! marked as forwarded so that it is never forwarded again; filters that cannot be written back as SQL, or not exactly (see
 //! [`unparses_exactly`]), stay here (every filter is pushed down as
 //! inexact, so DataFusion re-applies them). An `INSERT`
 //! sends its rows as Arrow to the leader's `WriteArrow`.
@@ -18,7 +18,6 @@ use datafusion::{
     catalog::{Session, TableProvider},
     common::{tree_node::TreeNode, DataFusionError, Result as DfResult},
     datasource::{
-        memory::MemorySourceConfig,
         sink::{DataSink, DataSinkExec},
         TableType,
     },
@@ -97,7 +96,7 @@ fn moved(e: &strata_client::Error) -> bool {
     )
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RemoteTable {
     entry: TableEntry,
     schema: SchemaRef,
@@ -118,6 +117,10 @@ impl RemoteTable {
             last_values: false,
             follower: None,
         }
+    }
+
+    pub(crate) fn entry(&self) -> &TableEntry {
+        &self.entry
     }
 
     /// The table, read from this instance's `follower` of its shard once
@@ -238,40 +241,32 @@ impl TableProvider for RemoteTable {
                 .await;
         }
         let deadline = Instant::now() + MOVE_WAIT;
-        loop {
-            match target(self.router.as_ref(), &self.entry, deadline).await? {
-                Target::Local(t) if self.last_values => {
-                    return LastValuesProvider::new(t)
-                        .scan(state, projection, filters, limit)
-                        .await
-                }
-                Target::Local(t) => {
-                    return StrataTableProvider::new(t)
-                        .scan(state, projection, filters, limit)
-                        .await
-                }
-                Target::Remote { endpoint, .. } => {
-                    match self
-                        .scan_remote(&endpoint, projection, filters, limit)
-                        .await
-                    {
-                        Err(RemoteScan::Moved(e)) if Instant::now() < deadline => {
-                            tracing::debug!(table = %self.entry.name, error = %e, "shard moved; retrying");
-                            tokio::time::sleep(MOVE_POLL).await;
-                        }
-                        // Still moving after the wait: the documented
-                        // answer is ShardMoving (503), not the last
-                        // leader's NotLeader.
-                        Err(RemoteScan::Moved(e)) => {
-                            tracing::info!(table = %self.entry.name, error = %e, "shard still moving after the wait");
-                            return Err(external(strata_engine::Error::ShardNotOpen {
-                                shard: self.entry.shard,
-                            }));
-                        }
-                        Err(RemoteScan::Failed(e)) => return Err(e),
-                        Ok(plan) => return Ok(plan),
-                    }
-                }
+        match target(self.router.as_ref(), &self.entry, deadline).await? {
+            Target::Local(t) => self.scan_local(t, state, projection, filters, limit).await,
+            // Nothing is read while planning: the leader is asked when the
+            // plan runs (so `EXPLAIN` costs nothing and shows what runs
+            // where).
+            Target::Remote { endpoint, .. } => {
+                let projected: SchemaRef = match projection {
+                    Some(p) => Arc::new(self.schema.project(p)?),
+                    None => self.schema.clone(),
+                };
+                let columns: Vec<String> = projected
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone())
+                    .collect();
+                Ok(Arc::new(super::remote_scan::RemoteScanExec::new(
+                    self.clone(),
+                    super::remote_scan::RemoteRead {
+                        sql: self.select_sql(&columns, filters, limit),
+                        projected,
+                        projection: projection.cloned(),
+                        filters: filters.to_vec(),
+                        limit,
+                    },
+                    endpoint,
+                )))
             }
         }
     }
@@ -311,27 +306,97 @@ impl From<DataFusionError> for RemoteScan {
 }
 
 impl RemoteTable {
-    async fn scan_remote(
+    /// Scans the table where its shard is open here.
+    pub(crate) async fn scan_local(
         &self,
-        endpoint: &str,
+        t: Arc<strata_engine::table::Table>,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>, RemoteScan> {
-        let projected: SchemaRef = match projection {
-            Some(p) => Arc::new(
-                self.schema
-                    .project(p)
-                    .map_err(|e| RemoteScan::Failed(e.into()))?,
-            ),
-            None => self.schema.clone(),
-        };
-        let columns: Vec<String> = projected
-            .fields()
-            .iter()
-            .map(|f| f.name().clone())
-            .collect();
-        let sql = self.select_sql(&columns, filters, limit);
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if self.last_values {
+            LastValuesProvider::new(t)
+                .scan(state, projection, filters, limit)
+                .await
+        } else {
+            StrataTableProvider::new(t)
+                .scan(state, projection, filters, limit)
+                .await
+        }
+    }
+
+    /// Reads the rows of `read` from the leader, routing again while the
+    /// shard moves (until [`MOVE_WAIT`]); here, as a stream, when the shard
+    /// opened here meanwhile.
+    pub(crate) async fn fetch(
+        &self,
+        read: &super::remote_scan::RemoteRead,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let deadline = Instant::now() + MOVE_WAIT;
+        loop {
+            match target(self.router.as_ref(), &self.entry, deadline).await? {
+                Target::Local(t) => {
+                    let state = datafusion::execution::session_state::SessionStateBuilder::new()
+                        .with_config(ctx.session_config().clone())
+                        .with_runtime_env(ctx.runtime_env())
+                        .with_default_features()
+                        .build();
+                    let plan = self
+                        .scan_local(
+                            t,
+                            &state,
+                            read.projection.as_ref(),
+                            &read.filters,
+                            read.limit,
+                        )
+                        .await?;
+                    let projected = read.projected.clone();
+                    let stream = datafusion::physical_plan::execute_stream(plan, ctx)?;
+                    let relabelled = stream.map(move |b| relabel(&projected, b?));
+                    return Ok(Box::pin(
+                        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                            read.projected.clone(),
+                            relabelled,
+                        ),
+                    ));
+                }
+                Target::Remote { endpoint, .. } => match self.fetch_from(&endpoint, read).await {
+                    Err(RemoteScan::Moved(e)) if Instant::now() < deadline => {
+                        tracing::debug!(table = %self.entry.name, error = %e, "shard moved; retrying");
+                        tokio::time::sleep(MOVE_POLL).await;
+                    }
+                    // Still moving after the wait: the documented answer
+                    // is ShardMoving (503), not the last leader's
+                    // NotLeader.
+                    Err(RemoteScan::Moved(e)) => {
+                        tracing::info!(table = %self.entry.name, error = %e, "shard still moving after the wait");
+                        return Err(external(strata_engine::Error::ShardNotOpen {
+                            shard: self.entry.shard,
+                        }));
+                    }
+                    Err(RemoteScan::Failed(e)) => return Err(e),
+                    Ok(batches) => {
+                        return Ok(Box::pin(
+                            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                                read.projected.clone(),
+                                futures::stream::iter(
+                                    batches.into_iter().map(Ok::<_, DataFusionError>),
+                                ),
+                            ),
+                        ))
+                    }
+                },
+            }
+        }
+    }
+
+    async fn fetch_from(
+        &self,
+        endpoint: &str,
+        read: &super::remote_scan::RemoteRead,
+    ) -> Result<Vec<RecordBatch>, RemoteScan> {
         let client = self
             .router
             .peer(endpoint)
@@ -343,7 +408,7 @@ impl RemoteTable {
                     database: self.entry.database.clone(),
                 }),
                 tables: vec![self.entry.name.clone()],
-                sql,
+                sql: read.sql.clone(),
                 forwarded: true,
                 catalog_fingerprint: self.router.fingerprint(),
             })
@@ -362,28 +427,28 @@ impl RemoteTable {
         // Re-label the rows with the projected schema (the remote side may
         // mark columns nullable differently); an empty projection keeps only
         // the row count.
-        let batches = batches
+        batches
             .into_iter()
-            .map(|b| {
-                let columns = if projected.fields().is_empty() {
-                    Vec::new()
-                } else {
-                    b.columns().to_vec()
-                };
-                RecordBatch::try_new_with_options(
-                    projected.clone(),
-                    columns,
-                    &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RemoteScan::Failed(e.into()))?;
-        Ok(MemorySourceConfig::try_new_exec(
-            &[batches],
-            projected,
-            None,
-        )?)
+            .map(|b| relabel(&read.projected, b))
+            .collect::<DfResult<Vec<_>>>()
+            .map_err(RemoteScan::Failed)
     }
+}
+
+/// `b`'s columns under the `projected` schema (another instance, or a
+/// scan, may mark columns nullable differently); an empty projection keeps
+/// only the row count.
+fn relabel(projected: &SchemaRef, b: RecordBatch) -> DfResult<RecordBatch> {
+    let columns = if projected.fields().is_empty() {
+        Vec::new()
+    } else {
+        b.columns().to_vec()
+    };
+    Ok(RecordBatch::try_new_with_options(
+        projected.clone(),
+        columns,
+        &RecordBatchOptions::new().with_row_count(Some(b.num_rows())),
+    )?)
 }
 
 #[derive(Debug)]

@@ -140,6 +140,22 @@ fn tables_of(
         .collect()
 }
 
+/// `FLUSH TABLE t` or `COMPACT TABLE t`: the verb (upper case) and the
+/// table; `None` for any other statement.
+pub fn maintenance_statement(sql: &str) -> Option<(&'static str, Option<String>, String)> {
+    let mut c = Cursor::new(sql).ok()?;
+    let verb = if c.eat_keywords(&["flush", "table"]) {
+        "FLUSH"
+    } else if c.eat_keywords(&["compact", "table"]) {
+        "COMPACT"
+    } else {
+        return None;
+    };
+    let (db, name) = c.object_name("table").ok()?;
+    c.expect_end().ok()?;
+    Some((verb, db, name))
+}
+
 /// Runs `sql` when it is one of Strata's own statements; `Ok(None)` means
 /// DataFusion should run it.
 pub async fn try_execute(engine: &Engine, database: &str, sql: &str) -> Result<Option<Output>> {

@@ -9,7 +9,9 @@
 //!   (leading or following) its WAL epoch, applied offset and a follower's
 //!   lag;
 //! - `system.nodes`: the instances leading shards, as this instance last
-//!   heard from meta (meta's `/nodes` has the full list).
+//!   heard from meta (meta's `/nodes` has the full list);
+//! - `system.partitions`: one row per partition of a partitioned table:
+//!   its key, the sub-table holding it and the shard and leader serving it.
 
 use std::sync::Arc;
 
@@ -30,7 +32,7 @@ use strata_engine::{options::format_duration, Engine};
 use crate::route::{Assignment, Router};
 
 pub const SYSTEM_DATABASE: &str = "system";
-const TABLES: [&str; 4] = ["nodes", "shards", "sst_files", "tables"];
+const TABLES: [&str; 5] = ["nodes", "partitions", "shards", "sst_files", "tables"];
 
 #[derive(Debug)]
 pub struct SystemSchema {
@@ -172,6 +174,74 @@ impl SystemSchema {
             }
         }
         Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+    }
+
+    /// From the catalog, which every instance shares: no peer is asked.
+    fn partitions(&self) -> DfResult<Arc<dyn TableProvider>> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("database", DataType::Utf8, false),
+            Field::new("table_name", DataType::Utf8, false),
+            Field::new("partition_key", DataType::Utf8, false),
+            Field::new("partition_count", DataType::UInt32, false),
+            Field::new("partition", DataType::UInt32, false),
+            Field::new("partition_table", DataType::Utf8, false),
+            Field::new("table_id", DataType::UInt64, false),
+            Field::new("shard_id", DataType::UInt64, false),
+            Field::new("leader", DataType::Utf8, true),
+        ]));
+        let mut parents = self.engine.catalog().all_tables();
+        parents.retain(|t| t.partition.is_some());
+        parents.sort_by(|a, b| (&a.database, &a.name).cmp(&(&b.database, &b.name)));
+        let mut rows = Vec::new();
+        for parent in &parents {
+            for part in self.engine.partitions(parent) {
+                let leader = self
+                    .router
+                    .assignment(part.shard)
+                    .map(|a| a.leader)
+                    .filter(|l| !l.is_empty());
+                rows.push((parent, part, leader));
+            }
+        }
+        build(
+            schema,
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(p, _, _)| p.database.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(p, _, _)| p.name.clone()),
+                )),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(
+                    |(p, _, _)| {
+                        p.partition
+                            .as_ref()
+                            .map(|s| s.columns.join(","))
+                            .unwrap_or_default()
+                    },
+                ))),
+                Arc::new(UInt32Array::from_iter_values(
+                    rows.iter()
+                        .map(|(p, _, _)| p.partition.as_ref().map_or(0, |s| s.count)),
+                )),
+                Arc::new(UInt32Array::from_iter_values(
+                    rows.iter()
+                        .map(|(_, t, _)| t.partition_of.map_or(0, |p| p.index)),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|(_, t, _)| t.name.clone()),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|(_, t, _)| t.id.0),
+                )),
+                Arc::new(UInt64Array::from_iter_values(
+                    rows.iter().map(|(_, t, _)| t.shard.0),
+                )),
+                Arc::new(StringArray::from_iter(
+                    rows.iter().map(|(_, _, l)| l.clone()),
+                )),
+            ],
+        )
     }
 
     fn nodes(&self) -> DfResult<Arc<dyn TableProvider>> {
@@ -379,6 +449,7 @@ impl SchemaProvider for SystemSchema {
                 .map(Some),
             "shards" => self.shards().map(Some),
             "nodes" => self.nodes().map(Some),
+            "partitions" => self.partitions().map(Some),
             _ => Ok(None),
         }
     }

@@ -51,14 +51,15 @@ impl ClusterCatalog for NoDdl {
         _: &str,
         _: TableSchema,
         _: TableOptions,
+        _: Option<&strata_engine::partition::PartitionSpec>,
         _: bool,
-    ) -> EngineResult<Option<TableEntry>> {
+    ) -> EngineResult<Option<Vec<TableEntry>>> {
         Err(strata_engine::Error::Internal("no DDL in this test".into()))
     }
-    async fn alter_table(&self, _: &TableEntry) -> EngineResult<()> {
+    async fn alter_table(&self, _: &TableEntry) -> EngineResult<Vec<TableEntry>> {
         Err(strata_engine::Error::Internal("no DDL in this test".into()))
     }
-    async fn drop_table(&self, _: &str, _: &str, _: bool) -> EngineResult<Option<TableEntry>> {
+    async fn drop_table(&self, _: &str, _: &str, _: bool) -> EngineResult<Vec<TableEntry>> {
         Err(strata_engine::Error::Internal("no DDL in this test".into()))
     }
 }
@@ -494,4 +495,88 @@ async fn what_cannot_be_forwarded_is_refused_before_anything_is_written() {
     let writes = router.calls.0.writes.lock();
     assert_eq!(writes.len(), 2, "one forward per row");
     assert!(writes.iter().all(|(_, r, n)| r.table == "cpu" && *n == 1));
+}
+
+/// A write that reaches several tables is not atomic across them: when an
+/// APPEND table's rows were written and another table's failed with a
+/// retryable error, the answer says so and is not retryable (a retry of the
+/// whole would write the APPEND rows twice). With nothing written, the
+/// error stays retryable.
+#[tokio::test]
+async fn a_partly_written_request_is_not_answered_as_retryable() {
+    let engine = engine().await;
+    // Every forward is refused: the shard keeps moving.
+    let router = FakeRouter::new(u32::MAX);
+    let query = query_engine(&engine, &router);
+    let write = |tables| {
+        crate::writer::write_batches(
+            &query,
+            "public",
+            tables,
+            64 << 20,
+            crate::writer::Forward::Split,
+            Instant::now() + std::time::Duration::from_millis(500),
+        )
+    };
+    let err = write(both(&engine)).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    assert!(
+        err.to_string()
+            .contains("2 rows of this write were written"),
+        "{err}"
+    );
+    assert_eq!(count(&query, "mem").await, 2);
+    let cpu_only: Vec<_> = both(&engine).into_iter().take(1).collect();
+    let err = write(cpu_only).await.unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+}
+
+/// A scan of a table led elsewhere asks its leader when the plan runs, not
+/// while planning: `EXPLAIN` sends nothing and shows the SQL the leader
+/// would run; the query sends it once.
+#[tokio::test]
+async fn a_remote_scan_asks_the_leader_only_when_the_plan_runs() {
+    let engine = engine().await;
+    let router = FakeRouter::new(0);
+    let query = query_engine(&engine, &router);
+    // `mem` is local, so the statement is not forwarded whole.
+    let sql = "SELECT host FROM cpu WHERE usage > 1 UNION ALL SELECT host FROM mem";
+    let plan = match query
+        .execute("public", &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap()
+    {
+        Output::Rows { batches, .. } => batches
+            .iter()
+            .flat_map(|b| {
+                b.column(1)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .unwrap()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    assert!(router.calls.0.queries.lock().is_empty(), "{plan}");
+    assert!(
+        plan.contains(r#"RemoteScanExec: table=cpu, leader=b:1, sql=SELECT "host", "usage" FROM "public"."cpu" WHERE (("usage" > 1"#),
+        "{plan}"
+    );
+    query.execute("public", sql).await.unwrap();
+    let queries = router.calls.0.queries.lock();
+    assert_eq!(queries.len(), 1);
+    let (endpoint, req) = &queries[0];
+    assert_eq!(endpoint, "b:1");
+    assert!(
+        req.sql
+            .starts_with(r#"SELECT "host", "usage" FROM "public"."cpu" WHERE"#),
+        "{}",
+        req.sql
+    );
+    assert!(req.forwarded);
 }

@@ -53,9 +53,12 @@ pub fn columns_of(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forward {
     /// Not at all: the write fails with `NotServedHere` (a request another
-    /// instance forwarded here, or a client that did not ask for proxy
-    /// mode).
+    /// instance forwarded here).
     Never,
+    /// Only a partitioned table's partitions (which a client cannot route
+    /// to), as [`Forward::Whole`]; for any other table the write fails with
+    /// `NotServedHere` (a client that did not ask for proxy mode).
+    Partitions,
     /// As one `WriteArrow` per table, written whole or refused whole. Rows
     /// that take more than `max_decoded` bytes of Arrow (the receiver
     /// refuses a payload that decodes to more than its
@@ -97,11 +100,12 @@ pub async fn write_batches(
 ) -> Result<u64> {
     let engine = query.engine();
     let router = query.router();
-    let forward = if router.is_distributed() {
+    let mut forward = if router.is_distributed() {
         forward
     } else {
         Forward::Never
     };
+    let partitions_only = forward == Forward::Partitions;
     // A partitioned table's rows go to its partitions.
     let mut by_table = Vec::with_capacity(tables.len());
     for (table, batch) in tables {
@@ -110,8 +114,14 @@ pub async fn write_batches(
         }
         match engine.locate(db, &table)? {
             Located::Partitioned(parent) => {
+                // Its partitions are wherever meta put them: a client
+                // cannot route to them, so this instance forwards (the
+                // forwards go first, see `Forward::Whole`).
+                if forward == Forward::Partitions {
+                    forward = Forward::Whole;
+                }
                 for (part, rows) in crate::sql::partitioned::split_rows(engine, &parent, &batch)? {
-                    by_table.push((part.name, rows));
+                    by_table.push((part.name, rows, true));
                 }
             }
             located => {
@@ -121,12 +131,12 @@ pub async fn write_batches(
                     Located::Remote(e) | Located::Partitioned(e) => (**e).clone(),
                 };
                 crate::sql::partitioned::check_partition_rows(engine, &entry, &batch)?;
-                by_table.push((table, batch));
+                by_table.push((table, batch, false));
             }
         }
     }
     let mut ready = Vec::with_capacity(by_table.len());
-    for (table, batch) in by_table {
+    for (table, batch, of_partitioned) in by_table {
         match engine.locate(db, &table)? {
             Located::Partitioned(_) => {
                 return Err(strata_engine::Error::Internal(format!(
@@ -145,7 +155,7 @@ pub async fn write_batches(
                 ready.push(Ready::Local(t, rows));
             }
             Located::Remote(entry) => {
-                if forward == Forward::Never {
+                if forward == Forward::Never || (partitions_only && !of_partitioned) {
                     return Err(strata_engine::Error::NotServedHere {
                         table,
                         shard: entry.shard,
@@ -169,34 +179,71 @@ pub async fn write_batches(
             }
         }
     }
+    // A request that reaches several tables (or partitions) is not atomic
+    // across them: when an APPEND table's rows were written and another
+    // part failed, a retry of the whole would write those rows again, so
+    // the answer is a partial write (not retryable), whatever the error.
+    let partial = |results: Vec<(bool, Result<u64>)>| -> Result<u64> {
+        let appended: u64 = results
+            .iter()
+            .filter(|(append, _)| *append)
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .sum();
+        match all_of(results.into_iter().map(|(_, r)| r).collect()) {
+            Err(e) if appended > 0 => Err(strata_engine::Error::PartialWrite {
+                written: appended,
+                tables: "some of its tables or partitions".to_string(),
+                reason: e.to_string(),
+            }
+            .into()),
+            other => other,
+        }
+    };
     let write = |r: Ready| async move {
-        match r {
-            Ready::Local(t, rows) => Ok::<u64, Error>(t.write(rows).await? as u64),
-            Ready::Remote(entry, batch) => {
-                let parts = match (forward, entry.options.update_mode) {
-                    (Forward::Split, UpdateMode::Overwrite) => split(&batch, max_decoded / 2),
-                    _ => vec![batch],
-                };
-                let mut written = 0;
-                for part in parts {
-                    written +=
-                        remote::forward_batches(router.as_ref(), &entry, vec![part], deadline)
-                            .await
-                            .map_err(Error::from)?;
+        let append = match &r {
+            Ready::Local(t, _) => t.meta().options().update_mode != UpdateMode::Overwrite,
+            Ready::Remote(e, _) => e.options.update_mode != UpdateMode::Overwrite,
+        };
+        let result = async move {
+            match r {
+                Ready::Local(t, rows) => Ok::<u64, Error>(t.write(rows).await? as u64),
+                Ready::Remote(entry, batch) => {
+                    let parts = match (forward, entry.options.update_mode) {
+                        (Forward::Split, UpdateMode::Overwrite) => split(&batch, max_decoded / 2),
+                        _ => vec![batch],
+                    };
+                    let mut written = 0;
+                    for part in parts {
+                        written +=
+                            remote::forward_batches(router.as_ref(), &entry, vec![part], deadline)
+                                .await
+                                .map_err(Error::from)?;
+                    }
+                    Ok(written)
                 }
-                Ok(written)
             }
         }
+        .await;
+        (append, result)
     };
     if forward == Forward::Whole {
         let (remote, local): (Vec<Ready>, Vec<Ready>) = ready
             .into_iter()
             .partition(|r| matches!(r, Ready::Remote(..)));
-        let forwarded = all_of(futures::future::join_all(remote.into_iter().map(write)).await)?;
-        let written = all_of(futures::future::join_all(local.into_iter().map(write)).await)?;
-        return Ok(forwarded + written);
+        let forwarded = futures::future::join_all(remote.into_iter().map(write)).await;
+        let appended: u64 = forwarded
+            .iter()
+            .filter(|(append, _)| *append)
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .sum();
+        let forwarded_rows = partial(forwarded)?;
+        let mut written = futures::future::join_all(local.into_iter().map(write)).await;
+        // What was forwarded counts as written when a local write fails.
+        written.push((false, Ok(forwarded_rows - appended)));
+        written.push((true, Ok(appended)));
+        return partial(written);
     }
-    all_of(futures::future::join_all(ready.into_iter().map(write)).await)
+    partial(futures::future::join_all(ready.into_iter().map(write)).await)
 }
 
 /// The sum of the rows written, or the first error.

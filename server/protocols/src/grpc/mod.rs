@@ -215,10 +215,12 @@ impl StorageServiceImpl {
             };
             batches.push((t.table.clone(), batch));
         }
-        let forward = if !forwarded && proxy {
+        let forward = if forwarded {
+            Forward::Never
+        } else if proxy {
             Forward::Whole
         } else {
-            Forward::Never
+            Forward::Partitions
         };
         let written = crate::writer::write_batches(
             &self.query,
@@ -257,15 +259,36 @@ impl StorageServiceImpl {
             reason: e.to_string(),
         };
         let router = self.query.router();
-        for batch in &batches {
-            // A partition takes only its own rows (a forward of a split
-            // write, or a client naming it).
-            strata_frontend::sql::partitioned::check_partition_rows(
-                self.engine(),
-                &table.meta().entry,
-                batch,
-            )?;
-        }
+        // A partition takes only its own rows (a forward of a split write,
+        // or a client naming it), as its partitioned table's key says: a
+        // table this instance's catalog may not show yet (meta's
+        // announcement of a new or altered one racing with this write).
+        let check = |table: &strata_engine::table::Table| {
+            batches.iter().try_for_each(|batch| {
+                strata_frontend::sql::partitioned::check_partition_rows(
+                    self.engine(),
+                    &table.meta().entry,
+                    batch,
+                )
+            })
+        };
+        let table = match check(&table) {
+            Ok(()) => table,
+            // The parent, or a column, this catalog does not show yet.
+            Err(e)
+                if router.is_distributed()
+                    && (e.to_string().contains("is gone")
+                        || e.to_string().contains("does not exist")) =>
+            {
+                if router.refresh_catalog().await.is_err() {
+                    return Err(e.into());
+                }
+                let table = self.engine().table(&db, &req.table)?;
+                check(&table)?;
+                table
+            }
+            Err(e) => return Err(e.into()),
+        };
         let (table, rows) = match strata_engine::schema::fit_all(&batches, &table.arrow_schema()) {
             Ok(rows) => (table, rows),
             // A column the sender added a moment ago, which this
@@ -319,6 +342,22 @@ impl StorageServiceImpl {
             .into_iter()
             .filter_map(|table| {
                 let entry = self.engine().entry(db, &table).ok()?;
+                if entry.partition.is_some() {
+                    // A partitioned table is on no one shard: any instance
+                    // takes its writes and forwards each partition's rows
+                    // to its leader, and answers its queries. This one.
+                    let (ip, port) = router.node_id().rsplit_once(':')?;
+                    return Some(Route {
+                        table,
+                        endpoint: Some(Endpoint {
+                            ip: ip.to_string(),
+                            port: port.parse().ok()?,
+                        }),
+                        shard_id: entry.shard.0,
+                        shard_version: 0,
+                        role: ShardRole::Leader as i32,
+                    });
+                }
                 let a = router.assignment(entry.shard)?;
                 let (ip, port) = a.endpoint.rsplit_once(':')?;
                 Some(Route {
