@@ -149,3 +149,55 @@ async fn route_stream_write_and_stream_query() {
     assert_eq!(header.code, 404, "{}", header.error);
     assert!(header.error.contains("Database not found: nowhere"));
 }
+
+/// A StreamWrite whose first message wrote an APPEND table's rows and whose
+/// next one fails with a retryable error (the Kafka broker is stopped) is
+/// answered as a partial write (400, not retryable), with the rows written
+/// counted: a client retrying the whole stream would write them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_write_failing_after_an_append_message_is_a_partial_write() {
+    let services = strata_integration_tests::Services::private();
+    let (args, mut env) = services.remote_storage("stream-partial");
+    env.push(("STRATA_WAL__PRODUCE_TIMEOUT".to_string(), "3s".to_string()));
+    let dir = tempfile::tempdir().unwrap();
+    let server = StrataProcess::start_with(&dir.path().join("data"), args, env).await;
+    let client = server.client().await;
+    exec(
+        &client,
+        "CREATE TABLE ap (host STRING TAG, v DOUBLE, timestamp TIMESTAMP NOT NULL, \
+         TIMESTAMP KEY(timestamp)) WITH (update_mode='APPEND')",
+    )
+    .await;
+    let mut raw = StorageServiceClient::connect(format!("http://{}", server.endpoint()))
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
+    let call = tokio::spawn(async move {
+        raw.stream_write(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner()
+    });
+    tx.send(points("ap", "a", 0, 10)).await.unwrap();
+    // The first message is written before the broker goes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n = strata_integration_tests::query(&client, "SELECT count(*) FROM ap").await;
+        if n == [["10"]] {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{n:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    services.stop_broker();
+    tx.send(points("ap", "b", 100, 10)).await.unwrap();
+    drop(tx);
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(120), call)
+        .await
+        .expect("the stream is answered")
+        .unwrap();
+    let header = resp.header.unwrap();
+    assert_eq!(header.code, 400, "{header:?}");
+    assert!(header.error.contains("partial write"), "{header:?}");
+    assert_eq!(resp.success, 10);
+}

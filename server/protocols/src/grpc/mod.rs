@@ -478,16 +478,38 @@ impl StorageService for StorageServiceImpl {
         let proxy = request.metadata().contains_key(strata_client::PROXY_HEADER);
         let mut stream = request.into_inner();
         let mut success = 0u32;
+        // Whether a message already written had an APPEND table's rows: a
+        // failure after it is then a partial write (a retry of the whole
+        // stream would write those rows twice), not a retryable error.
+        let mut appended = false;
         while let Some(req) = stream.next().await {
             let req = req?;
+            let db = database(&req.context);
+            let append = req.table_requests.iter().any(|t| {
+                self.engine().entry(&db, &t.table).is_ok_and(|e| {
+                    e.options.update_mode != strata_engine::options::UpdateMode::Overwrite
+                })
+            });
             match self.write_request(req, false, proxy).await {
-                Ok(n) => success = success.saturating_add(n),
+                Ok(n) => {
+                    success = success.saturating_add(n);
+                    appended |= append && n > 0;
+                }
                 Err(e) => {
+                    let e = if appended && e.is_retryable() {
+                        Error::from(strata_engine::Error::PartialWrite {
+                            written: u64::from(success),
+                            tables: "the earlier messages of this stream".to_string(),
+                            reason: e.to_string(),
+                        })
+                    } else {
+                        e
+                    };
                     return Ok(Response::new(WriteResponse {
                         header: Some(error_header(&e)),
                         success,
                         failed: 0,
-                    }))
+                    }));
                 }
             }
         }
