@@ -69,13 +69,33 @@ impl Error {
         match self {
             Error::Server { retryable, .. } => *retryable,
             Error::Connect { .. } => true,
-            Error::Rpc(status) => matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            ),
+            Error::Rpc(status) => {
+                matches!(
+                    status.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                ) || went_away(status)
+            }
             Error::Decode(_) => false,
         }
     }
+}
+
+/// Whether the server closed the connection gracefully (an HTTP/2 GOAWAY,
+/// as a stopping server sends) before it took the request: a stopping
+/// server finishes the requests it took, so this one never ran. tonic
+/// reports it as `Internal`, with the h2 error as its source.
+fn went_away(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        // Sent by the server (`Remote`), not raised by this side's h2 on
+        // a protocol error (which resets streams the server may have run).
+        let debug = format!("{e:?}");
+        if debug.contains("GoAway(") && debug.contains("Remote)") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -47,6 +47,7 @@ fn table(id: u64, name: &str, columns: &[(&str, ColumnType, bool)]) -> Arc<Table
         created_at_ms: 0,
         partition: None,
         partition_of: None,
+        revision: 0,
     })
 }
 

@@ -49,6 +49,15 @@ pub struct TableEntry {
     /// A partition of a partitioned table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_of: Option<crate::partition::PartitionOf>,
+    /// Cluster mode: meta's revision of the definition (bumped by every
+    /// ALTER), which an ALTER names so that meta refuses it when another
+    /// changed the table meanwhile. 0 in standalone mode.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The shard of a partitioned table itself, which no instance opens (its
@@ -398,6 +407,7 @@ impl Catalog {
                 created_at_ms: now_ms(),
                 partition: None,
                 partition_of: None,
+                revision: 0,
             };
             s.tables.insert(id, entry.clone());
             Ok(Some(entry))
@@ -460,6 +470,7 @@ impl Catalog {
                 created_at_ms: now,
                 partition: Some(spec.clone()),
                 partition_of: None,
+                revision: 0,
             };
             s.next_table_id += 1;
             for (index, sub) in (0u32..).zip(names) {
@@ -480,6 +491,7 @@ impl Catalog {
                             parent: parent.id,
                             index,
                         }),
+                        revision: 0,
                     },
                 );
             }

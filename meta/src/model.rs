@@ -149,6 +149,14 @@ pub struct TableRecord {
     /// A partition: its partitioned table and its index.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_of: Option<PartitionRef>,
+    /// The definition's revision: 0 at creation, bumped by every ALTER (a
+    /// partitioned table's partitions take their table's).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub revision: u64,
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Which partition of which table a record is.

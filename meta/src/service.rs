@@ -27,7 +27,7 @@ use crate::{
     model::{now_ms, NodeInfo, NodeLoad, ShardInfo, ShardReport, TableRecord},
     scheduler,
     secret::AttachSecret,
-    store::{CreateTable, MetaStore},
+    store::{CreateTable, MetaStore, UpdateTable},
     Error, Result,
 };
 
@@ -743,18 +743,42 @@ impl Meta {
                 return Ok(refused);
             }
         }
-        let records = self
+        let records = match self
             .store()
-            .update_table(&req.database, &req.name, definition)
-            .await?;
+            .update_table(
+                &req.database,
+                &req.name,
+                definition,
+                req.base_table_id.zip(req.base_revision),
+            )
+            .await?
+        {
+            UpdateTable::Updated(records) => records,
+            UpdateTable::Missing => {
+                return Ok(TableResponse {
+                    header: header_err(
+                        404,
+                        format!("table {}.{} not found", req.database, req.name),
+                    ),
+                    ..Default::default()
+                })
+            }
+            UpdateTable::Changed => {
+                return Ok(TableResponse {
+                    header: header_err(
+                        409,
+                        format!(
+                            "table {}.{} changed since this instance read it (a concurrent \
+                             ALTER); run the statement again",
+                            req.database, req.name
+                        ),
+                    ),
+                    ..Default::default()
+                })
+            }
+        };
         let Some(record) = records.first() else {
-            return Ok(TableResponse {
-                header: header_err(
-                    404,
-                    format!("table {}.{} not found", req.database, req.name),
-                ),
-                ..Default::default()
-            });
+            return Err(Error::Invalid("an ALTER wrote no record".to_string()));
         };
         self.announce(&records, &records[1..], false).await;
         Ok(TableResponse {

@@ -48,6 +48,16 @@ pub enum CreateTable {
     PartitionNameTaken(String),
 }
 
+/// How an ALTER ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateTable {
+    /// The records written, the table first.
+    Updated(Vec<TableRecord>),
+    Missing,
+    /// The table's definition is no longer the one the change was made to.
+    Changed,
+}
+
 /// The most partitions a table may have: a table and its partitions are
 /// created in one etcd transaction, which holds at most 128 operations
 /// (etcd's `--max-txn-ops` default), two per table.
@@ -555,6 +565,7 @@ impl MetaStore {
                 created_at_ms: now_ms(),
                 partitions,
                 partition_of: None,
+                revision: 0,
             };
             // etcd refuses a request over 1.5 MiB (`--max-request-bytes`).
             let bytes = encode(&record)?.len() * (partitions as usize + 1);
@@ -604,24 +615,30 @@ impl MetaStore {
 
     /// Replaces a table's definition (ALTER TABLE), and its partitions'
     /// with it, in one transaction that fails if any of them changed or
-    /// went since read (a drop racing with the change is not undone);
-    /// returns the records written (the table first), none when the table
-    /// does not exist.
+    /// went since read (a drop racing with the change is not undone).
+    /// With `base` (the table id and the revision the change was made to),
+    /// answers `Changed` when the name now means another table or another
+    /// revision.
     pub async fn update_table(
         &self,
         db: &str,
         name: &str,
         definition: serde_json::Value,
-    ) -> Result<Vec<TableRecord>> {
+        base: Option<(u64, u64)>,
+    ) -> Result<UpdateTable> {
         for _ in 0..16 {
             let Some(id) = self.kv.get(&self.table_name_key(db, name)).await? else {
-                return Ok(Vec::new());
+                return Ok(UpdateTable::Missing);
             };
             let id: u64 = decode(&id)?;
             let Some(kv) = self.kv.get(&self.keys.table(id)).await? else {
-                return Ok(Vec::new());
+                return Ok(UpdateTable::Missing);
             };
             let table: TableRecord = decode(&kv)?;
+            if base.is_some_and(|(id, revision)| id != table.id || revision != table.revision) {
+                return Ok(UpdateTable::Changed);
+            }
+            let next_revision = table.revision + 1;
             let mut read = vec![(table, kv.mod_revision)];
             if read[0].0.partitions > 0 {
                 for kv in self.kv.range(&self.keys.tables()).await? {
@@ -634,15 +651,16 @@ impl MetaStore {
             let mut compares = Vec::with_capacity(read.len());
             let mut ops = vec![self.bump_catalog()];
             let mut records = Vec::with_capacity(read.len());
-            for (mut r, revision) in read {
-                compares.push(Compare::ModRevision(self.keys.table(r.id), revision));
+            for (mut r, mod_revision) in read {
+                compares.push(Compare::ModRevision(self.keys.table(r.id), mod_revision));
                 r.definition = definition.clone();
+                r.revision = next_revision;
                 ops.push(Op::put(self.keys.table(r.id), encode(&r)?));
                 records.push(r);
             }
             if self.kv.txn(compares, ops).await?.succeeded {
                 records[1..].sort_by_key(|t| t.partition_of.map(|p| p.index));
-                return Ok(records);
+                return Ok(UpdateTable::Updated(records));
             }
         }
         Err(Error::Invalid(format!(
@@ -923,11 +941,36 @@ mod tests {
 
         // ALTER changes every partition's definition with the table's.
         let new_def = serde_json::json!({"v": 2});
-        let altered = s
-            .update_table("public", "t", new_def.clone())
+        // A change made to a definition the table no longer has is refused.
+        assert_eq!(
+            s.update_table("public", "t", new_def.clone(), Some((t.id, 1)))
+                .await
+                .unwrap(),
+            UpdateTable::Changed
+        );
+        assert_eq!(
+            s.update_table("public", "t", new_def.clone(), Some((t.id + 100, 0)))
+                .await
+                .unwrap(),
+            UpdateTable::Changed,
+            "another table of the same name"
+        );
+        let UpdateTable::Updated(altered) = s
+            .update_table("public", "t", new_def.clone(), Some((t.id, 0)))
             .await
-            .unwrap();
+            .unwrap()
+        else {
+            panic!("not updated");
+        };
         assert_eq!(altered.len(), 6);
+        assert!(altered.iter().all(|r| r.revision == 1), "{altered:?}");
+        assert_eq!(
+            s.update_table("public", "t", new_def.clone(), Some((t.id, 0)))
+                .await
+                .unwrap(),
+            UpdateTable::Changed,
+            "the revision moved on"
+        );
         for r in s.tables().await.unwrap() {
             if r.id == t.id || r.partition_of.is_some_and(|p| p.parent == t.id) {
                 assert_eq!(r.definition, new_def, "{}", r.name);

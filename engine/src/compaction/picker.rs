@@ -180,6 +180,7 @@ mod tests {
             created_at_ms: 0,
             partition: None,
             partition_of: None,
+            revision: 0,
         });
         let ssts = files
             .iter()

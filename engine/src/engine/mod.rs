@@ -69,8 +69,10 @@ pub trait ClusterCatalog: Send + Sync + std::fmt::Debug {
         if_not_exists: bool,
     ) -> Result<Option<Vec<TableEntry>>>;
     /// Replaces a table's definition (ALTER TABLE), and its partitions'
-    /// with it; returns the entries changed (the table first).
-    async fn alter_table(&self, entry: &TableEntry) -> Result<Vec<TableEntry>>;
+    /// with it, if it is still `base` (the one the change was made to; else
+    /// `CatalogChanged`, and nothing changes); returns the entries changed
+    /// (the table first).
+    async fn alter_table(&self, base: &TableEntry, entry: &TableEntry) -> Result<Vec<TableEntry>>;
     /// Drops a table and its partitions; returns them (the table first),
     /// none when it was missing and `if_exists`.
     async fn drop_table(

@@ -340,7 +340,7 @@ impl Engine {
         // A partitioned table and its partitions change together, in one
         // catalog version (one meta transaction in cluster mode).
         let entries = match &self.cluster {
-            Some(meta) => meta.alter_table(&apply(&current)?).await?,
+            Some(meta) => meta.alter_table(&current, &apply(&current)?).await?,
             None => {
                 let mut ids: Vec<TableId> =
                     self.partitions(&current).iter().map(|p| p.id).collect();

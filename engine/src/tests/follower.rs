@@ -32,7 +32,7 @@ impl ClusterCatalog for NoDdl {
     ) -> crate::Result<Option<Vec<TableEntry>>> {
         Err(Error::Internal("no DDL here".into()))
     }
-    async fn alter_table(&self, _: &TableEntry) -> crate::Result<Vec<TableEntry>> {
+    async fn alter_table(&self, _: &TableEntry, _: &TableEntry) -> crate::Result<Vec<TableEntry>> {
         Err(Error::Internal("no DDL here".into()))
     }
     async fn drop_table(&self, _: &str, _: &str, _: bool) -> crate::Result<Vec<TableEntry>> {

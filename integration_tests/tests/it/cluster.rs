@@ -783,3 +783,76 @@ async fn reads_during_moves_wait_or_answer_shard_moving_never_not_leader() {
     let (code, body) = c.meta_post("/schedule/resume").await;
     assert_eq!(code, 200, "{body}");
 }
+
+/// ALTERs of one table through different instances, each right after the
+/// one before (sooner than a heartbeat brings the change to the next
+/// instance): no change is lost. An ALTER made to a definition meta no
+/// longer has is refused by meta and run again on meta's current one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alters_through_different_instances_lose_no_change() {
+    let c = TestCluster::start(ClusterOptions::default()).await;
+    let mut clients = Vec::new();
+    for s in &c.servers {
+        clients.push(s.client().await);
+    }
+    create_append(&clients[0], "al").await;
+    for i in 0..6 {
+        exec(
+            &clients[i % clients.len()],
+            &format!("ALTER TABLE al ADD COLUMN c{i} STRING"),
+        )
+        .await;
+    }
+    for client in &clients {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let cols = query(
+                client,
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'al' \
+                 ORDER BY column_name",
+            )
+            .await;
+            let names: Vec<&str> = cols.iter().map(|r| r[0].as_str()).collect();
+            if names == ["c0", "c1", "c2", "c3", "c4", "c5", "n", "ts"] {
+                break;
+            }
+            assert!(Instant::now() < deadline, "columns lost: {names:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The same new field written through every instance at once (agents
+    // behind a load balancer): each write adds the column or finds it
+    // added, and every one is taken.
+    for (round, fields) in [(0u64, "fresh=1"), (1, "fresh=2,newer=3")] {
+        let writes: Vec<_> = c
+            .servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let http = s.http;
+                let line = format!(
+                    "lp,host=h{i} {fields} {}\n",
+                    1_700_000_000_000u64 + round * 1000 + i as u64
+                );
+                tokio::spawn(async move {
+                    http_request(
+                        http,
+                        "POST",
+                        "/influxdb/v1/write?db=public&precision=ms",
+                        Some(&line),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for (i, w) in writes.into_iter().enumerate() {
+            let (code, body) = w.await.unwrap().unwrap();
+            assert_eq!(code, 204, "round {round}, server {i}: {body}");
+        }
+    }
+    assert_eq!(
+        query(&clients[0], "SELECT count(*), count(newer) FROM lp").await,
+        [["6", "3"]]
+    );
+}

@@ -59,6 +59,7 @@ pub(super) fn entry_of(json: &str) -> EngineResult<TableEntry> {
         created_at_ms: r.created_at_ms,
         partition,
         partition_of,
+        revision: r.revision,
     })
 }
 
@@ -75,6 +76,7 @@ pub(super) fn record_json(e: &TableEntry) -> EngineResult<String> {
             parent: p.parent.0,
             index: p.index,
         }),
+        revision: e.revision,
     };
     serde_json::to_string(&record).map_err(|err| strata_engine::Error::Internal(err.to_string()))
 }
@@ -190,12 +192,18 @@ impl ClusterCatalog for MetaCatalog {
         entries_of(&resp).map(Some)
     }
 
-    async fn alter_table(&self, entry: &TableEntry) -> EngineResult<Vec<TableEntry>> {
+    async fn alter_table(
+        &self,
+        base: &TableEntry,
+        entry: &TableEntry,
+    ) -> EngineResult<Vec<TableEntry>> {
         let req = AlterTableRequest {
             database: entry.database.clone(),
             name: entry.name.clone(),
             definition_json: definition(&entry.schema, &entry.options, entry.partition.as_ref())?
                 .to_string(),
+            base_revision: Some(base.revision),
+            base_table_id: Some(base.id.0),
         };
         let resp = self
             .meta
@@ -209,7 +217,12 @@ impl ClusterCatalog for MetaCatalog {
             || strata_engine::Error::TableNotFound {
                 name: entry.name.clone(),
             },
-            || strata_engine::Error::Catalog("unexpected 409".into()),
+            || {
+                strata_engine::Error::CatalogChanged(format!(
+                    "table {} changed since this instance read it (a concurrent ALTER)",
+                    entry.name
+                ))
+            },
         )?;
         entries_of(&resp)
     }

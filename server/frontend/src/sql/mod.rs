@@ -888,10 +888,13 @@ impl QueryEngine {
 }
 
 /// Whether an error may come from a catalog that lags meta's by a
-/// heartbeat (a table or database created through another instance).
+/// heartbeat (a table or database created through another instance, or an
+/// ALTER meta refused because another instance changed the table since
+/// this one read it: nothing was changed, so running it again on the
+/// refreshed catalog is safe).
 fn catalog_may_lag(e: &Error) -> bool {
     matches!(
         e.kind(),
         strata_engine::ErrorKind::TableNotFound | strata_engine::ErrorKind::DatabaseNotFound
-    )
+    ) || matches!(e, Error::Engine(strata_engine::Error::CatalogChanged(_)))
 }

@@ -56,7 +56,7 @@ impl ClusterCatalog for NoDdl {
     ) -> EngineResult<Option<Vec<TableEntry>>> {
         Err(strata_engine::Error::Internal("no DDL in this test".into()))
     }
-    async fn alter_table(&self, _: &TableEntry) -> EngineResult<Vec<TableEntry>> {
+    async fn alter_table(&self, _: &TableEntry, _: &TableEntry) -> EngineResult<Vec<TableEntry>> {
         Err(strata_engine::Error::Internal("no DDL in this test".into()))
     }
     async fn drop_table(&self, _: &str, _: &str, _: bool) -> EngineResult<Vec<TableEntry>> {
@@ -96,6 +96,7 @@ async fn engine() -> Arc<Engine> {
         created_at_ms: 0,
         partition: None,
         partition_of: None,
+        revision: 0,
     };
     let local = TableEntry {
         id: TableId(8),

@@ -79,10 +79,35 @@ pub async fn add_columns(
         return Ok(());
     }
     for (table, columns) in additions {
-        query
-            .engine()
-            .alter_table(db, &table, strata_engine::AlterTable::AddColumns(columns))
-            .await?;
+        let engine = query.engine();
+        match engine
+            .alter_table(
+                db,
+                &table,
+                strata_engine::AlterTable::AddColumns(columns.clone()),
+            )
+            .await
+        {
+            Ok(()) => {}
+            // Another instance changed the table meanwhile (say, added the
+            // same columns for the same new field): take meta's catalog and
+            // add what is still missing (a column added with another type
+            // is refused by the write's own checks).
+            Err(strata_engine::Error::CatalogChanged(_)) => {
+                query.router().refresh_catalog().await?;
+                let have = engine.entry(db, &table)?.schema;
+                let missing: Vec<ColumnSchema> = columns
+                    .into_iter()
+                    .filter(|c| !have.columns.iter().any(|h| h.name == c.name))
+                    .collect();
+                if !missing.is_empty() {
+                    engine
+                        .alter_table(db, &table, strata_engine::AlterTable::AddColumns(missing))
+                        .await?;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     if let Err(e) = query.router().refresh_catalog().await {
         tracing::debug!(error = %e, "refreshing the catalog after adding columns failed");
