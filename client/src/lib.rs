@@ -21,7 +21,7 @@ use strata_proto::{
     storage::{
         arrow_payload::Compression, sql_query_response::Output as PbOutput,
         storage_service_client::StorageServiceClient, ArrowPayload, RequestContext, RouteRequest,
-        RouteResponse, SqlQueryRequest, WriteArrowRequest, WriteRequest,
+        RouteResponse, SqlQueryRequest, SqlQueryResponse, WriteArrowRequest, WriteRequest,
     },
 };
 use tonic::transport::{Channel, Endpoint};
@@ -124,8 +124,35 @@ fn check(header: Option<ResponseHeader>) -> Result<()> {
 /// The most [`decode_payload`] decompresses: 1 GiB.
 pub const MAX_DECODED_PAYLOAD: usize = 1 << 30;
 
-/// Decodes an `ArrowPayload` into record batches, decompressing at most
-/// [`MAX_DECODED_PAYLOAD`] bytes.
+/// A message of an [`Client::execute_plan`] stream.
+#[derive(Debug)]
+pub enum PlanMessage {
+    Rows(Vec<RecordBatch>),
+    /// The node sent every row (its last message).
+    Done,
+}
+
+/// The next message of an [`Client::execute_plan`] stream: rows, the end,
+/// or the error the node answered. A stream that ends without
+/// [`PlanMessage::Done`] (the node went away mid-answer) is an error.
+pub async fn next_plan_rows(
+    stream: &mut tonic::Streaming<SqlQueryResponse>,
+) -> Result<PlanMessage> {
+    let Some(resp) = stream.message().await? else {
+        return Err(Error::Decode(
+            "the plan part's answer ended before its last message".to_string(),
+        ));
+    };
+    check(resp.header)?;
+    match resp.output {
+        Some(PbOutput::Arrow(payload)) => Ok(PlanMessage::Rows(decode_payload(payload)?)),
+        Some(PbOutput::AffectedRows(_)) => Ok(PlanMessage::Done),
+        None => Err(Error::Decode("the response has no output".to_string())),
+    }
+}
+
+/// Decodes an `ArrowPayload` into record batches (at most
+/// [`MAX_DECODED_PAYLOAD`] bytes once decompressed).
 pub fn decode_payload(payload: ArrowPayload) -> Result<Vec<RecordBatch>> {
     decode_payload_limited(payload, MAX_DECODED_PAYLOAD)
 }
@@ -356,6 +383,15 @@ impl Client {
         let resp = self.inner.clone().write_arrow(request).await?.into_inner();
         check(resp.header)?;
         Ok(resp.success)
+    }
+
+    /// Runs part of a query plan over a table led there: the rows, as the
+    /// stream of responses the node sends (see [`next_plan_rows`]).
+    pub async fn execute_plan(
+        &self,
+        request: strata_proto::storage::ExecutePlanRequest,
+    ) -> Result<tonic::Streaming<SqlQueryResponse>> {
+        Ok(self.inner.clone().execute_plan(request).await?.into_inner())
     }
 
     /// Asks where tables are served.

@@ -464,6 +464,76 @@ async fn a_partitioned_table_spreads_over_a_cluster_and_survives_a_kill() {
         assert_eq!(counts.len(), 12, "{counts:?}");
         assert!(counts.iter().all(|r| r[1] == "12"), "{counts:?}");
     }
+    // Distributed plans: the partial aggregate (and a sort's first rows)
+    // of each partition led elsewhere runs on its leader; EXPLAIN shows
+    // each part and where it runs, EXPLAIN ANALYZE the rows each returned.
+    let grouped = "SELECT host, count(*), avg(v) FROM pc GROUP BY host";
+    let plan = query(&client, &format!("EXPLAIN {grouped}")).await;
+    let physical: Vec<&str> = plan
+        .iter()
+        .filter(|r| r[0] == "physical_plan")
+        .flat_map(|r| r[1].lines())
+        .collect();
+    let remote: Vec<&&str> = physical
+        .iter()
+        .filter(|l| l.contains("RemotePlanExec"))
+        .collect();
+    // Servers 1 and 2 lead 4 of the 6 partitions.
+    assert_eq!(remote.len(), 4, "{physical:#?}");
+    assert!(
+        remote
+            .iter()
+            .all(|l| l.contains("runs=[AggregateExec: mode=Partial, gby=[host@0 as host]")),
+        "{physical:#?}"
+    );
+    let partials = physical
+        .iter()
+        .filter(|l| l.contains("AggregateExec: mode=Partial"))
+        .count();
+    assert_eq!(partials, 6, "4 sent, 2 here: {physical:#?}");
+    let analyzed = query(&client, &format!("EXPLAIN ANALYZE {grouped}")).await;
+    let text: String = analyzed.iter().map(|r| r[1].clone()).collect();
+    let returned: usize = text
+        .lines()
+        .filter(|l| l.contains("RemotePlanExec"))
+        .map(|l| {
+            let n = l.split("output_rows=").nth(1).unwrap();
+            n[..n.find(|c: char| !c.is_ascii_digit()).unwrap_or(n.len())]
+                .parse::<usize>()
+                .unwrap()
+        })
+        .sum();
+    // Partial states, not rows: at most one per host and scan partition
+    // of the leader (2 here) of each remote partition, where the rows of
+    // the hosts (12 each) number ~100.
+    assert!((1..=24).contains(&returned), "{text}");
+    let top = query(
+        &client,
+        "EXPLAIN SELECT host, v, ts FROM pc ORDER BY v DESC, host LIMIT 3",
+    )
+    .await;
+    let top: String = top.iter().map(|r| r[1].clone()).collect();
+    assert_eq!(
+        top.lines()
+            .filter(|l| l.contains("RemotePlanExec") && l.contains("TopK(fetch=3)"))
+            .count(),
+        4,
+        "{top}"
+    );
+    let rows = query(
+        &c.servers[2].client().await,
+        "SELECT host, v, ts FROM pc ORDER BY v DESC, host LIMIT 3",
+    )
+    .await;
+    // Every host's newest gRPC point has v = 1700000000009.
+    let hosts: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(hosts, ["h0", "h1", "h10"], "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r[1].parse::<f64>().ok() == Some(1_700_000_000_009.0)),
+        "{rows:?}"
+    );
+
     let mut total = 0;
     for i in 0..6 {
         let rows = query(&client, &format!("SELECT count(*) FROM __pc_{i}")).await;
@@ -487,11 +557,7 @@ async fn a_partitioned_table_spreads_over_a_cluster_and_survives_a_kill() {
 
     // EXPLAIN ANALYZE shows what each leader returned: the rows of its
     // partition that pass the pushed-down filter.
-    let analyzed = query(
-        &client,
-        "EXPLAIN ANALYZE SELECT count(*) FROM pc WHERE v > 1.5",
-    )
-    .await;
+    let analyzed = query(&client, "EXPLAIN ANALYZE SELECT host FROM pc WHERE v > 1.5").await;
     let plan = analyzed
         .iter()
         .map(|r| r[1].clone())

@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, fmt, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use strata_engine::{catalog::TableEntry, table::Table, Engine, STANDALONE_SHARD};
-use strata_proto::storage::{SqlQueryRequest, WriteArrowRequest};
+use strata_proto::storage::{ExecutePlanRequest, SqlQueryRequest, WriteArrowRequest};
 use strata_sst::ShardId;
 
 /// How long a request waits for a shard that is between owners (a move or
@@ -49,6 +49,14 @@ pub enum Target {
     Remote { endpoint: String, version: u64 },
 }
 
+/// Rows another instance sends as they come (see [`Peer::execute_plan`]).
+pub type RowStream = std::pin::Pin<
+    Box<
+        dyn futures::Stream<Item = Result<arrow::record_batch::RecordBatch, strata_client::Error>>
+            + Send,
+    >,
+>;
+
 /// Another instance, as the write path and SQL reach it.
 /// `strata_client::Client` implements it.
 #[async_trait]
@@ -60,6 +68,13 @@ pub trait Peer: Send + Sync {
     ) -> Result<strata_client::SqlOutput, strata_client::Error>;
     /// Writes Arrow rows into one table led there.
     async fn write_arrow(&self, req: WriteArrowRequest) -> Result<u32, strata_client::Error>;
+    /// Runs part of a query plan over a table led there. The first
+    /// message has been read when this returns, so that a refusal (the
+    /// shard moved: `NotLeader`) is this call's error.
+    async fn execute_plan(
+        &self,
+        req: ExecutePlanRequest,
+    ) -> Result<RowStream, strata_client::Error>;
 }
 
 #[async_trait]
@@ -73,6 +88,43 @@ impl Peer for strata_client::Client {
 
     async fn write_arrow(&self, req: WriteArrowRequest) -> Result<u32, strata_client::Error> {
         strata_client::Client::write_arrow(self, req).await
+    }
+
+    async fn execute_plan(
+        &self,
+        req: ExecutePlanRequest,
+    ) -> Result<RowStream, strata_client::Error> {
+        use futures::StreamExt;
+        use strata_client::PlanMessage;
+        let mut stream = strata_client::Client::execute_plan(self, req).await?;
+        // The first message read here, so that a refusal is this call's
+        // error; then each message as it comes, until the last one.
+        let first = strata_client::next_plan_rows(&mut stream).await?;
+        let rest = match first {
+            PlanMessage::Done => None,
+            PlanMessage::Rows(_) => Some(stream),
+        };
+        let first = match first {
+            PlanMessage::Rows(b) => b,
+            PlanMessage::Done => Vec::new(),
+        };
+        let rest = futures::stream::unfold(rest, |stream| async move {
+            let mut stream = stream?;
+            match strata_client::next_plan_rows(&mut stream).await {
+                Ok(PlanMessage::Rows(batches)) => Some((Ok(batches), Some(stream))),
+                Ok(PlanMessage::Done) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        });
+        let batches = futures::stream::once(async move { Ok(first) })
+            .chain(rest)
+            .flat_map(|r| {
+                futures::stream::iter(match r {
+                    Ok(batches) => batches.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(e) => vec![Err(e)],
+                })
+            });
+        Ok(Box::pin(batches))
     }
 }
 

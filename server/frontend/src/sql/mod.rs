@@ -10,6 +10,7 @@ pub mod alter_table;
 mod catalog;
 mod coercion;
 pub mod create_table;
+pub mod distributed;
 mod insert_check;
 mod last_values;
 pub mod limits;
@@ -406,6 +407,9 @@ impl QueryEngine {
                 Arc::new(coercion::IntegerAsTimestamp),
                 Arc::new(TypeCoercion::new()),
             ])
+            // After DataFusion's rules: partial aggregates and top-k sorts
+            // run where the rows are.
+            .with_physical_optimizer_rule(Arc::new(distributed::PushToData))
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(pg_compat::current_setting_udf());

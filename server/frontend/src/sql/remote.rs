@@ -123,6 +123,15 @@ impl RemoteTable {
         &self.entry
     }
 
+    /// Whether this reads `last_values(table)` rather than the table.
+    pub(crate) fn reads_last_values(&self) -> bool {
+        self.last_values
+    }
+
+    pub(crate) fn router(&self) -> &Arc<dyn Router> {
+        &self.router
+    }
+
     /// The table, read from this instance's `follower` of its shard once
     /// the follower has caught up with the WAL, else from its leader.
     pub fn preferring_follower(
@@ -338,11 +347,7 @@ impl RemoteTable {
         loop {
             match target(self.router.as_ref(), &self.entry, deadline).await? {
                 Target::Local(t) => {
-                    let state = datafusion::execution::session_state::SessionStateBuilder::new()
-                        .with_config(ctx.session_config().clone())
-                        .with_runtime_env(ctx.runtime_env())
-                        .with_default_features()
-                        .build();
+                    let state = state_of(&ctx);
                     let plan = self
                         .scan_local(
                             t,
@@ -435,10 +440,24 @@ impl RemoteTable {
     }
 }
 
+/// A session to plan a scan with, from a running plan's task context.
+pub(crate) fn state_of(ctx: &TaskContext) -> datafusion::execution::session_state::SessionState {
+    datafusion::execution::session_state::SessionStateBuilder::new()
+        .with_config(ctx.session_config().clone())
+        .with_runtime_env(ctx.runtime_env())
+        .with_default_features()
+        .build()
+}
+
+/// Whether a remote answer means "the shard moved or is moving".
+pub(crate) fn moved_error(e: &strata_client::Error) -> bool {
+    moved(e)
+}
+
 /// `b`'s columns under the `projected` schema (another instance, or a
 /// scan, may mark columns nullable differently); an empty projection keeps
 /// only the row count.
-fn relabel(projected: &SchemaRef, b: RecordBatch) -> DfResult<RecordBatch> {
+pub(crate) fn relabel(projected: &SchemaRef, b: RecordBatch) -> DfResult<RecordBatch> {
     let columns = if projected.fields().is_empty() {
         Vec::new()
     } else {

@@ -39,10 +39,10 @@ pub(crate) struct RemoteRead {
 
 #[derive(Debug)]
 pub(crate) struct RemoteScanExec {
-    table: RemoteTable,
-    read: RemoteRead,
+    pub(crate) table: RemoteTable,
+    pub(crate) read: RemoteRead,
     /// The leader when the plan was made (execution routes again).
-    planned_leader: String,
+    pub(crate) planned_leader: String,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

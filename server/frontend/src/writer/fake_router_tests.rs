@@ -67,6 +67,14 @@ impl ClusterCatalog for NoDdl {
 /// A cluster-mode engine that knows table `public.cpu` on [`SHARD`],
 /// which is not open here, and `public.mem` on [`LOCAL_SHARD`], which is.
 async fn engine() -> Arc<Engine> {
+    engine_with(false).await
+}
+
+/// [`engine`], and with `partitioned`, table `public.pcpu` (the TSBS
+/// columns that matter here: `hostname`, `usage_user`, `usage_system`,
+/// `timestamp`), `PARTITION BY KEY(hostname) PARTITIONS 4`, partitions 0
+/// and 2 on [`SHARD`] (led by `b:1`), 1 and 3 here.
+async fn engine_with(partitioned: bool) -> Arc<Engine> {
     let store = Arc::new(object_store::memory::InMemory::new());
     let engine = Engine::open_cluster(EngineConfig::default(), store, Arc::new(NoDdl)).unwrap();
     let column = |name: &str, column_type, is_tag| ColumnSchema {
@@ -108,8 +116,46 @@ async fn engine() -> Arc<Engine> {
         },
         ..entry.clone()
     };
+    let mut entries = vec![entry.clone(), local];
+    if partitioned {
+        let schema = TableSchema::try_new(
+            vec![
+                column("hostname", ColumnType::String, true),
+                column("usage_user", ColumnType::Double, false),
+                column("usage_system", ColumnType::Double, false),
+                column("timestamp", ColumnType::Timestamp, false),
+            ],
+            "timestamp",
+            &[],
+        )
+        .unwrap();
+        let parent = TableEntry {
+            id: TableId(20),
+            name: "pcpu".to_string(),
+            schema,
+            partition: Some(strata_engine::partition::PartitionSpec {
+                columns: vec!["hostname".to_string()],
+                count: 4,
+            }),
+            ..entry.clone()
+        };
+        for i in 0..4u32 {
+            entries.push(TableEntry {
+                id: TableId(21 + u64::from(i)),
+                name: format!("__pcpu_{i}"),
+                shard: if i % 2 == 0 { SHARD } else { LOCAL_SHARD },
+                partition: None,
+                partition_of: Some(strata_engine::partition::PartitionOf {
+                    parent: parent.id,
+                    index: i,
+                }),
+                ..parent.clone()
+            });
+        }
+        entries.push(parent);
+    }
     engine
-        .install_catalog(vec!["public".to_string()], vec![entry, local])
+        .install_catalog(vec!["public".to_string()], entries)
         .await
         .unwrap();
     engine
@@ -133,6 +179,10 @@ struct Calls {
     queries: Mutex<Vec<(String, SqlQueryRequest)>>,
     /// Writes still to refuse with `NotLeader`, each moving the shard.
     refusals: AtomicU32,
+    plans: Mutex<Vec<(String, strata_proto::storage::ExecutePlanRequest)>>,
+    /// Runs the plan parts sent to the leader, over table `mem` here
+    /// (same columns as `cpu`).
+    leader: Mutex<Option<QueryEngine>>,
 }
 
 /// An instance "a" whose only other peer leads [`SHARD`]. A refused write
@@ -216,6 +266,30 @@ impl Peer for FakePeer {
             });
         }
         Ok(rows as u32)
+    }
+
+    async fn execute_plan(
+        &self,
+        req: strata_proto::storage::ExecutePlanRequest,
+    ) -> Result<crate::route::RowStream, strata_client::Error> {
+        let calls = &self.router.calls.0;
+        calls
+            .plans
+            .lock()
+            .push((self.endpoint.clone(), req.clone()));
+        let leader = calls.leader.lock().clone();
+        let Some(leader) = leader else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let mut part = crate::sql::distributed::PlanPart::from_request(req);
+        part.table = "mem".to_string();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        leader.execute_plan_part(part, tx).await.unwrap();
+        let mut rows = Vec::new();
+        while let Some(b) = rx.recv().await {
+            rows.push(Ok(b));
+        }
+        Ok(Box::pin(futures::stream::iter(rows)))
     }
 }
 
@@ -580,4 +654,178 @@ async fn a_remote_scan_asks_the_leader_only_when_the_plan_runs() {
         req.sql
     );
     assert!(req.forwarded);
+}
+
+/// The rows of a query's answer as sorted lines.
+fn lines(output: Output) -> Vec<String> {
+    let Output::Rows { batches, .. } = output else {
+        panic!("expected rows, got {output:?}");
+    };
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with('|'))
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test]
+async fn a_partial_aggregate_and_a_top_k_run_on_the_leader() {
+    let engine = engine().await;
+    let router = FakeRouter::new(0);
+    let query = query_engine(&engine, &router);
+    // The "leader" runs the parts it is sent over `mem`, which has the
+    // same columns as `cpu`: each query's `cpu` half answers what its
+    // `mem` half does, computed through a serialized part.
+    *router.calls.0.leader.lock() = Some(QueryEngine::new(
+        engine.clone(),
+        tokio::runtime::Handle::current(),
+        2,
+    ));
+    query
+        .execute(
+            "public",
+            "INSERT INTO mem (host, ts, usage) VALUES ('a', 1, 1.0), ('a', 2, 3.0), ('b', 1, 10.0), ('b', 2, NULL), ('c', 5, 7.5)",
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "SELECT host, count(*) AS n, avg(usage) AS a, count(DISTINCT usage) AS d, max(ts) AS m FROM {t} WHERE usage IS NOT NULL OR host = 'b' GROUP BY host",
+            "AggregateExec: mode=Partial",
+        ),
+        ("SELECT sum(usage) AS s, count(usage) AS c FROM {t}", "AggregateExec: mode=Partial"),
+        (
+            "SELECT host, usage FROM {t} WHERE usage > 2 ORDER BY usage DESC LIMIT 2",
+            "SortExec: TopK(fetch=2)",
+        ),
+    ];
+    for (shape, pushed) in cases {
+        let sql = format!(
+            "SELECT 'cpu' AS t, * FROM ({}) UNION ALL SELECT 'mem' AS t, * FROM ({})",
+            shape.replace("{t}", "cpu"),
+            shape.replace("{t}", "mem")
+        );
+        let plan = physical_plan(&query, &sql).await;
+        let remote = plan
+            .lines()
+            .find(|l| l.contains("RemotePlanExec: table=cpu, leader=b:1"))
+            .unwrap_or_else(|| panic!("{plan}"));
+        assert!(remote.contains(pushed), "{remote}");
+        let before = router.calls.0.plans.lock().len();
+        let answer = lines(query.execute("public", &sql).await.unwrap());
+        assert_eq!(router.calls.0.plans.lock().len(), before + 1, "{sql}");
+        assert!(router.calls.0.queries.lock().is_empty());
+        let (cpu, mem): (Vec<_>, Vec<_>) = answer.iter().partition(|l| l.contains("| cpu "));
+        let strip = |v: Vec<&String>| {
+            v.iter()
+                .map(|l| {
+                    l.replacen("| cpu ", "| x   ", 1)
+                        .replacen("| mem ", "| x   ", 1)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(!mem.is_empty(), "{sql}");
+        assert_eq!(strip(cpu), strip(mem), "{sql}");
+    }
+    let (_, req) = router.calls.0.plans.lock()[0].clone();
+    assert_eq!(req.table, "cpu");
+    assert!(
+        !req.filters.is_empty(),
+        "the scan's filters are sent for pruning"
+    );
+    // Shapes whose operator stays here: a limit under the aggregate (a
+    // part would limit each part, not the whole), a scalar subquery (the
+    // leader cannot evaluate it): the leader is sent a scan, no part.
+    let sent = router.calls.0.plans.lock().len();
+    for shape in [
+        "SELECT count(*) AS n FROM (SELECT * FROM {t} WHERE usage > 0 LIMIT 2)",
+        "SELECT count(*) AS n FROM {t} WHERE usage > (SELECT avg(usage) FROM mem)",
+    ] {
+        let sql = format!(
+            "SELECT 'cpu' AS t, * FROM ({}) UNION ALL SELECT 'mem' AS t, * FROM ({})",
+            shape.replace("{t}", "cpu"),
+            shape.replace("{t}", "mem")
+        );
+        let plan = physical_plan(&query, &sql).await;
+        assert!(!plan.contains("RemotePlanExec"), "{plan}");
+        assert!(plan.contains("RemoteScanExec: table=cpu"), "{plan}");
+    }
+    assert_eq!(router.calls.0.plans.lock().len(), sent);
+}
+
+/// The physical plan `EXPLAIN` shows, one line per operator.
+async fn physical_plan(query: &QueryEngine, sql: &str) -> String {
+    let rows = query
+        .execute("public", &format!("EXPLAIN {sql}"))
+        .await
+        .unwrap();
+    let Output::Rows { batches, .. } = rows else {
+        panic!("expected a plan");
+    };
+    let mut out = String::new();
+    for b in &batches {
+        let kind = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+        let plan = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..b.num_rows() {
+            if kind.value(i) == "physical_plan" {
+                out.push_str(plan.value(i));
+            }
+        }
+    }
+    out
+}
+
+/// Distributed plans of the TSBS query shapes over a partitioned table
+/// with two partitions led here and two by instance `b:1`: what runs on
+/// the leader (`RemotePlanExec`), what runs here.
+#[tokio::test]
+async fn distributed_plans_of_the_tsbs_query_shapes() {
+    let engine = engine_with(true).await;
+    let router = FakeRouter::new(0);
+    let query = QueryEngine::with_router(
+        engine.clone(),
+        tokio::runtime::Handle::current(),
+        2,
+        Arc::new(Shared(router.clone())),
+    );
+    let window = "\"timestamp\" >= TIMESTAMP '2024-01-01 00:00:00' AND \"timestamp\" < TIMESTAMP '2024-01-01 12:00:00'";
+    let shapes = [
+        (
+            "single_groupby_1_1_1",
+            format!("SELECT date_trunc('minute', \"timestamp\") AS minute, max(usage_user) AS max_usage_user FROM pcpu WHERE {window} AND hostname IN ('host_1') GROUP BY 1 ORDER BY 1"),
+        ),
+        (
+            "double_groupby_all",
+            format!("SELECT date_trunc('hour', \"timestamp\") AS hour, hostname, avg(usage_user) AS a, avg(usage_system) AS b FROM pcpu WHERE {window} GROUP BY 1, 2 ORDER BY 1, 2"),
+        ),
+        (
+            "high_cpu_all",
+            format!("SELECT \"timestamp\", hostname, usage_user FROM pcpu WHERE usage_user > 90.0 AND {window} ORDER BY \"timestamp\", hostname"),
+        ),
+        (
+            "groupby_orderby_limit",
+            "SELECT date_trunc('minute', \"timestamp\") AS minute, max(usage_user) AS m FROM pcpu GROUP BY 1 ORDER BY 1 DESC LIMIT 5".to_string(),
+        ),
+        (
+            "top_k",
+            "SELECT hostname, usage_user FROM pcpu ORDER BY usage_user DESC LIMIT 3".to_string(),
+        ),
+        (
+            "count_distinct",
+            "SELECT count(DISTINCT hostname), count(*) FROM pcpu".to_string(),
+        ),
+    ];
+    for (name, sql) in shapes {
+        let plan = physical_plan(&query, &sql).await;
+        insta::assert_snapshot!(name, plan, &sql);
+    }
+    // Planning asked no instance anything.
+    assert!(router.calls.0.plans.lock().is_empty());
+    assert!(router.calls.0.queries.lock().is_empty());
 }

@@ -16,8 +16,8 @@ use strata_proto::{
     common::{ErrorKind as PbKind, ResponseHeader},
     storage::{
         sql_query_response::Output as PbOutput, storage_service_server::StorageService, Endpoint,
-        RequestContext, Route, RouteRequest, RouteResponse, ShardRole, SqlQueryRequest,
-        SqlQueryResponse, WriteArrowRequest, WriteRequest, WriteResponse,
+        ExecutePlanRequest, RequestContext, Route, RouteRequest, RouteResponse, ShardRole,
+        SqlQueryRequest, SqlQueryResponse, WriteArrowRequest, WriteRequest, WriteResponse,
     },
 };
 use tonic::{Request, Response, Status, Streaming};
@@ -560,6 +560,71 @@ impl StorageService for StorageServiceImpl {
                 error_sql_response(&e)
             }
         }))
+    }
+
+    type ExecutePlanStream = ResponseStream;
+
+    /// Runs part of another instance's query plan over a table led here,
+    /// under the limits of forwarded requests; the rows as they come, an
+    /// error as the stream's one message.
+    async fn execute_plan(
+        &self,
+        request: Request<ExecutePlanRequest>,
+    ) -> Result<Response<Self::ExecutePlanStream>, Status> {
+        let req = request.into_inner();
+        let query = self.query.clone();
+        let (responses, receiver) = tokio::sync::mpsc::channel::<SqlQueryResponse>(4);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let fingerprint = req.catalog_fingerprint;
+            let part = strata_frontend::sql::distributed::PlanPart::from_request(req);
+            let (rows, mut produced) = tokio::sync::mpsc::channel(4);
+            let run = query.limited(true, |q| async move {
+                q.router().sync_catalog(fingerprint).await?;
+                q.execute_plan_part(part, rows).await
+            });
+            let sender = responses.clone();
+            let send = async move {
+                while let Some(batch) = produced.recv().await {
+                    let batch: arrow::record_batch::RecordBatch = batch;
+                    let resp = sql_response(Output::Rows {
+                        schema: batch.schema(),
+                        batches: vec![batch],
+                    })
+                    .unwrap_or_else(|e| error_sql_response(&e));
+                    if sender.send(resp).await.is_err() {
+                        // The client went away; dropping `produced` stops
+                        // the plan.
+                        break;
+                    }
+                }
+            };
+            // The sender going away (its query failed, finished or was
+            // cancelled) stops the part, even one that sends nothing
+            // until its input ends (an aggregate, a sort).
+            let result = tokio::select! {
+                (result, ()) = async { tokio::join!(run, send) } => result,
+                () = responses.closed() => return,
+            };
+            metrics::observe_request("grpc_execute_plan", started, result.is_ok());
+            let last = match result {
+                // The last message says every row was sent: a stream that
+                // ends without it (this task gone) is an error there.
+                Ok(()) => SqlQueryResponse {
+                    header: Some(ok_header()),
+                    output: Some(PbOutput::AffectedRows(0)),
+                },
+                Err(e) => {
+                    tracing::debug!(error = %e, "a plan part failed");
+                    error_sql_response(&e)
+                }
+            };
+            let _ = responses.send(last).await;
+        });
+        let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|r| (Ok(r), receiver))
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type StreamSqlQueryStream = ResponseStream;
