@@ -63,6 +63,11 @@ impl Error {
         }
     }
 
+    /// Whether the server does not know the call (an older version).
+    pub fn is_unimplemented(&self) -> bool {
+        matches!(self, Error::Rpc(status) if status.code() == tonic::Code::Unimplemented)
+    }
+
     /// Whether retrying may succeed: server-declared retryable errors and
     /// transport failures.
     pub fn is_retryable(&self) -> bool {

@@ -575,6 +575,13 @@ impl Part {
                             });
                             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)));
                         }
+                        // A leader of an older version (during a rolling
+                        // upgrade): its rows, read as before, and the part
+                        // run here over them.
+                        Err(e) if e.is_unimplemented() => {
+                            tracing::debug!(table = %entry.name, "the leader runs no plan parts; reading its rows");
+                            return self.run_here_over_rows(ctx).await;
+                        }
                         Err(e) if moved_error(&e) => e,
                         Err(e) => return Err(DataFusionError::External(Box::new(RemoteError(e)))),
                     }
@@ -589,6 +596,40 @@ impl Part {
             tracing::debug!(table = %entry.name, error = %moved, "shard moved; retrying");
             tokio::time::sleep(MOVE_POLL).await;
         }
+    }
+}
+
+impl Part {
+    /// The part run here, over the rows of the scan read from the leader
+    /// with SQL.
+    async fn run_here_over_rows(
+        &self,
+        ctx: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        let rows: Vec<RecordBatch> = self
+            .table
+            .fetch(&self.read, ctx.clone())
+            .await?
+            .try_collect()
+            .await?;
+        let scan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[rows],
+            self.read.projected.clone(),
+            None,
+        )?;
+        let scan: Arc<dyn ExecutionPlan> = scan;
+        let plan = self
+            .part
+            .clone()
+            .transform_up(|node| {
+                Ok(if node.is::<ScanLeafExec>() {
+                    Transformed::yes(scan.clone())
+                } else {
+                    Transformed::no(node)
+                })
+            })?
+            .data;
+        datafusion::physical_plan::execute_stream(plan, ctx)
     }
 }
 

@@ -180,6 +180,8 @@ struct Calls {
     /// Writes still to refuse with `NotLeader`, each moving the shard.
     refusals: AtomicU32,
     plans: Mutex<Vec<(String, strata_proto::storage::ExecutePlanRequest)>>,
+    /// Answer plan parts as an instance of an older version would.
+    old_version: std::sync::atomic::AtomicBool,
     /// Runs the plan parts sent to the leader, over table `mem` here
     /// (same columns as `cpu`).
     leader: Mutex<Option<QueryEngine>>,
@@ -277,6 +279,11 @@ impl Peer for FakePeer {
             .plans
             .lock()
             .push((self.endpoint.clone(), req.clone()));
+        if calls.old_version.load(Ordering::SeqCst) {
+            return Err(strata_client::Error::Rpc(tonic::Status::unimplemented(
+                "unknown method ExecutePlan",
+            )));
+        }
         let leader = calls.leader.lock().clone();
         let Some(leader) = leader else {
             return Ok(Box::pin(futures::stream::empty()));
@@ -739,6 +746,23 @@ async fn a_partial_aggregate_and_a_top_k_run_on_the_leader() {
         !req.filters.is_empty(),
         "the scan's filters are sent for pruning"
     );
+    // A leader of an older version, which runs no plan parts: its rows are
+    // read with SQL and the part runs here.
+    router.calls.0.old_version.store(true, Ordering::SeqCst);
+    let sql = "SELECT host, count(*) FROM cpu GROUP BY host UNION ALL SELECT host, count(*) FROM mem GROUP BY host";
+    lines(query.execute("public", sql).await.unwrap());
+    let queries = router.calls.0.queries.lock().clone();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert!(
+        queries[0]
+            .1
+            .sql
+            .starts_with(r#"SELECT "host" FROM "public"."cpu""#),
+        "{queries:?}"
+    );
+    router.calls.0.queries.lock().clear();
+    router.calls.0.old_version.store(false, Ordering::SeqCst);
+
     // Shapes whose operator stays here: a limit under the aggregate (a
     // part would limit each part, not the whole), a scalar subquery (the
     // leader cannot evaluate it): the leader is sent a scan, no part.
