@@ -375,6 +375,46 @@ async fn a_partitioned_table_spreads_over_a_cluster_and_survives_a_kill() {
          PARTITION BY KEY(host) PARTITIONS 6 WITH (update_mode='APPEND')",
     )
     .await;
+    // A table created through one instance takes writes through the others
+    // at once: each was told of the partitions it leads, and takes meta's
+    // catalog for the rest (a write answered "catalog changed" before).
+    exec(
+        &client,
+        "CREATE TABLE pnew (host STRING TAG, v DOUBLE, ts TIMESTAMP NOT NULL, TIMESTAMP KEY(ts)) \
+         PARTITION BY KEY(host) PARTITIONS 8",
+    )
+    .await;
+    for s in &c.servers[1..] {
+        // Written the moment the instance shows the table (meta's
+        // announcement: the table and the partitions it leads), before a
+        // heartbeat brings the rest.
+        let sc = s.client().await;
+        for _ in 0..500 {
+            if query(&sc, "SHOW TABLES")
+                .await
+                .iter()
+                .any(|r| r[0] == "pnew")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let lines: String = (0..16)
+            .map(|i| format!("pnew,host=n{i} v=1 1700000000\n"))
+            .collect();
+        let (code, body) = http_request(
+            s.http,
+            "POST",
+            "/influxdb/v1/write?db=public&precision=s",
+            Some(&lines),
+        )
+        .await
+        .unwrap();
+        assert_eq!(code, 204, "{body}");
+    }
+    assert_eq!(query(&client, "SELECT count(*) FROM pnew").await, [["16"]]);
+    exec(&client, "DROP TABLE pnew").await;
+
     // IF NOT EXISTS is a no-op; a different shape is a conflict.
     exec(
         &client,

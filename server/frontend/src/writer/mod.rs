@@ -120,7 +120,26 @@ pub async fn write_batches(
                 if forward == Forward::Partitions {
                     forward = Forward::Whole;
                 }
-                for (part, rows) in crate::sql::partitioned::split_rows(engine, &parent, &batch)? {
+                let parts = match crate::sql::partitioned::split_rows(engine, &parent, &batch) {
+                    // A table created through another instance a moment
+                    // ago: meta announced to this instance only the
+                    // partitions it leads. Take meta's catalog once.
+                    Err(strata_engine::Error::CatalogChanged(reason))
+                        if router.is_distributed() =>
+                    {
+                        tracing::debug!(table = %table, %reason, "refreshing the catalog");
+                        router.refresh_catalog().await?;
+                        let Located::Partitioned(parent) = engine.locate(db, &table)? else {
+                            return Err(strata_engine::Error::CatalogChanged(format!(
+                                "table {table} is no longer partitioned"
+                            ))
+                            .into());
+                        };
+                        crate::sql::partitioned::split_rows(engine, &parent, &batch)?
+                    }
+                    other => other?,
+                };
+                for (part, rows) in parts {
                     by_table.push((part.name, rows, true));
                 }
             }
