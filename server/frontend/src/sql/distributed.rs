@@ -40,7 +40,7 @@ use datafusion::{
         execution_plan::{Boundedness, EmissionType},
         filter::FilterExec,
         limit::{GlobalLimitExec, LocalLimitExec},
-        metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet},
+        metrics::{ExecutionPlanMetricsSet, MetricsSet},
         projection::ProjectionExec,
         repartition::RepartitionExec,
         sorts::{sort::SortExec, sort_preserving_merge::SortPreservingMergeExec},
@@ -61,7 +61,7 @@ use strata_proto::storage::{ExecutePlanRequest, RequestContext};
 
 use super::{
     remote::{moved_error, relabel, state_of, target, RemoteTable, MOVE_POLL, MOVE_WAIT},
-    remote_scan::{RemoteRead, RemoteScanExec},
+    remote_scan::{counted_lazily, RemoteRead, RemoteScanExec},
     QueryEngine,
 };
 use crate::{
@@ -315,41 +315,44 @@ fn decode_part(
     Ok(plan)
 }
 
+/// `part` with `scan` in place of its [`ScanLeafExec`].
+fn over_scan(
+    part: &Arc<dyn ExecutionPlan>,
+    scan: &Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    Ok(part
+        .clone()
+        .transform_up(|node| {
+            Ok(if node.is::<ScanLeafExec>() {
+                Transformed::yes(scan.clone())
+            } else {
+                Transformed::no(node)
+            })
+        })?
+        .data)
+}
+
 /// A part of a plan another instance runs over its scan of one table.
 #[derive(Debug)]
 pub(crate) struct RemotePlanExec {
-    table: RemoteTable,
-    read: RemoteRead,
     /// The leader when the plan was made (execution routes again).
     planned_leader: String,
-    /// The part, over a [`ScanLeafExec`].
-    part: Arc<dyn ExecutionPlan>,
-    /// `part`, serialized.
-    bytes: Arc<Vec<u8>>,
-    /// The scan's filters, serialized.
-    filters: Arc<Vec<Vec<u8>>>,
+    part: Arc<Part>,
     properties: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl RemotePlanExec {
-    /// The part `part` (over a [`ScanLeafExec`]) run over `scan`'s table;
-    /// `None` when it cannot be serialized.
-    fn try_new(scan: &RemoteScanExec, part: Arc<dyn ExecutionPlan>) -> Option<Self> {
+    /// The part `part` (over `leaf`, a [`ScanLeafExec`]) run over `scan`'s
+    /// table; `None` when it cannot be sent.
+    fn try_new(
+        scan: &RemoteScanExec,
+        part: Arc<dyn ExecutionPlan>,
+        leaf: &Arc<dyn ExecutionPlan>,
+    ) -> Option<Self> {
         // What the leader would refuse (a scalar subquery, evaluated here
         // by the operator holding its plan) runs here.
-        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ScanLeafExec::new(scan.read.projected.clone()));
-        let sendable = part
-            .clone()
-            .transform_up(|node| {
-                Ok(if node.is::<ScanLeafExec>() {
-                    Transformed::yes(leaf.clone())
-                } else {
-                    Transformed::no(node)
-                })
-            })
-            .is_ok_and(|t| only_over(&t.data, &leaf));
-        if !sendable {
+        if !only_over(&part, leaf) {
             return None;
         }
         let codec = LeafCodec { scan: None };
@@ -380,12 +383,14 @@ impl RemotePlanExec {
             Boundedness::Bounded,
         );
         Some(Self {
-            table: scan.table.clone(),
-            read: scan.read.clone(),
             planned_leader: scan.planned_leader.clone(),
-            part,
-            bytes: Arc::new(bytes),
-            filters: Arc::new(filters),
+            part: Arc::new(Part {
+                table: scan.table.clone(),
+                read: scan.read.clone(),
+                plan: part,
+                bytes,
+                filters,
+            }),
             properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -407,7 +412,9 @@ fn unqualified(e: &Expr) -> DfResult<Expr> {
 
 impl DisplayAs for RemotePlanExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let part = displayable(self.part.as_ref()).indent(false).to_string();
+        let part = displayable(self.part.plan.as_ref())
+            .indent(false)
+            .to_string();
         let steps: Vec<&str> = part
             .lines()
             .map(str::trim)
@@ -416,10 +423,10 @@ impl DisplayAs for RemotePlanExec {
         write!(
             f,
             "RemotePlanExec: table={}, leader={}, runs=[{}], scan={}",
-            self.table.entry().name,
+            self.part.table.entry().name,
             self.planned_leader,
             steps.join(" <- "),
-            self.read.sql
+            self.part.read.sql
         )
     }
 }
@@ -464,34 +471,14 @@ impl ExecutionPlan for RemotePlanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "RemotePlanExec has one partition, not {partition}"
-            )));
-        }
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let this = Part {
-            table: self.table.clone(),
-            read: self.read.clone(),
-            part: self.part.clone(),
-            bytes: self.bytes.clone(),
-            filters: self.filters.clone(),
-        };
-        let schema = self.part.schema();
-        let fetch = async move {
-            let timer = baseline.elapsed_compute().timer();
-            let stream = this.fetch(context).await;
-            timer.done();
-            let counted = stream?.map(move |b| {
-                if let Ok(b) = &b {
-                    baseline.record_output(b.num_rows());
-                }
-                b
-            });
-            Ok::<_, DataFusionError>(counted)
-        };
-        let stream = futures::stream::once(fetch).try_flatten().boxed();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        let part = self.part.clone();
+        counted_lazily(
+            self,
+            &self.metrics,
+            partition,
+            self.part.plan.schema(),
+            async move { part.fetch(context).await },
+        )
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -500,12 +487,17 @@ impl ExecutionPlan for RemotePlanExec {
 }
 
 /// What a [`RemotePlanExec`] runs.
+#[derive(Debug)]
 struct Part {
     table: RemoteTable,
+    /// The scan the part reads.
     read: RemoteRead,
-    part: Arc<dyn ExecutionPlan>,
-    bytes: Arc<Vec<u8>>,
-    filters: Arc<Vec<Vec<u8>>>,
+    /// The part, over a [`ScanLeafExec`].
+    plan: Arc<dyn ExecutionPlan>,
+    /// `plan`, serialized.
+    bytes: Vec<u8>,
+    /// The scan's filters, serialized.
+    filters: Vec<Vec<u8>>,
 }
 
 impl Part {
@@ -513,7 +505,7 @@ impl Part {
     /// shard moves (until [`MOVE_WAIT`]); run here when the shard opened
     /// here meanwhile.
     async fn fetch(&self, ctx: Arc<TaskContext>) -> DfResult<SendableRecordBatchStream> {
-        let schema = self.part.schema();
+        let schema = self.plan.schema();
         let entry = self.table.entry();
         let router = self.table.router();
         let deadline = Instant::now() + MOVE_WAIT;
@@ -531,18 +523,10 @@ impl Part {
                             self.read.limit,
                         )
                         .await?;
-                    let plan = self
-                        .part
-                        .clone()
-                        .transform_up(|node| {
-                            Ok(if node.is::<ScanLeafExec>() {
-                                Transformed::yes(scan.clone())
-                            } else {
-                                Transformed::no(node)
-                            })
-                        })?
-                        .data;
-                    return datafusion::physical_plan::execute_stream(plan, ctx);
+                    return datafusion::physical_plan::execute_stream(
+                        over_scan(&self.plan, &scan)?,
+                        ctx,
+                    );
                 }
                 Target::Remote { endpoint, .. } => {
                     let request = ExecutePlanRequest {
@@ -557,9 +541,9 @@ impl Part {
                             .iter()
                             .map(|f| f.name().clone())
                             .collect(),
-                        filters: self.filters.as_ref().clone(),
+                        filters: self.filters.clone(),
                         limit: self.read.limit.map(|n| n as u64),
-                        plan: self.bytes.as_ref().clone(),
+                        plan: self.bytes.clone(),
                         catalog_fingerprint: router.fingerprint(),
                     };
                     let sent = match router.peer(&endpoint).await {
@@ -618,18 +602,7 @@ impl Part {
             None,
         )?;
         let scan: Arc<dyn ExecutionPlan> = scan;
-        let plan = self
-            .part
-            .clone()
-            .transform_up(|node| {
-                Ok(if node.is::<ScanLeafExec>() {
-                    Transformed::yes(scan.clone())
-                } else {
-                    Transformed::no(node)
-                })
-            })?
-            .data;
-        datafusion::physical_plan::execute_stream(plan, ctx)
+        datafusion::physical_plan::execute_stream(over_scan(&self.plan, &scan)?, ctx)
     }
 }
 
@@ -770,8 +743,8 @@ fn parts(
             Some(scan) => {
                 let leaf_exec: Arc<dyn ExecutionPlan> =
                     Arc::new(ScanLeafExec::new(scan.read.projected.clone()));
-                let part = build(stack(&ops, leaf_exec, true)?)?;
-                match RemotePlanExec::try_new(scan, part) {
+                let part = build(stack(&ops, leaf_exec.clone(), true)?)?;
+                match RemotePlanExec::try_new(scan, part, &leaf_exec) {
                     Some(p) => out.push(Arc::new(p) as Arc<dyn ExecutionPlan>),
                     None => return Ok(None),
                 }
@@ -1057,6 +1030,22 @@ mod tests {
         .unwrap();
         let plan = decode_part(&bytes, &ctx, scan.clone()).unwrap();
         assert!(Arc::ptr_eq(plan.children()[0], &scan));
+        // A sort that keeps no rows (a top-k of 0 panics in DataFusion).
+        let leaf: Arc<dyn ExecutionPlan> = Arc::new(ScanLeafExec::new(schema.clone()));
+        let order = datafusion::physical_expr::LexOrdering::new(vec![
+            datafusion::physical_expr::PhysicalSortExpr::new_default(Arc::new(
+                datafusion::physical_expr::expressions::Column::new("v", 0),
+            )),
+        ])
+        .unwrap();
+        let sort = Arc::new(SortExec::new(order, leaf).with_fetch(Some(0)));
+        let zero = datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+            sort,
+            &LeafCodec { scan: None },
+        )
+        .unwrap();
+        let err = decode_part(&zero, &ctx, scan.clone()).unwrap_err();
+        assert!(err.to_string().contains("may hold only"), "{err}");
         // A scan whose columns differ from the part's: refused.
         let other_scan: Arc<dyn ExecutionPlan> = Arc::new(EmptyExec::new(Arc::new(Schema::new(
             vec![Field::new("w", DataType::Int64, true)],

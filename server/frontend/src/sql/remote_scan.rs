@@ -127,34 +127,51 @@ impl ExecutionPlan for RemoteScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        if partition != 0 {
-            return Err(DataFusionError::Internal(format!(
-                "RemoteScanExec has one partition, not {partition}"
-            )));
-        }
-        let baseline = BaselineMetrics::new(&self.metrics, partition);
         let table = self.table.clone();
         let read = self.read.clone();
-        let fetch = async move {
-            let timer = baseline.elapsed_compute().timer();
-            let stream = table.fetch(&read, context).await;
-            timer.done();
-            let counted = stream?.map(move |b| {
-                if let Ok(b) = &b {
-                    baseline.record_output(b.num_rows());
-                }
-                b
-            });
-            Ok::<_, DataFusionError>(counted)
-        };
-        let stream = futures::stream::once(fetch).try_flatten().boxed();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
+        counted_lazily(
+            self,
+            &self.metrics,
+            partition,
             self.read.projected.clone(),
-            stream,
-        )))
+            async move { table.fetch(&read, context).await },
+        )
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// The one partition of a node that reads from another instance: `fetch`
+/// runs only when the stream is first polled; `elapsed_compute` is the time
+/// until its answer, `output_rows` the rows it returned.
+pub(crate) fn counted_lazily(
+    node: &dyn ExecutionPlan,
+    metrics: &ExecutionPlanMetricsSet,
+    partition: usize,
+    schema: SchemaRef,
+    fetch: impl std::future::Future<Output = DfResult<SendableRecordBatchStream>> + Send + 'static,
+) -> DfResult<SendableRecordBatchStream> {
+    if partition != 0 {
+        return Err(DataFusionError::Internal(format!(
+            "{} has one partition, not {partition}",
+            node.name()
+        )));
+    }
+    let baseline = BaselineMetrics::new(metrics, partition);
+    let counted = async move {
+        let timer = baseline.elapsed_compute().timer();
+        let stream = fetch.await;
+        timer.done();
+        let counted = stream?.map(move |b| {
+            if let Ok(b) = &b {
+                baseline.record_output(b.num_rows());
+            }
+            b
+        });
+        Ok::<_, DataFusionError>(counted)
+    };
+    let stream = futures::stream::once(counted).try_flatten().boxed();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
 }
