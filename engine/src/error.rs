@@ -150,6 +150,16 @@ pub enum Error {
         end: u64,
     },
 
+    /// A compute instance asked for the rows not in a manifest whose
+    /// flushed offset is `asked`, and the leader has flushed past it: the
+    /// rows between are in SSTs that manifest does not list. Re-read it.
+    #[error("FlushedBeyond: table {table} has flushed up to offset {flushed}, past {asked}; read its manifest again")]
+    FlushedBeyond {
+        table: String,
+        flushed: u64,
+        asked: u64,
+    },
+
     #[error("ShardMoving: shard {shard} is between leaders; retry shortly")]
     ShardNotOpen { shard: strata_sst::ShardId },
 
@@ -202,6 +212,7 @@ impl Error {
             Error::ObjectStore { .. }
             | Error::ShuttingDown
             | Error::FollowerBehind { .. }
+            | Error::FlushedBeyond { .. }
             | Error::WriteStalled { .. }
             | Error::CompactionOverBudget { .. } => ErrorKind::Unavailable,
             Error::Wal { .. }

@@ -56,6 +56,7 @@ use crate::{
     gc::SstHandle,
     options::{ttl_cutoff, UpdateMode},
     table::Table,
+    table::TableVersion,
 };
 
 /// A table as DataFusion sees it.
@@ -63,6 +64,10 @@ use crate::{
 pub struct StrataTableProvider {
     table: Arc<Table>,
     schema: SchemaRef,
+    /// A compute instance's scan: this version's SSTs, with these rows (the
+    /// leader's, not flushed as of the version's flushed offset) in place
+    /// of its memtables.
+    over: Option<(Arc<TableVersion>, Vec<RecordBatch>)>,
 }
 
 impl StrataTableProvider {
@@ -70,6 +75,24 @@ impl StrataTableProvider {
         Self {
             schema: table.arrow_schema(),
             table,
+            over: None,
+        }
+    }
+
+    /// A scan of `version`'s SSTs and of `rows` instead of its memtables
+    /// (storage columns, `__seq` among them: see `Table::unflushed_since`).
+    /// `schema` is the one the query was planned with; columns are found
+    /// in `version` by name.
+    pub fn over_rows(
+        table: Arc<Table>,
+        schema: SchemaRef,
+        version: Arc<TableVersion>,
+        rows: Vec<RecordBatch>,
+    ) -> Self {
+        Self {
+            schema,
+            table,
+            over: Some((version, rows)),
         }
     }
 
@@ -118,7 +141,10 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table = &self.table;
-        let version = table.version();
+        let version = match &self.over {
+            Some((v, _)) => v.clone(),
+            None => table.version(),
+        };
         let meta = version.meta.clone();
         let schema = meta.schema();
         let storage = meta.storage_schema.clone();
@@ -169,14 +195,31 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
 
         let mut stats = ScanStats {
             ssts_total: version.ssts.len(),
-            memtables_total: version.memtables().count(),
             ..Default::default()
         };
-        let memtables: Vec<_> = version
-            .memtables()
-            .filter(|m| m.time_range().is_some_and(|r| r.overlaps(&range)))
-            .collect();
-        stats.memtables_scanned = memtables.len();
+        // The rows in memory: the memtables', or those given in their place.
+        let (mem_ranges, batches): (Vec<TimeRange>, Vec<RecordBatch>) = match &self.over {
+            None => {
+                stats.memtables_total = version.memtables().count();
+                let memtables: Vec<_> = version
+                    .memtables()
+                    .filter(|m| m.time_range().is_some_and(|r| r.overlaps(&range)))
+                    .collect();
+                stats.memtables_scanned = memtables.len();
+                (
+                    memtables.iter().filter_map(|m| m.time_range()).collect(),
+                    memtables.iter().flat_map(|m| m.snapshot()).collect(),
+                )
+            }
+            Some((_, rows)) => match rows_time_range(rows, &ts_name) {
+                Some(r) if r.overlaps(&range) => {
+                    stats.memtables_total = 1;
+                    stats.memtables_scanned = 1;
+                    (vec![r], rows.clone())
+                }
+                _ => (Vec::new(), Vec::new()),
+            },
+        };
 
         let in_range: Vec<Arc<SstHandle>> = version
             .ssts
@@ -205,7 +248,7 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             let ranges: Vec<TimeRange> = ssts
                 .iter()
                 .map(|s| s.info.time_range)
-                .chain(memtables.iter().filter_map(|m| m.time_range()))
+                .chain(mem_ranges.iter().copied())
                 .collect();
             for (i, sst) in ssts.iter().enumerate() {
                 let overlaps = ranges
@@ -222,7 +265,6 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             merged = ssts;
         }
         stats.ssts_merged = if overwrite { merged.len() } else { 0 };
-        let batches: Vec<RecordBatch> = memtables.iter().flat_map(|m| m.snapshot()).collect();
         let target_partitions = state.config().target_partitions().max(1);
         let parquet_options = state.table_options().parquet.clone();
 
@@ -340,4 +382,28 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             None,
         )))
     }
+}
+
+/// The time range of rows given in place of memtables (`None`: no rows).
+/// Without their timestamp column, every time (they overlap everything).
+fn rows_time_range(rows: &[RecordBatch], ts_name: &str) -> Option<TimeRange> {
+    use arrow::{array::AsArray, compute, datatypes::TimestampMillisecondType};
+    let mut out: Option<TimeRange> = None;
+    for b in rows.iter().filter(|b| b.num_rows() > 0) {
+        let Some(ts) = b
+            .column_by_name(ts_name)
+            .and_then(|c| c.as_primitive_opt::<TimestampMillisecondType>())
+        else {
+            return Some(TimeRange::ALL);
+        };
+        let (Some(lo), Some(hi)) = (compute::min(ts), compute::max(ts)) else {
+            return Some(TimeRange::ALL);
+        };
+        let r = TimeRange::new(lo, hi.saturating_add(1));
+        out = Some(match out {
+            Some(o) => TimeRange::new(o.start.min(r.start), o.end.max(r.end)),
+            None => r,
+        });
+    }
+    out
 }

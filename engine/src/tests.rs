@@ -505,3 +505,4 @@ async fn last_values_compact_adapt_to_new_columns_and_fall_back_past_the_series_
 
 mod fencing;
 mod follower;
+mod reader;

@@ -216,6 +216,9 @@ pub struct TestCluster {
     pub name: String,
     pub metas: Vec<Proc>,
     pub servers: Vec<Proc>,
+    /// Compute instances (`strata server --role compute`), apart from
+    /// `servers`: they lead no shard.
+    pub computes: Vec<Proc>,
     etcd: Vec<String>,
     /// The cluster secret meta and every instance share (random per
     /// cluster, passed as `$STRATA_CLUSTER_SECRET`).
@@ -253,6 +256,7 @@ impl TestCluster {
             name,
             metas: Vec::new(),
             servers: Vec::new(),
+            computes: Vec::new(),
             etcd,
             secret: format!("{:032x}", rand::random::<u128>()),
         };
@@ -341,8 +345,25 @@ impl TestCluster {
     }
 
     async fn add_server_no_wait(&mut self) -> usize {
-        let i = self.servers.len();
-        let data_dir = self.root().join(format!("server{i}"));
+        let p = self
+            .new_instance("server", self.servers.len(), "data")
+            .await;
+        self.servers.push(p);
+        self.servers.len() - 1
+    }
+
+    /// Adds a compute instance (`--role compute`) and waits until it
+    /// answers; its index in `computes`.
+    pub async fn add_compute(&mut self) -> usize {
+        let p = self
+            .new_instance("compute", self.computes.len(), "compute")
+            .await;
+        self.computes.push(p);
+        self.computes.len() - 1
+    }
+
+    async fn new_instance(&self, kind: &str, i: usize, role: &str) -> Proc {
+        let data_dir = self.root().join(format!("{kind}{i}"));
         let grpc = free_addr();
         let http = free_addr();
         let pg = free_addr();
@@ -361,6 +382,8 @@ impl TestCluster {
             http.to_string(),
             "--pg-addr".into(),
             pg.to_string(),
+            "--role".into(),
+            role.into(),
         ];
         let env = vec![
             (
@@ -380,8 +403,8 @@ impl TestCluster {
         env.extend(self.opts.server_env.iter().cloned());
         let mut p = Proc {
             child: None,
-            name: format!("server{i}"),
-            log: self.root().join(format!("server{i}.log")),
+            name: format!("{kind}{i}"),
+            log: self.root().join(format!("{kind}{i}.log")),
             data_dir,
             grpc,
             http,
@@ -391,8 +414,7 @@ impl TestCluster {
         };
         p.spawn();
         p.wait_ready(Duration::from_secs(120)).await;
-        self.servers.push(p);
-        i
+        p
     }
 
     /// Adds an instance and waits until it is registered.
@@ -492,6 +514,7 @@ impl TestCluster {
         self.metas
             .iter()
             .chain(self.servers.iter())
+            .chain(self.computes.iter())
             .map(|p| format!("--- {}:\n{}", p.name, p.log_tail()))
             .collect::<Vec<_>>()
             .join("\n")

@@ -153,6 +153,7 @@ async fn nodes(State(meta): State<Meta>) -> Response {
                         "tables": n.load.tables,
                         "memtable_bytes": n.load.memtable_bytes,
                         "followed": n.shards.iter().filter(|s| s.is_follower()).map(|s| s.id).collect::<Vec<_>>(),
+                        "role": if n.is_compute() { "compute" } else { "data" },
                     })
                 })
                 .collect::<Vec<_>>(),

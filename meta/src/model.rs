@@ -71,6 +71,18 @@ pub struct NodeInfo {
     /// Load: rows written per second, memtable bytes.
     #[serde(default)]
     pub load: NodeLoad,
+    /// [`ROLE_COMPUTE`] for a compute instance (never given a shard);
+    /// empty for one that leads and follows shards.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub role: String,
+}
+
+impl NodeInfo {
+    /// Whether this is a compute instance, which leads and follows no
+    /// shard.
+    pub fn is_compute(&self) -> bool {
+        self.role == ROLE_COMPUTE
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -107,6 +119,8 @@ impl ShardReport {
 /// A shard's role on an instance, as reported.
 pub const ROLE_LEADER: &str = "leader";
 pub const ROLE_FOLLOWER: &str = "follower";
+/// The role of a compute instance (`NodeInfo.role`): it holds no shard.
+pub const ROLE_COMPUTE: &str = "compute";
 
 /// Where a shard should be served.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -382,6 +382,11 @@ impl Meta {
                     .map(|r| r.tables)
                     .sum(),
             },
+            role: if req.role == crate::model::ROLE_COMPUTE {
+                req.role.clone()
+            } else {
+                String::new()
+            },
         };
         store.put_node(&info, lease).await?;
 
@@ -400,7 +405,11 @@ impl Meta {
             }
         }
         let mut shards = store.shards().await?;
-        for report in reports.iter().filter(|r| !r.is_follower()) {
+        // A compute instance adopts nothing (it reports no shard anyway).
+        for report in reports
+            .iter()
+            .filter(|r| !r.is_follower() && !info.is_compute())
+        {
             if let Some((shard, rev)) = shards
                 .iter_mut()
                 .find(|(s, _)| s.id == report.id && s.leader.is_none())
@@ -422,6 +431,13 @@ impl Meta {
             shard_count: config.shard_count,
             node_ttl_ms: u64::try_from(self.inner.opts.node_ttl.as_millis()).unwrap_or(u64::MAX),
             incarnation: config.incarnation,
+            compute_endpoints: store
+                .nodes()
+                .await?
+                .into_iter()
+                .filter(|n| n.is_compute())
+                .map(|n| n.endpoint)
+                .collect(),
         })
     }
 
@@ -469,6 +485,18 @@ impl Meta {
                 ..Default::default()
             });
         };
+        if node.is_compute() {
+            return Ok(ShardLockResponse {
+                header: header_err(
+                    409,
+                    format!(
+                        "node {} is a compute instance: it leads no shard",
+                        req.node_id
+                    ),
+                ),
+                ..Default::default()
+            });
+        }
         if node.instance != req.instance_id {
             // A process this node id no longer stands for.
             return Ok(ShardLockResponse {
@@ -945,7 +973,9 @@ impl Meta {
         if on {
             let draining = store.draining().await?;
             let others_lead = nodes.iter().any(|n| {
-                n.id != node && !draining.iter().any(|(d, i)| *d == n.id && *i == n.instance)
+                n.id != node
+                    && !n.is_compute()
+                    && !draining.iter().any(|(d, i)| *d == n.id && *i == n.instance)
             });
             if !others_lead {
                 return Ok(Err(format!(
@@ -969,8 +999,14 @@ impl Meta {
         version: Option<u64>,
     ) -> Result<std::result::Result<ShardInfo, String>> {
         let store = self.store();
-        if !store.nodes().await?.iter().any(|n| n.id == node) {
-            return Ok(Err(format!("node {node} is not alive")));
+        match store.nodes().await?.iter().find(|n| n.id == node) {
+            None => return Ok(Err(format!("node {node} is not alive"))),
+            Some(n) if n.is_compute() => {
+                return Ok(Err(format!(
+                    "node {node} is a compute instance: it leads no shard"
+                )))
+            }
+            Some(_) => {}
         }
         let Some((info, rev)) = store
             .shards()
@@ -1085,7 +1121,13 @@ impl Meta {
     /// only when no other move is still in flight.
     async fn schedule(&self) -> Result<()> {
         let store = self.store();
-        let nodes = store.nodes().await?;
+        // Compute instances lead and follow nothing.
+        let nodes: Vec<_> = store
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| !n.is_compute())
+            .collect();
         let live: Vec<String> = nodes.iter().map(|n| n.id.clone()).collect();
         let shards = store.shards().await?;
         let infos: Vec<ShardInfo> = shards.iter().map(|(s, _)| s.clone()).collect();

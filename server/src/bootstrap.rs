@@ -191,9 +191,25 @@ pub(crate) async fn serve(
     Ok(())
 }
 
+/// What an instance of a cluster does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Leads and follows the shards meta assigns it.
+    #[default]
+    Data,
+    /// Holds no shard: answers queries by reading tables' SSTs from the
+    /// object store, and only the rows not flushed yet from their leaders.
+    Compute,
+}
+
 /// Runs an instance in cluster mode until a shutdown signal: registers with
-/// meta, serves the shards meta assigns, and answers gRPC and HTTP.
-pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Result<()> {
+/// meta, serves the shards meta assigns (none for a compute instance), and
+/// answers gRPC and HTTP.
+pub async fn run_cluster(
+    mut config: Config,
+    meta_endpoints: Vec<String>,
+    role: Role,
+) -> Result<()> {
     use crate::cluster::{Cluster, MetaCatalog, MetaClient, ShardControlService};
     use crate::storage;
     use std::sync::Arc;
@@ -203,7 +219,7 @@ pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Res
         // process on the same Kafka and S3.
         config.engine.cluster = "cluster".to_string();
     }
-    if !matches!(config.wal, crate::config::WalConfig::Kafka(_)) {
+    if role == Role::Data && !matches!(config.wal, crate::config::WalConfig::Kafka(_)) {
         return Err(Error::InvalidArgument(
             "cluster mode needs the Kafka WAL (wal.kind = \"kafka\"): a shard's WAL must be readable by whichever instance opens it".into(),
         ));
@@ -258,9 +274,18 @@ pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Res
         meta,
         engine.clone(),
         Arc::new(storage::ConfiguredWal(config.clone())),
+        role == Role::Compute,
     );
     // Ready once meta knows us and the catalog is loaded.
     cluster.wait_for_meta().await;
+    if role == Role::Compute && !cluster.compute_endpoints().contains(&cluster.node_id) {
+        // A meta older than compute instances took this one for a data
+        // instance and may give it shards it will never open.
+        return Err(Error::InvalidArgument(
+            "meta does not list this instance as a compute instance: it is older than              `--role compute`; upgrade meta first"
+                .into(),
+        ));
+    }
     let heartbeats = tokio::spawn(cluster.clone().run());
     let query_runtime = query_runtime(&config)?;
     let query = QueryEngine::with_router(
@@ -270,11 +295,16 @@ pub async fn run_cluster(mut config: Config, meta_endpoints: Vec<String>) -> Res
         cluster.clone(),
     )
     .with_limits(crate::sql::QueryLimits::new(&config.query))
-    .reading_followers(config.query.read_preference == crate::config::ReadPreference::Follower);
+    .reading_followers(config.query.read_preference == crate::config::ReadPreference::Follower)
+    .offloading_reads(config.query.offload_reads && role == Role::Data);
     let control = strata_proto::meta::shard_control_server::ShardControlServer::new(
         ShardControlService::new(cluster.clone(), secret),
     );
-    serve(&config, query, listeners, "server", Some(control)).await?;
+    let what = match role {
+        Role::Data => "server",
+        Role::Compute => "compute server",
+    };
+    serve(&config, query, listeners, what, Some(control)).await?;
     heartbeats.abort();
     cluster.hand_back_all().await;
     if let Err(e) = engine.close().await {

@@ -91,6 +91,12 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[command(flatten)]
         listen: Listen,
+        /// `data` (default): lead and follow the shards meta assigns.
+        /// `compute`: hold no shard, and answer queries by reading tables'
+        /// SSTs from the object store (through the disk cache), asking
+        /// their leaders only for the rows not flushed yet.
+        #[arg(long, value_enum, default_value = "data")]
+        role: strata_server::bootstrap::Role,
     },
     /// Administer a cluster through meta's HTTP API.
     Admin {
@@ -271,10 +277,11 @@ async fn server(
     meta: Vec<String>,
     data_dir: Option<PathBuf>,
     listen: Listen,
+    role: strata_server::bootstrap::Role,
 ) -> Result<(), String> {
     let cfg = load_config(config, data_dir, listen)?;
     init_logging(&cfg.log.level);
-    strata_server::bootstrap::run_cluster(cfg, meta)
+    strata_server::bootstrap::run_cluster(cfg, meta, role)
         .await
         .map_err(|e| e.to_string())
 }
@@ -577,7 +584,8 @@ async fn main() -> ExitCode {
             meta,
             data_dir,
             listen,
-        } => server(config, meta, data_dir, listen).await,
+            role,
+        } => server(config, meta, data_dir, listen, role).await,
         Command::Admin { meta, command } => admin(meta, command).await,
         Command::Sql {
             endpoint,

@@ -11,6 +11,7 @@
 //!   entry) but not served: lookups fail with a `NotLeader` error.
 
 mod maintenance;
+mod readers;
 mod tables;
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
@@ -105,6 +106,9 @@ pub struct Engine {
     shards: parking_lot::RwLock<BTreeMap<ShardId, Arc<Shard>>>,
     /// Shards followed here (read-only copies of shards led elsewhere).
     followers: parking_lot::RwLock<BTreeMap<ShardId, Arc<Follower>>>,
+    /// A compute instance's read-only copies of tables (their SSTs, from
+    /// their manifests) and when each manifest was read.
+    readers: readers::Readers,
     /// The last table id meta had handed out as of the catalog about to be
     /// installed ([`Self::note_last_table_id`]).
     pending_last_table_id: std::sync::atomic::AtomicU64,
@@ -294,6 +298,7 @@ impl Engine {
             cluster,
             shards: parking_lot::RwLock::new(shards),
             followers: parking_lot::RwLock::new(BTreeMap::new()),
+            readers: Default::default(),
             pending_last_table_id: std::sync::atomic::AtomicU64::new(0),
             snapshot: parking_lot::Mutex::new((0, Default::default())),
             partials: Default::default(),

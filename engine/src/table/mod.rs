@@ -280,6 +280,64 @@ impl Table {
         Ok(())
     }
 
+    /// For a compute instance reading this table's SSTs through a manifest
+    /// whose flushed offset is `from`: the rows of sequence `from` and
+    /// above that are still in memory here, in the current storage schema.
+    /// With the SSTs of that manifest (every row below `from`), they are
+    /// every row this table has acknowledged, each once. Fails with
+    /// [`Error::FlushedBeyond`] when this table has flushed past `from`:
+    /// the rows between are in SSTs that manifest does not list. The
+    /// caller checks ownership.
+    pub fn unflushed_since(&self, from: u64) -> Result<(Arc<TableMeta>, Vec<RecordBatch>)> {
+        let version = self.version();
+        if version.flushed_offset > from {
+            return Err(Error::FlushedBeyond {
+                table: self.name.clone(),
+                flushed: version.flushed_offset,
+                asked: from,
+            });
+        }
+        let storage = version.meta.storage_schema.clone();
+        let mut rows = Vec::new();
+        for m in version.memtables() {
+            let batches = match trim(m, from)? {
+                Trimmed::Same => m.snapshot(),
+                Trimmed::Gone => continue,
+                Trimmed::Kept(k) => k.snapshot(),
+            };
+            for b in batches {
+                if b.num_rows() > 0 {
+                    rows.push(adapt_batch(&b, &storage)?);
+                }
+            }
+        }
+        Ok((version.meta.clone(), rows))
+    }
+
+    /// A compute instance's copy (see [`Self::open_follower`]) takes the
+    /// manifest `state` as it is on the store now; the definition too
+    /// when `entry` differs.
+    pub(crate) fn take_manifest(
+        &self,
+        state: &ManifestState,
+        entry: Option<TableEntry>,
+    ) -> Result<()> {
+        if let Some(e) = entry {
+            self.install_meta(e);
+        }
+        self.follow(state, state.flushed_offset)
+    }
+
+    /// A compute instance's copy takes a newer definition only.
+    pub(crate) fn take_manifest_definition(&self, entry: TableEntry) {
+        self.install_meta(entry);
+    }
+
+    /// The last edit of the manifest as this table loaded it.
+    pub(crate) async fn manifest_last_edit(&self) -> u64 {
+        self.manifest.lock().await.state().last_edit
+    }
+
     pub fn id(&self) -> TableId {
         self.id
     }

@@ -7,6 +7,7 @@ mod broker;
 mod chaos;
 mod cli;
 mod cluster;
+mod cluster_compute;
 mod cluster_followers;
 mod cluster_pause;
 mod cluster_secret;

@@ -91,15 +91,23 @@ pub struct Cluster {
     clients: Mutex<BTreeMap<String, strata_client::Client>>,
     /// Whether the last heartbeat reached meta.
     pub meta_reachable: AtomicBool,
+    /// A compute instance (`--role compute`): meta assigns it no shard,
+    /// and it reads tables' SSTs itself.
+    compute: bool,
+    /// The compute instances meta last listed (their gRPC endpoints).
+    compute_endpoints: RwLock<Vec<String>>,
 }
 
 impl Cluster {
+    /// A `compute` instance tells meta its role, opens no shard, and reads
+    /// tables' SSTs itself.
     pub fn new(
         node_id: String,
         http_endpoint: String,
         meta: Arc<MetaClient>,
         engine: Arc<Engine>,
         wal: Arc<dyn WalRegions>,
+        compute: bool,
     ) -> Arc<Self> {
         Arc::new(Self {
             node_id,
@@ -120,7 +128,19 @@ impl Cluster {
             refresh: tokio::sync::Mutex::new(()),
             clients: Mutex::new(BTreeMap::new()),
             meta_reachable: AtomicBool::new(false),
+            compute,
+            compute_endpoints: RwLock::new(Vec::new()),
         })
+    }
+
+    /// Whether this is a compute instance.
+    pub fn is_compute(&self) -> bool {
+        self.compute
+    }
+
+    /// The gRPC endpoints of the compute instances meta last listed.
+    pub fn compute_endpoints(&self) -> Vec<String> {
+        self.compute_endpoints.read().clone()
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -252,6 +272,11 @@ impl Cluster {
             tables_json,
             memtable_bytes: self.engine.write_buffer_usage().0 as u64,
             instance_id: self.instance_id.clone(),
+            role: if self.compute {
+                strata_meta::model::ROLE_COMPUTE.to_string()
+            } else {
+                String::new()
+            },
         };
         let resp = self
             .meta
@@ -280,6 +305,7 @@ impl Cluster {
             tracing::warn!("meta's metadata was re-initialised; reporting this instance's tables");
             self.report_tables.store(true, Ordering::Relaxed);
         }
+        *self.compute_endpoints.write() = resp.compute_endpoints.clone();
         {
             let mut a = self.assignments.write();
             *a = resp
@@ -308,8 +334,11 @@ impl Cluster {
             Ok(())
         };
         // Shards open and close as meta assigns them even when the catalog
-        // could not be loaded (failover must not wait on it).
-        self.reconcile().await;
+        // could not be loaded (failover must not wait on it). A compute
+        // instance holds none.
+        if !self.compute {
+            self.reconcile().await;
+        }
         refreshed
     }
 
@@ -349,6 +378,14 @@ impl crate::route::Router for Cluster {
 
     fn is_distributed(&self) -> bool {
         true
+    }
+
+    fn reads_storage(&self) -> bool {
+        self.compute
+    }
+
+    fn compute_endpoints(&self) -> Vec<String> {
+        Cluster::compute_endpoints(self)
     }
 
     fn assignment(&self, shard: ShardId) -> Option<Assignment> {

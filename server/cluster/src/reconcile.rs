@@ -14,7 +14,8 @@ use strata_wal::Epoch;
 
 impl Cluster {
     pub(super) async fn reconcile(self: &Arc<Self>) {
-        if self.superseded.load(Ordering::Acquire) {
+        // A compute instance holds no shard, whatever it is told.
+        if self.superseded.load(Ordering::Acquire) || self.compute {
             return;
         }
         let assignments = self.assignments();

@@ -153,6 +153,18 @@ pub trait Router: Send + Sync + fmt::Debug {
     /// Brings the catalog up to a peer's, known by its fingerprint.
     async fn sync_catalog(&self, peer_fingerprint: u64) -> EngineResult<()>;
 
+    /// Whether this is a compute instance: it leads no shard, and reads
+    /// tables' SSTs from the object store itself, asking their leaders
+    /// only for the rows not flushed yet.
+    fn reads_storage(&self) -> bool {
+        false
+    }
+
+    /// The gRPC endpoints of the compute instances meta lists.
+    fn compute_endpoints(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The assignment of a shard another instance leads, if it has a leader.
     fn remote_leader(&self, shard: ShardId) -> Option<Assignment> {
         self.assignment(shard)

@@ -152,6 +152,12 @@ pub struct QueryConfig {
     /// request may ask otherwise: `x-strata-read-preference` (HTTP header
     /// or gRPC metadata) or `?read_preference=` on `/sql`.
     pub read_preference: ReadPreference,
+    /// Cluster mode: send read-only SQL statements (`SELECT`, `WITH`) a
+    /// client sends to this instance to a compute instance
+    /// (`strata server --role compute`, listed by meta), one after the
+    /// other, and run them here only when none is listed or the one asked
+    /// is unreachable or overloaded.
+    pub offload_reads: bool,
 }
 
 /// Where read-only statements read tables whose shards are followed here.
@@ -189,6 +195,7 @@ impl Default for QueryConfig {
             max_concurrent: 32,
             queue_timeout: std::time::Duration::from_secs(5),
             read_preference: ReadPreference::Leader,
+            offload_reads: false,
         }
     }
 }

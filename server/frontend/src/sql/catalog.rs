@@ -114,14 +114,16 @@ impl SchemaProvider for DatabaseSchema {
                         self.router.clone(),
                         f,
                     )))),
-                    None => Ok(Some(Arc::new(RemoteTable::new(
+                    None => Ok(Some(Arc::new(RemoteTable::reading_storage(
                         *entry,
                         self.router.clone(),
+                        &self.engine,
                     )))),
                 },
-                true => Ok(Some(Arc::new(RemoteTable::new(
+                true => Ok(Some(Arc::new(RemoteTable::reading_storage(
                     *entry,
                     self.router.clone(),
+                    &self.engine,
                 )))),
                 false => Err(datafusion::error::DataFusionError::External(Box::new(
                     strata_engine::Error::NotServedHere {

@@ -545,6 +545,7 @@ impl Part {
                         limit: self.read.limit.map(|n| n as u64),
                         plan: self.bytes.clone(),
                         catalog_fingerprint: router.fingerprint(),
+                        unflushed_from: None,
                     };
                     let sent = match router.peer(&endpoint).await {
                         Ok(peer) => peer.execute_plan(request).await,
@@ -869,6 +870,10 @@ pub struct PlanPart {
     pub filters: Vec<Vec<u8>>,
     pub limit: Option<usize>,
     pub plan: Vec<u8>,
+    /// A compute instance's read of the rows still in memory here (see
+    /// `ExecutePlanRequest.unflushed_from`): `plan` is empty and `columns`
+    /// are storage columns.
+    pub unflushed_from: Option<u64>,
 }
 
 impl PlanPart {
@@ -884,6 +889,7 @@ impl PlanPart {
             filters: req.filters,
             limit: req.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
             plan: req.plan,
+            unflushed_from: req.unflushed_from,
         }
     }
 }
@@ -935,20 +941,6 @@ impl QueryEngine {
                 }
             };
             check_owner()?;
-            let provider = StrataTableProvider::new(table.clone());
-            let schema = provider.schema();
-            let projection = part
-                .columns
-                .iter()
-                .map(|c| {
-                    schema.index_of(c).map_err(|_| {
-                        Error::from(strata_engine::Error::CatalogChanged(format!(
-                            "table {} has no column {c} here",
-                            part.table
-                        )))
-                    })
-                })
-                .collect::<Result<Vec<usize>>>()?;
             let task = state.task_ctx();
             let invalid = |what: &str, e: DataFusionError| {
                 Error::InvalidArgument(format!("the plan part's {what} cannot be read: {e}"))
@@ -977,6 +969,35 @@ impl QueryEngine {
                     "a plan part's filters may not hold subqueries".to_string(),
                 ));
             }
+            if let Some(from) = part.unflushed_from {
+                if !part.plan.is_empty() {
+                    return Err(Error::InvalidArgument(
+                        "a read of unflushed rows carries no plan".to_string(),
+                    ));
+                }
+                let plan = unflushed_plan(&table, from, &part.columns, &filters, &state)?;
+                let mut stream = datafusion::physical_plan::execute_stream(plan, task)?;
+                while let Some(batch) = stream.next().await {
+                    if rows.send(batch?).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                return check_owner();
+            }
+            let provider = StrataTableProvider::new(table.clone());
+            let schema = provider.schema();
+            let projection = part
+                .columns
+                .iter()
+                .map(|c| {
+                    schema.index_of(c).map_err(|_| {
+                        Error::from(strata_engine::Error::CatalogChanged(format!(
+                            "table {} has no column {c} here",
+                            part.table
+                        )))
+                    })
+                })
+                .collect::<Result<Vec<usize>>>()?;
             let scan = provider
                 .scan(&state, Some(&projection), &filters, part.limit)
                 .await?;
@@ -995,6 +1016,60 @@ impl QueryEngine {
         })
         .await
     }
+}
+
+/// The plan that reads a table's rows of sequence `from` and above still
+/// in memory (for a compute instance, see `Table::unflushed_since`): the
+/// storage `columns` it names, filtered by `filters`.
+fn unflushed_plan(
+    table: &strata_engine::table::Table,
+    from: u64,
+    columns: &[String],
+    filters: &[Expr],
+    state: &datafusion::execution::SessionState,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    use datafusion::{
+        common::DFSchema, datasource::memory::MemorySourceConfig,
+        datasource::source::DataSourceExec, logical_expr::utils::conjunction,
+    };
+    let (meta, batches) = table.unflushed_since(from)?;
+    let storage = meta.storage_schema.clone();
+    let projection = columns
+        .iter()
+        .map(|c| {
+            storage.index_of(c).map_err(|_| {
+                Error::from(strata_engine::Error::CatalogChanged(format!(
+                    "table {} has no column {c} here",
+                    table.name()
+                )))
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let mut plan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(
+        MemorySourceConfig::try_new(&[batches], storage.clone(), None)?,
+    );
+    if let Some(predicate) = conjunction(filters.to_vec()) {
+        let df_schema = DFSchema::try_from(storage.clone())?;
+        let predicate = state
+            .create_physical_expr(predicate, &df_schema)
+            .map_err(|e| {
+                Error::InvalidArgument(format!("the read's filters cannot be planned: {e}"))
+            })?;
+        plan = Arc::new(FilterExec::try_new(predicate, plan)?);
+    }
+    let exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = projection
+        .iter()
+        .map(|&i| {
+            let name = storage.field(i).name().clone();
+            (
+                Arc::new(datafusion::physical_expr::expressions::Column::new(
+                    &name, i,
+                )) as Arc<dyn PhysicalExpr>,
+                name,
+            )
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 #[cfg(test)]

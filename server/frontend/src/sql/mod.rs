@@ -9,6 +9,7 @@
 pub mod alter_table;
 mod catalog;
 mod coercion;
+mod compute;
 pub mod create_table;
 pub mod distributed;
 mod insert_check;
@@ -144,6 +145,10 @@ pub struct QueryEngine {
     follower_ctx: SessionContext,
     /// Whether this engine's read-only statements prefer followers.
     follower_reads: bool,
+    /// Whether clients' read-only statements go to compute instances
+    /// (`query.offload_reads`); the next one to ask.
+    offload_reads: bool,
+    offload_next: Arc<std::sync::atomic::AtomicUsize>,
     /// Where tables are served: [`LocalRouter`] in standalone.
     router: Arc<dyn Router>,
     runtime: tokio::runtime::Handle,
@@ -291,6 +296,8 @@ impl QueryEngine {
             local_ctx,
             follower_ctx,
             follower_reads: false,
+            offload_reads: false,
+            offload_next: Default::default(),
             router,
             runtime,
             prom_labels: Default::default(),
@@ -307,6 +314,14 @@ impl QueryEngine {
     pub fn reading_followers(&self, yes: bool) -> Self {
         let mut q = self.clone();
         q.follower_reads = yes;
+        q
+    }
+
+    /// This engine, sending clients' read-only statements to compute
+    /// instances (`query.offload_reads`).
+    pub fn offloading_reads(&self, yes: bool) -> Self {
+        let mut q = self.clone();
+        q.offload_reads = yes;
         q
     }
 
@@ -551,14 +566,50 @@ impl QueryEngine {
             first.as_str(),
             "select" | "insert" | "explain" | "with" | "delete" | "update" | "("
         );
+        let read_only = matches!(first_word(sql).as_str(), "select" | "with");
+        if self.offload_reads
+            && read_only
+            && !forwarded
+            && !self.router.reads_storage()
+            // The system tables describe the instance asked (a statement
+            // that names `system` at all, in any quoting, stays here).
+            && database != system::SYSTEM_DATABASE
+            && !sql.to_ascii_lowercase().contains(system::SYSTEM_DATABASE)
+            // Follower reads are this instance's own copies.
+            && !self.follower_reads
+        {
+            let computes = self.router.compute_endpoints();
+            if !computes.is_empty() {
+                let next = self
+                    .offload_next
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let endpoint = &computes[next % computes.len()];
+                // A statement of its own there (not a forwarded one, which
+                // would see only shards open there: none).
+                match self.forward_as(endpoint, database, sql, false).await {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            strata_engine::ErrorKind::Unavailable
+                                | strata_engine::ErrorKind::Overloaded
+                        ) =>
+                    {
+                        tracing::debug!(%endpoint, error = %e,
+                            "a compute instance did not take a read; running it here");
+                    }
+                    other => return other,
+                }
+            }
+        }
         if self.router.is_distributed() && !forwarded && forwardable {
             // Every table the statement names is led by one other instance:
             // that instance runs the whole statement (its plan, EXPLAIN and
             // INSERT checks are the leader's own).
-            let read_only = matches!(first_word(sql).as_str(), "select" | "with");
             if let Some(endpoint) = self
                 .single_remote_leader(database, sql)
                 .filter(|_| !(read_only && self.follower_reads && self.follows_any(database, sql)))
+                // A compute instance reads tables itself (its reason to be).
+                .filter(|_| !(self.router.reads_storage() && (read_only || first == "explain")))
             {
                 match self.forward(&endpoint, database, sql).await {
                     Err(e)
@@ -861,6 +912,19 @@ impl QueryEngine {
     }
 
     async fn forward(&self, endpoint: &str, database: &str, sql: &str) -> Result<Output> {
+        self.forward_as(endpoint, database, sql, true).await
+    }
+
+    /// Runs `sql` on another instance, as a request `forwarded` from here
+    /// (never forwarded again, seeing only the shards open there) or as
+    /// one of its own.
+    async fn forward_as(
+        &self,
+        endpoint: &str,
+        database: &str,
+        sql: &str,
+        forwarded: bool,
+    ) -> Result<Output> {
         let remote = |e: strata_client::Error| Error::Query {
             kind: crate::error::remote_kind(&e),
             message: e.to_string(),
@@ -873,7 +937,7 @@ impl QueryEngine {
                 }),
                 tables: Vec::new(),
                 sql: sql.to_string(),
-                forwarded: true,
+                forwarded,
                 catalog_fingerprint: self.router.fingerprint(),
             })
             .await

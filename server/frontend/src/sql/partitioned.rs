@@ -147,7 +147,11 @@ impl PartitionedTable {
                         self.router.clone(),
                         f,
                     )),
-                    _ => Arc::new(RemoteTable::new(*entry, self.router.clone())),
+                    _ => Arc::new(RemoteTable::reading_storage(
+                        *entry,
+                        self.router.clone(),
+                        &self.engine,
+                    )),
                 },
                 Located::Partitioned(_) => {
                     return Err(DataFusionError::Internal(format!(

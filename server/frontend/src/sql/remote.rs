@@ -87,7 +87,7 @@ pub(crate) async fn target(
 
 /// Whether a remote answer means "the shard moved or is moving": worth
 /// another try once the route is refreshed.
-fn moved(e: &strata_client::Error) -> bool {
+pub(crate) fn moved(e: &strata_client::Error) -> bool {
     matches!(
         crate::error::remote_kind(e),
         strata_engine::ErrorKind::NotLeader
@@ -106,6 +106,10 @@ pub struct RemoteTable {
     /// This instance's follower of the table's shard, read first once it
     /// has caught up (`read_preference = follower`).
     follower: Option<Arc<strata_engine::follower::Follower>>,
+    /// A compute instance's engine: the table's SSTs are read here, from
+    /// the object store, and only the rows not flushed yet from the leader
+    /// (see `super::compute`).
+    pub(crate) storage: Option<Arc<strata_engine::Engine>>,
 }
 
 impl RemoteTable {
@@ -116,6 +120,21 @@ impl RemoteTable {
             router,
             last_values: false,
             follower: None,
+            storage: None,
+        }
+    }
+
+    /// On a compute instance (`Router::reads_storage`): the table, its SSTs
+    /// read through `engine` from the object store, the rows not flushed
+    /// yet from its leader. Elsewhere, the table read from its leader.
+    pub fn reading_storage(
+        entry: TableEntry,
+        router: Arc<dyn Router>,
+        engine: &Arc<strata_engine::Engine>,
+    ) -> Self {
+        Self {
+            storage: router.reads_storage().then(|| engine.clone()),
+            ..Self::new(entry, router)
         }
     }
 
@@ -248,6 +267,14 @@ impl TableProvider for RemoteTable {
             return StrataTableProvider::new(t)
                 .scan(state, projection, filters, limit)
                 .await;
+        }
+        if let (Some(engine), false) = (&self.storage, self.last_values) {
+            if let Some(plan) = self
+                .scan_storage(engine, state, projection, filters, limit)
+                .await?
+            {
+                return Ok(plan);
+            }
         }
         let deadline = Instant::now() + MOVE_WAIT;
         match target(self.router.as_ref(), &self.entry, deadline).await? {

@@ -324,7 +324,9 @@ impl StorageServiceImpl {
         };
         query
             .limited(req.forwarded, |q| async move {
-                if req.forwarded {
+                // A request from another instance (forwarded, or a read it
+                // offloaded here) names the catalog it was sent under.
+                if req.forwarded || req.catalog_fingerprint != 0 {
                     q.router().sync_catalog(req.catalog_fingerprint).await?;
                 }
                 q.execute_with(&db, &req.sql, req.forwarded).await

@@ -1,0 +1,122 @@
+//! A compute instance's copies of tables: it leads and follows no shard,
+//! and reads a table's SSTs straight from the object store, through the
+//! manifest the table's leader commits (never claimed, never written).
+//! The rows not flushed yet come from the leader at query time
+//! ([`Table::unflushed_since`] there), over the flushed offset of the
+//! manifest read here: together, every acknowledged row once.
+//!
+//! A copy's manifest is read again when it is older than
+//! `follower_sync_interval` (well under `gc_grace`, so the SSTs it lists
+//! outlive the queries that read them) or when the leader answers
+//! `FlushedBeyond`. One read at a time per table, each installed only if
+//! it is newer than the installed one: a slow read finishing after a
+//! faster, newer one must not put an older SST list under a newer flushed
+//! offset (rows between the two would be in neither).
+
+use std::{collections::HashMap, sync::Arc, time::Instant};
+
+use strata_sst::{layout, TableId};
+
+use super::Engine;
+use crate::{catalog::TableEntry, ownership::Ownership, table::Table, Result};
+
+#[derive(Clone)]
+struct Copy {
+    table: Arc<Table>,
+    /// When the installed manifest's read began.
+    read_at: Instant,
+    /// The installed manifest's last edit.
+    last_edit: u64,
+    /// Held while the manifest is read and installed.
+    reading: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Default)]
+pub(super) struct Readers {
+    tables: parking_lot::RwLock<HashMap<TableId, Copy>>,
+}
+
+impl std::fmt::Debug for Readers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readers")
+            .field("tables", &self.tables.read().len())
+            .finish()
+    }
+}
+
+/// Whether `entry` is a newer definition than the one `table` has (a
+/// query planned on an older catalog never rolls a copy back).
+fn newer(entry: &TableEntry, table: &Table) -> bool {
+    let have = table.meta();
+    (entry.schema.version, entry.revision) > (have.entry.schema.version, have.entry.revision)
+}
+
+impl Engine {
+    /// This instance's read-only copy of `entry`'s table, its manifest read
+    /// within `follower_sync_interval`, or, with `fresh`, read after this
+    /// call began.
+    pub async fn reader(&self, entry: &TableEntry, fresh: bool) -> Result<Arc<Table>> {
+        let asked = Instant::now();
+        let max_age = self.ctx.config.follower_sync_interval;
+        let cached = self.readers.tables.read().get(&entry.id).cloned();
+        let Some(copy) = cached else {
+            let read_at = Instant::now();
+            let owner = Arc::new(Ownership::new(entry.shard, 0));
+            owner.relinquish();
+            let table = Table::open_follower(entry.clone(), self.ctx.clone(), owner).await?;
+            let last_edit = table.manifest_last_edit().await;
+            let mut tables = self.readers.tables.write();
+            // Copies of dropped tables go (ids are never reused).
+            tables.retain(|id, _| self.catalog.table_by_id(*id).is_some());
+            return Ok(tables
+                .entry(entry.id)
+                .or_insert(Copy {
+                    table,
+                    read_at,
+                    last_edit,
+                    reading: Default::default(),
+                })
+                .table
+                .clone());
+        };
+        let good = |c: &Copy| {
+            !newer(entry, &c.table)
+                && if fresh {
+                    c.read_at >= asked
+                } else {
+                    c.read_at.elapsed() < max_age
+                }
+        };
+        if good(&copy) {
+            return Ok(copy.table);
+        }
+        let reading = copy.reading.clone();
+        let _reading = reading.lock().await;
+        // Another query may have read it meanwhile.
+        let copy = self
+            .readers
+            .tables
+            .read()
+            .get(&entry.id)
+            .cloned()
+            .unwrap_or(copy);
+        if good(&copy) {
+            return Ok(copy.table);
+        }
+        let read_at = Instant::now();
+        let dir = layout::manifest_dir(&self.ctx.config.cluster, entry.shard, entry.id);
+        let state = crate::manifest::load(&self.ctx.store, &dir, entry.id).await?;
+        let definition = newer(entry, &copy.table).then(|| entry.clone());
+        if state.last_edit >= copy.last_edit {
+            copy.table.take_manifest(&state, definition)?;
+        } else if let Some(d) = definition {
+            copy.table.take_manifest_definition(d);
+        }
+        let mut tables = self.readers.tables.write();
+        if let Some(c) = tables.get_mut(&entry.id) {
+            c.read_at = read_at;
+            c.last_edit = c.last_edit.max(state.last_edit);
+        }
+        Ok(copy.table)
+    }
+}
