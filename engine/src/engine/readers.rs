@@ -25,8 +25,8 @@ struct Copy {
     table: Arc<Table>,
     /// When the installed manifest's read began.
     read_at: Instant,
-    /// The installed manifest's last edit.
-    last_edit: u64,
+    /// The installed manifest state.
+    state: Arc<crate::manifest::ManifestState>,
     /// Held while the manifest is read and installed.
     reading: Arc<tokio::sync::Mutex<()>>,
 }
@@ -64,7 +64,7 @@ impl Engine {
             let owner = Arc::new(Ownership::new(entry.shard, 0));
             owner.relinquish();
             let table = Table::open_follower(entry.clone(), self.ctx.clone(), owner).await?;
-            let last_edit = table.manifest_last_edit().await;
+            let state = Arc::new(table.manifest_state().await);
             let mut tables = self.readers.tables.write();
             // Copies of dropped tables go (ids are never reused).
             tables.retain(|id, _| self.catalog.table_by_id(*id).is_some());
@@ -73,7 +73,7 @@ impl Engine {
                 .or_insert(Copy {
                     table,
                     read_at,
-                    last_edit,
+                    state,
                     reading: Default::default(),
                 })
                 .table
@@ -105,9 +105,11 @@ impl Engine {
         }
         let read_at = Instant::now();
         let dir = layout::manifest_dir(&self.ctx.config.cluster, entry.shard, entry.id);
-        let state = crate::manifest::load(&self.ctx.store, &dir, entry.id).await?;
+        // Only the edits since the installed state, when they follow it.
+        let state = crate::manifest::load_since(&self.ctx.store, &dir, &copy.state).await?;
         let definition = newer(entry, &copy.table).then(|| entry.clone());
-        if state.last_edit >= copy.last_edit {
+        let newer_state = state.last_edit >= copy.state.last_edit;
+        if newer_state {
             copy.table.take_manifest(&state, definition)?;
         } else if let Some(d) = definition {
             copy.table.take_manifest_definition(d);
@@ -115,7 +117,9 @@ impl Engine {
         let mut tables = self.readers.tables.write();
         if let Some(c) = tables.get_mut(&entry.id) {
             c.read_at = read_at;
-            c.last_edit = c.last_edit.max(state.last_edit);
+            if newer_state {
+                c.state = Arc::new(state);
+            }
         }
         Ok(copy.table)
     }

@@ -57,6 +57,53 @@ pub async fn load(
     })
 }
 
+/// Brings `base` (a state read earlier) up to the store's: only the edits
+/// after it are read, when they follow it without a gap; otherwise (a
+/// snapshot covered and deleted some of them, or an edit looks out of
+/// place) the whole manifest is read. Edits are never rewritten, so the
+/// result is a state the manifest had, at least as new as `base`.
+pub async fn load_since(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    base: &ManifestState,
+) -> Result<ManifestState> {
+    let invalid = |reason: String| Error::Manifest {
+        table: base.table,
+        reason,
+    };
+    let mut state = base.clone();
+    for (seq, path) in list_seqs(store, &dir.clone().join("edits")).await? {
+        if seq <= state.last_edit {
+            continue;
+        }
+        if seq != state.last_edit + 1 {
+            return load(store, dir, base.table).await;
+        }
+        let bytes = match get_bytes(store, &path).await {
+            Ok(b) => b,
+            Err(object_store::Error::NotFound { .. }) => return load(store, dir, base.table).await,
+            Err(e) => return Err(store_err("read", &path)(e)),
+        };
+        let edit = decode_edit(&bytes).map_err(|e| invalid(format!("edit {path}: {e}")))?;
+        if edit.epoch < state.epoch {
+            return load(store, dir, base.table).await;
+        }
+        state.apply(&edit);
+    }
+    // A snapshot past what was read may have covered (and deleted) the
+    // newest edits: then the listing above shows no edit after them, which
+    // looks like nothing new. Listed after the edits, so that a snapshot
+    // whose deletions the edit listing saw is seen here.
+    let newest = list_seqs(store, &dir.clone().join("snapshots"))
+        .await?
+        .last()
+        .map(|(s, _)| *s);
+    if newest.is_some_and(|s| s > state.last_edit) {
+        return load(store, dir, base.table).await;
+    }
+    Ok(state)
+}
+
 enum LoadError {
     /// An object listed a moment ago is gone: read again.
     Raced(String),

@@ -39,8 +39,8 @@ use object_store::{path::Path, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
 use serde::{Deserialize, Serialize};
 use strata_sst::{SstId, SstInfo, TableId};
 
-pub use self::load::load;
 use self::load::{get_bytes, list_seqs};
+pub use self::load::{load, load_since};
 use crate::{metrics, ownership::Ownership, Error, Result};
 
 mod load;

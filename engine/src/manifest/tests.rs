@@ -271,3 +271,43 @@ async fn a_lost_put_rereads_and_replans() {
         .unwrap_err();
     assert!(matches!(err, Error::ManifestConflict { .. }));
 }
+
+#[tokio::test]
+async fn a_reader_catches_up_by_the_new_edits_alone_or_reads_everything_after_a_snapshot() {
+    let (_d, store) = local();
+    let mdir = Path::from("c/shards/0/tables/1/manifest");
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+        .await
+        .unwrap();
+    m.commit(add(1), |_| true).await.unwrap();
+    let base = load(&store, &mdir, TableId(1)).await.unwrap();
+    assert_eq!(&base, m.state());
+    // Nothing new: the same state.
+    assert_eq!(load_since(&store, &mdir, &base).await.unwrap(), base);
+    // Two edits later: those two applied, the same as a whole read.
+    m.commit(add(2), |_| true).await.unwrap();
+    m.commit(add(3), |_| true).await.unwrap();
+    let caught_up = load_since(&store, &mdir, &base).await.unwrap();
+    assert_eq!(&caught_up, m.state());
+    assert_eq!(caught_up.ssts.len(), 3);
+    // Each edit, the one that writes a snapshot and deletes the edits it
+    // covers among them (the newest included): never the base again.
+    for i in 100..(100 + SNAPSHOT_EVERY + 2) {
+        let before = load(&store, &mdir, TableId(1)).await.unwrap();
+        m.commit(add(i), |_| true).await.unwrap();
+        assert_eq!(
+            &load_since(&store, &mdir, &before).await.unwrap(),
+            m.state(),
+            "after edit {}",
+            m.state().last_edit
+        );
+    }
+    // Past a snapshot, which deleted the edits the base needs: a whole
+    // read, not a state with a gap.
+    for i in 4..=(SNAPSHOT_EVERY + 4) {
+        m.commit(add(i), |_| true).await.unwrap();
+    }
+    let caught_up = load_since(&store, &mdir, &base).await.unwrap();
+    assert_eq!(&caught_up, m.state());
+    assert_eq!(caught_up.ssts.len() as u64, 2 * SNAPSHOT_EVERY + 6);
+}

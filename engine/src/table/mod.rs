@@ -333,9 +333,9 @@ impl Table {
         self.install_meta(entry);
     }
 
-    /// The last edit of the manifest as this table loaded it.
-    pub(crate) async fn manifest_last_edit(&self) -> u64 {
-        self.manifest.lock().await.state().last_edit
+    /// The manifest's state as this table last loaded it.
+    pub(crate) async fn manifest_state(&self) -> ManifestState {
+        self.manifest.lock().await.state().clone()
     }
 
     pub fn id(&self) -> TableId {

@@ -111,13 +111,43 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
                         flushes += 1;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(30)).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
             }
             flushes
         })
     };
-    let rounds = 150;
+    // Readers on the compute instance at the same time as the ledger's own
+    // reads (their manifest re-reads race each other): each count lies
+    // between the rows acknowledged before it was asked and those
+    // acknowledged after it answered (plus the one in flight).
+    let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let flushing = flushing.clone();
+        let acked = acked.clone();
+        let client = c.computes[ci].client().await;
+        readers.push(tokio::spawn(async move {
+            let mut reads = 0u32;
+            while flushing.load(Ordering::Relaxed) {
+                let low = acked.load(Ordering::Acquire);
+                let n: u64 = number(&client, "SELECT count(*) FROM cpu")
+                    .await
+                    .parse()
+                    .unwrap();
+                let high = acked.load(Ordering::Acquire) + 1;
+                assert!(
+                    (low..=high).contains(&n),
+                    "a concurrent read counted {n}, outside {low}..={high}"
+                );
+                reads += 1;
+            }
+            reads
+        }));
+    }
+    let started = Instant::now();
+    let rounds = 80;
     for i in 0..rounds {
+        let round = Instant::now();
         exec(
             &data,
             &format!(
@@ -135,6 +165,8 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
             &format!("INSERT INTO kv (k, v, ts) VALUES ('k{k}', {i}, {})", 10 * k),
         )
         .await;
+        acked.store(i + 1, Ordering::Release);
+        let writes = round.elapsed();
         assert_eq!(
             number(&compute, "SELECT count(*) FROM cpu").await,
             (i + 1).to_string(),
@@ -150,10 +182,22 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
             number(&compute, "SELECT count(*) FROM kv").await,
             (i + 1).min(5).to_string()
         );
+        if i % 20 == 0 {
+            eprintln!(
+                "round {i}: writes {writes:?}, reads {:?}",
+                round.elapsed() - writes
+            );
+        }
     }
     flushing.store(false, Ordering::Relaxed);
     let flushes = flusher.await.unwrap();
-    assert!(flushes > 10, "only {flushes} flushes ran during the ledger");
+    assert!(flushes > 5, "only {flushes} flushes ran during the ledger");
+    for r in readers {
+        let reads = r.await.unwrap();
+        assert!(reads > 10, "only {reads} concurrent reads");
+    }
+    eprintln!("the ledger took {:?}", started.elapsed());
+    let started = Instant::now();
 
     // The same answers as a data instance, over SSTs and memory both, for
     // a partitioned table too.
@@ -187,6 +231,7 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
         );
     }
 
+    eprintln!("the comparisons took {:?}", started.elapsed());
     // Its plans scan the tables here (SSTs included), with no remote scan.
     let plan = query(&compute, "EXPLAIN SELECT count(*) FROM cpu").await;
     let text: String = plan.iter().map(|r| r[1].clone()).collect();
@@ -217,6 +262,7 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
 
     // The leader of cpu's shard killed: once another instance has replayed
     // the WAL, the compute instance answers every acknowledged row again.
+    let started = Instant::now();
     let (_, leader) = crate::cluster::shard_of(&c, "cpu").await;
     c.servers[leader].kill9();
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -230,7 +276,7 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
             Ok(other) => panic!("{other:?}"),
             Err(e) => {
                 assert!(
-                    e.is_retryable() && Instant::now() < deadline,
+                    Instant::now() < deadline,
                     "not answered after the failover: {e}\n{}",
                     c.logs()
                 );
@@ -239,6 +285,7 @@ async fn a_compute_instance_reads_ssts_itself_and_sees_every_acknowledged_row() 
         }
     }
 
+    eprintln!("the failover took {:?}", started.elapsed());
     // After all that, meta never gave it a shard.
     let shards = c.shards().await;
     assert!(
