@@ -432,7 +432,7 @@ impl Catalog {
         if name.is_empty() {
             return Err(Error::InvalidSchema("table name must not be empty".into()));
         }
-        spec.validate(&schema)?;
+        spec.validate(&schema, &options)?;
         self.update(|s| {
             if !s.databases.contains_key(database) {
                 return Err(Error::DatabaseNotFound {

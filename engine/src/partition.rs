@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     error::{Error, Result},
+    options::{TableOptions, UpdateMode},
     schema::TableSchema,
 };
 
@@ -30,12 +31,18 @@ use crate::{
 pub const MAX_PARTITIONS: u32 = 60;
 
 /// How a partitioned table spreads its rows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionSpec {
-    /// The key: tag columns, in order.
+    /// The key: tag columns, in order (none with `random`).
     pub columns: Vec<String>,
     /// How many partitions.
     pub count: u32,
+    /// `PARTITION BY RANDOM`: each write's rows are dealt out over the
+    /// partitions in turn, whatever their values (APPEND tables only: two
+    /// versions of a key could land in different partitions). No filter
+    /// prunes partitions.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub random: bool,
 }
 
 /// Which partition of which table a sub-table is.
@@ -54,12 +61,28 @@ impl PartitionSpec {
     /// Checks the spec against the table's schema: 1 to
     /// [`MAX_PARTITIONS`] partitions, key columns that are distinct tags of
     /// the primary key.
-    pub fn validate(&self, schema: &TableSchema) -> Result<()> {
+    pub fn validate(&self, schema: &TableSchema, options: &TableOptions) -> Result<()> {
         if self.count == 0 || self.count > MAX_PARTITIONS {
             return Err(Error::InvalidSchema(format!(
                 "PARTITIONS must be between 1 and {MAX_PARTITIONS}, not {}",
                 self.count
             )));
+        }
+        if self.random {
+            if !self.columns.is_empty() {
+                return Err(Error::InvalidSchema(
+                    "PARTITION BY RANDOM takes no columns".to_string(),
+                ));
+            }
+            if options.update_mode != UpdateMode::Append {
+                return Err(Error::InvalidSchema(
+                    "PARTITION BY RANDOM needs update_mode = 'APPEND' (an OVERWRITE table \
+                     would keep two versions of a row in two partitions); use \
+                     PARTITION BY KEY(tag, …)"
+                        .to_string(),
+                ));
+            }
+            return Ok(());
         }
         if self.columns.is_empty() {
             return Err(Error::InvalidSchema(
@@ -91,6 +114,15 @@ impl PartitionSpec {
     /// The partition of every row of `batch` (which must hold the key
     /// columns, typed as the table declares them).
     pub fn partition_rows(&self, batch: &RecordBatch) -> Result<Vec<u32>> {
+        if self.random {
+            // In turn from a random start: each write spreads evenly, and
+            // writes of one row each spread too.
+            let count = u64::from(self.count.max(1));
+            let start = rand::random::<u64>() % count;
+            return Ok((0..batch.num_rows() as u64)
+                .map(|i| ((start + i) % count) as u32)
+                .collect());
+        }
         let columns = self
             .columns
             .iter()
@@ -215,6 +247,7 @@ mod tests {
         PartitionSpec {
             columns: columns.iter().map(|c| c.to_string()).collect(),
             count,
+            random: false,
         }
     }
 
@@ -266,5 +299,59 @@ mod tests {
         // Spread over every partition.
         let used: std::collections::BTreeSet<_> = rows.iter().collect();
         assert_eq!(used.len(), 8);
+    }
+
+    #[test]
+    fn random_partitions_spread_every_write_and_only_append_tables_have_them() {
+        let random = PartitionSpec {
+            count: 4,
+            random: true,
+            ..Default::default()
+        };
+        let hosts = StringArray::from(vec!["a"; 10]);
+        let batch =
+            RecordBatch::try_from_iter(vec![("host", Arc::new(hosts) as ArrayRef)]).unwrap();
+        let mut per = [0usize; 4];
+        for p in random.partition_rows(&batch).unwrap() {
+            per[p as usize] += 1;
+        }
+        // Ten rows over four partitions, in turn: 3, 3, 2, 2 in some order.
+        per.sort_unstable();
+        assert_eq!(per, [2, 2, 3, 3]);
+        let schema = crate::schema::TableSchema::try_new(
+            vec![
+                crate::schema::ColumnSchema {
+                    name: "host".into(),
+                    column_type: crate::schema::ColumnType::String,
+                    is_tag: true,
+                    nullable: true,
+                    comment: String::new(),
+                },
+                crate::schema::ColumnSchema {
+                    name: "ts".into(),
+                    column_type: crate::schema::ColumnType::Timestamp,
+                    is_tag: false,
+                    nullable: false,
+                    comment: String::new(),
+                },
+            ],
+            "ts",
+            &[],
+        )
+        .unwrap();
+        let append = TableOptions {
+            update_mode: UpdateMode::Append,
+            ..Default::default()
+        };
+        random.validate(&schema, &append).unwrap();
+        let err = random
+            .validate(&schema, &TableOptions::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("APPEND"), "{err}");
+        let with_columns = PartitionSpec {
+            columns: vec!["host".into()],
+            ..random
+        };
+        assert!(with_columns.validate(&schema, &append).is_err());
     }
 }

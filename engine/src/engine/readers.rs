@@ -115,7 +115,11 @@ impl Engine {
             copy.table.take_manifest_definition(d);
         }
         let mut tables = self.readers.tables.write();
-        if let Some(c) = tables.get_mut(&entry.id) {
+        // The same copy (not one that replaced it meanwhile).
+        if let Some(c) = tables
+            .get_mut(&entry.id)
+            .filter(|c| Arc::ptr_eq(&c.table, &copy.table))
+        {
             c.read_at = read_at;
             if newer_state {
                 c.state = Arc::new(state);

@@ -259,7 +259,7 @@ impl Engine {
         self.check_owner().await?;
         let (entry, parts) = match &self.cluster {
             Some(meta) => {
-                spec.validate(&schema)?;
+                spec.validate(&schema, &options)?;
                 if name.is_empty() {
                     return Err(Error::InvalidSchema("table name must not be empty".into()));
                 }

@@ -60,8 +60,9 @@ pub async fn load(
 /// Brings `base` (a state read earlier) up to the store's: only the edits
 /// after it are read, when they follow it without a gap; otherwise (a
 /// snapshot covered and deleted some of them, or an edit looks out of
-/// place) the whole manifest is read. Edits are never rewritten, so the
-/// result is a state the manifest had, at least as new as `base`.
+/// place, or a snapshot was written since `base`) the whole manifest is
+/// read. The result is a state the manifest had, at least as new as
+/// `base`.
 pub async fn load_since(
     store: &Arc<dyn ObjectStore>,
     dir: &Path,
@@ -90,15 +91,18 @@ pub async fn load_since(
         }
         state.apply(&edit);
     }
-    // A snapshot past what was read may have covered (and deleted) the
-    // newest edits: then the listing above shows no edit after them, which
-    // looks like nothing new. Listed after the edits, so that a snapshot
-    // whose deletions the edit listing saw is seen here.
+    // Any snapshot written since `base` was read: read the whole manifest
+    // from it. It may have covered (and deleted) the newest edits, so that
+    // the listing above shows nothing new; and an edit a stale or late put
+    // re-created below it (see `Manifest::commit`) would look like the
+    // next edit here, where the whole read skips it. Listed after the
+    // edits, so that a snapshot whose deletions the edit listing saw is
+    // seen here. (At least one whole read every `SNAPSHOT_EVERY` edits.)
     let newest = list_seqs(store, &dir.clone().join("snapshots"))
         .await?
         .last()
         .map(|(s, _)| *s);
-    if newest.is_some_and(|s| s > state.last_edit) {
+    if newest.is_some_and(|s| s > base.last_edit) {
         return load(store, dir, base.table).await;
     }
     Ok(state)

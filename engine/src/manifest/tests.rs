@@ -311,3 +311,50 @@ async fn a_reader_catches_up_by_the_new_edits_alone_or_reads_everything_after_a_
     assert_eq!(&caught_up, m.state());
     assert_eq!(caught_up.ssts.len() as u64, 2 * SNAPSHOT_EVERY + 6);
 }
+
+#[tokio::test]
+async fn a_dead_edit_recreated_below_a_snapshot_never_reaches_a_reader() {
+    let (_d, store) = local();
+    let mdir = Path::from("c/shards/0/tables/1/manifest");
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+        .await
+        .unwrap();
+    // Commit until the edit that writes a snapshot, keeping the state
+    // just before it.
+    let mut before = load(&store, &mdir, TableId(1)).await.unwrap();
+    for i in 1..=(2 * SNAPSHOT_EVERY) {
+        before = load(&store, &mdir, TableId(1)).await.unwrap();
+        m.commit(add(i), |_| true).await.unwrap();
+        if list_seqs(&store, &mdir.clone().join("snapshots"))
+            .await
+            .unwrap()
+            .last()
+            .is_some_and(|(s, _)| *s == m.state().last_edit)
+        {
+            break;
+        }
+    }
+    let snapshot_at = m.state().last_edit;
+    assert_eq!(before.last_edit + 1, snapshot_at, "no snapshot was written");
+    // A late put of another writer's edit under the same epoch lands at
+    // the snapshot's seq, after the snapshot deleted the real one.
+    let dead = ManifestEdit {
+        seq: snapshot_at,
+        add: vec![sst(999)],
+        flushed_offset: Some(9990),
+        epoch: m.state().epoch,
+        nonce: 7,
+        ..Default::default()
+    };
+    store
+        .put(
+            &edit_path(&mdir, snapshot_at),
+            serde_json::to_vec(&dead).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    // A reader a step behind takes the snapshot, not the dead edit.
+    let got = load_since(&store, &mdir, &before).await.unwrap();
+    assert_eq!(&got, m.state());
+    assert!(!got.ssts.contains_key(&SstId(999)));
+}

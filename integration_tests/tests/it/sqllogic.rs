@@ -96,6 +96,45 @@ async fn sqllogictest_files_pass_against_a_three_instance_cluster() {
     );
 }
 
+/// The same files through a compute instance (`--role compute`) of a
+/// two-instance cluster: its answers are the leaders' (it reads the SSTs
+/// itself and only the unflushed rows from the leaders), DDL and writes go
+/// through it. Records that inspect where a scan runs are marked
+/// `skipif compute`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqllogictest_files_pass_through_a_compute_instance() {
+    let mut failures = Vec::new();
+    for file in slt_files() {
+        let mut cluster = TestCluster::start(ClusterOptions {
+            servers: 2,
+            shard_count: 4,
+            ..Default::default()
+        })
+        .await;
+        let ci = cluster.add_compute().await;
+        let client = cluster.computes[ci].client().await;
+        let mut runner = sqllogictest::Runner::new(move || {
+            let client = client.clone();
+            async move { Ok(StrataDb::new(client)) }
+        });
+        runner.add_label("cluster");
+        runner.add_label("compute");
+        if let Err(e) = runner.run_file_async(&file).await {
+            failures.push(format!(
+                "{}:\n{e}\nlogs:\n{}",
+                file.display(),
+                cluster.logs()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
+}
+
 /// The same files on a three-instance cluster whose shards each have a
 /// follower (`replicas = 1`), every request starting with `SET
 /// read_preference = 'follower'`: the tables whose shards the instance

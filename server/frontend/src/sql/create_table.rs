@@ -203,20 +203,24 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
                 return Err(c.error("PARTITION BY is given twice"));
             }
             c.expect_keyword("by")?;
-            if !c.eat_keyword("key") {
-                return Err(c.error(
-                    "only PARTITION BY KEY(tag, …) PARTITIONS n is supported (not HASH or RANDOM)",
-                ));
-            }
-            c.expect_token(&Token::LParen)?;
             let mut columns = Vec::new();
-            loop {
-                columns.push(c.identifier("column")?);
-                if c.eat_token(&Token::Comma) {
-                    continue;
+            let random = c.eat_keyword("random");
+            if !random {
+                if !c.eat_keyword("key") {
+                    return Err(c.error(
+                        "only PARTITION BY KEY(tag, …) PARTITIONS n and PARTITION BY RANDOM \
+                         PARTITIONS n are supported (not HASH)",
+                    ));
                 }
-                c.expect_token(&Token::RParen)?;
-                break;
+                c.expect_token(&Token::LParen)?;
+                loop {
+                    columns.push(c.identifier("column")?);
+                    if c.eat_token(&Token::Comma) {
+                        continue;
+                    }
+                    c.expect_token(&Token::RParen)?;
+                    break;
+                }
             }
             c.expect_keyword("partitions")?;
             let count = match c.peek() {
@@ -225,7 +229,11 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
             }
             .ok_or_else(|| c.error("PARTITIONS takes a whole number"))?;
             c.advance();
-            partition = Some(strata_engine::partition::PartitionSpec { columns, count });
+            partition = Some(strata_engine::partition::PartitionSpec {
+                columns,
+                count,
+                random,
+            });
         } else {
             break;
         }
@@ -238,7 +246,7 @@ pub fn parse(sql: &str) -> Result<CreateTable> {
     let schema = TableSchema::try_new(columns, &timestamp_key, &primary_key)?;
     let options = TableOptions::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
     if let Some(spec) = &partition {
-        spec.validate(&schema)?;
+        spec.validate(&schema, &options)?;
     }
     Ok(CreateTable {
         database,
@@ -293,6 +301,9 @@ pub fn show_create(
         .map(|(k, v)| format!("{k}='{}'", v.replace('\'', "''")))
         .collect();
     let partition = partition.map_or_else(String::new, |p| {
+        if p.random {
+            return format!(" PARTITION BY RANDOM PARTITIONS {}", p.count);
+        }
         let key: Vec<String> = p.columns.iter().map(|c| quote(c)).collect();
         format!(
             " PARTITION BY KEY({}) PARTITIONS {}",
@@ -374,6 +385,19 @@ mod tests {
             "{shown}"
         );
         assert_eq!(parse(&shown).unwrap().partition, ct.partition);
+        // RANDOM, for APPEND tables, shown back as it was given.
+        let random = "CREATE TABLE r (`name` string TAG, `t` timestamp NOT NULL, \
+                      timestamp KEY (t)) PARTITION BY RANDOM PARTITIONS 3 \
+                      ENGINE=Analytic WITH (update_mode='APPEND')";
+        let ct = parse(random).unwrap();
+        let spec = ct.partition.clone().unwrap();
+        assert!(spec.random && spec.columns.is_empty() && spec.count == 3);
+        let shown = show_create(&ct.name, &ct.schema, &ct.options, ct.partition.as_ref());
+        assert!(
+            shown.contains(" PARTITION BY RANDOM PARTITIONS 3 "),
+            "{shown}"
+        );
+        assert_eq!(parse(&shown).unwrap().partition, ct.partition);
         for (bad, why) in [
             ("PARTITION BY KEY(value) PARTITIONS 4", "must be a TAG"),
             (
@@ -385,8 +409,12 @@ mod tests {
             ("PARTITION BY KEY(name) PARTITIONS 1000", "between 1 and"),
             ("PARTITION BY KEY(name, name) PARTITIONS 2", "named twice"),
             ("PARTITION BY KEY(name) PARTITIONS -1", "whole number"),
+            (
+                "PARTITION BY RANDOM PARTITIONS 4",
+                "needs update_mode = 'APPEND'",
+            ),
+            ("PARTITION BY HASH(name) PARTITIONS 4", "not HASH"),
             ("PARTITION BY KEY(name) PARTITIONS x", "whole number"),
-            ("PARTITION BY RANDOM PARTITIONS 2", "only PARTITION BY KEY"),
             (
                 "PARTITION BY HASH(name) PARTITIONS 2",
                 "only PARTITION BY KEY",

@@ -166,6 +166,10 @@ impl PartitionedTable {
     /// The partitions `filters` leave: `None` for all. Every key column
     /// must be fixed by `col = value` or `col IN (values)` in a conjunct.
     fn prune(&self, filters: &[Expr]) -> Option<BTreeSet<u32>> {
+        // A row of any value may be in any partition.
+        if self.spec.random {
+            return None;
+        }
         let types: Vec<_> = self
             .spec
             .columns
@@ -431,6 +435,10 @@ pub fn check_partition_rows(
         .partition
         .as_ref()
         .ok_or_else(|| refuse("its table is not partitioned".to_string()))?;
+    if spec.random {
+        // Any row belongs to any partition.
+        return Ok(());
+    }
     let rows = strata_engine::schema::fit_rows(batch, &parent.schema.arrow_schema())
         .map_err(|e| refuse(e.to_string()))?;
     if let Some(row) = spec

@@ -216,7 +216,13 @@ impl SystemSchema {
                     |(p, _, _)| {
                         p.partition
                             .as_ref()
-                            .map(|s| s.columns.join(","))
+                            .map(|s| {
+                                if s.random {
+                                    "RANDOM".to_string()
+                                } else {
+                                    s.columns.join(",")
+                                }
+                            })
                             .unwrap_or_default()
                     },
                 ))),

@@ -136,6 +136,7 @@ async fn engine_with(partitioned: bool) -> Arc<Engine> {
             partition: Some(strata_engine::partition::PartitionSpec {
                 columns: vec!["hostname".to_string()],
                 count: 4,
+                random: false,
             }),
             ..entry.clone()
         };
