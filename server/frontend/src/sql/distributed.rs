@@ -2,14 +2,15 @@
 //! rows are run there.
 //!
 //! After DataFusion's own optimizations, [`PushToData`] looks for a partial
-//! aggregate, and for a sort with a limit (top-k), over scans of tables
+//! aggregate, and for a sort (with or without a limit), over scans of tables
 //! other instances lead: a partitioned table's union of partitions, or one
 //! remote table joined to others. It moves that operator, with the filters
 //! and projections between it and the scan, into each remote scan: a
 //! [`RemotePlanExec`] sends the part, serialized with `datafusion-proto`,
 //! to the table's leader (`ExecutePlan`), which runs it over its own scan of
-//! the table and streams back the partial aggregate's states, or its k
-//! first rows. The final aggregate, merge and limit run here; partitions
+//! the table and streams back the partial aggregate's states, or its rows
+//! sorted (its k first, with a limit). The final aggregate, merge and
+//! limit run here; partitions
 //! led here run the same part here. `EXPLAIN` shows each part, the table
 //! and the leader planning found; `EXPLAIN ANALYZE` the rows each part
 //! returned.
@@ -607,7 +608,7 @@ impl Part {
     }
 }
 
-/// Moves partial aggregates and top-k sorts into the scans of tables led
+/// Moves partial aggregates and sorts into the scans of tables led
 /// by other instances (see the module's documentation).
 #[derive(Debug, Default)]
 pub struct PushToData;
@@ -622,7 +623,7 @@ impl PhysicalOptimizerRule for PushToData {
             .transform_down(|node| {
                 let pushed = match push_aggregate(&node)? {
                     Some(p) => Some(p),
-                    None => push_top_k(&node)?,
+                    None => push_sort(&node)?,
                 };
                 Ok(match pushed {
                     // The parts hold what was below: not visited again.
@@ -824,15 +825,21 @@ fn push_aggregate(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn Exec
     union_of(parts).map(Some)
 }
 
-/// A sort with a limit over remote scans: the merge of each scan's first
-/// rows, those of remote scans sorted and cut by their leaders.
-fn push_top_k(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
+/// A sort over remote scans: the merge of each scan's rows, those of
+/// remote scans sorted by their leaders (and, with a limit, cut at it
+/// there: a top-k).
+fn push_sort(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let Some(sort) = node.downcast_ref::<SortExec>() else {
         return Ok(None);
     };
-    let Some(k) = sort.fetch() else {
+    let k = sort.fetch();
+    // A sort per partition of rows hashed to partitions (under a window or
+    // a sort-merge join): the parts would not keep that partitioning.
+    if sort.preserve_partitioning()
+        && matches!(sort.input().output_partitioning(), Partitioning::Hash(..))
+    {
         return Ok(None);
-    };
+    }
     let (chain, base) = peel(sort.input());
     let Some(branches) = branches(&base) else {
         return Ok(None);
@@ -840,24 +847,25 @@ fn push_top_k(node: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn Executio
     let order = sort.expr().clone();
     let Some(parts) = parts(&chain, branches, |input| {
         let sorted = SortExec::new(order.clone(), input)
-            .with_fetch(Some(k))
+            .with_fetch(k)
             .with_preserve_partitioning(true);
-        Ok(Arc::new(
-            SortPreservingMergeExec::new(order.clone(), Arc::new(sorted)).with_fetch(Some(k)),
-        ) as Arc<dyn ExecutionPlan>)
+        Ok(
+            Arc::new(SortPreservingMergeExec::new(order.clone(), Arc::new(sorted)).with_fetch(k))
+                as Arc<dyn ExecutionPlan>,
+        )
     })?
     else {
         return Ok(None);
     };
     let merged = union_of(parts)?;
-    // Each partition sorted and cut at k, as the sort's own were: the
+    // Each partition sorted (and cut at k), as the sort's own were: the
     // merge above it (DataFusion's plan for a sort that keeps its
     // partitions) merges them.
     if sort.preserve_partitioning() || merged.output_partitioning().partition_count() == 1 {
         return Ok(Some(merged));
     }
     Ok(Some(Arc::new(
-        SortPreservingMergeExec::new(order, merged).with_fetch(Some(k)),
+        SortPreservingMergeExec::new(order, merged).with_fetch(k),
     )))
 }
 

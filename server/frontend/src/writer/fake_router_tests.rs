@@ -764,6 +764,52 @@ async fn a_partial_aggregate_and_a_top_k_run_on_the_leader() {
     router.calls.0.queries.lock().clear();
     router.calls.0.old_version.store(false, Ordering::SeqCst);
 
+    // A sort without a limit over both tables: the leader sorts `cpu`'s
+    // rows, `mem`'s are sorted here, the two merged; the same rows in the
+    // same order as over `mem` twice.
+    let sorted = "SELECT host, usage, ts FROM {a} WHERE usage > 0 UNION ALL \
+                  SELECT host, usage, ts FROM {b} WHERE usage > 0 ORDER BY usage DESC, host";
+    let both = sorted.replace("{a}", "cpu").replace("{b}", "mem");
+    let plan = physical_plan(&query, &both).await;
+    assert!(
+        plan.contains("RemotePlanExec: table=cpu, leader=b:1, runs=[SortPreservingMergeExec"),
+        "{plan}"
+    );
+    let before = router.calls.0.plans.lock().len();
+    let got = lines(query.execute("public", &both).await.unwrap());
+    assert_eq!(router.calls.0.plans.lock().len(), before + 1);
+    let local = sorted.replace("{a}", "mem").replace("{b}", "mem");
+    let expected = lines(query.execute("public", &local).await.unwrap());
+    assert_eq!(got, expected);
+    assert!(got.len() > 6, "{got:?}");
+    // A window over both: its sort is sent too when DataFusion plans it
+    // over one merged stream (a sort per hash partition would stay here:
+    // a part does not keep that partitioning), and it answers as over
+    // local tables.
+    let window = "SELECT host, ts, row_number() OVER (PARTITION BY host ORDER BY ts) AS r \
+                  FROM (SELECT host, ts FROM {a} UNION ALL SELECT host, ts FROM {b}) \
+                  ORDER BY host, ts, r";
+    let got = lines(
+        query
+            .execute(
+                "public",
+                &window.replace("{a}", "cpu").replace("{b}", "mem"),
+            )
+            .await
+            .unwrap(),
+    );
+    let expected = lines(
+        query
+            .execute(
+                "public",
+                &window.replace("{a}", "mem").replace("{b}", "mem"),
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, expected);
+    assert!(got.len() > 6, "{got:?}");
+
     // Shapes whose operator stays here: a limit under the aggregate (a
     // part would limit each part, not the whole), a scalar subquery (the
     // leader cannot evaluate it): the leader is sent a scan, no part.
