@@ -891,6 +891,10 @@ async fn distributed_plans_of_the_tsbs_query_shapes() {
             "count_distinct",
             "SELECT count(DISTINCT hostname), count(*) FROM pcpu".to_string(),
         ),
+        (
+            "lastpoint_join",
+            "SELECT c.hostname, c.usage_user FROM pcpu c JOIN (SELECT hostname, max(\"timestamp\") AS t FROM pcpu GROUP BY hostname) m ON c.hostname = m.hostname AND c.\"timestamp\" = m.t ORDER BY c.hostname".to_string(),
+        ),
     ];
     for (name, sql) in shapes {
         let plan = physical_plan(&query, &sql).await;
