@@ -59,6 +59,19 @@ use crate::{
     table::TableVersion,
 };
 
+/// Whether `expr` reads only primary key columns of `schema`: a filter
+/// that may go below deduplication (in `OVERWRITE` mode a filter on a
+/// field could hide a row's newest version and let an older one through).
+pub fn on_key_only(schema: &crate::schema::TableSchema, expr: &Expr) -> bool {
+    let columns = expr.column_refs();
+    !columns.is_empty()
+        && columns.iter().all(|c| {
+            schema
+                .index_of(&c.name)
+                .is_some_and(|i| schema.is_primary_key(i))
+        })
+}
+
 /// A table as DataFusion sees it.
 #[derive(Debug)]
 pub struct StrataTableProvider {
@@ -98,19 +111,6 @@ impl StrataTableProvider {
 
     pub fn table(&self) -> &Arc<Table> {
         &self.table
-    }
-
-    /// Whether `expr` only reads primary key columns.
-    fn on_key_only(&self, expr: &Expr) -> bool {
-        let meta = self.table.meta();
-        let schema = meta.schema();
-        let columns = expr.column_refs();
-        !columns.is_empty()
-            && columns.iter().all(|c| {
-                schema
-                    .index_of(&c.name)
-                    .is_some_and(|i| schema.is_primary_key(i))
-            })
     }
 }
 
@@ -169,7 +169,7 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
         // may go into a source that needs none.
         let key_only: Vec<Expr> = filters
             .iter()
-            .filter(|f| !overwrite || self.on_key_only(f))
+            .filter(|f| !overwrite || on_key_only(schema, f))
             .cloned()
             .collect();
         let cutoff = ttl_cutoff(meta.options().ttl);

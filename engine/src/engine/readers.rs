@@ -107,12 +107,12 @@ impl Engine {
         let dir = layout::manifest_dir(&self.ctx.config.cluster, entry.shard, entry.id);
         // Only the edits since the installed state, when they follow it.
         let state = crate::manifest::load_since(&self.ctx.store, &dir, &copy.state).await?;
-        let definition = newer(entry, &copy.table).then(|| entry.clone());
+        if newer(entry, &copy.table) {
+            copy.table.install_meta(entry.clone());
+        }
         let newer_state = state.last_edit >= copy.state.last_edit;
         if newer_state {
-            copy.table.take_manifest(&state, definition)?;
-        } else if let Some(d) = definition {
-            copy.table.take_manifest_definition(d);
+            copy.table.follow(&state, state.flushed_offset)?;
         }
         let mut tables = self.readers.tables.write();
         // The same copy (not one that replaced it meanwhile).

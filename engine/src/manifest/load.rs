@@ -68,28 +68,12 @@ pub async fn load_since(
     dir: &Path,
     base: &ManifestState,
 ) -> Result<ManifestState> {
-    let invalid = |reason: String| Error::Manifest {
-        table: base.table,
-        reason,
-    };
     let mut state = base.clone();
-    for (seq, path) in list_seqs(store, &dir.clone().join("edits")).await? {
-        if seq <= state.last_edit {
-            continue;
-        }
-        if seq != state.last_edit + 1 {
-            return load(store, dir, base.table).await;
-        }
-        let bytes = match get_bytes(store, &path).await {
-            Ok(b) => b,
-            Err(object_store::Error::NotFound { .. }) => return load(store, dir, base.table).await,
-            Err(e) => return Err(store_err("read", &path)(e)),
-        };
-        let edit = decode_edit(&bytes).map_err(|e| invalid(format!("edit {path}: {e}")))?;
-        if edit.epoch < state.epoch {
-            return load(store, dir, base.table).await;
-        }
-        state.apply(&edit);
+    match apply_edits(store, dir, &mut state).await {
+        Ok(()) => {}
+        // A gap, a vanished or out-of-place edit: the whole manifest.
+        Err(LoadError::Raced(_)) => return load(store, dir, base.table).await,
+        Err(LoadError::Failed(e)) => return Err(e),
     }
     // Any snapshot written since `base` was read: read the whole manifest
     // from it. It may have covered (and deleted) the newest edits, so that
@@ -148,6 +132,30 @@ async fn load_once(
             Err(e) => return Err(store_err("read", &path)(e).into()),
         }
     }
+    apply_edits(store, dir, &mut state).await?;
+    // A snapshot written while the edits were listed may have covered (and
+    // deleted) edits this read did not see: read again.
+    let newest = list_seqs(store, &dir.clone().join("snapshots"))
+        .await?
+        .last()
+        .map(|(s, _)| *s);
+    let used = snapshots.last().map(|(s, _)| *s);
+    if newest != used {
+        return Err(LoadError::Raced("a newer snapshot appeared".into()));
+    }
+    Ok(state)
+}
+
+/// Applies to `state` the edits the store lists after it, in order:
+/// `Raced` when one is missing, gone or out of place (a snapshot written
+/// meanwhile covered it, or a stale writer re-created it below one).
+async fn apply_edits(
+    store: &Arc<dyn ObjectStore>,
+    dir: &Path,
+    state: &mut ManifestState,
+) -> std::result::Result<(), LoadError> {
+    let table = state.table;
+    let invalid = |reason: String| LoadError::Failed(Error::Manifest { table, reason });
     for (seq, path) in list_seqs(store, &dir.clone().join("edits")).await? {
         if seq <= state.last_edit {
             continue;
@@ -178,15 +186,5 @@ async fn load_once(
         }
         state.apply(&edit);
     }
-    // A snapshot written while the edits were listed may have covered (and
-    // deleted) edits this read did not see: read again.
-    let newest = list_seqs(store, &dir.clone().join("snapshots"))
-        .await?
-        .last()
-        .map(|(s, _)| *s);
-    let used = snapshots.last().map(|(s, _)| *s);
-    if newest != used {
-        return Err(LoadError::Raced("a newer snapshot appeared".into()));
-    }
-    Ok(state)
+    Ok(())
 }

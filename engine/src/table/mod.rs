@@ -314,25 +314,6 @@ impl Table {
         Ok((version.meta.clone(), rows))
     }
 
-    /// A compute instance's copy (see [`Self::open_follower`]) takes the
-    /// manifest `state` as it is on the store now; the definition too
-    /// when `entry` differs.
-    pub(crate) fn take_manifest(
-        &self,
-        state: &ManifestState,
-        entry: Option<TableEntry>,
-    ) -> Result<()> {
-        if let Some(e) = entry {
-            self.install_meta(e);
-        }
-        self.follow(state, state.flushed_offset)
-    }
-
-    /// A compute instance's copy takes a newer definition only.
-    pub(crate) fn take_manifest_definition(&self, entry: TableEntry) {
-        self.install_meta(entry);
-    }
-
     /// The manifest's state as this table last loaded it.
     pub(crate) async fn manifest_state(&self) -> ManifestState {
         self.manifest.lock().await.state().clone()

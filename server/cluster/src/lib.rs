@@ -133,11 +133,6 @@ impl Cluster {
         })
     }
 
-    /// Whether this is a compute instance.
-    pub fn is_compute(&self) -> bool {
-        self.compute
-    }
-
     /// The gRPC endpoints of the compute instances meta last listed.
     pub fn compute_endpoints(&self) -> Vec<String> {
         self.compute_endpoints.read().clone()

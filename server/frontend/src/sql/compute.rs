@@ -24,7 +24,11 @@ use datafusion::{
 };
 use datafusion_proto::bytes::Serializeable;
 use futures::TryStreamExt;
-use strata_engine::{options::UpdateMode, provider::StrataTableProvider, Engine};
+use strata_engine::{
+    options::UpdateMode,
+    provider::{on_key_only, StrataTableProvider},
+    Engine,
+};
 use strata_proto::storage::{ExecutePlanRequest, RequestContext};
 
 use super::remote::{moved, target, RemoteTable, MOVE_POLL, MOVE_WAIT};
@@ -107,17 +111,7 @@ impl RemoteTable {
             let overwrite = meta.options().update_mode == UpdateMode::Overwrite;
             let pushed: Vec<Vec<u8>> = filters
                 .iter()
-                .filter(|f| {
-                    !overwrite || {
-                        let refs = f.column_refs();
-                        !refs.is_empty()
-                            && refs.iter().all(|c| {
-                                schema
-                                    .index_of(&c.name)
-                                    .is_some_and(|i| schema.is_primary_key(i))
-                            })
-                    }
-                })
+                .filter(|f| !overwrite || on_key_only(schema, f))
                 .filter_map(|f| f.to_bytes().ok().map(|b| b.to_vec()))
                 .collect();
             let from = version.flushed_offset;
