@@ -29,6 +29,9 @@ struct Copy {
     state: Arc<crate::manifest::ManifestState>,
     /// Held while the manifest is read and installed.
     reading: Arc<tokio::sync::Mutex<()>>,
+    /// Set by [`Engine::reread`]: the next read uses a manifest read after
+    /// this instant, whatever its age.
+    read_after: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -75,12 +78,14 @@ impl Engine {
                     read_at,
                     state,
                     reading: Default::default(),
+                    read_after: None,
                 })
                 .table
                 .clone());
         };
         let good = |c: &Copy| {
             !newer(entry, &c.table)
+                && c.read_after.is_none_or(|t| c.read_at >= t)
                 && if fresh {
                     c.read_at >= asked
                 } else {
@@ -126,5 +131,15 @@ impl Engine {
             }
         }
         Ok(copy.table)
+    }
+
+    /// The next read of table `id` through this instance's copy reads the
+    /// manifest again: called after this instance forwarded a statement
+    /// that rewrote the manifest (FLUSH, COMPACT), so that what its client
+    /// reads next (EXPLAIN ANALYZE's SST counts among it) follows it.
+    pub fn reread(&self, id: TableId) {
+        if let Some(c) = self.readers.tables.write().get_mut(&id) {
+            c.read_after = Some(Instant::now());
+        }
     }
 }

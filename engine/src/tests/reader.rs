@@ -141,3 +141,38 @@ async fn a_copy_of_the_manifest_and_the_unflushed_rows_hold_every_row_once() {
         assert_eq!(as_compute(&h.engine, &leader, true).await, expected);
     }
 }
+
+/// A copy younger than `follower_sync_interval` is used as it is, until
+/// `Engine::reread` (what an instance calls after forwarding a FLUSH or
+/// COMPACT): then the next read lists the SSTs the leader committed.
+#[tokio::test]
+async fn a_copy_marked_for_reading_again_lists_the_leaders_new_ssts() {
+    let h = harness(EngineConfig {
+        follower_sync_interval: Duration::from_secs(3600),
+        ..no_background()
+    })
+    .await;
+    let leader = create(&h.engine, "t", TableOptions::default()).await;
+    let entry = leader.meta().entry.clone();
+    for host in ["a", "b", "c"] {
+        leader
+            .write(rows(&leader, host, 0, 10, 1000))
+            .await
+            .unwrap();
+        leader.flush().await.unwrap();
+    }
+    let copy = h.engine.reader(&entry, false).await.unwrap();
+    assert_eq!(copy.version().ssts.len(), 3);
+    h.engine.compact_table(&leader).await.unwrap();
+    assert_eq!(leader.version().ssts.len(), 1);
+    // Within the interval: the copy as it was.
+    let same = h.engine.reader(&entry, false).await.unwrap();
+    assert!(Arc::ptr_eq(&copy, &same));
+    assert_eq!(same.version().ssts.len(), 3);
+    h.engine.reread(entry.id);
+    let after = h.engine.reader(&entry, false).await.unwrap();
+    assert!(Arc::ptr_eq(&copy, &after));
+    assert_eq!(after.version().ssts.len(), 1);
+    // Read once: cached again.
+    assert_eq!(as_compute(&h.engine, &leader, false).await.len(), 30);
+}

@@ -656,11 +656,24 @@ impl QueryEngine {
             Err(Error::Engine(strata_engine::Error::NotServedHere { shard, table }))
                 if !forwarded =>
             {
-                let leader = self
-                    .router
-                    .remote_leader(shard)
-                    .ok_or(strata_engine::Error::NotServedHere { table, shard })?;
-                return self.forward(&leader.endpoint, database, sql).await;
+                let leader = self.router.remote_leader(shard).ok_or(
+                    strata_engine::Error::NotServedHere {
+                        table: table.clone(),
+                        shard,
+                    },
+                )?;
+                let output = self.forward(&leader.endpoint, database, sql).await?;
+                if self.router.reads_storage() {
+                    // This instance's copy of the table reads the manifest
+                    // the statement rewrote before its next query.
+                    if let Some((_, db, name)) = statements::maintenance_statement(sql) {
+                        let db = db.unwrap_or_else(|| database.to_string());
+                        if let Ok(entry) = self.engine.entry(&db, &name) {
+                            self.engine.reread(entry.id);
+                        }
+                    }
+                }
+                return Ok(output);
             }
             Err(e) => return Err(e),
         }
