@@ -30,6 +30,23 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     g
 }
 
+/// A led shard's load as of the last heartbeat (`kind`: `rows_written_per_s`,
+/// `bytes_written_per_s`, `scans_per_s`, `rows_scanned_per_s`,
+/// `memtable_bytes`, `wal_backlog`), what meta is told.
+#[allow(clippy::expect_used)]
+pub static SHARD_LOAD: LazyLock<prometheus::GaugeVec> = LazyLock::new(|| {
+    let g = prometheus::GaugeVec::new(
+        Opts::new(
+            "strata_shard_load",
+            "A led shard's load as of the last heartbeat, by kind (per-second rates, memtable bytes, WAL backlog records)",
+        ),
+        &["shard", "kind"],
+    )
+    .expect("static metric definition is valid");
+    let _ = prometheus::default_registry().register(Box::new(g.clone()));
+    g
+});
+
 /// A follower's WAL records behind the end of its shard's topic.
 pub static FOLLOWER_LAG_RECORDS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     gauge_vec(

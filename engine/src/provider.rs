@@ -362,6 +362,7 @@ impl datafusion::catalog::TableProvider for StrataTableProvider {
             projected,
             version,
             stats,
+            table.load().clone(),
         )))
     }
 

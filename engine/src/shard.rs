@@ -59,6 +59,15 @@ pub(crate) struct ShardInner {
     pub compaction: CompactionSignal,
 }
 
+/// A shard's load as of one look ([`Shard::load`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardLoad {
+    pub counters: crate::table::LoadCounters,
+    pub memtable_bytes: u64,
+    /// WAL records above the oldest row still only in memory.
+    pub wal_backlog: u64,
+}
+
 /// A shard of the engine.
 #[derive(Debug)]
 pub struct Shard {
@@ -334,6 +343,25 @@ impl Shard {
     /// The offset after the last WAL record applied.
     pub fn applied_offset(&self) -> u64 {
         self.inner.applied.load(Ordering::Acquire)
+    }
+
+    /// What the shard's tables were asked to do (their counters summed),
+    /// the bytes their memtables hold, and the WAL records a failover would
+    /// replay (those above the oldest row still only in memory).
+    pub fn load(&self) -> ShardLoad {
+        let applied = self.applied_offset();
+        let mut load = ShardLoad::default();
+        let mut min_unflushed: Option<u64> = None;
+        for table in self.tables() {
+            load.counters.add(table.load().counters());
+            let version = table.version();
+            load.memtable_bytes += version.memtable_bytes() as u64;
+            if let Some(m) = version.min_unflushed_offset() {
+                min_unflushed = Some(min_unflushed.map_or(m, |x| x.min(m)));
+            }
+        }
+        load.wal_backlog = min_unflushed.map_or(0, |m| applied.saturating_sub(m));
+        load
     }
 
     /// Whether a newer writer took this shard's WAL over: the shard refuses
@@ -616,6 +644,7 @@ async fn run_writer(inner: Arc<ShardInner>, mut receiver: mpsc::Receiver<WriteJo
                     if let Ok(rows) = &result {
                         metrics::ROWS_WRITTEN.inc_by(*rows as u64);
                         metrics::WRITE_BATCHES.inc();
+                        job.table.load().wrote(*rows, job.payload.len());
                     }
                     if !touched.iter().any(|t| Arc::ptr_eq(t, &job.table)) {
                         touched.push(job.table.clone());

@@ -152,6 +152,10 @@ async fn nodes(State(meta): State<Meta>) -> Response {
                         "draining": draining.iter().any(|(d, i)| *d == n.id && *i == n.instance),
                         "tables": n.load.tables,
                         "memtable_bytes": n.load.memtable_bytes,
+                        "cpu_cores": (n.load.cpu_cores * 100.0).round() / 100.0,
+                        "rss_bytes": n.load.rss_bytes,
+                        "rows_written_per_s": (n.shards.iter().filter(|s| !s.is_follower()).map(|s| s.rows_written_per_s).sum::<f64>() * 10.0).round() / 10.0,
+                        "scans_per_s": (n.shards.iter().filter(|s| !s.is_follower()).map(|s| s.scans_per_s).sum::<f64>() * 10.0).round() / 10.0,
                         "followed": n.shards.iter().filter(|s| s.is_follower()).map(|s| s.id).collect::<Vec<_>>(),
                         "role": if n.is_compute() { "compute" } else { "data" },
                     })

@@ -89,10 +89,16 @@ impl NodeInfo {
 pub struct NodeLoad {
     pub memtable_bytes: u64,
     pub tables: u64,
+    /// CPU seconds per second over the last heartbeat interval (1.0: one
+    /// core busy).
+    #[serde(default)]
+    pub cpu_cores: f64,
+    #[serde(default)]
+    pub rss_bytes: u64,
 }
 
 /// What a node says about one of its shards.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ShardReport {
     pub id: u64,
     pub version: u64,
@@ -108,6 +114,21 @@ pub struct ShardReport {
     pub lag_records: u64,
     #[serde(default)]
     pub lag_ms: u64,
+    /// A leader's load over its last heartbeat interval, per second.
+    #[serde(default)]
+    pub rows_written_per_s: f64,
+    #[serde(default)]
+    pub bytes_written_per_s: f64,
+    #[serde(default)]
+    pub scans_per_s: f64,
+    #[serde(default)]
+    pub rows_scanned_per_s: f64,
+    /// Bytes in the shard's memtables, and the WAL records a failover
+    /// would replay.
+    #[serde(default)]
+    pub memtable_bytes: u64,
+    #[serde(default)]
+    pub wal_backlog: u64,
 }
 
 impl ShardReport {

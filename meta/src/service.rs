@@ -90,6 +90,35 @@ pub struct ShardView {
     pub state: &'static str,
     pub tables: u64,
     pub wal_offset: Option<u64>,
+    /// Its leader's last report of its load (none before one).
+    #[serde(flatten)]
+    pub load: Option<ShardLoadView>,
+}
+
+/// A shard's load as its leader last reported it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ShardLoadView {
+    pub rows_written_per_s: f64,
+    pub bytes_written_per_s: f64,
+    pub scans_per_s: f64,
+    pub rows_scanned_per_s: f64,
+    pub memtable_bytes: u64,
+    pub wal_backlog: u64,
+}
+
+impl From<&ShardReport> for ShardLoadView {
+    fn from(r: &ShardReport) -> Self {
+        // One decimal is all a reader (or the balancer) needs.
+        let round = |v: f64| (v * 10.0).round() / 10.0;
+        Self {
+            rows_written_per_s: round(r.rows_written_per_s),
+            bytes_written_per_s: round(r.bytes_written_per_s),
+            scans_per_s: round(r.scans_per_s),
+            rows_scanned_per_s: round(r.rows_scanned_per_s),
+            memtable_bytes: r.memtable_bytes,
+            wal_backlog: r.wal_backlog,
+        }
+    }
 }
 
 /// A follower of a shard, as the admin API shows it.
@@ -362,6 +391,12 @@ impl Meta {
                 role: s.role.clone(),
                 lag_records: s.lag_records,
                 lag_ms: s.lag_ms,
+                rows_written_per_s: s.rows_written_per_s,
+                bytes_written_per_s: s.bytes_written_per_s,
+                scans_per_s: s.scans_per_s,
+                rows_scanned_per_s: s.rows_scanned_per_s,
+                memtable_bytes: s.memtable_bytes,
+                wal_backlog: s.wal_backlog,
             })
             .collect();
         let info = NodeInfo {
@@ -381,6 +416,8 @@ impl Meta {
                     .filter(|r| !r.is_follower())
                     .map(|r| r.tables)
                     .sum(),
+                cpu_cores: req.cpu_cores,
+                rss_bytes: req.rss_bytes,
             },
             role: if req.role == crate::model::ROLE_COMPUTE {
                 req.role.clone()
@@ -957,6 +994,7 @@ impl Meta {
                 state,
                 tables: report.map_or(0, |r| r.tables),
                 wal_offset: report.map(|r| r.wal_offset),
+                load: report.map(ShardLoadView::from),
             });
         }
         Ok(out)

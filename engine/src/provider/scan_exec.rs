@@ -24,7 +24,7 @@ use datafusion::{
 };
 use futures::{Stream, StreamExt};
 
-use crate::table::TableVersion;
+use crate::table::{TableLoad, TableVersion};
 
 /// What planning decided about one scan.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +47,8 @@ pub struct StrataScanExec {
     version: Arc<TableVersion>,
     stats: ScanStats,
     metrics: ExecutionPlanMetricsSet,
+    /// The table's counters: one scan per execution, and the rows read.
+    load: Arc<TableLoad>,
 }
 
 impl StrataScanExec {
@@ -55,6 +57,7 @@ impl StrataScanExec {
         input: Arc<dyn ExecutionPlan>,
         version: Arc<TableVersion>,
         stats: ScanStats,
+        load: Arc<TableLoad>,
     ) -> Self {
         Self {
             table,
@@ -62,6 +65,7 @@ impl StrataScanExec {
             version,
             stats,
             metrics: ExecutionPlanMetricsSet::new(),
+            load,
         }
     }
 
@@ -128,6 +132,7 @@ impl ExecutionPlan for StrataScanExec {
             version: self.version.clone(),
             stats: self.stats.clone(),
             metrics: ExecutionPlanMetricsSet::new(),
+            load: self.load.clone(),
         }))
     }
 
@@ -147,6 +152,7 @@ impl ExecutionPlan for StrataScanExec {
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
         if partition == 0 {
+            self.load.scanned();
             let s = &self.stats;
             for (name, value) in [
                 ("ssts_total", s.ssts_total),
@@ -165,6 +171,7 @@ impl ExecutionPlan for StrataScanExec {
         Ok(Box::pin(PinnedStream {
             input,
             _version: self.version.clone(),
+            load: self.load.clone(),
         }))
     }
 
@@ -177,13 +184,18 @@ impl ExecutionPlan for StrataScanExec {
 struct PinnedStream {
     input: SendableRecordBatchStream,
     _version: Arc<TableVersion>,
+    load: Arc<TableLoad>,
 }
 
 impl Stream for PinnedStream {
     type Item = DfResult<RecordBatch>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.input.poll_next_unpin(cx)
+        let next = self.input.poll_next_unpin(cx);
+        if let Poll::Ready(Some(Ok(batch))) = &next {
+            self.load.rows_scanned(batch.num_rows());
+        }
+        next
     }
 }
 

@@ -17,6 +17,7 @@ use strata_sst::{layout, SstInfo, TableId, TimeRange};
 use tokio::sync::{mpsc, oneshot};
 
 mod flush;
+mod load;
 
 use crate::{
     catalog::TableEntry,
@@ -33,6 +34,7 @@ use crate::{
 };
 
 pub use crate::table_meta::TableMeta;
+pub use load::{LoadCounters, TableLoad};
 
 /// What a query or a flush sees of a table at one moment. Holding an
 /// `Arc<TableVersion>` pins it: its definition, memtables and SSTs do not
@@ -104,6 +106,8 @@ pub struct Table {
     /// the write buffer (their size follows the leader's flushes, which
     /// this instance's flushes cannot reduce).
     follower: bool,
+    /// Writes and scans since the table was opened here.
+    load: Arc<TableLoad>,
 }
 
 impl Table {
@@ -182,7 +186,13 @@ impl Table {
             last_values,
             parked: parking_lot::Mutex::new(Vec::new()),
             follower,
+            load: Default::default(),
         })
+    }
+
+    /// Writes and scans of this table since it was opened here.
+    pub fn load(&self) -> &Arc<TableLoad> {
+        &self.load
     }
 
     /// A follower's table takes the leader's manifest `state` as it is now:

@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod cluster_compute;
 mod cluster_followers;
+mod cluster_load;
 mod cluster_pause;
 mod cluster_secret;
 mod crash;

@@ -36,6 +36,7 @@ use strata_proto::meta::{CatalogRequest, HeartbeatRequest, ShardAssignment, Shar
 use strata_sst::ShardId;
 
 mod control;
+mod load;
 mod meta_catalog;
 mod meta_client;
 mod reconcile;
@@ -96,6 +97,8 @@ pub struct Cluster {
     compute: bool,
     /// The compute instances meta last listed (their gRPC endpoints).
     compute_endpoints: RwLock<Vec<String>>,
+    /// The counters of the previous heartbeat, for its load rates.
+    load: load::LoadTracker,
 }
 
 impl Cluster {
@@ -130,6 +133,7 @@ impl Cluster {
             meta_reachable: AtomicBool::new(false),
             compute,
             compute_endpoints: RwLock::new(Vec::new()),
+            load: Default::default(),
         })
     }
 
@@ -235,6 +239,26 @@ impl Cluster {
             }
         }
         let versions = self.assignments.read().clone();
+        let loads: Vec<_> = shards.iter().map(|s| (s.id().0, s.load())).collect();
+        let (rates, cpu_cores) = self.load.sample(&loads);
+        // Shards closed since the last heartbeat leave the metrics.
+        strata_engine::metrics::SHARD_LOAD.reset();
+        for (id, l) in &loads {
+            let r = rates.get(id).copied().unwrap_or_default();
+            let shard = id.to_string();
+            for (kind, v) in [
+                ("rows_written_per_s", r.rows_written),
+                ("bytes_written_per_s", r.bytes_written),
+                ("scans_per_s", r.scans),
+                ("rows_scanned_per_s", r.rows_scanned),
+                ("memtable_bytes", l.memtable_bytes as f64),
+                ("wal_backlog", l.wal_backlog as f64),
+            ] {
+                strata_engine::metrics::SHARD_LOAD
+                    .with_label_values(&[shard.as_str(), kind])
+                    .set(v);
+            }
+        }
         let req = HeartbeatRequest {
             node_id: self.node_id.clone(),
             endpoint: self.node_id.clone(),
@@ -242,14 +266,24 @@ impl Cluster {
             started_at_ms: self.started_at_ms,
             shards: shards
                 .iter()
-                .map(|s| ShardState {
-                    id: s.id().0,
-                    version: versions.get(&s.id().0).map_or(0, |a| a.version),
-                    wal_offset: s.applied_offset(),
-                    tables: s.tables().len() as u64,
-                    role: strata_meta::model::ROLE_LEADER.to_string(),
-                    lag_records: 0,
-                    lag_ms: 0,
+                .zip(&loads)
+                .map(|(s, (_, l))| {
+                    let r = rates.get(&s.id().0).copied().unwrap_or_default();
+                    ShardState {
+                        id: s.id().0,
+                        version: versions.get(&s.id().0).map_or(0, |a| a.version),
+                        wal_offset: s.applied_offset(),
+                        tables: s.tables().len() as u64,
+                        role: strata_meta::model::ROLE_LEADER.to_string(),
+                        lag_records: 0,
+                        lag_ms: 0,
+                        rows_written_per_s: r.rows_written,
+                        bytes_written_per_s: r.bytes_written,
+                        scans_per_s: r.scans,
+                        rows_scanned_per_s: r.rows_scanned,
+                        memtable_bytes: l.memtable_bytes,
+                        wal_backlog: l.wal_backlog,
+                    }
                 })
                 .chain(self.engine.followers().iter().map(|f| {
                     let status = f.status();
@@ -261,12 +295,15 @@ impl Cluster {
                         role: strata_meta::model::ROLE_FOLLOWER.to_string(),
                         lag_records: status.lag_records,
                         lag_ms: status.lag_ms,
+                        ..Default::default()
                     }
                 }))
                 .collect(),
             tables_json,
             memtable_bytes: self.engine.write_buffer_usage().0 as u64,
             instance_id: self.instance_id.clone(),
+            cpu_cores,
+            rss_bytes: load::rss_bytes(),
             role: if self.compute {
                 strata_meta::model::ROLE_COMPUTE.to_string()
             } else {
