@@ -297,7 +297,12 @@ impl DiskCacheStore {
         }
         MISSES.inc();
         let got = self.inner.get(path).await?;
-        let meta = got.meta.clone();
+        let mut meta = got.meta.clone();
+        // Kept under the path asked for: an inner store may report its own
+        // form of it (object_store's `PrefixStore`, which S3 stores with a
+        // key prefix use, returns the location with the prefix), and a
+        // copy filed under that would never be found again.
+        meta.location = path.clone();
         let bytes = got.bytes().await?;
         self.store_local(meta.clone(), bytes).await?;
         Ok(meta)
@@ -511,6 +516,39 @@ mod tests {
         async fn copy_opts(&self, f: &Path, t: &Path, o: CopyOptions) -> Result<()> {
             self.inner.copy_opts(f, t, o).await
         }
+    }
+
+    /// An object another process wrote, read through the cache over a
+    /// prefixed store (`PrefixStore`, which S3 stores with a key prefix
+    /// use): fetched once, then read from the local copy. The inner store
+    /// reports locations with its prefix; the cache keys by the path asked.
+    #[tokio::test]
+    async fn reads_over_a_prefixed_store_hit_the_cache() {
+        let store_dir = tempfile::tempdir().unwrap();
+        let cache_dir = tempfile::tempdir().unwrap();
+        let counting = Arc::new(Counting {
+            inner: LocalFileSystem::new_with_prefix(store_dir.path()).unwrap(),
+            gets: AtomicUsize::new(0),
+        });
+        let prefixed = Arc::new(object_store::prefix::PrefixStore::new(
+            counting.clone(),
+            "cluster-a",
+        ));
+        let p = Path::from("t/sst/0.parquet");
+        prefixed
+            .put(&p, PutPayload::from(vec![7u8; 1000]))
+            .await
+            .unwrap();
+        let cache = DiskCacheStore::open(prefixed, cache_dir.path(), 1 << 20).unwrap();
+        for _ in 0..3 {
+            let got = cache.get_range(&p, 10..20).await.unwrap();
+            assert_eq!(got.as_ref(), &[7u8; 10]);
+        }
+        assert_eq!(
+            counting.gets.load(Ordering::SeqCst),
+            1,
+            "every read fetched the whole object again"
+        );
     }
 
     #[tokio::test]
