@@ -10,7 +10,10 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use prost::Message;
 use serde_json::Value;
 use strata_integration_tests::{
-    http_get, http_post_bytes, prometheus::PrometheusProcess, StrataProcess,
+    cluster::{ClusterOptions, TestCluster},
+    http_get, http_post_bytes,
+    prometheus::PrometheusProcess,
+    StrataProcess,
 };
 use strata_server::prom::{RemoteWriteRequest, TimeSeries};
 
@@ -312,6 +315,70 @@ const QUERIES: &[&str] = &[
     "sort_desc(cpu_temp)",
 ];
 
+/// The query range of [`conformance`]: from 12 to 58 minutes after `t0`.
+fn window(t0: i64) -> (f64, f64) {
+    (
+        (t0 + 12 * 60_000) as f64 / 1000.0,
+        (t0 + 58 * 60_000) as f64 / 1000.0,
+    )
+}
+
+/// Every query of [`QUERIES`] through Prometheus at `prom` and Strata at
+/// `strata` (range queries with a round and an odd step, instant queries
+/// before and after the stale marker): the answers agree, and every query
+/// but `absent(cpu_temp)` has data in some answer. Returns the number of
+/// answers compared.
+async fn conformance(prom: SocketAddr, strata: SocketAddr, t0: i64) -> usize {
+    let (start, end) = window(t0);
+    let mut failures = Vec::new();
+    let (mut compared, mut empty) = (0, Vec::new());
+    for q in QUERIES {
+        let mut answered = false;
+        // Range queries with a round and an odd step, and instant queries
+        // at a time before and after the stale marker.
+        let mut paths = Vec::new();
+        for step in ["60", "37"] {
+            paths.push(format!(
+                "/api/v1/query_range?query={}&start={start}&end={end}&step={step}",
+                encode(q)
+            ));
+        }
+        for at in [t0 + 20 * 60_000 + 7_000, t0 + 45 * 60_000] {
+            paths.push(format!(
+                "/api/v1/query?query={}&time={}",
+                encode(q),
+                at as f64 / 1000.0
+            ));
+        }
+        for path in paths {
+            let p = api(prom, &path).await;
+            let s = api(strata, &path).await;
+            if let Err(e) = compare(&path, &p, &s) {
+                failures.push(e);
+            }
+            compared += 1;
+            answered |= !normalise(&p).1.is_empty();
+        }
+        if !answered && *q != "absent(cpu_temp)" {
+            empty.push(*q);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{strata}: {} of {} comparisons differ:\n{}",
+        failures.len(),
+        QUERIES.len() * 4,
+        failures.join("\n")
+    );
+    // Every query but `absent(cpu_temp)` has data in some answer, or
+    // agreeing would prove nothing.
+    assert!(
+        empty.is_empty(),
+        "{strata}: queries without data: {empty:#?}"
+    );
+    compared
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promql_answers_match_prometheus() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,51 +403,8 @@ async fn promql_answers_match_prometheus() {
         }
     }
 
-    let start = (t0 + 12 * 60_000) as f64 / 1000.0;
-    let end = (t0 + 58 * 60_000) as f64 / 1000.0;
-    let mut failures = Vec::new();
-    let (mut compared, mut empty) = (0, Vec::new());
-    for q in QUERIES {
-        let mut answered = false;
-        // Range queries with a round and an odd step, and instant queries
-        // at a time before and after the stale marker.
-        let mut paths = Vec::new();
-        for step in ["60", "37"] {
-            paths.push(format!(
-                "/api/v1/query_range?query={}&start={start}&end={end}&step={step}",
-                encode(q)
-            ));
-        }
-        for at in [t0 + 20 * 60_000 + 7_000, t0 + 45 * 60_000] {
-            paths.push(format!(
-                "/api/v1/query?query={}&time={}",
-                encode(q),
-                at as f64 / 1000.0
-            ));
-        }
-        for path in paths {
-            let p = api(prom.addr, &path).await;
-            let s = api(strata.http, &path).await;
-            if let Err(e) = compare(&path, &p, &s) {
-                failures.push(e);
-            }
-            compared += 1;
-            answered |= !normalise(&p).1.is_empty();
-        }
-        if !answered && *q != "absent(cpu_temp)" {
-            empty.push(*q);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} comparisons differ:\n{}",
-        failures.len(),
-        QUERIES.len() * 4,
-        failures.join("\n")
-    );
-    // Every query but `absent(cpu_temp)` has data in some answer, or
-    // agreeing would prove nothing.
-    assert!(empty.is_empty(), "queries without data: {empty:#?}");
+    let (start, end) = window(t0);
+    let compared = conformance(prom.addr, strata.http, t0).await;
     println!(
         "promql conformance: {compared} answers ({} queries) agree with Prometheus 2.42",
         QUERIES.len()
@@ -453,6 +477,93 @@ async fn promql_answers_match_prometheus() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["data"]["resultType"], "vector");
     assert_eq!(v["data"]["result"].as_array().unwrap().len(), 1);
+}
+
+/// The same comparisons on a two-instance cluster: the Prometheus layout's
+/// tables are led by both instances, one partition's tables flushed to
+/// SSTs and the others' samples in memory, and the queries are asked
+/// through each instance and through a compute instance (which reads the
+/// SSTs itself and only the unflushed rows from the leaders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promql_answers_match_prometheus_on_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let prom = PrometheusProcess::start(&dir.path().join("prom"), "global: {}\n").await;
+    let mut c = TestCluster::start(ClusterOptions {
+        servers: 2,
+        shard_count: 4,
+        ..Default::default()
+    })
+    .await;
+    let ci = c.add_compute().await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let t0 = (now - 65 * 60_000) / 60_000 * 60_000;
+    let data = dataset(t0);
+    remote_write(prom.addr, &data).await;
+    remote_write(c.servers[0].http, &data).await;
+
+    // The tables of the metrics' partitions, led by both instances (a
+    // shard moved if meta put them all on one).
+    let mut parts: Vec<u64> = [
+        "http_requests_total",
+        "cpu_temp",
+        "request_duration_seconds_bucket",
+        "machine_info",
+    ]
+    .iter()
+    .map(|m| strata_server::prom::partition(m))
+    .collect();
+    parts.sort_unstable();
+    parts.dedup();
+    let tables: Vec<String> = parts
+        .iter()
+        .flat_map(|&p| {
+            [
+                strata_server::prom::samples_table(p),
+                strata_server::prom::series_table(p),
+            ]
+        })
+        .collect();
+    let mut placed = Vec::new();
+    for t in &tables {
+        placed.push((t.clone(), crate::cluster::shard_of(&c, t).await));
+    }
+    if placed.iter().all(|(_, (_, i))| *i == placed[0].1 .1) {
+        let (table, (shard, from)) = placed[0].clone();
+        crate::cluster::ask_move(&c, shard, 1 - from).await;
+        crate::cluster::wait_moved(&c, &table, 1 - from).await;
+    }
+    let mut led_by = std::collections::BTreeSet::new();
+    for t in &tables {
+        led_by.insert(crate::cluster::shard_of(&c, t).await.1);
+    }
+    assert_eq!(led_by.len(), 2, "one instance leads all of {tables:?}");
+
+    // One partition in SSTs, the rest in memory.
+    let client = c.servers[1].client().await;
+    for t in [
+        strata_server::prom::samples_table(parts[0]),
+        strata_server::prom::series_table(parts[0]),
+    ] {
+        strata_integration_tests::exec(&client, &format!("FLUSH TABLE {t}")).await;
+    }
+    let mut compared = 0;
+    for (what, http) in [
+        ("server0", c.servers[0].http),
+        ("server1", c.servers[1].http),
+        ("compute0", c.computes[ci].http),
+    ] {
+        let started = std::time::Instant::now();
+        let n = conformance(prom.addr, http, t0).await;
+        println!(
+            "promql conformance through {what}: {n} answers agree ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        compared += n;
+    }
+    assert_eq!(compared, 3 * QUERIES.len() * 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
