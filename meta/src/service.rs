@@ -95,6 +95,17 @@ pub struct ShardView {
     pub load: Option<ShardLoadView>,
 }
 
+/// A reported rate as meta keeps it: a NaN, infinite or negative one (from
+/// a foreign or broken client) as 0, since JSON cannot hold the first two
+/// and one undecodable node record would fail every read of the nodes.
+fn rate(v: f64) -> f64 {
+    if v.is_finite() && v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
 /// A shard's load as its leader last reported it.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct ShardLoadView {
@@ -391,10 +402,10 @@ impl Meta {
                 role: s.role.clone(),
                 lag_records: s.lag_records,
                 lag_ms: s.lag_ms,
-                rows_written_per_s: s.rows_written_per_s,
-                bytes_written_per_s: s.bytes_written_per_s,
-                scans_per_s: s.scans_per_s,
-                rows_scanned_per_s: s.rows_scanned_per_s,
+                rows_written_per_s: rate(s.rows_written_per_s),
+                bytes_written_per_s: rate(s.bytes_written_per_s),
+                scans_per_s: rate(s.scans_per_s),
+                rows_scanned_per_s: rate(s.rows_scanned_per_s),
                 memtable_bytes: s.memtable_bytes,
                 wal_backlog: s.wal_backlog,
             })
@@ -416,7 +427,7 @@ impl Meta {
                     .filter(|r| !r.is_follower())
                     .map(|r| r.tables)
                     .sum(),
-                cpu_cores: req.cpu_cores,
+                cpu_cores: rate(req.cpu_cores),
                 rss_bytes: req.rss_bytes,
             },
             role: if req.role == crate::model::ROLE_COMPUTE {
@@ -1532,6 +1543,40 @@ mod tests {
                 .insert(crate::secret::HEADER, s.parse().unwrap());
         }
         r
+    }
+
+    /// A heartbeat with rates JSON cannot hold (NaN, infinite) or that
+    /// make no sense (negative) is kept with zeros: the node's record
+    /// decodes, and so does every read of the nodes.
+    #[tokio::test]
+    async fn non_finite_load_in_a_heartbeat_is_kept_as_zero() {
+        let meta = Meta::new(
+            MetaStore::new(Arc::new(MemoryKv::new()), "c1"),
+            MetaOptions::new("127.0.0.1:1".to_string()),
+        );
+        meta.heartbeat(HeartbeatRequest {
+            node_id: "127.0.0.1:9".to_string(),
+            endpoint: "127.0.0.1:9".to_string(),
+            instance_id: "i1".to_string(),
+            cpu_cores: f64::NAN,
+            shards: vec![strata_proto::meta::ShardState {
+                id: 0,
+                rows_written_per_s: f64::INFINITY,
+                scans_per_s: -3.0,
+                bytes_written_per_s: 12.5,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let nodes = meta.store().nodes().await.unwrap();
+        assert_eq!(nodes.len(), 1);
+        let n = &nodes[0];
+        assert_eq!(n.load.cpu_cores, 0.0);
+        assert_eq!(n.shards[0].rows_written_per_s, 0.0);
+        assert_eq!(n.shards[0].scans_per_s, 0.0);
+        assert_eq!(n.shards[0].bytes_written_per_s, 12.5);
     }
 
     #[tokio::test]

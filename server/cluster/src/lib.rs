@@ -240,20 +240,34 @@ impl Cluster {
         }
         let versions = self.assignments.read().clone();
         let loads: Vec<_> = shards.iter().map(|s| (s.id().0, s.load())).collect();
-        let (rates, cpu_cores) = self.load.sample(&loads);
-        // Shards closed since the last heartbeat leave the metrics.
-        strata_engine::metrics::SHARD_LOAD.reset();
+        let (rates, cpu_cores, closed) = self.load.sample(&loads);
+        const KINDS: [&str; 6] = [
+            "rows_written_per_s",
+            "bytes_written_per_s",
+            "scans_per_s",
+            "rows_scanned_per_s",
+            "memtable_bytes",
+            "wal_backlog",
+        ];
+        // Shards closed since the last heartbeat leave the metrics (one by
+        // one: a scrape meanwhile sees every open shard's).
+        for id in closed {
+            for kind in KINDS {
+                let _ = strata_engine::metrics::SHARD_LOAD
+                    .remove_label_values(&[id.to_string().as_str(), kind]);
+            }
+        }
         for (id, l) in &loads {
             let r = rates.get(id).copied().unwrap_or_default();
             let shard = id.to_string();
-            for (kind, v) in [
-                ("rows_written_per_s", r.rows_written),
-                ("bytes_written_per_s", r.bytes_written),
-                ("scans_per_s", r.scans),
-                ("rows_scanned_per_s", r.rows_scanned),
-                ("memtable_bytes", l.memtable_bytes as f64),
-                ("wal_backlog", l.wal_backlog as f64),
-            ] {
+            for (kind, v) in KINDS.into_iter().zip([
+                r.rows_written,
+                r.bytes_written,
+                r.scans,
+                r.rows_scanned,
+                l.memtable_bytes as f64,
+                l.wal_backlog as f64,
+            ]) {
                 strata_engine::metrics::SHARD_LOAD
                     .with_label_values(&[shard.as_str(), kind])
                     .set(v);

@@ -49,9 +49,13 @@ struct Last {
 
 impl LoadTracker {
     /// Each shard's rates and the process's CPU use (cores) since the
-    /// previous call; all zero on the first. A shard opened since then
-    /// counts from its opening (its counters start at zero).
-    pub(crate) fn sample(&self, shards: &[(u64, ShardLoad)]) -> (HashMap<u64, Rates>, f64) {
+    /// previous call, all zero on the first, and the shards of the previous
+    /// call that are gone. A shard opened since then counts from its
+    /// opening (its counters start at zero).
+    pub(crate) fn sample(
+        &self,
+        shards: &[(u64, ShardLoad)],
+    ) -> (HashMap<u64, Rates>, f64, Vec<u64>) {
         self.sample_at(Instant::now(), process_cpu(), shards)
     }
 
@@ -60,10 +64,21 @@ impl LoadTracker {
         now: Instant,
         cpu: Option<Duration>,
         shards: &[(u64, ShardLoad)],
-    ) -> (HashMap<u64, Rates>, f64) {
+    ) -> (HashMap<u64, Rates>, f64, Vec<u64>) {
         let mut last = self.last.lock();
         let mut rates = HashMap::new();
         let mut cores = 0.0;
+        let mut closed: Vec<u64> = last
+            .as_ref()
+            .map(|prev| {
+                prev.shards
+                    .keys()
+                    .filter(|id| !shards.iter().any(|(s, _)| s == *id))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default();
+        closed.sort_unstable();
         if let Some(prev) = last.as_ref() {
             let seconds = now.duration_since(prev.at).as_secs_f64();
             for (id, load) in shards {
@@ -85,7 +100,7 @@ impl LoadTracker {
             cpu,
             shards: shards.iter().map(|(id, l)| (*id, l.counters)).collect(),
         });
-        (rates, cores)
+        (rates, cores, closed)
     }
 }
 
@@ -146,10 +161,10 @@ mod tests {
     fn rates_are_the_counters_differences_over_the_interval() {
         let t = LoadTracker::default();
         let t0 = Instant::now();
-        let (first, cores) = t.sample_at(t0, Some(Duration::from_secs(5)), &[(1, load(100, 1))]);
+        let (first, cores, _) = t.sample_at(t0, Some(Duration::from_secs(5)), &[(1, load(100, 1))]);
         assert_eq!(first[&1], Rates::default());
         assert_eq!(cores, 0.0);
-        let (r, cores) = t.sample_at(
+        let (r, cores, closed) = t.sample_at(
             t0 + Duration::from_secs(2),
             Some(Duration::from_secs(6)),
             &[(1, load(300, 5)), (2, load(40, 0))],
@@ -166,10 +181,13 @@ mod tests {
         // Opened meanwhile: from zero.
         assert_eq!(r[&2].rows_written, 20.0);
         assert!((cores - 0.5).abs() < 1e-9, "{cores}");
+        assert!(closed.is_empty());
         // A counter that went back (a table dropped) gives zero, not a
         // negative rate.
-        let (r, _) = t.sample_at(t0 + Duration::from_secs(3), None, &[(1, load(10, 5))]);
+        let (r, _, closed) = t.sample_at(t0 + Duration::from_secs(3), None, &[(1, load(10, 5))]);
         assert_eq!(r[&1].rows_written, 0.0);
+        // Shard 2 closed meanwhile.
+        assert_eq!(closed, vec![2]);
     }
 
     #[test]
