@@ -315,6 +315,16 @@ const QUERIES: &[&str] = &[
     "sort_desc(cpu_temp)",
 ];
 
+/// Where [`dataset`]'s hour starts: 65 minutes ago, aligned to a minute
+/// (so that it ends a few minutes ago).
+fn data_start() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now - 65 * 60_000) / 60_000 * 60_000
+}
+
 /// The query range of [`conformance`]: from 12 to 58 minutes after `t0`.
 fn window(t0: i64) -> (f64, f64) {
     (
@@ -385,12 +395,7 @@ async fn promql_answers_match_prometheus() {
     let prom = PrometheusProcess::start(&dir.path().join("prom"), "global: {}\n").await;
     let strata = StrataProcess::start(&dir.path().join("strata")).await;
 
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    // One hour of data ending a few minutes ago, aligned to a minute.
-    let t0 = (now - 65 * 60_000) / 60_000 * 60_000;
+    let t0 = data_start();
     let data = dataset(t0);
     remote_write(prom.addr, &data).await;
     remote_write(strata.http, &data).await;
@@ -495,11 +500,7 @@ async fn promql_answers_match_prometheus_on_a_cluster() {
     })
     .await;
     let ci = c.add_compute().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let t0 = (now - 65 * 60_000) / 60_000 * 60_000;
+    let t0 = data_start();
     let data = dataset(t0);
     remote_write(prom.addr, &data).await;
     remote_write(c.servers[0].http, &data).await;

@@ -2,7 +2,7 @@
 //! `strata standalone` process, through the gRPC client, and against a
 //! three-instance cluster.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
@@ -20,6 +20,44 @@ fn slt_files() -> Vec<PathBuf> {
     files.sort();
     assert!(!files.is_empty(), "no .slt files in {}", dir.display());
     files
+}
+
+/// Runs `file` through `client` (with follower reads when `followers`)
+/// under `labels`; on failure, the error and `logs()`.
+async fn run_file(
+    file: &Path,
+    client: strata_client::Client,
+    followers: bool,
+    labels: &[&str],
+    logs: impl FnOnce() -> String,
+) -> Option<String> {
+    let mut runner = sqllogictest::Runner::new(move || {
+        let client = client.clone();
+        async move {
+            let db = StrataDb::new(client);
+            Ok(if followers {
+                db.reading_followers()
+            } else {
+                db
+            })
+        }
+    });
+    for label in labels {
+        runner.add_label(label);
+    }
+    match runner.run_file_async(file).await {
+        Ok(()) => None,
+        Err(e) => Some(format!("{}:\n{e}\nlogs:\n{}", file.display(), logs())),
+    }
+}
+
+fn assert_all_passed(failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} file(s) failed:\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,24 +82,9 @@ async fn run_files(remote: Option<Services>) {
         };
         let server = StrataProcess::start_with(&dir.path().join("data"), args, env).await;
         let client = server.client().await;
-        let mut runner = sqllogictest::Runner::new(move || {
-            let client = client.clone();
-            async move { Ok(StrataDb::new(client)) }
-        });
-        if let Err(e) = runner.run_file_async(&file).await {
-            failures.push(format!(
-                "{}:\n{e}\nserver log:\n{}",
-                file.display(),
-                server.log_tail()
-            ));
-        }
+        failures.extend(run_file(&file, client, false, &[], || server.log_tail()).await);
     }
-    assert!(
-        failures.is_empty(),
-        "{} file(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_all_passed(&failures);
 }
 
 /// The same files against a cluster of three instances: each file runs
@@ -75,25 +98,9 @@ async fn sqllogictest_files_pass_against_a_three_instance_cluster() {
     for (i, file) in slt_files().into_iter().enumerate() {
         let cluster = TestCluster::start(ClusterOptions::default()).await;
         let client = cluster.servers[i % cluster.servers.len()].client().await;
-        let mut runner = sqllogictest::Runner::new(move || {
-            let client = client.clone();
-            async move { Ok(StrataDb::new(client)) }
-        });
-        runner.add_label("cluster");
-        if let Err(e) = runner.run_file_async(&file).await {
-            failures.push(format!(
-                "{}:\n{e}\nlogs:\n{}",
-                file.display(),
-                cluster.logs()
-            ));
-        }
+        failures.extend(run_file(&file, client, false, &["cluster"], || cluster.logs()).await);
     }
-    assert!(
-        failures.is_empty(),
-        "{} file(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_all_passed(&failures);
 }
 
 /// The same files through a compute instance (`--role compute`) of a
@@ -113,26 +120,10 @@ async fn sqllogictest_files_pass_through_a_compute_instance() {
         .await;
         let ci = cluster.add_compute().await;
         let client = cluster.computes[ci].client().await;
-        let mut runner = sqllogictest::Runner::new(move || {
-            let client = client.clone();
-            async move { Ok(StrataDb::new(client)) }
-        });
-        runner.add_label("cluster");
-        runner.add_label("compute");
-        if let Err(e) = runner.run_file_async(&file).await {
-            failures.push(format!(
-                "{}:\n{e}\nlogs:\n{}",
-                file.display(),
-                cluster.logs()
-            ));
-        }
+        let labels = ["cluster", "compute"];
+        failures.extend(run_file(&file, client, false, &labels, || cluster.logs()).await);
     }
-    assert!(
-        failures.is_empty(),
-        "{} file(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_all_passed(&failures);
 }
 
 /// The same files on a three-instance cluster whose shards each have a
@@ -155,27 +146,11 @@ async fn sqllogictest_files_pass_reading_followers_of_a_replicated_cluster() {
         let server = &cluster.servers[i % cluster.servers.len()];
         wait_followers_open(&cluster).await;
         let client = server.client().await;
-        let mut runner = sqllogictest::Runner::new(move || {
-            let client = client.clone();
-            async move { Ok(StrataDb::new(client).reading_followers()) }
-        });
-        runner.add_label("cluster");
-        if let Err(e) = runner.run_file_async(&file).await {
-            failures.push(format!(
-                "{}:\n{e}\nlogs:\n{}",
-                file.display(),
-                cluster.logs()
-            ));
-        }
+        failures.extend(run_file(&file, client, true, &["cluster"], || cluster.logs()).await);
         follower_reads += metric(server.http, "strata_follower_reads_total").await;
         fell_back += metric(server.http, "strata_follower_reads_behind_total").await;
     }
-    assert!(
-        failures.is_empty(),
-        "{} file(s) failed:\n{}",
-        failures.len(),
-        failures.join("\n\n")
-    );
+    assert_all_passed(&failures);
     // The followers did serve reads (not every read went to a leader).
     eprintln!("{follower_reads} reads served by followers, {fell_back} by leaders");
     assert!(follower_reads >= 10, "{follower_reads} follower reads");

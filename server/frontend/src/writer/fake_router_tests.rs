@@ -789,24 +789,9 @@ async fn a_partial_aggregate_and_a_top_k_run_on_the_leader() {
     let window = "SELECT host, ts, row_number() OVER (PARTITION BY host ORDER BY ts) AS r \
                   FROM (SELECT host, ts FROM {a} UNION ALL SELECT host, ts FROM {b}) \
                   ORDER BY host, ts, r";
-    let got = lines(
-        query
-            .execute(
-                "public",
-                &window.replace("{a}", "cpu").replace("{b}", "mem"),
-            )
-            .await
-            .unwrap(),
-    );
-    let expected = lines(
-        query
-            .execute(
-                "public",
-                &window.replace("{a}", "mem").replace("{b}", "mem"),
-            )
-            .await
-            .unwrap(),
-    );
+    let over = |a: &str| window.replace("{a}", a).replace("{b}", "mem");
+    let got = lines(query.execute("public", &over("cpu")).await.unwrap());
+    let expected = lines(query.execute("public", &over("mem")).await.unwrap());
     assert_eq!(got, expected);
     assert!(got.len() > 6, "{got:?}");
 
