@@ -48,6 +48,7 @@ fn table(id: u64, name: &str, columns: &[(&str, ColumnType, bool)]) -> Arc<Table
         partition: None,
         partition_of: None,
         revision: 0,
+        home: None,
     })
 }
 

@@ -54,6 +54,19 @@ pub struct TableEntry {
     /// changed the table meanwhile. 0 in standalone mode.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: u64,
+    /// The shard whose storage prefix holds the table's files (manifest and
+    /// SSTs): the one it was created on. Set when the table first moves to
+    /// another shard (a split or a merge); absent, it is `shard`. A table's
+    /// files never move.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<ShardId>,
+}
+
+impl TableEntry {
+    /// The shard whose storage prefix holds the table's files.
+    pub fn home(&self) -> ShardId {
+        self.home.unwrap_or(self.shard)
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -408,6 +421,7 @@ impl Catalog {
                 partition: None,
                 partition_of: None,
                 revision: 0,
+                home: None,
             };
             s.tables.insert(id, entry.clone());
             Ok(Some(entry))
@@ -471,6 +485,7 @@ impl Catalog {
                 partition: Some(spec.clone()),
                 partition_of: None,
                 revision: 0,
+                home: None,
             };
             s.next_table_id += 1;
             for (index, sub) in (0u32..).zip(names) {
@@ -492,6 +507,7 @@ impl Catalog {
                             index,
                         }),
                         revision: 0,
+                        home: None,
                     },
                 );
             }

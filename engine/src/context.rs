@@ -55,6 +55,11 @@ pub struct EngineConfig {
     /// retryable `FollowerBehind`.
     #[serde(with = "humantime_serde_compat")]
     pub follower_read_timeout: Duration,
+    /// How long a handover of tables to another shard (a split or a merge)
+    /// waits for the writes admitted before it to be applied; then it is
+    /// given up (writes resume) and retried.
+    #[serde(with = "humantime_serde_compat")]
+    pub handover_drain_timeout: Duration,
     /// How long a retired SST file is kept after the last query using it.
     #[serde(with = "humantime_serde_compat")]
     pub gc_grace: Duration,
@@ -101,6 +106,7 @@ impl Default for EngineConfig {
             gc_grace: Duration::from_secs(60),
             follower_sync_interval: Duration::from_secs(1),
             follower_read_timeout: Duration::from_secs(5),
+            handover_drain_timeout: Duration::from_secs(10),
             orphan_min_age: Duration::from_secs(15 * 60),
             max_concurrent_compactions: 1,
             compaction_memory_budget: 256 * 1024 * 1024,

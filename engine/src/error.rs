@@ -170,6 +170,22 @@ pub enum Error {
         by: u64,
     },
 
+    /// The table was handed to another shard (a split or a merge): this
+    /// shard's owner commits nothing more for it. Not a fence: the shard's
+    /// other tables are unaffected.
+    #[error("NotLeader: table {table} was handed from shard {from} to shard {to}")]
+    TableMoved {
+        table: TableId,
+        from: strata_sst::ShardId,
+        to: strata_sst::ShardId,
+    },
+
+    /// The table is being handed to another shard, or opened on its shard:
+    /// retry shortly. (The front end recognises the wording after the
+    /// table name, also through DataFusion: keep it.)
+    #[error("ShardMoving: table {table} is moving between shards or being opened; retry shortly")]
+    TableMoving { table: String },
+
     #[error("shard {shard}: the WAL holds epoch {highest}, above this leader's epoch {epoch}; a higher epoch is needed")]
     EpochBehind {
         shard: strata_sst::ShardId,
@@ -201,8 +217,10 @@ impl Error {
             | Error::InvalidWrite { .. }
             | Error::PartialWrite { .. } => ErrorKind::InvalidArgument,
             Error::Unsupported(_) => ErrorKind::Unsupported,
-            Error::NotServedHere { .. } | Error::ShardFenced { .. } => ErrorKind::NotLeader,
-            Error::ShardNotOpen { .. } => ErrorKind::ShardMoving,
+            Error::NotServedHere { .. } | Error::ShardFenced { .. } | Error::TableMoved { .. } => {
+                ErrorKind::NotLeader
+            }
+            Error::ShardNotOpen { .. } | Error::TableMoving { .. } => ErrorKind::ShardMoving,
             Error::MetaUnavailable(_) | Error::CatalogChanged(_) => ErrorKind::Unavailable,
             Error::Wal { source, .. } if source.is_retryable() => ErrorKind::Unavailable,
             Error::WalAppend {

@@ -348,7 +348,18 @@ impl Follower {
         if changed {
             self.inner.sync_requested.fetch_add(1, Ordering::AcqRel);
         }
-        add_or_update(&self.inner, entry).await?;
+        // A table that came (back) to this shard: its records from now on
+        // are applied (older ones are below its flushed offset).
+        self.inner.skipped.write().remove(&entry.id);
+        match add_or_update(&self.inner, entry).await {
+            Ok(_) => {}
+            // Handed here and not yet claimed: opened by the tail when it
+            // meets the table's first record, which follows the claim.
+            Err(e @ Error::TableMoving { .. }) => {
+                tracing::debug!(shard = %self.inner.id, error = %e, "a table handed to this shard is not claimed yet");
+            }
+            Err(e) => return Err(e),
+        }
         // A tail waiting for this table or schema goes on at once.
         self.inner.wake.notify_one();
         Ok(())
@@ -537,6 +548,12 @@ async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
             Some(t) => t,
             None => match lookup(record.table) {
                 Known::Entry(e) if e.shard == inner.id => add_or_update(inner, *e).await?,
+                // The catalog here may not show yet that the table moved
+                // to this shard (a split or a merge): its manifest says.
+                // Skipping its records for good would lose them.
+                Known::Entry(e) if claimed_here(inner, &e).await? => {
+                    return Ok(Step::WaitingForCatalog)
+                }
                 Known::Entry(_) | Known::Dropped => {
                     // Met again, it is skipped without asking.
                     inner.skipped.write().insert(record.table);
@@ -557,6 +574,16 @@ async fn step(inner: &Inner, lookup: &Lookup) -> Result<Step> {
     Ok(Step::Applied)
 }
 
+/// Whether the table's manifest says it is (or is being handed to) this
+/// follower's shard.
+async fn claimed_here(inner: &Inner, entry: &TableEntry) -> Result<bool> {
+    let dir = layout::manifest_dir(&inner.ctx.config.cluster, entry.home(), entry.id);
+    let state = crate::manifest::load(&inner.ctx.store, &dir, entry.id).await?;
+    let here = inner.id.0;
+    Ok((state.shard == Some(here) && state.handed_to().is_none())
+        || state.handed_to() == Some(here))
+}
+
 /// Brings every table in line with its manifest on the store; whether
 /// every manifest was read.
 async fn sync_manifests(inner: &Inner) -> bool {
@@ -565,7 +592,7 @@ async fn sync_manifests(inner: &Inner) -> bool {
     let cluster = inner.ctx.config.cluster.clone();
     let mut loads = futures::stream::iter(tables.into_iter().map(|t| {
         let store = store.clone();
-        let dir = layout::manifest_dir(&cluster, inner.id, t.id());
+        let dir = layout::manifest_dir(&cluster, t.meta().entry.home(), t.id());
         async move {
             let state = crate::manifest::load(&store, &dir, t.id()).await;
             (t, state)

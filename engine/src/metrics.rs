@@ -115,6 +115,13 @@ pub static FLUSH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
         vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
     )
 });
+pub static HANDOVER_PAUSE_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram(
+        "strata_handover_pause_seconds",
+        "How long writes to tables handed to another shard (split, merge) were refused on the shard handing them over: drain, flush and handover commit",
+        vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+    )
+});
 pub static WAL_APPEND_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     histogram(
         "strata_wal_append_duration_seconds",
@@ -272,6 +279,7 @@ pub fn register_all() {
     LazyLock::force(&FLUSH_FAILURES);
     LazyLock::force(&FLUSH_SECONDS);
     LazyLock::force(&WAL_APPEND_SECONDS);
+    LazyLock::force(&HANDOVER_PAUSE_SECONDS);
     LazyLock::force(&WRITE_STALLS);
     LazyLock::force(&WRITE_STALL_TIMEOUTS);
     LazyLock::force(&WRITE_STALL_SECONDS);

@@ -60,18 +60,23 @@ pub(crate) struct ShardInner {
 }
 
 /// A shard's load as of one look ([`Shard::load`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ShardLoad {
     pub counters: crate::table::LoadCounters,
     pub memtable_bytes: u64,
     /// WAL records above the oldest row still only in memory.
     pub wal_backlog: u64,
+    /// Each table's rows written since it was opened here.
+    pub tables: Vec<(strata_sst::TableId, u64)>,
 }
 
 /// A shard of the engine.
 #[derive(Debug)]
 pub struct Shard {
     inner: Arc<ShardInner>,
+    /// One handover at a time: a failed one resumes writes, which must not
+    /// happen under another still going on.
+    handover: tokio::sync::Mutex<()>,
     sender: mpsc::Sender<WriteJob>,
     writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
     ticker: parking_lot::Mutex<Option<JoinHandle<()>>>,
@@ -128,22 +133,40 @@ impl Shard {
             None => {
                 let (sender, receiver) = mpsc::channel(ctx.config.max_write_batch.max(16) * 4);
                 let owner = Arc::new(Ownership::new(id, epoch.0));
-                let opened = futures::future::try_join_all(
-                    entries
-                        .into_iter()
-                        .map(|e| Table::open(e, ctx.clone(), owner.clone(), sender.clone())),
-                )
-                .await
-                .map_err(|e| match e {
-                    // A manifest carries a newer epoch than the one we were
-                    // given (meta lost its state): a higher epoch is needed.
-                    Error::ShardFenced { shard, epoch, by } => Error::EpochBehind {
-                        shard,
-                        epoch,
-                        highest: by,
-                    },
-                    e => e,
-                })?;
+                let wal_end = wal.next_offset().0;
+                let results =
+                    futures::future::join_all(entries.into_iter().map(|e| {
+                        Table::open(e, ctx.clone(), owner.clone(), sender.clone(), wal_end)
+                    }))
+                    .await;
+                let mut opened = Vec::with_capacity(results.len());
+                for result in results {
+                    match result {
+                        Ok(t) => opened.push(t),
+                        // Handed to another shard, and the catalog does not
+                        // say so yet: not this shard's (its WAL records
+                        // are skipped by the replay).
+                        Err(e @ Error::TableMoved { .. }) => {
+                            tracing::warn!(shard = %id, error = %e,
+                                "a table of this shard was handed to another; not opened");
+                        }
+                        // A manifest carries a newer epoch than the one we
+                        // were given (meta lost its state): a higher epoch
+                        // is needed.
+                        Err(Error::ShardFenced { shard, epoch, by }) => {
+                            owner.relinquish();
+                            return Err(Error::EpochBehind {
+                                shard,
+                                epoch,
+                                highest: by,
+                            });
+                        }
+                        Err(e) => {
+                            owner.relinquish();
+                            return Err(e);
+                        }
+                    }
+                }
                 if let Some(seed) = seed {
                     for t in &opened {
                         if let Some(theirs) = seed.tables.get(&t.id()) {
@@ -261,6 +284,7 @@ impl Shard {
         let ticker = tokio::spawn(run_ticker(inner.clone()));
         Ok(Arc::new(Self {
             inner,
+            handover: tokio::sync::Mutex::new(()),
             sender,
             writer: parking_lot::Mutex::new(Some(writer)),
             ticker: parking_lot::Mutex::new(Some(ticker)),
@@ -281,15 +305,99 @@ impl Shard {
 
     /// Opens a newly created table on this shard.
     pub(crate) async fn add_table(&self, entry: TableEntry) -> Result<Arc<Table>> {
+        // The end of the WAL as the writer knows it: no record of a table
+        // not yet open here lies at or above it (see `Manifest::open`).
+        let wal_end = self.inner.wal.next_offset().0;
         let table = Table::open(
             entry,
             self.inner.ctx.clone(),
             self.inner.owner.clone(),
             self.sender.clone(),
+            wal_end,
         )
         .await?;
         self.inner.tables.write().insert(table.id(), table.clone());
         Ok(table)
+    }
+
+    /// Hands `tables` to shard `to` (a split or a merge; see
+    /// `docs/rfcs/0006-split-and-merge.md`): stops their writes and waits
+    /// for those already admitted to be applied, flushes them, and commits
+    /// a handover to each manifest. From then on this shard writes, reads
+    /// and replays none of them; the catalog moving them to `to` removes
+    /// them here ([`Self::remove_table`]).
+    ///
+    /// Idempotent: a table already handed to `to` (open here or not) is
+    /// done. On failure, tables not yet handed over take writes again; the
+    /// caller retries (a handover is only ever finished, never undone, once
+    /// one table's is committed).
+    pub async fn hand_over(
+        &self,
+        tables: &[TableEntry],
+        to: ShardId,
+        drain_timeout: Duration,
+    ) -> Result<()> {
+        let _one = self.handover.lock().await;
+        self.inner.owner.check()?;
+        if to == self.inner.id {
+            return Err(Error::Internal(format!(
+                "shard {to}: tables cannot be handed to their own shard"
+            )));
+        }
+        let started = Instant::now();
+        let mut open = Vec::with_capacity(tables.len());
+        for entry in tables {
+            match self.table(entry.id) {
+                Some(t) => open.push(t),
+                None => self.check_handed_over(entry, to).await?,
+            }
+        }
+        let result = async {
+            for t in &open {
+                t.stop_writes(drain_timeout).await?;
+            }
+            for t in &open {
+                if !t.is_handed_over() {
+                    t.hand_over(to).await?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
+            for t in &open {
+                t.resume_writes();
+            }
+        }
+        result?;
+        crate::failpoint::pause("handover.after_commit").await;
+        metrics::HANDOVER_PAUSE_SECONDS.observe(started.elapsed().as_secs_f64());
+        tracing::info!(shard = %self.inner.id, to = %to, tables = open.len(),
+            pause_ms = started.elapsed().as_millis() as u64, "handed tables to another shard");
+        if let Err(e) = truncate_wal(&self.inner).await {
+            tracing::warn!(shard = %self.inner.id, error = %e, "WAL truncation after a handover failed");
+        }
+        Ok(())
+    }
+
+    /// A table not open in this shard: done when its manifest shows it
+    /// handed to (or claimed by) `to`.
+    async fn check_handed_over(&self, entry: &TableEntry, to: ShardId) -> Result<()> {
+        let id = entry.id;
+        let dir =
+            strata_sst::layout::manifest_dir(&self.inner.ctx.config.cluster, entry.home(), id);
+        let state = crate::manifest::load(&self.inner.ctx.store, &dir, id).await?;
+        // Handed to `to`, or claimed by it since (not merely `to`'s before
+        // it was handed here and not claimed yet).
+        if state.handed_to() == Some(to.0)
+            || (state.shard == Some(to.0) && state.handed_to().is_none())
+        {
+            return Ok(());
+        }
+        Err(Error::NotServedHere {
+            table: entry.name.clone(),
+            shard: self.inner.id,
+        })
     }
 
     /// Closes a dropped table. Its WAL records are skipped from now on.
@@ -353,7 +461,12 @@ impl Shard {
         let mut load = ShardLoad::default();
         let mut min_unflushed: Option<u64> = None;
         for table in self.tables() {
-            load.counters.add(table.load().counters());
+            if table.is_handed_over() {
+                continue;
+            }
+            let counters = table.load().counters();
+            load.counters.add(counters);
+            load.tables.push((table.id(), counters.rows_written));
             let version = table.version();
             load.memtable_bytes += version.memtable_bytes() as u64;
             if let Some(m) = version.min_unflushed_offset() {

@@ -16,11 +16,12 @@ use object_store::{local::LocalFileSystem, ObjectStore};
 use strata_wal::memory::MemoryWal;
 
 use crate::{
+    catalog::TableEntry,
     options::TableOptions,
     provider::StrataTableProvider,
     schema::{ColumnSchema, ColumnType, TableSchema},
     table::Table,
-    AlterTable, Engine, EngineConfig,
+    AlterTable, ClusterCatalog, Engine, EngineConfig,
 };
 
 fn col(name: &str, t: ColumnType, tag: bool) -> ColumnSchema {
@@ -64,8 +65,9 @@ fn no_background() -> EngineConfig {
     }
 }
 
-async fn create(engine: &Engine, name: &str, options: TableOptions) -> Arc<Table> {
-    let schema = TableSchema::try_new(
+/// The tests' table: a tag `host`, `ts`, `n` and `v`.
+fn schema() -> TableSchema {
+    TableSchema::try_new(
         vec![
             col("host", ColumnType::String, true),
             col("ts", ColumnType::Timestamp, false),
@@ -75,9 +77,12 @@ async fn create(engine: &Engine, name: &str, options: TableOptions) -> Arc<Table
         "ts",
         &[],
     )
-    .unwrap();
+    .unwrap()
+}
+
+async fn create(engine: &Engine, name: &str, options: TableOptions) -> Arc<Table> {
     engine
-        .create_table("public", name, schema, options, false)
+        .create_table("public", name, schema(), options, false)
         .await
         .unwrap()
         .unwrap();
@@ -111,6 +116,73 @@ fn session(engine: &Engine, table: &Arc<Table>) -> SessionContext {
     )
     .unwrap();
     ctx
+}
+
+/// The rows of table `name`.
+async fn count(engine: &Engine, name: &str) -> i64 {
+    count_of(engine, &engine.table("public", name).unwrap()).await
+}
+
+async fn count_of(engine: &Engine, table: &Arc<Table>) -> i64 {
+    let got = session(engine, table)
+        .sql(&format!("SELECT count(*) AS n FROM {}", table.name()))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    got[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
+fn local_store(root: &std::path::Path) -> Arc<dyn ObjectStore> {
+    Arc::new(LocalFileSystem::new_with_prefix(root).unwrap())
+}
+
+async fn fault_harness() -> (
+    tempfile::TempDir,
+    Arc<strata_sst::fault::FaultStore>,
+    Arc<dyn ObjectStore>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = local_store(dir.path());
+    let faults = strata_sst::fault::FaultStore::new(inner.clone());
+    (dir, faults, inner)
+}
+
+/// A cluster catalog that refuses DDL: tests install entries directly.
+#[derive(Debug)]
+pub(super) struct NoDdl;
+
+#[async_trait::async_trait]
+impl ClusterCatalog for NoDdl {
+    async fn create_database(&self, _: &str, _: bool) -> crate::Result<bool> {
+        Err(crate::Error::Internal("no DDL here".into()))
+    }
+    async fn drop_database(&self, _: &str, _: bool) -> crate::Result<bool> {
+        Err(crate::Error::Internal("no DDL here".into()))
+    }
+    async fn create_table(
+        &self,
+        _: &str,
+        _: &str,
+        _: TableSchema,
+        _: TableOptions,
+        _: Option<&crate::partition::PartitionSpec>,
+        _: bool,
+    ) -> crate::Result<Option<Vec<TableEntry>>> {
+        Err(crate::Error::Internal("no DDL here".into()))
+    }
+    async fn alter_table(&self, _: &TableEntry, _: &TableEntry) -> crate::Result<Vec<TableEntry>> {
+        Err(crate::Error::Internal("no DDL here".into()))
+    }
+    async fn drop_table(&self, _: &str, _: &str, _: bool) -> crate::Result<Vec<TableEntry>> {
+        Err(crate::Error::Internal("no DDL here".into()))
+    }
 }
 
 fn parquet_files(root: &std::path::Path) -> usize {
@@ -505,4 +577,5 @@ async fn last_values_compact_adapt_to_new_columns_and_fall_back_past_the_series_
 
 mod fencing;
 mod follower;
+mod handover;
 mod reader;

@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub private_services: bool,
     /// Followers per shard (meta's `replicas`).
     pub replicas: u64,
+    /// Appended to meta's configuration file (e.g. a `[balance]` section).
+    pub meta_toml: String,
 }
 
 impl Default for ClusterOptions {
@@ -52,6 +54,7 @@ impl Default for ClusterOptions {
             server_env: Vec::new(),
             private_services: false,
             replicas: 0,
+            meta_toml: String::new(),
         }
     }
 }
@@ -294,12 +297,13 @@ impl TestCluster {
         std::fs::write(
             &config,
             format!(
-                "cluster = \"{}\"\nshard_count = {}\nreplicas = {}\nnode_ttl = \"{}ms\"\nstartup_grace = \"{}ms\"\n",
+                "cluster = \"{}\"\nshard_count = {}\nreplicas = {}\nnode_ttl = \"{}ms\"\nstartup_grace = \"{}ms\"\n{}\n",
                 self.name,
                 self.opts.shard_count,
                 self.opts.replicas,
                 self.opts.node_ttl.as_millis(),
-                self.opts.startup_grace.as_millis()
+                self.opts.startup_grace.as_millis(),
+                self.opts.meta_toml
             ),
         )
         .expect("write meta config");

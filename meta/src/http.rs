@@ -74,6 +74,9 @@ pub fn router(meta: Meta) -> Router {
         .route("/tables", get(tables))
         .route("/procedures", get(procedures))
         .route("/shards/{id}/move", post(move_shard))
+        .route("/shards/{id}/split", post(split_shard))
+        .route("/shards/{id}/merge", post(merge_shards))
+        .route("/reshape", get(reshape))
         .route("/shards/{id}/replicas", post(shard_replicas))
         .route("/replicas", post(replicas))
         .route("/nodes/drain", post(drain))
@@ -174,8 +177,27 @@ async fn shards(State(meta): State<Meta>) -> Response {
     }
 }
 
-/// Shards between two owners: the move procedures in flight.
+/// Shards between two owners (the move procedures in flight), and the
+/// split or merge in progress.
 async fn procedures(State(meta): State<Meta>) -> Response {
+    let reshape = match meta.store().reshape().await {
+        Ok(r) => r.map(|(r, _)| {
+            json!({
+                "kind": match r.kind {
+                    crate::model::ReshapeKind::Split => "split_shard",
+                    crate::model::ReshapeKind::Merge => "merge_shards",
+                },
+                "shard": r.from,
+                "from": r.from,
+                "to": r.to,
+                "state": r.step.as_str(),
+                "tables": r.tables,
+                "attempts": r.attempts,
+                "last_error": r.last_error,
+            })
+        }),
+        Err(e) => return failed(&e),
+    };
     match meta.shard_views().await {
         Ok(v) => Json(
             v.into_iter()
@@ -190,6 +212,7 @@ async fn procedures(State(meta): State<Meta>) -> Response {
                         "state": s.state,
                     })
                 })
+                .chain(reshape)
                 .collect::<Vec<_>>(),
         )
         .into_response(),
@@ -240,6 +263,79 @@ async fn move_shard(
                 .into_response()
         }
         Ok(Err(msg)) => error(StatusCode::CONFLICT, msg),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `POST /shards/{id}/split[?tables=1,2,…]`: starts a split of the shard
+/// (by default every second of its tables goes to a new shard).
+async fn split_shard(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
+    let tables = match q.get("tables") {
+        None => None,
+        Some(list) => match list
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.trim().parse::<u64>())
+            .collect::<Result<Vec<u64>, _>>()
+        {
+            Ok(t) => Some(t),
+            Err(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "tables must be table ids, comma-separated",
+                )
+            }
+        },
+    };
+    reshape_started(meta.split_shard(id, tables).await)
+}
+
+/// `POST /shards/{id}/merge?from=B`: starts merging shard B into this one
+/// (B's tables come here, then B is retired).
+async fn merge_shards(
+    State(meta): State<Meta>,
+    headers: HeaderMap,
+    Path(id): Path<u64>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> Response {
+    if let Err(r) = authorize(&meta, &headers) {
+        return r;
+    }
+    let Some(Ok(from)) = q.get("from").map(|v| v.parse::<u64>()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "missing or bad ?from= (a shard id)",
+        );
+    };
+    reshape_started(meta.merge_shards(id, from).await)
+}
+
+fn reshape_started(
+    result: crate::Result<std::result::Result<crate::model::Reshape, String>>,
+) -> Response {
+    match result {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(msg)) => error(StatusCode::CONFLICT, msg),
+        Err(e) => failed(&e),
+    }
+}
+
+/// `GET /reshape`: the split or merge in progress, and the last finished.
+async fn reshape(State(meta): State<Meta>) -> Response {
+    let current = match meta.store().reshape().await {
+        Ok(r) => r.map(|(r, _)| r),
+        Err(e) => return failed(&e),
+    };
+    match meta.store().last_reshape().await {
+        Ok(last) => Json(json!({ "current": current, "last": last })).into_response(),
         Err(e) => failed(&e),
     }
 }

@@ -10,6 +10,7 @@
 //! etcd backend for real clusters and an in-memory backend for unit tests;
 //! both pass the same [`kv::conformance`] suite.
 
+pub mod balance;
 mod error;
 pub mod http;
 pub mod kv;

@@ -22,6 +22,8 @@ pub type NodeId = String;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterConfig {
+    /// The shards created so far: ids `0..shard_count` were given out
+    /// (a split adds one; a merge retires one, whose id is not reused).
     pub shard_count: u64,
     /// Identifies this initialisation of the metadata; changes when meta
     /// starts on an empty etcd, which tells instances to report their tables.
@@ -129,6 +131,10 @@ pub struct ShardReport {
     pub memtable_bytes: u64,
     #[serde(default)]
     pub wal_backlog: u64,
+    /// Rows written per second to its busiest tables over the interval
+    /// (table id, rate; at most [`MAX_TABLE_RATES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub table_rates: Vec<(u64, f64)>,
 }
 
 impl ShardReport {
@@ -136,6 +142,9 @@ impl ShardReport {
         self.role == ROLE_FOLLOWER
     }
 }
+
+/// The most tables a shard's report names with their write rates.
+pub const MAX_TABLE_RATES: usize = 32;
 
 /// A shard's role on an instance, as reported.
 pub const ROLE_LEADER: &str = "leader";
@@ -159,6 +168,91 @@ pub struct ShardInfo {
     /// This shard's own follower count, overriding the cluster's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u64>,
+}
+
+impl ShardInfo {
+    /// A new shard's record (version 1, no followers).
+    pub fn new(id: u64, leader: Option<NodeId>) -> Self {
+        Self {
+            id,
+            version: 1,
+            leader,
+            followers: Vec::new(),
+            replicas: None,
+        }
+    }
+}
+
+/// A split or a merge: tables handed from shard `from` to shard `to`
+/// (`docs/rfcs/0006-split-and-merge.md`). One runs at a time; the leading
+/// meta advances it step by step, and a meta that takes the lead over
+/// goes on from the step recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reshape {
+    pub kind: ReshapeKind,
+    pub from: u64,
+    pub to: u64,
+    /// The tables handed over (ids).
+    pub tables: Vec<u64>,
+    pub step: ReshapeStep,
+    pub started_ms: i64,
+    /// When the last step was reached.
+    #[serde(default)]
+    pub updated_ms: i64,
+    /// Failed attempts at the current step, and the last failure.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+}
+
+impl Reshape {
+    /// A procedure at its first step, starting now.
+    pub fn new(kind: ReshapeKind, from: u64, to: u64, tables: Vec<u64>) -> Self {
+        Self {
+            kind,
+            from,
+            to,
+            tables,
+            step: ReshapeStep::HandingOver,
+            started_ms: now_ms(),
+            updated_ms: 0,
+            attempts: 0,
+            last_error: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshapeKind {
+    /// `to` is a new shard, created with the procedure.
+    Split,
+    /// `from` is retired once its tables are `to`'s.
+    Merge,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReshapeStep {
+    /// `from`'s leader is asked to hand the tables over (stop their
+    /// writes, flush, commit the handover to their manifests), until it
+    /// answers that it did.
+    HandingOver,
+    /// The tables are `to`'s in the catalog (one transaction); the leaders
+    /// are told, and `to`'s claims them when it opens them.
+    Moved,
+    Done,
+}
+
+impl ReshapeStep {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReshapeStep::HandingOver => "handing_over",
+            ReshapeStep::Moved => "moved",
+            ReshapeStep::Done => "done",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +282,11 @@ pub struct TableRecord {
     /// partitioned table's partitions take their table's).
     #[serde(default, skip_serializing_if = "is_zero64")]
     pub revision: u64,
+    /// The shard whose storage prefix holds the table's files: the one it
+    /// was created on. Set when the table first moves to another shard
+    /// (split, merge); absent, it is `shard`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<u64>,
 }
 
 fn is_zero64(n: &u64) -> bool {
@@ -283,6 +382,14 @@ impl Keys {
     }
     pub fn draining(&self, node: &str) -> Vec<u8> {
         self.key(&format!("draining/{node}"))
+    }
+    /// The split or merge in progress.
+    pub fn reshape(&self) -> Vec<u8> {
+        self.key("reshape/current")
+    }
+    /// The last one finished.
+    pub fn reshape_last(&self) -> Vec<u8> {
+        self.key("reshape/last")
     }
 }
 

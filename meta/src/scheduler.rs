@@ -55,6 +55,8 @@ pub struct Facts {
     pub applied: BTreeMap<(u64, NodeId), u64>,
     /// Live nodes being drained: they lead nothing and get no new follower.
     pub draining: std::collections::BTreeSet<NodeId>,
+    /// No balancing by shard count (shards are placed by load).
+    pub skip_balance: bool,
 }
 
 /// The changes that bring `shards` closer to the wanted assignment over
@@ -137,7 +139,7 @@ pub fn plan(live: &[NodeId], shards: &[ShardInfo], facts: &Facts) -> Vec<Move> {
     ) else {
         return moves;
     };
-    if hi >= lo + 2 {
+    if !facts.skip_balance && hi >= lo + 2 {
         // A shard the least loaded node follows moves cheaply.
         let led: Vec<&ShardInfo> = shards
             .iter()

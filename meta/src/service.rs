@@ -31,6 +31,8 @@ use crate::{
     Error, Result,
 };
 
+mod reshape;
+
 /// How the meta service behaves.
 #[derive(Clone, Debug)]
 pub struct MetaOptions {
@@ -54,6 +56,8 @@ pub struct MetaOptions {
     /// becomes the meta leader (`None` leaves the stored setting, which
     /// `strata admin replicas` changes).
     pub replicas: Option<u64>,
+    /// Balancing by load (`crate::balance`).
+    pub balance: crate::balance::BalanceRules,
 }
 
 impl MetaOptions {
@@ -67,6 +71,7 @@ impl MetaOptions {
             startup_grace: Duration::from_secs(12),
             cluster_secret: None,
             replicas: None,
+            balance: crate::balance::BalanceRules::default(),
         }
     }
 }
@@ -155,6 +160,22 @@ struct Inner {
     opts: MetaOptions,
     /// When this process became leader; `None` while it is not.
     leader_since: Mutex<Option<Instant>>,
+    /// The `HandOverTables` call of the split or merge in progress, run
+    /// apart from the leader's rounds (a flush may outlast the lease).
+    hand_over_call: Mutex<Option<reshape::HandOverCall>>,
+    /// Balancing by load: the decision seen in the last rounds, how many
+    /// rounds in a row, and until when nothing is decided.
+    balancing: Mutex<Balancing>,
+}
+
+#[derive(Debug, Default)]
+struct Balancing {
+    pending: Option<crate::balance::Decision>,
+    rounds: u32,
+    quiet_until: Option<Instant>,
+    /// Whether the cluster counts as busy (placed by load): from
+    /// `min_rate`, until it falls below half of it.
+    busy: bool,
 }
 
 fn header_ok() -> Option<MetaHeader> {
@@ -183,6 +204,8 @@ impl Meta {
                 store,
                 opts,
                 leader_since: Mutex::new(None),
+                hand_over_call: Mutex::new(None),
+                balancing: Mutex::new(Balancing::default()),
             }),
         }
     }
@@ -408,6 +431,13 @@ impl Meta {
                 rows_scanned_per_s: rate(s.rows_scanned_per_s),
                 memtable_bytes: s.memtable_bytes,
                 wal_backlog: s.wal_backlog,
+                table_rates: s
+                    .table_rates
+                    .iter()
+                    .take(crate::model::MAX_TABLE_RATES)
+                    .map(|t| (t.table, rate(t.rows_written_per_s)))
+                    .filter(|(_, r)| *r > 0.0)
+                    .collect(),
             })
             .collect();
         let info = NodeInfo {
@@ -1160,7 +1190,15 @@ impl Meta {
                 );
             }
         }
-        if since.elapsed() < self.inner.opts.startup_grace || store.schedule_paused().await? {
+        if since.elapsed() < self.inner.opts.startup_grace {
+            return Ok(());
+        }
+        // A split or merge an operator asked for goes on while scheduling
+        // is paused (pausing stops the scheduler's own decisions).
+        if let Err(e) = self.advance_reshape().await {
+            tracing::warn!(error = %e, "advancing a split or merge failed; retrying next round");
+        }
+        if store.schedule_paused().await? {
             return Ok(());
         }
         self.schedule().await
@@ -1197,12 +1235,47 @@ impl Meta {
                 facts.draining.insert(node);
             }
         }
+        let leaders: Vec<String> = live
+            .iter()
+            .filter(|n| !facts.draining.contains(*n))
+            .cloned()
+            .collect();
+        let loads = shard_loads(&nodes, &infos, &leaders);
+        let rules = &self.inner.opts.balance;
+        let busy = {
+            let mut b = self.inner.balancing.lock();
+            if let Some(loads) = &loads {
+                let total: f64 = crate::balance::node_rates(&leaders, loads).values().sum();
+                if total >= rules.min_rate {
+                    b.busy = true;
+                } else if total < rules.min_rate / 2.0 {
+                    b.busy = false;
+                }
+            }
+            b.busy
+        };
+        // Under load, shards are placed by load, not by count (nor while a
+        // led shard's load is not known yet).
+        facts.skip_balance = rules.enabled && (busy || loads.is_none());
         let moves = scheduler::plan(&live, &infos, &facts);
+        let failing_over = moves
+            .iter()
+            .any(|m| matches!(m.kind, scheduler::Kind::Assign | scheduler::Kind::Promote));
+        // The shards of a split or merge in progress are not moved to even
+        // out counts until it is done (a failover still moves them).
+        let reshaping: Vec<u64> = store
+            .reshape()
+            .await?
+            .map(|(r, _)| vec![r.from, r.to])
+            .unwrap_or_default();
         for mv in moves {
             let Some((info, rev)) = shards.iter().find(|(s, _)| s.id == mv.shard) else {
                 continue;
             };
             let balancing = mv.kind == scheduler::Kind::Balance;
+            if balancing && reshaping.contains(&mv.shard) {
+                continue;
+            }
             if balancing && self.moves_in_flight(&shards).await? {
                 continue;
             }
@@ -1231,6 +1304,93 @@ impl Meta {
                 },
                 "scheduled shard");
         }
+        match loads {
+            Some(loads)
+                if !failing_over
+                    && reshaping.is_empty()
+                    && !self.moves_in_flight(&shards).await? =>
+            {
+                self.balance_by_load(&leaders, &loads, busy, &shards)
+                    .await?;
+            }
+            // Not now: a decision seen before counts from zero after.
+            _ => {
+                let mut b = self.inner.balancing.lock();
+                b.pending = None;
+                b.rounds = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rules of `crate::balance`, acted on once the same decision held for
+    /// `after_rounds` rounds, then quiet for `cooldown`.
+    async fn balance_by_load(
+        &self,
+        leaders: &[String],
+        loads: &[crate::balance::ShardLoad],
+        busy: bool,
+        shards: &[(ShardInfo, i64)],
+    ) -> Result<()> {
+        let rules = &self.inner.opts.balance;
+        let decision = {
+            let mut b = self.inner.balancing.lock();
+            if b.quiet_until.is_some_and(|t| Instant::now() < t) {
+                return Ok(());
+            }
+            let Some(decision) = crate::balance::decide_with(leaders, loads, rules, busy) else {
+                b.pending = None;
+                b.rounds = 0;
+                return Ok(());
+            };
+            if b.pending
+                .as_ref()
+                .is_some_and(|p| crate::balance::same(p, &decision))
+            {
+                b.rounds += 1;
+            } else {
+                b.rounds = 1;
+            }
+            b.pending = Some(decision.clone());
+            if b.rounds < rules.after_rounds.max(1) {
+                return Ok(());
+            }
+            b.pending = None;
+            b.rounds = 0;
+            b.quiet_until = Some(Instant::now() + rules.cooldown);
+            decision
+        };
+        tracing::info!(?decision, "balancing by load");
+        match decision {
+            crate::balance::Decision::Move { shard, from, to } => {
+                let Some((info, rev)) = shards.iter().find(|(s, _)| s.id == shard) else {
+                    return Ok(());
+                };
+                let followers: Vec<String> = info
+                    .followers
+                    .iter()
+                    .filter(|f| **f != to)
+                    .cloned()
+                    .collect();
+                if let Some(next) = self
+                    .store()
+                    .set_assignment(info, *rev, Some(to.clone()), followers)
+                    .await?
+                {
+                    self.announce_move(Some(&from), &next).await?;
+                }
+            }
+            crate::balance::Decision::Split { shard, tables } => {
+                if let Err(reason) = self.split_shard(shard, Some(tables)).await? {
+                    tracing::info!(shard, %reason, "split by load not started");
+                }
+            }
+            crate::balance::Decision::Merge { into, from } => {
+                if let Err(reason) = self.merge_shards(into, from).await? {
+                    tracing::info!(into, from, %reason, "merge by load not started");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1244,6 +1404,35 @@ impl Meta {
         }
         Ok(false)
     }
+}
+
+/// The write load of each shard led by one of `leaders`, as its leader
+/// reported it under the shard's current version; `None` while a leader
+/// has not reported its shard yet (opening it, replaying its WAL: its load
+/// is unknown, not zero).
+fn shard_loads(
+    nodes: &[NodeInfo],
+    shards: &[ShardInfo],
+    leaders: &[String],
+) -> Option<Vec<crate::balance::ShardLoad>> {
+    shards
+        .iter()
+        .filter(|s| s.leader.as_ref().is_some_and(|l| leaders.contains(l)))
+        .map(|s| {
+            let leader = s.leader.clone()?;
+            let report = nodes.iter().find(|n| n.id == leader).and_then(|n| {
+                n.shards
+                    .iter()
+                    .find(|r| r.id == s.id && !r.is_follower() && r.version == s.version)
+            })?;
+            Some(crate::balance::ShardLoad {
+                id: s.id,
+                leader,
+                rate: report.rows_written_per_s,
+                tables: report.table_rates.clone(),
+            })
+        })
+        .collect()
 }
 
 /// An event for an instance.

@@ -11,7 +11,8 @@ use crate::{
     kv::{Compare, KeyValue, KvStore, LeaseId, Op},
     model::{
         now_ms, partition_name, ClusterConfig, DatabaseRecord, Keys, NodeId, NodeInfo,
-        PartitionRef, ShardInfo, ShardLock, TableRecord, PARTITIONED_SHARD,
+        PartitionRef, Reshape, ReshapeKind, ReshapeStep, ShardInfo, ShardLock, TableRecord,
+        PARTITIONED_SHARD,
     },
     Error, Result,
 };
@@ -106,13 +107,7 @@ impl MetaStore {
         for id in 0..shard_count {
             ops.push(Op::put(
                 self.keys.shard(id),
-                encode(&ShardInfo {
-                    id,
-                    version: 1,
-                    leader: None,
-                    followers: Vec::new(),
-                    replicas: None,
-                })?,
+                encode(&ShardInfo::new(id, None))?,
             ));
         }
         ops.push(Op::put(
@@ -530,8 +525,28 @@ impl MetaStore {
                 .await?
                 .ok_or_else(|| Error::Invalid("the cluster is not initialised".into()))?;
             let tables = self.tables().await?;
-            let mut counts: BTreeMap<u64, usize> =
-                (0..config.shard_count.max(1)).map(|s| (s, 0)).collect();
+            // Every shard there is, but one a merge is emptying. The
+            // creation fails (and is planned again) if a split or merge
+            // starts or moves on meanwhile: a merge's last check for
+            // tables left on its shard must see this one.
+            let reshape = self.reshape().await?;
+            let reshape_compare = match &reshape {
+                Some((_, rev)) => Compare::ModRevision(self.keys.reshape(), *rev),
+                None => Compare::Absent(self.keys.reshape()),
+            };
+            let retiring = reshape
+                .filter(|(r, _)| r.kind == ReshapeKind::Merge)
+                .map(|(r, _)| r.from);
+            let mut counts: BTreeMap<u64, usize> = self
+                .shards()
+                .await?
+                .into_iter()
+                .map(|(s, _)| (s.id, 0))
+                .filter(|(s, _)| Some(*s) != retiring)
+                .collect();
+            if counts.is_empty() {
+                counts = (0..config.shard_count.max(1)).map(|s| (s, 0)).collect();
+            }
             for t in &tables {
                 if let Some(n) = counts.get_mut(&t.shard) {
                     *n += 1;
@@ -566,6 +581,7 @@ impl MetaStore {
                 partitions,
                 partition_of: None,
                 revision: 0,
+                home: None,
             };
             // etcd refuses a request over 1.5 MiB (`--max-request-bytes`).
             let bytes = encode(&record)?.len() * (partitions as usize + 1);
@@ -577,7 +593,11 @@ impl MetaStore {
                 )));
             }
             let name_key = self.table_name_key(db, name);
-            let mut compares = vec![id_compare, Compare::Absent(name_key.clone())];
+            let mut compares = vec![
+                id_compare,
+                Compare::Absent(name_key.clone()),
+                reshape_compare,
+            ];
             let mut ops = vec![
                 Op::put(name_key, encode(&record.id)?),
                 Op::put(self.keys.table(record.id), encode(&record)?),
@@ -750,7 +770,208 @@ impl MetaStore {
                 break;
             }
         }
+        if r.succeeded && record.shard != PARTITIONED_SHARD {
+            self.restore_shard(record.shard).await?;
+        }
         Ok(r.succeeded)
+    }
+
+    /// Recreates a shard a reported table is on (one a split created after
+    /// the cluster's initialisation), unassigned, and raises the shard
+    /// count past it so that its id is not given out again.
+    async fn restore_shard(&self, id: u64) -> Result<()> {
+        for _ in 0..16 {
+            let Some(kv) = self.kv.get(&self.keys.config()).await? else {
+                return Ok(());
+            };
+            let mut config: ClusterConfig = decode(&kv)?;
+            let exists = self.kv.get(&self.keys.shard(id)).await?.is_some();
+            if exists && config.shard_count > id {
+                return Ok(());
+            }
+            config.shard_count = config.shard_count.max(id + 1);
+            let mut ops = vec![Op::put(self.keys.config(), encode(&config)?)];
+            let mut compares = vec![Compare::ModRevision(self.keys.config(), kv.mod_revision)];
+            if !exists {
+                compares.push(Compare::Absent(self.keys.shard(id)));
+                ops.push(Op::put(
+                    self.keys.shard(id),
+                    encode(&ShardInfo::new(id, None))?,
+                ));
+            }
+            if self.kv.txn(compares, ops).await?.succeeded {
+                tracing::info!(shard = id, "recreated a shard a reported table is on");
+                return Ok(());
+            }
+        }
+        Err(Error::Invalid(format!(
+            "recreating shard {id} kept conflicting"
+        )))
+    }
+
+    // ---- splits and merges ----
+
+    /// The split or merge in progress, with its record's revision.
+    pub async fn reshape(&self) -> Result<Option<(Reshape, i64)>> {
+        match self.kv.get(&self.keys.reshape()).await? {
+            Some(kv) => Ok(Some((decode(&kv)?, kv.mod_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// The last split or merge finished.
+    pub async fn last_reshape(&self) -> Result<Option<Reshape>> {
+        match self.kv.get(&self.keys.reshape_last()).await? {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a new split or merge, unless one is in progress (`None`
+    /// then). A split's shard `to` is created with it (a new id, led by
+    /// `leader`): the shard count grows.
+    pub async fn start_reshape(
+        &self,
+        mut reshape: Reshape,
+        leader: Option<NodeId>,
+    ) -> Result<Option<Reshape>> {
+        for _ in 0..16 {
+            if self.reshape().await?.is_some() {
+                return Ok(None);
+            }
+            let mut compares = vec![Compare::Absent(self.keys.reshape())];
+            let mut ops = Vec::new();
+            if reshape.kind == ReshapeKind::Split {
+                let kv = self
+                    .kv
+                    .get(&self.keys.config())
+                    .await?
+                    .ok_or_else(|| Error::Invalid("the cluster is not initialised".into()))?;
+                let mut config: ClusterConfig = decode(&kv)?;
+                reshape.to = config.shard_count;
+                config.shard_count += 1;
+                compares.push(Compare::ModRevision(self.keys.config(), kv.mod_revision));
+                compares.push(Compare::Absent(self.keys.shard(reshape.to)));
+                ops.push(Op::put(self.keys.config(), encode(&config)?));
+                ops.push(Op::put(
+                    self.keys.shard(reshape.to),
+                    encode(&ShardInfo::new(reshape.to, leader.clone()))?,
+                ));
+            }
+            reshape.updated_ms = now_ms();
+            ops.push(Op::put(self.keys.reshape(), encode(&reshape)?));
+            if self.kv.txn(compares, ops).await?.succeeded {
+                return Ok(Some(reshape));
+            }
+        }
+        Err(Error::Invalid(
+            "starting the split or merge kept conflicting; retry".into(),
+        ))
+    }
+
+    /// Records a failed attempt at the current step.
+    pub async fn reshape_failed(&self, reshape: &Reshape, rev: i64, error: &str) -> Result<()> {
+        let mut next = reshape.clone();
+        next.attempts += 1;
+        next.last_error = error.to_string();
+        self.kv
+            .txn(
+                vec![Compare::ModRevision(self.keys.reshape(), rev)],
+                vec![Op::put(self.keys.reshape(), encode(&next)?)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// After the handover: moves the tables (those still on `from`) to
+    /// `to` in the catalog, their files staying at their home, and
+    /// records the step, in one transaction. Returns the tables' records
+    /// as they are now (dropped ones left out), or `None` when the
+    /// procedure changed meanwhile.
+    pub async fn move_reshaped_tables(
+        &self,
+        reshape: &Reshape,
+        rev: i64,
+    ) -> Result<Option<Vec<TableRecord>>> {
+        for _ in 0..16 {
+            let mut compares = vec![Compare::ModRevision(self.keys.reshape(), rev)];
+            let mut ops = vec![self.bump_catalog()];
+            let mut records = Vec::new();
+            for id in &reshape.tables {
+                let Some(kv) = self.kv.get(&self.keys.table(*id)).await? else {
+                    continue;
+                };
+                let mut record: TableRecord = decode(&kv)?;
+                if record.shard == reshape.from {
+                    record.home = Some(record.home.unwrap_or(reshape.from));
+                    record.shard = reshape.to;
+                    compares.push(Compare::ModRevision(self.keys.table(*id), kv.mod_revision));
+                    ops.push(Op::put(self.keys.table(*id), encode(&record)?));
+                }
+                records.push(record);
+            }
+            let mut next = reshape.clone();
+            next.step = ReshapeStep::Moved;
+            next.attempts = 0;
+            next.last_error.clear();
+            next.updated_ms = now_ms();
+            ops.push(Op::put(self.keys.reshape(), encode(&next)?));
+            if self.kv.txn(compares, ops).await?.succeeded {
+                return Ok(Some(records));
+            }
+            if self.reshape().await?.map(|(_, r)| r) != Some(rev) {
+                return Ok(None);
+            }
+        }
+        Err(Error::Invalid(
+            "moving the tables of a split or merge kept conflicting".into(),
+        ))
+    }
+
+    /// Ends the procedure. A merge retires its shard `from` (no table is
+    /// on it any more; the caller checked): its record goes, and its
+    /// leader closes it. Returns false when the procedure changed
+    /// meanwhile.
+    pub async fn finish_reshape(&self, reshape: &Reshape, rev: i64) -> Result<bool> {
+        let mut done = reshape.clone();
+        done.step = ReshapeStep::Done;
+        done.attempts = 0;
+        done.last_error.clear();
+        done.updated_ms = now_ms();
+        let mut ops = vec![
+            Op::delete(self.keys.reshape()),
+            Op::put(self.keys.reshape_last(), encode(&done)?),
+        ];
+        if reshape.kind == ReshapeKind::Merge {
+            ops.push(Op::delete(self.keys.shard(reshape.from)));
+        }
+        Ok(self
+            .kv
+            .txn(vec![Compare::ModRevision(self.keys.reshape(), rev)], ops)
+            .await?
+            .succeeded)
+    }
+
+    /// Hands the procedure back to its first step with `tables` (a merge
+    /// whose shard received tables created meanwhile).
+    pub async fn restart_reshape(
+        &self,
+        reshape: &Reshape,
+        rev: i64,
+        tables: Vec<u64>,
+    ) -> Result<bool> {
+        let mut next = reshape.clone();
+        next.step = ReshapeStep::HandingOver;
+        next.tables = tables;
+        next.updated_ms = now_ms();
+        Ok(self
+            .kv
+            .txn(
+                vec![Compare::ModRevision(self.keys.reshape(), rev)],
+                vec![Op::put(self.keys.reshape(), encode(&next)?)],
+            )
+            .await?
+            .succeeded)
     }
 
     // ---- the meta leader ----
@@ -850,6 +1071,81 @@ mod tests {
         assert_eq!(s.init_cluster(8).await.unwrap().shard_count, 4);
         assert_eq!(s.shards().await.unwrap().len(), 4);
         assert_eq!(s.databases().await.unwrap()[0].name, "public");
+    }
+
+    async fn created(s: &MetaStore, name: &str) -> TableRecord {
+        match s
+            .create_table("public", name, serde_json::json!({}), 0)
+            .await
+            .unwrap()
+        {
+            CreateTable::Created(r) => r,
+            _ => panic!("{name} not created"),
+        }
+    }
+
+    /// A split creates its shard (a new id; the count grows), one procedure
+    /// runs at a time, moving the tables records their home, and a merge
+    /// retires its shard, whose id is not given out again; new tables are
+    /// not placed on a shard a merge is emptying.
+    #[tokio::test]
+    async fn splits_and_merges_move_tables_and_create_and_retire_shards() {
+        let s = store();
+        s.init_cluster(1).await.unwrap();
+        let a = created(&s, "a").await;
+        let b = created(&s, "b").await;
+        assert_eq!((a.shard, b.shard), (0, 0));
+
+        let split = Reshape::new(ReshapeKind::Split, 0, 0, vec![b.id]);
+        let started = s
+            .start_reshape(split.clone(), Some("n1".into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(started.to, 1);
+        assert_eq!(s.config().await.unwrap().unwrap().shard_count, 2);
+        let shards = s.shards().await.unwrap();
+        assert_eq!(shards.len(), 2);
+        assert_eq!(shards[1].0.leader.as_deref(), Some("n1"));
+        // One at a time.
+        assert!(s.start_reshape(split, None).await.unwrap().is_none());
+
+        let (r, rev) = s.reshape().await.unwrap().unwrap();
+        let moved = s.move_reshaped_tables(&r, rev).await.unwrap().unwrap();
+        assert_eq!(moved.len(), 1);
+        assert_eq!((moved[0].shard, moved[0].home), (1, Some(0)));
+        // A stale step changes nothing.
+        assert!(s.move_reshaped_tables(&r, rev).await.unwrap().is_none());
+        let (r, rev) = s.reshape().await.unwrap().unwrap();
+        assert_eq!(r.step, ReshapeStep::Moved);
+        assert!(s.finish_reshape(&r, rev).await.unwrap());
+        assert!(s.reshape().await.unwrap().is_none());
+        assert_eq!(
+            s.last_reshape().await.unwrap().unwrap().step,
+            ReshapeStep::Done
+        );
+
+        // Merge shard 1 back into 0: new tables go to 0 meanwhile.
+        let merge = Reshape::new(ReshapeKind::Merge, 1, 0, vec![b.id]);
+        s.start_reshape(merge, None).await.unwrap().unwrap();
+        assert_eq!(created(&s, "c").await.shard, 0);
+        let (r, rev) = s.reshape().await.unwrap().unwrap();
+        let moved = s.move_reshaped_tables(&r, rev).await.unwrap().unwrap();
+        assert_eq!((moved[0].shard, moved[0].home), (0, Some(0)));
+        let (r, rev) = s.reshape().await.unwrap().unwrap();
+        assert!(s.finish_reshape(&r, rev).await.unwrap());
+        let shards = s.shards().await.unwrap();
+        assert_eq!(
+            shards.iter().map(|(i, _)| i.id).collect::<Vec<_>>(),
+            vec![0]
+        );
+        // The next split gets a new id, not the retired one.
+        let next = s
+            .start_reshape(Reshape::new(ReshapeKind::Split, 0, 0, vec![a.id]), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.to, 2);
     }
 
     #[tokio::test]

@@ -173,6 +173,26 @@ enum AdminCommand {
         #[arg(long)]
         version: Option<u64>,
     },
+    /// Split a shard: move some of its tables (by default every second
+    /// one, by id) to a new shard, online. Waits until it is done.
+    SplitShard {
+        shard: u64,
+        /// The tables to move (ids, as `strata admin tables` lists them).
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<u64>,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Merge shard FROM into shard INTO: FROM's tables move to INTO, online,
+    /// then FROM is retired. Waits until it is done.
+    MergeShards {
+        into: u64,
+        from: u64,
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// The split or merge in progress, and the last finished.
+    Reshape,
     PauseSchedule,
     ResumeSchedule,
 }
@@ -191,6 +211,69 @@ struct MetaFile {
     etcd: Option<Vec<String>>,
     /// Shared with every instance; `$STRATA_CLUSTER_SECRET` overrides it.
     cluster_secret: Option<strata_meta::secret::ClusterSecret>,
+    /// Balancing by load (`[balance]`).
+    #[serde(default)]
+    balance: BalanceFile,
+}
+
+/// `[balance]` of meta's configuration file (see
+/// `docs/operations/cluster.md`, "Balancing by load").
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BalanceFile {
+    enabled: Option<bool>,
+    margin: Option<f64>,
+    min_rate: Option<f64>,
+    idle_rate: Option<f64>,
+    /// Merge idle shards (never below `shard_count`).
+    merge_idle: Option<bool>,
+    after_rounds: Option<u32>,
+    #[serde(default, with = "humantime_serde_opt")]
+    cooldown: Option<std::time::Duration>,
+}
+
+impl BalanceFile {
+    fn apply(
+        &self,
+        rules: &mut strata_meta::balance::BalanceRules,
+        shard_count: u64,
+    ) -> Result<(), String> {
+        if let Some(v) = self.enabled {
+            rules.enabled = v;
+        }
+        if let Some(v) = self.margin {
+            if !(v.is_finite() && v > 0.0) {
+                return Err("balance.margin must be a positive number".to_string());
+            }
+            rules.margin = v;
+        }
+        if let Some(v) = self.min_rate {
+            if !(v.is_finite() && v > 0.0) {
+                return Err("balance.min_rate must be a positive number".to_string());
+            }
+            rules.min_rate = v;
+        }
+        if let Some(v) = self.idle_rate {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err("balance.idle_rate must be a number, 0 or more".to_string());
+            }
+            rules.idle_rate = v;
+        }
+        if let Some(v) = self.merge_idle {
+            rules.min_shards = if v {
+                usize::try_from(shard_count).unwrap_or(usize::MAX).max(1)
+            } else {
+                0
+            };
+        }
+        if let Some(v) = self.after_rounds {
+            rules.after_rounds = v.max(1);
+        }
+        if let Some(v) = self.cooldown {
+            rules.cooldown = v;
+        }
+        Ok(())
+    }
 }
 
 mod humantime_serde_opt {
@@ -246,6 +329,8 @@ async fn meta(
         options.shard_count = n;
     }
     options.replicas = replicas.or(file.replicas);
+    file.balance
+        .apply(&mut options.balance, options.shard_count)?;
     if let Some(t) = node_ttl.or(file.node_ttl) {
         options.node_ttl = t;
         // Enough for live instances to heartbeat and re-take their locks.
@@ -417,6 +502,36 @@ async fn admin(meta: String, command: AdminCommand) -> Result<(), String> {
         AdminCommand::SwitchLeader { shard, node } => {
             ("POST", format!("/shards/{shard}/move?node={node}"))
         }
+        AdminCommand::SplitShard {
+            shard,
+            tables,
+            timeout,
+        } => {
+            let list = tables
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let path = if list.is_empty() {
+                format!("/shards/{shard}/split")
+            } else {
+                format!("/shards/{shard}/split?tables={list}")
+            };
+            return reshape(&meta, &path, *timeout).await;
+        }
+        AdminCommand::MergeShards {
+            into,
+            from,
+            timeout,
+        } => {
+            return reshape(
+                &meta,
+                &format!("/shards/{into}/merge?from={from}"),
+                *timeout,
+            )
+            .await;
+        }
+        AdminCommand::Reshape => ("GET", "/reshape".to_string()),
         AdminCommand::PauseSchedule => ("POST", "/schedule/pause".to_string()),
         AdminCommand::ResumeSchedule => ("POST", "/schedule/resume".to_string()),
     };
@@ -464,6 +579,49 @@ async fn drain(meta: &str, node: &str, timeout: std::time::Duration) -> Result<(
         }
         if std::time::Instant::now() > deadline {
             return Err(format!("{node} was not drained within {timeout:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// `strata admin split-shard` and `merge-shards`: starts the procedure, then
+/// waits until meta records it done.
+async fn reshape(meta: &str, path: &str, timeout: std::time::Duration) -> Result<(), String> {
+    let secret = strata_meta::secret::ClusterSecret::from_env()?;
+    let (status, body) = http(meta, "POST", path, secret.as_ref()).await?;
+    if status != 200 {
+        return Err(format!("meta answered {status}: {body}"));
+    }
+    let started: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| format!("meta's answer: {e}"))?;
+    eprintln!(
+        "{} of shard {} into shard {} started: tables {}",
+        started["kind"], started["from"], started["to"], started["tables"]
+    );
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let (status, body) = http(meta, "GET", "/reshape", None).await?;
+        if status == 200 {
+            let v: serde_json::Value =
+                serde_json::from_str(&body).map_err(|e| format!("meta's /reshape: {e}"))?;
+            let ours = |r: &serde_json::Value| {
+                r["started_ms"] == started["started_ms"] && r["from"] == started["from"]
+            };
+            if ours(&v["last"]) && !ours(&v["current"]) {
+                println!("{}", v["last"]);
+                return Ok(());
+            }
+            if ours(&v["current"]) && v["current"]["attempts"].as_u64().unwrap_or(0) > 0 {
+                eprintln!(
+                    "step {}: attempt {} failed: {}",
+                    v["current"]["step"], v["current"]["attempts"], v["current"]["last_error"]
+                );
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "not done within {timeout:?}; meta goes on with it (see `strata admin reshape`)"
+            ));
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }

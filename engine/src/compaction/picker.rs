@@ -181,6 +181,7 @@ mod tests {
             partition: None,
             partition_of: None,
             revision: 0,
+            home: None,
         });
         let ssts = files
             .iter()

@@ -133,7 +133,7 @@ async fn merge_and_write(
                 None => {
                     let id = SstId::random();
                     guards.push(table.ctx.gc.begin_write(id));
-                    let path = layout::sst_path(&cfg.cluster, entry.shard, entry.id, id);
+                    let path = layout::sst_path(&cfg.cluster, entry.home(), entry.id, id);
                     current.insert(
                         SstWriter::new(
                             table.ctx.store.clone(),
@@ -222,6 +222,7 @@ pub(crate) async fn run(
                 return Err(e);
             }
             Err(e) => {
+                table.note_moved(&e);
                 // Unknown, fenced, or the store failed: the outputs may be
                 // live (or a newer owner's state may list them). Delete
                 // nothing; keep them from the orphan scan until the

@@ -58,7 +58,10 @@ impl Engine {
                 continue;
             }
             for table in shard.tables() {
-                let dir = layout::sst_dir(&cfg.cluster, shard.id(), table.id());
+                if table.is_handed_over() {
+                    continue;
+                }
+                let dir = layout::sst_dir(&cfg.cluster, table.meta().entry.home(), table.id());
                 // The live set is read from the manifest on the store after
                 // the listing (and joined with what this process has in
                 // memory), never from memory alone: an SST another writer

@@ -109,7 +109,7 @@ impl Engine {
             return Ok(copy.table);
         }
         let read_at = Instant::now();
-        let dir = layout::manifest_dir(&self.ctx.config.cluster, entry.shard, entry.id);
+        let dir = layout::manifest_dir(&self.ctx.config.cluster, entry.home(), entry.id);
         // Only the edits since the installed state, when they follow it.
         let state = crate::manifest::load_since(&self.ctx.store, &dir, &copy.state).await?;
         if newer(entry, &copy.table) {

@@ -37,8 +37,12 @@ impl Engine {
         self.catalog.install(databases, tables);
         for shard in self.shards() {
             for table in shard.tables() {
-                if !wanted.contains_key(&table.id()) {
-                    shard.remove_table(table.id());
+                match wanted.get(&table.id()) {
+                    None => {
+                        shard.remove_table(table.id());
+                    }
+                    Some(e) if e.shard != shard.id() => remove_moved(&shard, &table),
+                    Some(_) => {}
                 }
             }
             for entry in wanted.values().filter(|e| e.shard == shard.id()) {
@@ -47,7 +51,10 @@ impl Engine {
         }
         for follower in self.followers() {
             for table in follower.tables() {
-                if !wanted.contains_key(&table.id()) {
+                if wanted
+                    .get(&table.id())
+                    .is_none_or(|e| e.shard != follower.id())
+                {
                     follower.remove_table(table.id());
                 }
             }
@@ -68,6 +75,19 @@ impl Engine {
             return Ok(());
         }
         self.catalog.install_table(entry.clone());
+        // Moved to another shard (a split or a merge).
+        for shard in self.shards() {
+            if shard.id() != entry.shard {
+                if let Some(table) = shard.table(entry.id) {
+                    remove_moved(&shard, &table);
+                }
+            }
+        }
+        for follower in self.followers() {
+            if follower.id() != entry.shard {
+                follower.remove_table(entry.id);
+            }
+        }
         if let Some(follower) = self.follower(entry.shard) {
             follower.apply_entry(entry.clone()).await?;
         }
@@ -106,20 +126,83 @@ impl Engine {
 
     pub(super) async fn apply_entry(&self, shard: &Arc<Shard>, entry: TableEntry) -> Result<()> {
         match shard.table(entry.id) {
+            // Handed away by this process, and the catalog still (or again)
+            // places it here: opened anew when it was handed back (a
+            // hand-back this instance's catalog saw only the end of), which
+            // claims it and replaces the handed-over one; left as it is
+            // while its manifest says another shard's.
+            Some(table) if table.is_handed_over() => {
+                self.add_claimed(shard, entry).await?;
+            }
             Some(table) if table.meta().entry != entry => {
                 table.install_meta(entry);
             }
             Some(_) => {}
-            None => {
-                shard.add_table(entry).await?;
-            }
+            None => self.add_claimed(shard, entry).await?,
         }
         Ok(())
     }
 
+    /// Opens a table on `shard` (claiming it if it was handed there).
+    async fn add_claimed(&self, shard: &Arc<Shard>, entry: TableEntry) -> Result<()> {
+        match shard.add_table(entry).await {
+            Ok(_) => Ok(()),
+            // Another shard's, by its manifest: the catalog and the
+            // manifest disagree until a handover finishes (meta moves the
+            // table in its catalog only once it is handed over, so this is
+            // a stale catalog): not opened here, and the rest of the
+            // catalog is installed.
+            Err(e @ Error::TableMoved { .. }) => {
+                tracing::warn!(shard = %shard.id(), error = %e, "a table the catalog places here is another shard's; not opened");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Hands `tables`, all on shard `from` open here, to shard `to`: the
+    /// first step of a split or a merge (see [`Shard::hand_over`]). Meta
+    /// then moves them to `to` in its catalog, and `to`'s leader claims
+    /// them.
+    pub async fn hand_over_tables(
+        &self,
+        from: strata_sst::ShardId,
+        tables: &[TableId],
+        to: strata_sst::ShardId,
+    ) -> Result<()> {
+        let shard = self
+            .shard(from)
+            .ok_or(Error::ShardNotOpen { shard: from })?;
+        let mut entries = Vec::with_capacity(tables.len());
+        for id in tables {
+            let entry = self
+                .catalog
+                .table_by_id(*id)
+                .ok_or_else(|| Error::TableNotFound {
+                    name: id.to_string(),
+                })?;
+            if entry.partition.is_some() {
+                return Err(Error::Unsupported(format!(
+                    "{} is partitioned: its partitions move, not the table",
+                    entry.name
+                )));
+            }
+            if entry.shard != from && entry.shard != to {
+                return Err(Error::NotServedHere {
+                    table: entry.name,
+                    shard: from,
+                });
+            }
+            entries.push(entry);
+        }
+        shard
+            .hand_over(&entries, to, self.ctx.config.handover_drain_timeout)
+            .await
+    }
+
     fn delete_table_files(&self, entry: &TableEntry) {
         let store = self.ctx.store.clone();
-        let dir = layout::table_dir(&self.ctx.config.cluster, entry.shard, entry.id);
+        let dir = layout::table_dir(&self.ctx.config.cluster, entry.home(), entry.id);
         tokio::spawn(async move {
             if let Err(e) = delete_prefix(&store, &dir, Duration::ZERO).await {
                 tracing::warn!(dir = %dir, error = %e, "deleting a dropped table's files failed; the orphan scan will retry");
@@ -424,11 +507,17 @@ impl Engine {
         }
         match self.shard(entry.shard) {
             Some(shard) => match shard.table(entry.id) {
+                // Handed to another shard; the catalog here moves it there
+                // shortly.
+                Some(t) if t.is_handed_over() => Err(Error::TableMoving {
+                    table: name.to_string(),
+                }),
                 Some(t) => Ok(Located::Local(t)),
                 // Its shard is open here but the table is still being
-                // opened (a CREATE TABLE in progress): not there yet.
-                None => Err(Error::TableNotFound {
-                    name: name.to_string(),
+                // opened (a CREATE TABLE in progress, or a table handed to
+                // the shard being claimed): there shortly.
+                None => Err(Error::TableMoving {
+                    table: name.to_string(),
                 }),
             },
             None => Ok(Located::Remote(Box::new(entry))),
@@ -466,7 +555,12 @@ impl Engine {
 
     /// Every local table of every database.
     pub fn all_tables(&self) -> Vec<Arc<Table>> {
-        let mut all: Vec<Arc<Table>> = self.shards().iter().flat_map(|s| s.tables()).collect();
+        let mut all: Vec<Arc<Table>> = self
+            .shards()
+            .iter()
+            .flat_map(|s| s.tables())
+            .filter(|t| !t.is_handed_over())
+            .collect();
         all.sort_by(|a, b| (a.database(), a.name()).cmp(&(b.database(), b.name())));
         all
     }
@@ -475,5 +569,19 @@ impl Engine {
     pub(super) fn shard_of(&self, table: &Table) -> Result<Arc<Shard>> {
         let id = table.meta().entry.shard;
         self.shard(id).ok_or(Error::ShardNotOpen { shard: id })
+    }
+}
+
+/// Closes a table that moved to another shard. Only a table handed over
+/// by this process is closed (its rows are all in SSTs); one still served
+/// here stays open and is logged: closing it would drop the rows in its
+/// memtables, and this shard's replay skips the table's records from then.
+fn remove_moved(shard: &Shard, table: &Table) {
+    if table.is_handed_over() {
+        shard.remove_table(table.id());
+        tracing::info!(shard = %shard.id(), table = %table.name(), "closed a table handed to another shard");
+    } else {
+        tracing::error!(shard = %shard.id(), table = %table.name(),
+            "the catalog moved a table this shard did not hand over; keeping it open");
     }
 }

@@ -176,12 +176,21 @@ async fn apply_edits(
             Err(e) => return Err(store_err("read", &path)(e).into()),
         };
         let edit = decode_edit(&bytes).map_err(|e| invalid(format!("edit {path}: {e}")))?;
-        if edit.epoch < state.epoch {
-            // Writers only ever follow a higher epoch: this is an edit a
-            // stale writer re-created below a snapshot written meanwhile.
+        let in_place = match (state.shard, edit.shard) {
+            // Another shard's edit: only its claim of a table handed to it
+            // (epochs of different shards are not comparable).
+            (Some(current), Some(shard)) if current != shard => state.handed_to == Some(shard),
+            // The shard that handed the table over writes nothing after.
+            (Some(_), Some(_)) if state.handed_to.is_some() => false,
+            // Writers of one shard only ever follow a higher epoch.
+            _ => edit.epoch >= state.epoch,
+        };
+        if !in_place {
+            // An edit a stale writer re-created below a snapshot written
+            // meanwhile.
             return Err(LoadError::Raced(format!(
-                "edit {seq} has epoch {} below {}",
-                edit.epoch, state.epoch
+                "edit {seq} (shard {:?}, epoch {}) does not follow the state (shard {:?}, epoch {}, handed to {:?})",
+                edit.shard, edit.epoch, state.shard, state.epoch, state.handed_to
             )));
         }
         state.apply(&edit);

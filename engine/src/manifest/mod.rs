@@ -25,6 +25,18 @@
 //! [`Error::CommitUnknown`], the manifest is re-read before the next change,
 //! and callers delete nothing the edit may reference.
 //!
+//! **Moving tables.** Every edit also records the writer's shard. A table
+//! moves from shard A to shard B (a split or a merge) by two edits: A's
+//! owner commits a *handover* to B once the table is flushed, and from then
+//! on A (whatever its epoch) commits nothing more for it
+//! ([`Error::TableMoved`], which does not fence A: its other tables are
+//! A's still); B's owner *claims* it, which is accepted only on a manifest
+//! handed to B. The claim starts the table's history in B: its flushed
+//! offset becomes B's WAL end at the claim (every row is in SSTs, and
+//! offsets of A's WAL mean nothing in B's) and epochs are B's from there
+//! (epochs of different shards are not comparable). See
+//! `docs/rfcs/0006-split-and-merge.md`.
+//!
 //! **Snapshots** are written with `PutMode::Create` under their sequence
 //! number, never overwritten. Loading takes the newest snapshot and applies
 //! the edits after it, which must be contiguous. Once a snapshot is written
@@ -73,6 +85,13 @@ pub struct ManifestEdit {
     /// outcome is read back.
     #[serde(default)]
     pub nonce: u64,
+    /// The writer's shard; absent in edits written before tables could
+    /// move between shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u64>,
+    /// A handover: from this edit on the table is the named shard's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hand_over: Option<u64>,
 }
 
 /// The state a manifest describes.
@@ -83,9 +102,19 @@ pub struct ManifestState {
     pub flushed_offset: u64,
     /// The sequence number of the last edit applied.
     pub last_edit: u64,
-    /// The highest writer epoch of the edits applied.
+    /// The highest writer epoch of the edits applied since the table came
+    /// to its current shard.
     #[serde(default)]
     pub epoch: u64,
+    /// The shard that owns the table; absent while only edits written
+    /// before tables could move were applied (the table never moved: its
+    /// shard is the one whose prefix holds the manifest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<u64>,
+    /// Set by a handover: the shard the table was handed to, which has not
+    /// claimed it yet. Its current shard commits nothing more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_to: Option<u64>,
 }
 
 /// Decodes an edit as stored (`…/manifest/edits/{seq}.json`). The bytes
@@ -111,11 +140,40 @@ impl ManifestState {
         for sst in &edit.add {
             self.ssts.insert(sst.id, sst.clone());
         }
-        if let Some(offset) = edit.flushed_offset {
-            self.flushed_offset = self.flushed_offset.max(offset);
+        match edit.shard {
+            Some(shard) if self.shard.is_some_and(|current| current != shard) => {
+                // A claim by the shard the table was handed to: offsets
+                // count in its WAL and epochs are its own from here.
+                self.shard = Some(shard);
+                self.flushed_offset = edit.flushed_offset.unwrap_or(0);
+                self.epoch = edit.epoch;
+                self.handed_to = None;
+            }
+            shard => {
+                if shard.is_some() {
+                    self.shard = shard;
+                }
+                if let Some(offset) = edit.flushed_offset {
+                    self.flushed_offset = self.flushed_offset.max(offset);
+                }
+                self.epoch = self.epoch.max(edit.epoch);
+            }
+        }
+        if let Some(to) = edit.hand_over {
+            self.handed_to = Some(to);
         }
         self.last_edit = edit.seq;
-        self.epoch = self.epoch.max(edit.epoch);
+    }
+
+    /// The shard the table is handed to, which may claim it, if any.
+    pub fn handed_to(&self) -> Option<u64> {
+        self.handed_to
+    }
+
+    /// Whether the state's offsets count in `shard`'s WAL: the table is
+    /// `shard`'s (or never moved), possibly handed away since.
+    pub fn is_on(&self, shard: strata_sst::ShardId) -> bool {
+        self.shard.is_none_or(|s| s == shard.0)
     }
 }
 
@@ -165,6 +223,10 @@ pub struct Manifest {
     edits_since_snapshot: u64,
     /// A commit's outcome is unknown: re-read before the next change.
     stale: bool,
+    /// This process handed the table away: it commits nothing more through
+    /// this manifest, even if the table comes back to its shard later (a
+    /// new open claims it then).
+    handed_over: bool,
 }
 
 impl Manifest {
@@ -172,20 +234,54 @@ impl Manifest {
     /// `owner`: unless the manifest already carries `owner`'s epoch, an empty
     /// edit under it is committed, which every older writer's next commit
     /// then loses to. Fails with [`Error::ShardFenced`] (and fences `owner`)
-    /// when the manifest carries a newer epoch.
+    /// when the manifest carries a newer epoch, and with
+    /// [`Error::TableMoved`] when the table is another shard's or was handed
+    /// to one.
+    ///
+    /// A table handed to `owner`'s shard is claimed with `wal_end`, the
+    /// offset the shard's next WAL record will get, as its flushed offset:
+    /// none of the table's rows is in that WAL below it.
     pub async fn open(
         store: Arc<dyn ObjectStore>,
         dir: Path,
         table: TableId,
         owner: Arc<Ownership>,
+        wal_end: u64,
     ) -> Result<Self> {
         let mut manifest = Self::open_read_only(store, dir, table, owner).await?;
-        manifest.check_epoch()?;
-        if manifest.state.epoch < manifest.owner.epoch {
-            manifest.commit(ManifestEdit::default(), |_| true).await?;
-            tracing::debug!(table = %table, epoch = manifest.owner.epoch, "claimed the manifest");
+        let mine = manifest.owner.shard.0;
+        for _ in 0..8 {
+            if manifest.state.handed_to == Some(mine) {
+                let claim = ManifestEdit {
+                    flushed_offset: Some(wal_end),
+                    ..Default::default()
+                };
+                match manifest
+                    .commit_as(claim, |s| s.handed_to == Some(mine), true)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(table = %table, shard = mine, epoch = manifest.owner.epoch,
+                            flushed_offset = wal_end, "claimed a table handed to this shard");
+                        return Ok(manifest);
+                    }
+                    // Claimed by another owner of this shard meanwhile
+                    // (the state was re-read): decide again.
+                    Err(Error::ManifestConflict { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            manifest.check_writer(false)?;
+            if manifest.state.epoch < manifest.owner.epoch {
+                manifest.commit(ManifestEdit::default(), |_| true).await?;
+                tracing::debug!(table = %table, epoch = manifest.owner.epoch, "claimed the manifest");
+            }
+            return Ok(manifest);
         }
-        Ok(manifest)
+        Err(Error::ManifestConflict {
+            table,
+            reason: "the claim kept losing to other edits".into(),
+        })
     }
 
     /// Loads the manifest in `dir` without claiming it (a follower reads
@@ -205,6 +301,7 @@ impl Manifest {
             owner,
             edits_since_snapshot: 0,
             stale: false,
+            handed_over: false,
         })
     }
 
@@ -222,8 +319,37 @@ impl Manifest {
         self.stale
     }
 
-    /// Fences the owner when the state carries a newer epoch.
-    fn check_epoch(&self) -> Result<()> {
+    /// Whether `owner` may commit to the state: refused with
+    /// [`Error::TableMoved`] when the table is another shard's or was handed
+    /// away (unless `claiming` it, handed to `owner`'s shard), and the owner
+    /// is fenced when the state carries a newer epoch of its shard.
+    fn check_writer(&self, claiming: bool) -> Result<()> {
+        let mine = self.owner.shard.0;
+        let moved = |to: u64| Error::TableMoved {
+            table: self.state.table,
+            from: self.owner.shard,
+            to: strata_sst::ShardId(to),
+        };
+        if claiming {
+            if self.state.handed_to == Some(mine) {
+                return self.owner.check();
+            }
+            if self.state.shard == Some(mine) {
+                // Another owner of this shard claimed it meanwhile.
+                return Err(Error::ManifestConflict {
+                    table: self.state.table,
+                    reason: "claimed by another owner of this shard".into(),
+                });
+            }
+            return Err(moved(
+                self.state.handed_to.or(self.state.shard).unwrap_or(mine),
+            ));
+        }
+        match (self.state.shard, self.state.handed_to) {
+            (Some(shard), _) if shard != mine => return Err(moved(shard)),
+            (_, Some(to)) => return Err(moved(to)),
+            _ => {}
+        }
         if self.state.epoch > self.owner.epoch {
             self.owner.fence(self.state.epoch);
         }
@@ -232,10 +358,53 @@ impl Manifest {
 
     /// Re-reads the state from the store.
     pub async fn reload(&mut self) -> Result<&ManifestState> {
+        self.reload_for(false).await?;
+        Ok(&self.state)
+    }
+
+    async fn reload_for(&mut self, claiming: bool) -> Result<()> {
         self.state = load(&self.store, &self.dir, self.state.table).await?;
         self.stale = false;
-        self.check_epoch()?;
-        Ok(&self.state)
+        self.check_writer(claiming)
+    }
+
+    /// Hands the table to shard `to`: commits the handover edit, after
+    /// which this shard commits nothing more for it. The caller has flushed
+    /// the table and stopped its writes. Idempotent: a table already
+    /// handed to `to` by this shard is left as it is.
+    pub async fn hand_over(&mut self, to: strata_sst::ShardId) -> Result<()> {
+        let mine = self.owner.shard.0;
+        if to.0 == mine {
+            return Err(Error::Internal(format!(
+                "table {} cannot be handed to its own shard {to}",
+                self.state.table
+            )));
+        }
+        let done = |s: &ManifestState| s.handed_to == Some(to.0) && s.shard == Some(mine);
+        if self.stale {
+            self.state = load(&self.store, &self.dir, self.state.table).await?;
+            self.stale = false;
+        }
+        if done(&self.state) {
+            return Ok(());
+        }
+        let edit = ManifestEdit {
+            hand_over: Some(to.0),
+            ..Default::default()
+        };
+        let committed = self
+            .commit(edit, |s| s.handed_to.is_none())
+            .await
+            .map(|_| ());
+        let result = match committed {
+            // An earlier attempt of ours with an unknown outcome did it.
+            Err(Error::TableMoved { .. }) if done(&self.state) => Ok(()),
+            other => other,
+        };
+        if result.is_ok() {
+            self.handed_over = true;
+        }
+        result
     }
 
     /// Durably commits `edit` (its `seq`, `epoch` and `nonce` are set here)
@@ -249,13 +418,31 @@ impl Manifest {
     /// against: compare before using it.
     pub async fn commit(
         &mut self,
+        edit: ManifestEdit,
+        still_valid: impl Fn(&ManifestState) -> bool,
+    ) -> Result<&ManifestState> {
+        self.commit_as(edit, still_valid, false).await
+    }
+
+    /// [`Self::commit`], or with `claiming` B's claim of a table handed to
+    /// it (see [`Self::open`]).
+    async fn commit_as(
+        &mut self,
         mut edit: ManifestEdit,
         still_valid: impl Fn(&ManifestState) -> bool,
+        claiming: bool,
     ) -> Result<&ManifestState> {
         let table = self.state.table;
         self.owner.check()?;
+        if self.handed_over {
+            return Err(Error::TableMoved {
+                table,
+                from: self.owner.shard,
+                to: strata_sst::ShardId(self.state.handed_to.unwrap_or(self.owner.shard.0)),
+            });
+        }
         if self.stale {
-            self.reload().await?;
+            self.reload_for(claiming).await?;
             if !still_valid(&self.state) {
                 return Err(Error::ManifestConflict {
                     table,
@@ -270,8 +457,10 @@ impl Manifest {
                     reason: "the state this edit was planned on changed".into(),
                 });
             }
+            self.check_writer(claiming)?;
             edit.seq = self.state.last_edit + 1;
             edit.epoch = self.owner.epoch;
+            edit.shard = Some(self.owner.shard.0);
             edit.nonce = rand::random::<u64>() | 1;
             let path = edit_path(&self.dir, edit.seq);
             let bytes = serde_json::to_vec(&edit).map_err(|e| Error::Manifest {
@@ -303,7 +492,7 @@ impl Manifest {
                         // Which one is not known: delete nothing, re-read.
                         metrics::MANIFEST_UNKNOWN_COMMITS.inc();
                         self.stale = true;
-                        self.reload().await?;
+                        self.reload_for(claiming).await?;
                         return Err(Error::CommitUnknown {
                             table,
                             reason: format!(
@@ -327,7 +516,7 @@ impl Manifest {
                     metrics::MANIFEST_CONFLICTS.inc();
                     tracing::info!(table = %table, seq = edit.seq,
                         "another edit holds this sequence number; re-reading the manifest");
-                    self.reload().await?;
+                    self.reload_for(claiming).await?;
                     if !still_valid(&self.state) {
                         return Err(Error::ManifestConflict {
                             table,

@@ -45,7 +45,7 @@ fn add(id: u64) -> ManifestEdit {
 async fn edits_and_snapshots_survive_reopen() {
     let (_d, store) = local();
     let mdir = Path::from("c/shards/0/tables/1/manifest");
-    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     for i in 1..=(SNAPSHOT_EVERY + 3) {
@@ -66,7 +66,7 @@ async fn edits_and_snapshots_survive_reopen() {
     assert_eq!(expected.flushed_offset, (SNAPSHOT_EVERY + 3) * 10);
     assert_eq!(expected.epoch, 1);
 
-    let reopened = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let reopened = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     assert_eq!(reopened.state(), &expected, "same epoch: no claim edit");
@@ -93,6 +93,8 @@ async fn a_legacy_snapshot_is_still_read() {
         flushed_offset: 70,
         last_edit: 3,
         epoch: 0,
+        shard: None,
+        handed_to: None,
     };
     store
         .put(
@@ -101,7 +103,7 @@ async fn a_legacy_snapshot_is_still_read() {
         )
         .await
         .unwrap();
-    let m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(5))
+    let m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(5), 0)
         .await
         .unwrap();
     assert_eq!(m.state().ssts.len(), 1);
@@ -120,15 +122,27 @@ async fn a_stale_owner_commits_nothing_after_a_newer_claim() {
     let (_d, store) = local();
     let mdir = Path::from("m");
     let old_owner = owner(10);
-    let mut old = Manifest::open(store.clone(), mdir.clone(), TableId(1), old_owner.clone())
-        .await
-        .unwrap();
+    let mut old = Manifest::open(
+        store.clone(),
+        mdir.clone(),
+        TableId(1),
+        old_owner.clone(),
+        0,
+    )
+    .await
+    .unwrap();
     old.commit(add(1), |_| true).await.unwrap();
 
     let new_owner = owner(11);
-    let mut new = Manifest::open(store.clone(), mdir.clone(), TableId(1), new_owner.clone())
-        .await
-        .unwrap();
+    let mut new = Manifest::open(
+        store.clone(),
+        mdir.clone(),
+        TableId(1),
+        new_owner.clone(),
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         new.state().ssts.len(),
         1,
@@ -154,7 +168,7 @@ async fn a_stale_owner_commits_nothing_after_a_newer_claim() {
     // An owner older than the manifest cannot even open it.
     let older = owner(9);
     assert!(matches!(
-        Manifest::open(store.clone(), mdir.clone(), TableId(1), older.clone())
+        Manifest::open(store.clone(), mdir.clone(), TableId(1), older.clone(), 0)
             .await
             .unwrap_err(),
         Error::ShardFenced { .. }
@@ -168,10 +182,10 @@ async fn a_stale_owner_commits_nothing_after_a_newer_claim() {
 async fn an_edit_recreated_below_a_newer_snapshot_is_dead() {
     let (_d, store) = local();
     let mdir = Path::from("m");
-    let mut old = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut old = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
-    let mut new = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(2))
+    let mut new = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(2), 0)
         .await
         .unwrap();
     for i in 0..SNAPSHOT_EVERY {
@@ -198,7 +212,7 @@ async fn an_applied_put_answered_with_a_timeout_is_committed() {
     let faults = FaultStore::new(inner.clone());
     let store: Arc<dyn ObjectStore> = faults.clone();
     let mdir = Path::from("m");
-    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     faults.inject(Op::Put, "edits/", Fault::ApplyThenTimeout, 1);
@@ -222,7 +236,7 @@ async fn an_unknown_outcome_is_reported_and_reread() {
     let faults = FaultStore::new(inner.clone());
     let store: Arc<dyn ObjectStore> = faults.clone();
     let mdir = Path::from("m");
-    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     faults.inject(Op::Put, "edits/", Fault::FailBefore, 2);
@@ -256,10 +270,10 @@ async fn a_lost_put_rereads_and_replans() {
     let (_d, store) = local();
     let mdir = Path::from("m");
     let o = owner(1);
-    let mut a = Manifest::open(store.clone(), mdir.clone(), TableId(1), o.clone())
+    let mut a = Manifest::open(store.clone(), mdir.clone(), TableId(1), o.clone(), 0)
         .await
         .unwrap();
-    let mut b = Manifest::open(store.clone(), mdir.clone(), TableId(1), o.clone())
+    let mut b = Manifest::open(store.clone(), mdir.clone(), TableId(1), o.clone(), 0)
         .await
         .unwrap();
     a.commit(add(1), |_| true).await.unwrap();
@@ -276,7 +290,7 @@ async fn a_lost_put_rereads_and_replans() {
 async fn a_reader_catches_up_by_the_new_edits_alone_or_reads_everything_after_a_snapshot() {
     let (_d, store) = local();
     let mdir = Path::from("c/shards/0/tables/1/manifest");
-    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     m.commit(add(1), |_| true).await.unwrap();
@@ -316,7 +330,7 @@ async fn a_reader_catches_up_by_the_new_edits_alone_or_reads_everything_after_a_
 async fn a_dead_edit_recreated_below_a_snapshot_never_reaches_a_reader() {
     let (_d, store) = local();
     let mdir = Path::from("c/shards/0/tables/1/manifest");
-    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1))
+    let mut m = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner(1), 0)
         .await
         .unwrap();
     // Commit until the edit that writes a snapshot, keeping the state
@@ -357,4 +371,70 @@ async fn a_dead_edit_recreated_below_a_snapshot_never_reaches_a_reader() {
     let got = load_since(&store, &mdir, &before).await.unwrap();
     assert_eq!(&got, m.state());
     assert!(!got.ssts.contains_key(&SstId(999)));
+}
+
+fn owner_of(shard: u64, epoch: u64) -> Arc<Ownership> {
+    Arc::new(Ownership::new(ShardId(shard), epoch))
+}
+
+/// A table handed from shard 1 (epoch 50) to shard 2 (epoch 5, lower):
+/// shard 1 commits nothing more and is not fenced; no third shard can
+/// claim it; shard 2's claim sets the flushed offset to its WAL end and its
+/// own epochs from there, which loads (epochs of different shards are not
+/// compared), also past a snapshot; within shard 2, epochs fence as usual.
+#[tokio::test]
+async fn a_handover_and_claim_change_the_owning_shard() {
+    let (_d, store) = local();
+    let mdir = Path::from("m");
+    let a_owner = owner_of(1, 50);
+    let mut a = Manifest::open(store.clone(), mdir.clone(), TableId(1), a_owner.clone(), 0)
+        .await
+        .unwrap();
+    a.commit(add(1), |_| true).await.unwrap();
+    assert_eq!(a.state().flushed_offset, 10);
+    a.hand_over(ShardId(2)).await.unwrap();
+    a.hand_over(ShardId(2)).await.unwrap();
+    let err = a.commit(add(2), |_| true).await.unwrap_err();
+    assert!(matches!(err, Error::TableMoved { .. }), "{err}");
+    assert!(!a_owner.is_fenced());
+    // Another owner of shard 1 (a newer epoch) cannot take it back.
+    let err = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner_of(1, 60), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TableMoved { .. }), "{err}");
+    // Nor can shard 3.
+    let err = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner_of(3, 99), 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TableMoved { .. }), "{err}");
+
+    let b_owner = owner_of(2, 5);
+    let mut b = Manifest::open(store.clone(), mdir.clone(), TableId(1), b_owner.clone(), 7)
+        .await
+        .unwrap();
+    let s = b.state().clone();
+    assert_eq!(
+        (s.shard, s.handed_to, s.epoch, s.flushed_offset),
+        (Some(2), None, 5, 7)
+    );
+    assert_eq!(s.ssts.len(), 1);
+    for i in 0..SNAPSHOT_EVERY {
+        b.commit(add(100 + i), |_| true).await.unwrap();
+    }
+    let loaded = load(&store, &mdir, TableId(1)).await.unwrap();
+    assert_eq!(&loaded, b.state());
+    // The old owner of shard 1 loses its next commit to the claim.
+    let err = a.commit(add(3), |_| true).await.unwrap_err();
+    assert!(matches!(err, Error::TableMoved { .. }), "{err}");
+    assert!(!a_owner.is_fenced());
+    // A newer owner of shard 2 claims it as any new owner does; the older
+    // one is fenced at its next commit.
+    let mut b2 = Manifest::open(store.clone(), mdir.clone(), TableId(1), owner_of(2, 6), 0)
+        .await
+        .unwrap();
+    assert_eq!(b2.state().flushed_offset, 1_150);
+    let err = b.commit(add(200), |_| true).await.unwrap_err();
+    assert!(matches!(err, Error::ShardFenced { .. }), "{err}");
+    b2.commit(add(201), |_| true).await.unwrap();
+    assert_eq!(load(&store, &mdir, TableId(1)).await.unwrap().epoch, 6);
 }

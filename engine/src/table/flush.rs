@@ -135,7 +135,7 @@ pub(crate) async fn flush_memtable(table: &Table, memtable: &Arc<Memtable>) -> R
     for (segment_start, batch) in segments {
         let id = SstId::random();
         guards.push(table.ctx.gc.begin_write(id));
-        let path = layout::sst_path(&cfg.cluster, entry.shard, entry.id, id);
+        let path = layout::sst_path(&cfg.cluster, entry.home(), entry.id, id);
         let opts = SstWriteOptions {
             timestamp_column: entry.schema.timestamp_column().name.clone(),
             tag_columns: entry.schema.tag_names(),

@@ -2,7 +2,7 @@
 //! manifest, and its write and flush paths.
 
 use std::sync::{
-    atomic::{AtomicBool, Ordering},
+    atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
     Arc,
 };
 
@@ -75,7 +75,37 @@ pub(crate) struct WriteJob {
     pub batch: RecordBatch,
     pub time_range: TimeRange,
     pub reply: oneshot::Sender<Result<usize>>,
+    /// Counts the job among its table's writes in flight until the writer
+    /// is done with it (replied, or dropped it).
+    pub _in_flight: InFlight,
 }
+
+/// One write of a table between its admission and its reply.
+pub(crate) struct InFlight(Arc<Table>);
+
+impl InFlight {
+    fn new(table: &Arc<Table>) -> Self {
+        table.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(table.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Where a table stands in a handover to another shard.
+const SERVING: u8 = 0;
+/// Writes are refused; reads are served (nothing new is written).
+const MOVING: u8 = 1;
+/// The handover edit was put, and may be committed even if the put
+/// failed: writes stay refused until a retry settles it.
+const COMMITTING: u8 = 2;
+/// The handover is committed: another shard owns the table, and this
+/// process serves it no more.
+const HANDED_OVER: u8 = 3;
 
 /// A table of the engine.
 #[derive(Debug)]
@@ -108,6 +138,10 @@ pub struct Table {
     follower: bool,
     /// Writes and scans since the table was opened here.
     load: Arc<TableLoad>,
+    /// Writes admitted and not yet answered by the shard's writer.
+    in_flight: AtomicUsize,
+    /// [`SERVING`], [`MOVING`], [`COMMITTING`] or [`HANDED_OVER`].
+    handover: AtomicU8,
 }
 
 impl Table {
@@ -116,11 +150,14 @@ impl Table {
         ctx: Arc<EngineContext>,
         owner: Arc<Ownership>,
         writer: mpsc::Sender<WriteJob>,
+        wal_end: u64,
     ) -> Result<Arc<Self>> {
-        let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
+        let dir = layout::manifest_dir(&ctx.config.cluster, entry.home(), entry.id);
         // Loading claims the manifest for this owner: from here on an older
-        // owner can commit nothing to it.
-        let manifest = Manifest::open(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
+        // owner can commit nothing to it. A table handed to this shard is
+        // claimed at `wal_end` (the shard's WAL holds none of its rows).
+        let manifest =
+            Manifest::open(ctx.store.clone(), dir, entry.id, owner.clone(), wal_end).await?;
         // With no SSTs, every row the table will hold is folded as it is
         // applied (WAL replay included).
         let complete = manifest.state().ssts.is_empty();
@@ -138,9 +175,15 @@ impl Table {
         owner: Arc<Ownership>,
     ) -> Result<Arc<Self>> {
         debug_assert!(owner.is_over());
-        let dir = layout::manifest_dir(&ctx.config.cluster, entry.shard, entry.id);
+        let dir = layout::manifest_dir(&ctx.config.cluster, entry.home(), entry.id);
         let manifest =
             Manifest::open_read_only(ctx.store.clone(), dir, entry.id, owner.clone()).await?;
+        if !manifest.state().is_on(owner.shard) {
+            // Handed to this shard and not yet claimed by its leader: the
+            // flushed offset is still the old shard's (a WAL offset that
+            // means nothing here). Opened once the claim shows.
+            return Err(Error::TableMoving { table: entry.name });
+        }
         let (writer, _) = mpsc::channel(1);
         // The last-value cache is seeded by a scan at the first query: the
         // tail may skip rows the leader flushed before the follower read them.
@@ -187,6 +230,8 @@ impl Table {
             parked: parking_lot::Mutex::new(Vec::new()),
             follower,
             load: Default::default(),
+            in_flight: AtomicUsize::new(0),
+            handover: AtomicU8::new(SERVING),
         })
     }
 
@@ -204,6 +249,14 @@ impl Table {
     /// flushed beyond it are skipped by the tail, never folded into the
     /// last-value cache, which is then re-seeded.
     pub(crate) fn follow(&self, state: &ManifestState, applied: u64) -> Result<()> {
+        if !state.is_on(self.owner.shard) {
+            // Claimed by another shard: its offsets are not this WAL's.
+            return Err(Error::TableMoved {
+                table: self.id,
+                from: self.owner.shard,
+                to: strata_sst::ShardId(state.shard.unwrap_or_default()),
+            });
+        }
         let mut guard = self.version.write();
         let same = guard.ssts.len() == state.ssts.len()
             && guard
@@ -378,6 +431,107 @@ impl Table {
         &self.last_values
     }
 
+    /// Refuses writes (and, once handed over, reads) of a table being
+    /// handed to another shard: retryable, the table is served again, by
+    /// its new shard, shortly.
+    pub fn check_serving(&self) -> Result<()> {
+        match self.handover.load(Ordering::SeqCst) {
+            SERVING => Ok(()),
+            _ => Err(Error::TableMoving {
+                table: self.name.clone(),
+            }),
+        }
+    }
+
+    /// Whether the table was handed to another shard by this process.
+    pub fn is_handed_over(&self) -> bool {
+        self.handover.load(Ordering::SeqCst) == HANDED_OVER
+    }
+
+    /// Stops new writes and waits (up to `timeout`) until none admitted
+    /// earlier is still on its way through the shard's writer.
+    pub(crate) async fn stop_writes(&self, timeout: std::time::Duration) -> Result<()> {
+        let _ = self
+            .handover
+            .compare_exchange(SERVING, MOVING, Ordering::SeqCst, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::TableMoving {
+                    table: self.name.clone(),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        Ok(())
+    }
+
+    /// Takes writes again after a handover that did not happen: only when
+    /// its edit was never put (one put with an unknown outcome may have
+    /// committed it, and rows written after it would be lost).
+    pub(crate) fn resume_writes(&self) {
+        let _ = self
+            .handover
+            .compare_exchange(MOVING, SERVING, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Flushes the table (its writes stopped) and commits its handover to
+    /// shard `to`: from then on this process serves it no more.
+    pub(crate) async fn hand_over(&self, to: strata_sst::ShardId) -> Result<()> {
+        match self.handover.load(Ordering::SeqCst) {
+            SERVING => {
+                return Err(Error::Internal(format!(
+                    "table {}: handed over with its writes running",
+                    self.name
+                )))
+            }
+            HANDED_OVER => return Ok(()),
+            // A retry after a handover put that failed: the flush before
+            // it was complete (no write came since), and the manifest may
+            // already say the table is `to`'s (a flush would be refused).
+            COMMITTING => {}
+            _ => {
+                self.flush().await?;
+                if self.version().memtables().any(|m| !m.is_empty()) {
+                    return Err(Error::Internal(format!(
+                        "table {}: rows left in memory after the flush before its handover",
+                        self.name
+                    )));
+                }
+                crate::failpoint::pause("handover.before_commit").await;
+            }
+        }
+        let mut manifest = self.manifest.lock().await;
+        match self
+            .handover
+            .compare_exchange(MOVING, COMMITTING, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) | Err(COMMITTING) => {}
+            Err(_) => {
+                return Err(Error::Internal(format!(
+                    "table {}: writes resumed during its handover",
+                    self.name
+                )))
+            }
+        }
+        // Settles an earlier put with an unknown outcome first.
+        manifest.hand_over(to).await?;
+        self.handover.store(HANDED_OVER, Ordering::SeqCst);
+        tracing::info!(table = %self.name, to = %to, "handed the table to another shard");
+        Ok(())
+    }
+
+    /// After a commit refused with [`Error::TableMoved`]: another shard
+    /// owns the table (this process missed its handover: it was paused, or
+    /// its catalog is behind), so it serves the table no more.
+    pub(crate) fn note_moved(&self, e: &Error) {
+        if matches!(e, Error::TableMoved { .. })
+            && self.handover.swap(HANDED_OVER, Ordering::SeqCst) != HANDED_OVER
+        {
+            tracing::warn!(table = %self.name, error = %e, "the table is another shard's now; no longer served here");
+        }
+    }
+
     pub(crate) fn mark_dropped(&self) {
         self.dropped.store(true, Ordering::Release);
     }
@@ -435,6 +589,7 @@ impl Table {
     /// Writes rows (in [`Self::arrow_schema`]). Returns once they are durable
     /// in the WAL and visible to queries.
     pub async fn write(self: &Arc<Self>, batch: RecordBatch) -> Result<usize> {
+        self.check_serving()?;
         if self.is_dropped() {
             return Err(Error::TableNotFound {
                 name: self.name.clone(),
@@ -447,6 +602,10 @@ impl Table {
         let time_range = Self::validate(&meta, &batch)?;
         self.ctx.write_buffer.admit(self.name()).await?;
         let payload = codec::encode_write(self.id, meta.entry.schema.version, &batch)?;
+        // Counted before the mark is checked: a handover that set the mark
+        // and then sees no write in flight knows none will reach the WAL.
+        let in_flight = InFlight::new(self);
+        self.check_serving()?;
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(WriteJob {
@@ -455,6 +614,7 @@ impl Table {
                 batch,
                 time_range,
                 reply,
+                _in_flight: in_flight,
             })
             .await
             .map_err(|_| Error::ShuttingDown)?;
@@ -613,6 +773,7 @@ impl Table {
                 )
                 .await;
             if let Err(e) = committed {
+                self.note_moved(&e);
                 self.sync_with(manifest.state());
                 return Err(e);
             }
@@ -635,7 +796,10 @@ impl Table {
             let Some(memtable) = self.version().frozen.first().cloned() else {
                 return Ok(());
             };
-            flush::flush_memtable(self, &memtable).await?;
+            if let Err(e) = flush::flush_memtable(self, &memtable).await {
+                self.note_moved(&e);
+                return Err(e);
+            }
         }
     }
 
@@ -644,7 +808,10 @@ impl Table {
     pub(crate) async fn resync_if_stale(&self) -> Result<()> {
         let mut manifest = self.manifest.lock().await;
         if manifest.is_stale() {
-            manifest.reload().await?;
+            if let Err(e) = manifest.reload().await {
+                self.note_moved(&e);
+                return Err(e);
+            }
             self.sync_with(manifest.state());
             // Settled: what the manifest lists is live, the rest orphans.
             self.parked.lock().clear();
@@ -663,10 +830,11 @@ impl Table {
     /// are retired, SSTs it lists are added, and frozen memtables whose rows
     /// it records as flushed are dropped.
     pub(crate) fn sync_with(&self, state: &ManifestState) {
-        if self.owner.is_over() {
+        if self.owner.is_over() || !state.is_on(self.owner.shard) {
             // Fenced: the state is a newer owner's, and this process must
             // not retire (and so delete) files on its behalf. Closed here,
-            // or a follower's table: the files are another writer's.
+            // a follower's table, or a table another shard claimed: the
+            // files are another writer's.
             return;
         }
         let mut guard = self.version.write();
@@ -717,8 +885,28 @@ impl Table {
     pub(crate) async fn stored_live_ssts(
         &self,
     ) -> Result<std::collections::HashSet<strata_sst::SstId>> {
-        let dir = layout::manifest_dir(&self.ctx.config.cluster, self.meta().entry.shard, self.id);
+        let dir = layout::manifest_dir(&self.ctx.config.cluster, self.meta().entry.home(), self.id);
         let state = crate::manifest::load(&self.ctx.store, &dir, self.id).await?;
+        let mine = self.owner.shard.0;
+        match (state.shard, state.handed_to) {
+            // Moved (or moving) to another shard: its epochs are not ours
+            // to compare, and its files are its new owner's to collect.
+            (Some(shard), _) if shard != mine => {
+                return Err(Error::TableMoved {
+                    table: self.id,
+                    from: self.owner.shard,
+                    to: strata_sst::ShardId(shard),
+                })
+            }
+            (_, Some(to)) => {
+                return Err(Error::TableMoved {
+                    table: self.id,
+                    from: self.owner.shard,
+                    to: strata_sst::ShardId(to),
+                })
+            }
+            _ => {}
+        }
         if state.epoch > self.owner.epoch {
             self.owner.fence(state.epoch);
         }

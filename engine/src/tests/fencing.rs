@@ -6,35 +6,13 @@ use std::collections::HashSet;
 use futures::TryStreamExt;
 use object_store::{path::Path, ObjectStoreExt};
 use strata_sst::{
-    fault::{Fault, FaultStore, Op},
+    fault::{Fault, Op},
     layout,
 };
 use strata_wal::{Epoch, Wal};
 
 use super::*;
 use crate::{Error, STANDALONE_SHARD};
-
-async fn count(engine: &Engine, name: &str) -> i64 {
-    let table = engine.table("public", name).unwrap();
-    let ctx = session(engine, &table);
-    let got = ctx
-        .sql(&format!("SELECT count(*) AS n FROM {name}"))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    got[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .value(0)
-}
-
-fn local_store(root: &std::path::Path) -> Arc<dyn ObjectStore> {
-    Arc::new(LocalFileSystem::new_with_prefix(root).unwrap())
-}
 
 async fn open(
     store: Arc<dyn ObjectStore>,
@@ -156,13 +134,6 @@ async fn an_epoch_below_the_manifests_is_refused_or_raised() {
         .unwrap();
     assert!(e.shard(STANDALONE_SHARD).unwrap().epoch().0 > 1_000);
     assert_eq!(count(&e, "t").await, 10);
-}
-
-async fn fault_harness() -> (tempfile::TempDir, Arc<FaultStore>, Arc<dyn ObjectStore>) {
-    let dir = tempfile::tempdir().unwrap();
-    let inner = local_store(dir.path());
-    let faults = FaultStore::new(inner.clone());
-    (dir, faults, inner)
 }
 
 /// A flush whose manifest put was applied but answered with a timeout,

@@ -1,60 +1,10 @@
 //! Followers: a read-only copy of a shard that tails its WAL, follows its
 //! manifests, writes nothing, and is promoted without a full replay.
 
-use async_trait::async_trait;
 use strata_wal::{Epoch, Wal};
 
 use super::*;
-use crate::{
-    catalog::TableEntry, options::UpdateMode, schema::TableSchema, ClusterCatalog, Error,
-    STANDALONE_SHARD,
-};
-
-#[derive(Debug)]
-struct NoDdl;
-
-#[async_trait]
-impl ClusterCatalog for NoDdl {
-    async fn create_database(&self, _: &str, _: bool) -> crate::Result<bool> {
-        Err(Error::Internal("no DDL here".into()))
-    }
-    async fn drop_database(&self, _: &str, _: bool) -> crate::Result<bool> {
-        Err(Error::Internal("no DDL here".into()))
-    }
-    async fn create_table(
-        &self,
-        _: &str,
-        _: &str,
-        _: TableSchema,
-        _: TableOptions,
-        _: Option<&crate::partition::PartitionSpec>,
-        _: bool,
-    ) -> crate::Result<Option<Vec<TableEntry>>> {
-        Err(Error::Internal("no DDL here".into()))
-    }
-    async fn alter_table(&self, _: &TableEntry, _: &TableEntry) -> crate::Result<Vec<TableEntry>> {
-        Err(Error::Internal("no DDL here".into()))
-    }
-    async fn drop_table(&self, _: &str, _: &str, _: bool) -> crate::Result<Vec<TableEntry>> {
-        Err(Error::Internal("no DDL here".into()))
-    }
-}
-
-async fn count_of(engine: &Engine, table: &Arc<Table>) -> i64 {
-    let got = session(engine, table)
-        .sql(&format!("SELECT count(*) AS n FROM {}", table.name()))
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    got[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .value(0)
-}
+use crate::{options::UpdateMode, Error, STANDALONE_SHARD};
 
 /// Waits until `f` holds (the follower tails in the background).
 async fn eventually<F, Fut>(what: &str, mut f: F)

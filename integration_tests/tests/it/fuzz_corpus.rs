@@ -699,6 +699,8 @@ mod seeds {
             flushed_offset: Some(100),
             epoch: 2,
             nonce: 0xdead_beef,
+            shard: None,
+            hand_over: None,
         };
         put(
             root,

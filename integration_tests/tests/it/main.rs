@@ -12,6 +12,7 @@ mod cluster_followers;
 mod cluster_load;
 mod cluster_pause;
 mod cluster_secret;
+mod cluster_split;
 mod crash;
 mod fuzz_corpus;
 mod grpc;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use strata_meta::secret::ClusterSecret;
 use strata_proto::meta::{
-    shard_control_server::ShardControl, MetaHeader, ShardEvent, ShardEventResponse, TableEvent,
+    shard_control_server::ShardControl, HandOverRequest, MetaHeader, ShardEvent,
+    ShardEventResponse, TableEvent,
 };
 
 /// The instance's side of meta's shard events (`ShardControl`): each applies
@@ -140,6 +141,29 @@ impl ShardControl for ShardControlService {
                 .map(|_| ()),
             Err(e) => Err(e),
         };
+        Ok(match result {
+            Ok(()) => event_ok(),
+            Err(e) => event_err(&e),
+        })
+    }
+
+    async fn hand_over_tables(
+        &self,
+        request: tonic::Request<HandOverRequest>,
+    ) -> Result<tonic::Response<ShardEventResponse>, tonic::Status> {
+        self.authorize(&request)?;
+        let req = request.into_inner();
+        let tables: Vec<strata_sst::TableId> =
+            req.tables.into_iter().map(strata_sst::TableId).collect();
+        let result = self
+            .cluster
+            .engine
+            .hand_over_tables(
+                strata_sst::ShardId(req.from_shard),
+                &tables,
+                strata_sst::ShardId(req.to_shard),
+            )
+            .await;
         Ok(match result {
             Ok(()) => event_ok(),
             Err(e) => event_err(&e),

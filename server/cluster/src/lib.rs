@@ -32,7 +32,9 @@ use std::{
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 use strata_engine::{catalog::TableEntry, Engine};
-use strata_proto::meta::{CatalogRequest, HeartbeatRequest, ShardAssignment, ShardState};
+use strata_proto::meta::{
+    CatalogRequest, HeartbeatRequest, ShardAssignment, ShardState, TableRate,
+};
 use strata_sst::ShardId;
 
 mod control;
@@ -258,7 +260,7 @@ impl Cluster {
             }
         }
         for (id, l) in &loads {
-            let r = rates.get(id).copied().unwrap_or_default();
+            let r = rates.get(id).cloned().unwrap_or_default();
             let shard = id.to_string();
             for (kind, v) in KINDS.into_iter().zip([
                 r.rows_written,
@@ -282,7 +284,7 @@ impl Cluster {
                 .iter()
                 .zip(&loads)
                 .map(|(s, (_, l))| {
-                    let r = rates.get(&s.id().0).copied().unwrap_or_default();
+                    let r = rates.get(&s.id().0).cloned().unwrap_or_default();
                     ShardState {
                         id: s.id().0,
                         version: versions.get(&s.id().0).map_or(0, |a| a.version),
@@ -297,6 +299,14 @@ impl Cluster {
                         rows_scanned_per_s: r.rows_scanned,
                         memtable_bytes: l.memtable_bytes,
                         wal_backlog: l.wal_backlog,
+                        table_rates: r
+                            .tables
+                            .iter()
+                            .map(|(table, rate)| TableRate {
+                                table: *table,
+                                rows_written_per_s: *rate,
+                            })
+                            .collect(),
                     }
                 })
                 .chain(self.engine.followers().iter().map(|f| {
@@ -476,6 +486,10 @@ impl crate::route::Router for Cluster {
         endpoint: &str,
     ) -> Result<Arc<dyn crate::route::Peer>, strata_client::Error> {
         Ok(Arc::new(self.client(endpoint).await?))
+    }
+
+    fn current_entry(&self, entry: &TableEntry) -> Option<TableEntry> {
+        self.engine.catalog().table_by_id(entry.id)
     }
 
     fn fingerprint(&self) -> u64 {

@@ -11,13 +11,18 @@ use std::{
 
 use strata_engine::{shard::ShardLoad, table::LoadCounters};
 
+/// The most tables whose write rates one shard's report carries.
+pub(crate) const MAX_TABLE_RATES: usize = strata_meta::model::MAX_TABLE_RATES;
+
 /// A shard's load per second over one interval.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub(crate) struct Rates {
     pub rows_written: f64,
     pub bytes_written: f64,
     pub scans: f64,
     pub rows_scanned: f64,
+    /// Rows written per second to each table written in the interval.
+    pub tables: Vec<(u64, f64)>,
 }
 
 impl Rates {
@@ -30,6 +35,7 @@ impl Rates {
             bytes_written: delta.bytes_written as f64 / seconds,
             scans: delta.scans as f64 / seconds,
             rows_scanned: delta.rows_scanned as f64 / seconds,
+            tables: Vec::new(),
         }
     }
 }
@@ -45,6 +51,8 @@ struct Last {
     at: Instant,
     cpu: Option<Duration>,
     shards: HashMap<u64, LoadCounters>,
+    /// Rows written to each table (since it was opened).
+    tables: HashMap<u64, u64>,
 }
 
 impl LoadTracker {
@@ -83,7 +91,22 @@ impl LoadTracker {
             let seconds = now.duration_since(prev.at).as_secs_f64();
             for (id, load) in shards {
                 let before = prev.shards.get(id).copied().unwrap_or_default();
-                rates.insert(*id, Rates::over(load.counters.since(&before), seconds));
+                let mut r = Rates::over(load.counters.since(&before), seconds);
+                if seconds > 0.0 {
+                    for (table, rows) in &load.tables {
+                        let before = prev.tables.get(&table.0).copied().unwrap_or(0);
+                        let delta = rows.saturating_sub(before);
+                        if delta > 0 {
+                            r.tables.push((table.0, delta as f64 / seconds));
+                        }
+                    }
+                    // The busiest only: enough to divide a shard by, and a
+                    // heartbeat (and meta's node record) stays small.
+                    r.tables
+                        .sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+                    r.tables.truncate(MAX_TABLE_RATES);
+                }
+                rates.insert(*id, r);
             }
             if let (Some(now_cpu), Some(then)) = (cpu, prev.cpu) {
                 if seconds > 0.0 {
@@ -99,6 +122,10 @@ impl LoadTracker {
             at: now,
             cpu,
             shards: shards.iter().map(|(id, l)| (*id, l.counters)).collect(),
+            tables: shards
+                .iter()
+                .flat_map(|(_, l)| l.tables.iter().map(|(t, rows)| (t.0, *rows)))
+                .collect(),
         });
         (rates, cores, closed)
     }
@@ -145,6 +172,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A shard whose one table (7) wrote `rows`.
     fn load(rows: u64, scans: u64) -> ShardLoad {
         ShardLoad {
             counters: LoadCounters {
@@ -153,6 +181,7 @@ mod tests {
                 scans,
                 rows_scanned: scans * 100,
             },
+            tables: vec![(strata_sst::TableId(7), rows)],
             ..Default::default()
         }
     }
@@ -175,7 +204,8 @@ mod tests {
                 rows_written: 100.0,
                 bytes_written: 1000.0,
                 scans: 2.0,
-                rows_scanned: 200.0
+                rows_scanned: 200.0,
+                tables: vec![(7, 100.0)],
             }
         );
         // Opened meanwhile: from zero.

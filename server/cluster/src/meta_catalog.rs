@@ -60,6 +60,7 @@ pub(super) fn entry_of(json: &str) -> EngineResult<TableEntry> {
         partition,
         partition_of,
         revision: r.revision,
+        home: r.home.map(ShardId),
     })
 }
 
@@ -77,6 +78,7 @@ pub(super) fn record_json(e: &TableEntry) -> EngineResult<String> {
             index: p.index,
         }),
         revision: e.revision,
+        home: e.home.map(|s| s.0),
     };
     serde_json::to_string(&record).map_err(|err| strata_engine::Error::Internal(err.to_string()))
 }

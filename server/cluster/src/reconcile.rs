@@ -21,6 +21,24 @@ impl Cluster {
         let assignments = self.assignments();
         let open: BTreeSet<u64> = self.engine.shards().iter().map(|s| s.id().0).collect();
         let followed: BTreeSet<u64> = self.engine.followers().iter().map(|f| f.id().0).collect();
+        // Meta lists every shard there is: one open or followed here and
+        // not listed was retired by a merge (its tables are another
+        // shard's). Not before meta's first answer.
+        let listed: BTreeSet<u64> = assignments.iter().map(|a| a.shard).collect();
+        // (Not while meta rebuilds its state from the instances' reports:
+        // a shard a split created is listed again once they are in.)
+        if !listed.is_empty() && !self.report_tables.load(Ordering::Relaxed) {
+            for shard in open.difference(&listed) {
+                tracing::info!(shard, "the shard was retired; closing it");
+                self.spawn_busy(*shard, |me, shard| async move { me.hand_back(shard).await });
+            }
+            for shard in followed.difference(&listed) {
+                self.spawn_busy(*shard, |me, shard| async move {
+                    me.engine.close_follower(ShardId(shard)).await;
+                    Ok(())
+                });
+            }
+        }
         for a in &assignments {
             let mine = a.leader == self.node_id;
             let follow = !mine && a.followers.iter().any(|f| *f == self.node_id);

@@ -165,6 +165,13 @@ pub trait Router: Send + Sync + fmt::Debug {
         Vec::new()
     }
 
+    /// The table's catalog entry as this instance knows it now (after a
+    /// split or merge moved it to another shard, say); `None` when the
+    /// router keeps no catalog of its own.
+    fn current_entry(&self, _entry: &TableEntry) -> Option<TableEntry> {
+        None
+    }
+
     /// The assignment of a shard another instance leads, if it has a leader.
     fn remote_leader(&self, shard: ShardId) -> Option<Assignment> {
         self.assignment(shard)

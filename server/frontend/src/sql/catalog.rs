@@ -132,11 +132,60 @@ impl SchemaProvider for DatabaseSchema {
                     },
                 ))),
             },
-            Err(_) => Ok(None),
+            Err(
+                strata_engine::Error::TableNotFound { .. }
+                | strata_engine::Error::DatabaseNotFound { .. },
+            ) => Ok(None),
+            // It exists, and cannot be read right now (it is moving between
+            // shards): listed with its definition (SHOW TABLES, the
+            // information schema), and a scan says a retry will do.
+            Err(strata_engine::Error::TableMoving { .. }) => {
+                match self.engine.entry(&self.database, name) {
+                    Ok(entry) => Ok(Some(Arc::new(MovingTable {
+                        schema: entry.schema.arrow_schema(),
+                        name: entry.name,
+                    }))),
+                    Err(_) => Ok(None),
+                }
+            }
+            Err(e) => Err(datafusion::error::DataFusionError::External(Box::new(e))),
         }
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.engine.entry(&self.database, name).is_ok()
+    }
+}
+
+/// A table moving between shards (a split or a merge) or being opened on
+/// its shard: its definition is known; reading it fails retryably.
+#[derive(Debug)]
+struct MovingTable {
+    schema: arrow::datatypes::SchemaRef,
+    name: String,
+}
+
+#[async_trait]
+impl TableProvider for MovingTable {
+    fn schema(&self) -> arrow::datatypes::SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[datafusion::prelude::Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(datafusion::error::DataFusionError::External(Box::new(
+            strata_engine::Error::TableMoving {
+                table: self.name.clone(),
+            },
+        )))
     }
 }

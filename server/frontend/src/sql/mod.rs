@@ -541,16 +541,25 @@ impl QueryEngine {
                 continue;
             }
             let q = preferring.as_ref().unwrap_or(self);
-            last = match q.execute_one(&current, &stmt, forwarded).await {
-                // Cluster mode: the catalog may lag meta by a heartbeat
-                // (a table created through another instance); refresh once.
-                Err(e) if catalog_may_lag(&e) => {
-                    if !self.router.refresh_catalog().await? {
-                        return Err(e);
+            let started = std::time::Instant::now();
+            last = loop {
+                match q.execute_one(&current, &stmt, forwarded).await {
+                    // Cluster mode: the catalog may lag meta by a heartbeat
+                    // (a table created through another instance); refresh
+                    // once.
+                    Err(e) if catalog_may_lag(&e) => {
+                        if !self.router.refresh_catalog().await? {
+                            return Err(e);
+                        }
+                        break q.execute_one(&current, &stmt, forwarded).await?;
                     }
-                    q.execute_one(&current, &stmt, forwarded).await?
+                    // A table being opened on its shard (just created, or
+                    // handed over by a split or merge): nothing ran.
+                    Err(e) if table_moving(&e) && started.elapsed() < crate::route::MOVE_WAIT => {
+                        tokio::time::sleep(crate::route::MOVE_POLL).await;
+                    }
+                    other => break other?,
                 }
-                other => other?,
             };
         }
         Ok(last)
@@ -757,17 +766,23 @@ impl QueryEngine {
             database
         };
         let sql = single_statement(sql)?;
-        match self
-            .run_datafusion(database, &sql, false, Some(bind.clone()))
-            .await
-        {
-            Err(e) if catalog_may_lag(&e) => {
-                if !self.router.refresh_catalog().await? {
-                    return Err(e);
+        let started = std::time::Instant::now();
+        loop {
+            match self
+                .run_datafusion(database, &sql, false, Some(bind.clone()))
+                .await
+            {
+                Err(e) if catalog_may_lag(&e) => {
+                    if !self.router.refresh_catalog().await? {
+                        return Err(e);
+                    }
+                    return self.run_datafusion(database, &sql, false, Some(bind)).await;
                 }
-                self.run_datafusion(database, &sql, false, Some(bind)).await
+                Err(e) if table_moving(&e) && started.elapsed() < crate::route::MOVE_WAIT => {
+                    tokio::time::sleep(crate::route::MOVE_POLL).await;
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -966,6 +981,16 @@ impl QueryEngine {
             },
         })
     }
+}
+
+/// Whether a statement failed, before it changed anything, on a table
+/// being opened on its shard (created a moment ago, or handed over by a
+/// split or merge): `strata_engine::Error::TableMoving`, possibly carried
+/// through DataFusion.
+fn table_moving(e: &Error) -> bool {
+    e.kind() == strata_engine::ErrorKind::ShardMoving
+        && e.to_string()
+            .contains("is moving between shards or being opened")
 }
 
 /// Whether an error may come from a catalog that lags meta's by a

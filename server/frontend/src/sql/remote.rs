@@ -553,13 +553,33 @@ pub(crate) async fn forward_batches(
     let schema: SchemaRef = batches
         .first()
         .map_or_else(|| Arc::new(Schema::empty()), |b| b.schema());
+    let mut entry = entry.clone();
+    let mut first = true;
     loop {
+        if !std::mem::take(&mut first) {
+            // A split or merge may have moved the table to another shard.
+            if let Some(now) = router.current_entry(&entry) {
+                entry = now;
+            }
+        }
+        let entry = &entry;
         match target(router, entry, deadline).await? {
             Target::Local(t) => {
                 // One write: applied whole or not at all, as a forward is.
                 let rows = strata_engine::schema::fit_all(&batches, &t.arrow_schema())
                     .map_err(external)?;
-                return Ok(t.write(rows).await.map_err(external)? as u64);
+                match t.write(rows).await {
+                    Ok(n) => return Ok(n as u64),
+                    // Being handed to another shard: refused before it
+                    // was written; the catalog moves it shortly.
+                    Err(e)
+                        if e.kind() == strata_engine::ErrorKind::ShardMoving
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(MOVE_POLL).await;
+                    }
+                    Err(e) => return Err(external(e)),
+                }
             }
             Target::Remote { endpoint, version } => {
                 let payload = strata_client::payload::encode(&schema, &batches)

@@ -105,6 +105,7 @@ async fn engine_with(partitioned: bool) -> Arc<Engine> {
         partition: None,
         partition_of: None,
         revision: 0,
+        home: None,
     };
     let local = TableEntry {
         id: TableId(8),

@@ -37,16 +37,19 @@ pub fn columns_of(
     strata_engine::schema::TableSchema,
     arrow::datatypes::SchemaRef,
 )> {
-    Ok(match engine.locate(db, table)? {
-        Located::Local(t) => {
+    let entry = match engine.locate(db, table) {
+        Ok(Located::Local(t)) => {
             let meta = t.meta();
-            (meta.schema().clone(), meta.arrow_schema.clone())
+            return Ok((meta.schema().clone(), meta.arrow_schema.clone()));
         }
-        Located::Remote(entry) | Located::Partitioned(entry) => {
-            let arrow = entry.schema.arrow_schema();
-            (entry.schema, arrow)
-        }
-    })
+        Ok(Located::Remote(entry) | Located::Partitioned(entry)) => *entry,
+        // Moving between shards: its definition is the catalog's, and the
+        // write waits for the move (see `write_batches`).
+        Err(strata_engine::Error::TableMoving { .. }) => engine.entry(db, table)?,
+        Err(e) => return Err(e),
+    };
+    let arrow = entry.schema.arrow_schema();
+    Ok((entry.schema, arrow))
 }
 
 /// How [`write_batches`] may reach a table whose shard is not open here.
@@ -91,6 +94,34 @@ enum Ready {
 /// here); with [`Forward::Split`] everything runs at once. Every write
 /// runs to its end, also when another fails: the first error is returned.
 pub async fn write_batches(
+    query: &QueryEngine,
+    db: &str,
+    tables: Vec<(String, RecordBatch)>,
+    max_decoded: usize,
+    forward: Forward,
+    deadline: Instant,
+) -> Result<u64> {
+    loop {
+        match write_once(query, db, tables.clone(), max_decoded, forward, deadline).await {
+            // A table being handed to another shard (a split or a merge)
+            // refused its rows before writing any, and nothing else was
+            // written (a partial write is another error): once the catalog
+            // moves it, the same request goes to its new shard. (A request
+            // forwarded here is retried by the instance that forwarded it.)
+            Err(e)
+                if forward != Forward::Never
+                    && e.kind() == strata_engine::ErrorKind::ShardMoving
+                    && Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %e, "a table is moving between shards; retrying the write");
+                tokio::time::sleep(crate::route::MOVE_POLL).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn write_once(
     query: &QueryEngine,
     db: &str,
     tables: Vec<(String, RecordBatch)>,
