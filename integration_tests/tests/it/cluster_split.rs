@@ -230,14 +230,15 @@ async fn split_and_merge_under_load_keep_every_row_once() {
     );
 }
 
-/// A split whose handover is held at a failpoint while `kill` (meta's
-/// leader, or the shard's leader) is killed with -9 finishes, and the
-/// ledger holds.
-async fn split_survives(kill: Kill, failpoint: &str) {
+/// A split (of shard 0: kx1 to a new shard) or a merge (of shard 1, with
+/// kx1, into shard 0) whose handover is held at a failpoint while `kill`
+/// (meta's leader, or the leader of the shard handing kx1 over) is killed
+/// with -9 finishes, and the ledger holds.
+async fn survives(op: Reshaping, kill: Kill, failpoint: &str) {
     let mut c = TestCluster::start(ClusterOptions {
         metas: if kill == Kill::Meta { 2 } else { 1 },
         servers: 3,
-        shard_count: 1,
+        shard_count: if op == Reshaping::Split { 1 } else { 2 },
         server_env: vec![("STRATA_FAILPOINTS".to_string(), format!("{failpoint}=4000"))],
         ..ClusterOptions::default()
     })
@@ -253,9 +254,15 @@ async fn split_survives(kill: Kill, failpoint: &str) {
         .map(|t| Writer::start(Arc::new(RoutedClient::new(seeds.clone())), t))
         .collect();
     wait_acked(&c, &writers, 100).await;
-    let leader = crate::cluster::shard_of(&c, "kx0").await.1;
+    let (from, leader) = crate::cluster::shard_of(&c, "kx1").await;
 
-    let split = start(&c, "/shards/0/split").await;
+    let split = match op {
+        Reshaping::Split => start(&c, "/shards/0/split").await,
+        Reshaping::Merge => {
+            assert_eq!((from, crate::cluster::shard_of(&c, "kx0").await.0), (1, 0));
+            start(&c, "/shards/0/merge?from=1").await
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.servers[leader].log_count("failpoint: pausing") == 0 {
         assert!(
@@ -274,6 +281,9 @@ async fn split_survives(kill: Kill, failpoint: &str) {
     wait_done(&c, &split).await;
     let to = split["to"].as_u64().unwrap();
     assert_eq!(placement(&c).await["kx1"], to);
+    if op == Reshaping::Merge {
+        assert!(!c.shards().await.iter().any(|s| s["id"] == from));
+    }
     c.wait_serving(Duration::from_secs(60)).await;
     wait_acked(&c, &writers, 100).await;
     let alive = (0..c.servers.len()).find(|i| *i != leader).unwrap();
@@ -290,19 +300,35 @@ enum Kill {
     Leader,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Reshaping {
+    Split,
+    Merge,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_finishes_after_meta_is_killed_in_the_middle() {
-    split_survives(Kill::Meta, "handover.before_commit").await;
+    survives(Reshaping::Split, Kill::Meta, "handover.before_commit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_finishes_after_the_shard_leader_is_killed_before_the_handover() {
-    split_survives(Kill::Leader, "handover.before_commit").await;
+    survives(Reshaping::Split, Kill::Leader, "handover.before_commit").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_split_finishes_after_the_shard_leader_is_killed_after_the_handover() {
-    split_survives(Kill::Leader, "handover.after_commit").await;
+    survives(Reshaping::Split, Kill::Leader, "handover.after_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_finishes_after_meta_is_killed_in_the_middle() {
+    survives(Reshaping::Merge, Kill::Meta, "handover.before_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_merge_finishes_after_the_shard_leader_is_killed_after_the_handover() {
+    survives(Reshaping::Merge, Kill::Leader, "handover.after_commit").await;
 }
 
 const HOT: &[&str] = &["hot0", "hot1", "hot2", "hot3", "hot4", "hot5"];
