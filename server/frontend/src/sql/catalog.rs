@@ -182,10 +182,42 @@ impl TableProvider for MovingTable {
         _filters: &[datafusion::prelude::Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
-        Err(datafusion::error::DataFusionError::External(Box::new(
-            strata_engine::Error::TableMoving {
-                table: self.name.clone(),
-            },
-        )))
+        Err(self.moving())
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _input: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        _insert_op: datafusion::logical_expr::dml::InsertOp,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(self.moving())
+    }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _filters: Vec<datafusion::prelude::Expr>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(self.moving())
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn datafusion::catalog::Session,
+        _assignments: Vec<(String, datafusion::prelude::Expr)>,
+        _filters: Vec<datafusion::prelude::Expr>,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        Err(self.moving())
+    }
+}
+
+impl MovingTable {
+    /// What every operation on it answers (retryable, and the statement is
+    /// run again once the table is open: see `sql::table_moving`).
+    fn moving(&self) -> datafusion::error::DataFusionError {
+        datafusion::error::DataFusionError::External(Box::new(strata_engine::Error::TableMoving {
+            table: self.name.clone(),
+        }))
     }
 }
