@@ -67,6 +67,7 @@ fn authorize(meta: &Meta, headers: &HeaderMap) -> Result<(), Response> {
 pub fn router(meta: Meta) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/leader", get(leader))
         .route("/route", get(route))
         .route("/nodes", get(nodes))
@@ -92,6 +93,75 @@ async fn health(State(meta): State<Meta>) -> Response {
         Ok(_) => Json(json!({ "status": "ok", "leader": meta.is_leader() })).into_response(),
         Err(e) => failed(&e),
     }
+}
+
+/// `GET /metrics`: meta's state in Prometheus' text format, read from etcd
+/// at each scrape (`strata_meta_etcd_up` 0 when that fails).
+async fn metrics(State(meta): State<Meta>) -> Response {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    gauge(
+        "strata_meta_is_leader",
+        "1 on the meta process that leads (schedules shards)",
+        &[("", f64::from(u8::from(meta.is_leader())))],
+    );
+    // Bounded: a slow etcd makes a scrape report etcd down, not pile up.
+    let limit = std::time::Duration::from_secs(2);
+    let nodes = tokio::time::timeout(limit, meta.store().nodes())
+        .await
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ()));
+    let shards = tokio::time::timeout(limit, meta.shard_views())
+        .await
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ()));
+    gauge(
+        "strata_meta_etcd_up",
+        "1 when meta's last read of etcd succeeded",
+        &[("", f64::from(u8::from(nodes.is_ok() && shards.is_ok())))],
+    );
+    if let Ok(nodes) = nodes {
+        let compute = nodes.iter().filter(|n| n.is_compute()).count();
+        gauge(
+            "strata_meta_nodes",
+            "Instances heartbeating, by role",
+            &[
+                ("{role=\"data\"}", (nodes.len() - compute) as f64),
+                ("{role=\"compute\"}", compute as f64),
+            ],
+        );
+    }
+    if let Ok(shards) = shards {
+        let count = |state: &str| shards.iter().filter(|s| s.state == state).count() as f64;
+        gauge(
+            "strata_meta_shards",
+            "Shards by state (serving, moving: assigned but not yet taken, unassigned)",
+            &[
+                ("{state=\"serving\"}", count("serving")),
+                ("{state=\"moving\"}", count("moving")),
+                ("{state=\"unassigned\"}", count("unassigned")),
+            ],
+        );
+        gauge(
+            "strata_meta_tables",
+            "Tables in the cluster's shards",
+            &[("", shards.iter().map(|s| s.tables as f64).sum())],
+        );
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response()
 }
 
 async fn leader(State(meta): State<Meta>) -> Response {

@@ -25,8 +25,64 @@ use crate::{
 pub enum EtcdSource {
     /// An external etcd cluster.
     External(Vec<String>),
-    /// A local etcd child process with its data under the meta data dir.
-    Embedded,
+    /// A local etcd child process with its data under the meta data dir:
+    /// a single member on loopback, or (with members) one member of a
+    /// cluster formed by every meta process's embedded etcd.
+    Embedded(Option<EtcdMembers>),
+}
+
+/// The embedded etcds of several meta processes forming one cluster.
+#[derive(Clone, Debug)]
+pub struct EtcdMembers {
+    /// This member's host (its name too).
+    pub me: String,
+    /// Every member's host, this one's included.
+    pub peers: Vec<String>,
+    /// Where this member listens (ports 2379 and 2380).
+    pub listen_ip: std::net::IpAddr,
+}
+
+/// The client and peer ports of a clustered embedded etcd.
+pub const ETCD_CLIENT_PORT: u16 = 2379;
+pub const ETCD_PEER_PORT: u16 = 2380;
+
+impl EtcdMembers {
+    /// Every member's client endpoint, `host:2379`.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.peers
+            .iter()
+            .map(|h| format!("{h}:{ETCD_CLIENT_PORT}"))
+            .collect()
+    }
+
+    /// etcd's flags for this member.
+    fn args(&self) -> Vec<String> {
+        let listen = |port| format!("http://{}", SocketAddr::new(self.listen_ip, port));
+        let me = &self.me;
+        let initial: Vec<String> = self
+            .peers
+            .iter()
+            .map(|h| format!("{h}=http://{h}:{ETCD_PEER_PORT}"))
+            .collect();
+        vec![
+            "--name".into(),
+            me.clone(),
+            "--listen-client-urls".into(),
+            listen(ETCD_CLIENT_PORT),
+            "--advertise-client-urls".into(),
+            format!("http://{me}:{ETCD_CLIENT_PORT}"),
+            "--listen-peer-urls".into(),
+            listen(ETCD_PEER_PORT),
+            "--initial-advertise-peer-urls".into(),
+            format!("http://{me}:{ETCD_PEER_PORT}"),
+            "--initial-cluster".into(),
+            initial.join(","),
+            "--initial-cluster-state".into(),
+            "new".into(),
+            "--initial-cluster-token".into(),
+            "strata-meta".into(),
+        ]
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -53,7 +109,7 @@ struct EmbeddedEtcd {
 }
 
 impl EmbeddedEtcd {
-    async fn start(data_dir: &Path) -> Result<Self> {
+    async fn start(data_dir: &Path, members: Option<&EtcdMembers>) -> Result<Self> {
         let dir = data_dir.join("etcd");
         std::fs::create_dir_all(&dir).map_err(io("creating the etcd data directory"))?;
         let pid_file = data_dir.join("etcd.pid");
@@ -74,7 +130,60 @@ impl EmbeddedEtcd {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
-        // Ports are chosen once and kept, since etcd records its peer URL.
+        let bin = std::env::var("STRATA_ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("etcd.log"))
+            .map_err(io("opening etcd.log"))?;
+        let mut cmd = if Path::new("/usr/bin/setpriv").exists() {
+            let mut c = tokio::process::Command::new("/usr/bin/setpriv");
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+            c
+        } else {
+            tokio::process::Command::new(&bin)
+        };
+        cmd.arg("--data-dir")
+            .arg(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().map_err(io("etcd.log"))?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let endpoint = match members {
+            Some(m) => {
+                cmd.args(m.args());
+                format!("{}:{ETCD_CLIENT_PORT}", m.me)
+            }
+            None => {
+                let (client_url, peer_url) = Self::loopback_urls(data_dir)?;
+                cmd.arg("--name")
+                    .arg("strata-meta")
+                    .arg("--listen-client-urls")
+                    .arg(&client_url)
+                    .arg("--advertise-client-urls")
+                    .arg(&client_url)
+                    .arg("--listen-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-advertise-peer-urls")
+                    .arg(&peer_url)
+                    .arg("--initial-cluster")
+                    .arg(format!("strata-meta={peer_url}"));
+                client_url.trim_start_matches("http://").to_string()
+            }
+        };
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Invalid(format!("starting etcd ({bin}): {e}; install the Debian package etcd-server or set STRATA_ETCD_BIN")))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(&pid_file, pid.to_string()).map_err(io("writing etcd.pid"))?;
+        }
+        tracing::info!(%endpoint, dir = %dir.display(), "started embedded etcd");
+        Ok(Self { child, endpoint })
+    }
+
+    /// A single member's client and peer URLs on loopback. Ports are
+    /// chosen once and kept, since etcd records its peer URL.
+    fn loopback_urls(data_dir: &Path) -> Result<(String, String)> {
         let ports_file = data_dir.join("etcd.ports");
         let (client, peer) = match std::fs::read_to_string(&ports_file).ok().and_then(|s| {
             let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
@@ -88,50 +197,10 @@ impl EmbeddedEtcd {
                 p
             }
         };
-        let bin = std::env::var("STRATA_ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
-        let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(data_dir.join("etcd.log"))
-            .map_err(io("opening etcd.log"))?;
-        let mut cmd = if Path::new("/usr/bin/setpriv").exists() {
-            let mut c = tokio::process::Command::new("/usr/bin/setpriv");
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
-            c
-        } else {
-            tokio::process::Command::new(&bin)
-        };
-        cmd.arg("--name")
-            .arg("strata-meta")
-            .arg("--data-dir")
-            .arg(&dir)
-            .arg("--listen-client-urls")
-            .arg(&client_url)
-            .arg("--advertise-client-urls")
-            .arg(&client_url)
-            .arg("--listen-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-advertise-peer-urls")
-            .arg(&peer_url)
-            .arg("--initial-cluster")
-            .arg(format!("strata-meta={peer_url}"))
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().map_err(io("etcd.log"))?)
-            .stderr(log)
-            .kill_on_drop(true);
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Invalid(format!("starting etcd ({bin}): {e}; install the Debian package etcd-server or set STRATA_ETCD_BIN")))?;
-        if let Some(pid) = child.id() {
-            std::fs::write(&pid_file, pid.to_string()).map_err(io("writing etcd.pid"))?;
-        }
-        tracing::info!(endpoint = %client_url, dir = %dir.display(), "started embedded etcd");
-        Ok(Self {
-            child,
-            endpoint: format!("127.0.0.1:{client}"),
-        })
+        Ok((
+            format!("http://127.0.0.1:{client}"),
+            format!("http://127.0.0.1:{peer}"),
+        ))
     }
 
     async fn stop(mut self, data_dir: &Path) {
@@ -192,9 +261,12 @@ pub async fn run(config: MetaServerConfig, shutdown: impl Future<Output = ()>) -
 
     let (embedded, endpoints) = match &config.etcd {
         EtcdSource::External(e) => (None, e.clone()),
-        EtcdSource::Embedded => {
-            let etcd = EmbeddedEtcd::start(&config.data_dir).await?;
-            let ep = vec![etcd.endpoint.clone()];
+        EtcdSource::Embedded(members) => {
+            let etcd = EmbeddedEtcd::start(&config.data_dir, members.as_ref()).await?;
+            let ep = match members {
+                Some(m) => m.endpoints(),
+                None => vec![etcd.endpoint.clone()],
+            };
             (Some(etcd), ep)
         }
     };

@@ -989,7 +989,14 @@ impl MetaStore {
                 }],
             )
             .await?;
-        Ok(self.leader().await?.as_deref() == Some(me))
+        // Ours only under our own lease: another process with the same
+        // address (a misconfiguration, or this process's predecessor whose
+        // lease has not expired yet) does not make this one the leader.
+        Ok(self
+            .kv
+            .get(&key)
+            .await?
+            .is_some_and(|kv| kv.value == me.as_bytes() && kv.lease == lease))
     }
 
     pub async fn leader(&self) -> Result<Option<String>> {
@@ -1400,6 +1407,10 @@ mod tests {
         let l2 = s.grant_lease(Duration::from_secs(10)).await.unwrap();
         assert!(s.campaign("m1", l1).await.unwrap());
         assert!(!s.campaign("m2", l2).await.unwrap());
+        // The same name under another lease (a second process given the
+        // same address, or a restarted one while its predecessor's lease
+        // lives) does not lead.
+        assert!(!s.campaign("m1", l2).await.unwrap());
         s.kv().revoke(l1).await.unwrap();
         assert!(s.campaign("m2", l2).await.unwrap());
     }

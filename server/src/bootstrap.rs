@@ -118,7 +118,15 @@ pub(crate) async fn serve(
     let pg_addr = pg_listener
         .local_addr()
         .map_err(startup("reading the PostgreSQL address"))?;
-    let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
+    // Standalone answers `Route` with its own address; listening on all
+    // interfaces without an advertised address (as in a container) keeps
+    // the listen address, which clients on this host can still reach.
+    let advertise = config.server.advertised(grpc_addr).unwrap_or_else(|e| {
+        if role == "standalone" {
+            tracing::warn!("{e}; Route answers name {grpc_addr}");
+        }
+        (grpc_addr.ip().to_string(), grpc_addr.port())
+    });
     let storage =
         StorageServiceImpl::new(query.clone(), advertise, config.server.auto_create_table)
             .with_max_decoded(config.server.max_decoded());
@@ -244,13 +252,10 @@ pub async fn run_cluster(
         .http
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let advertise = config.server.advertise_addr.unwrap_or(grpc_addr);
-    if advertise.ip().is_unspecified() || advertise.port() == 0 {
-        return Err(Error::InvalidArgument(format!(
-            "the advertised address {advertise} is not one peers can reach: set server.advertise_addr \
-             (or --advertise-addr) to this instance's address, or listen on a specific one"
-        )));
-    }
+    let (host, port) = config
+        .server
+        .advertised(grpc_addr)
+        .map_err(Error::InvalidArgument)?;
     let secret = config.server.cluster_secret.clone();
     if secret.is_none() {
         tracing::error!(
@@ -269,8 +274,8 @@ pub async fn run_cluster(
         Arc::new(MetaCatalog::new(meta.clone())),
     )?;
     let cluster = Cluster::new(
-        advertise.to_string(),
-        http_addr.to_string(),
+        format!("{host}:{port}"),
+        format!("{host}:{}", http_addr.port()),
         meta,
         engine.clone(),
         Arc::new(storage::ConfiguredWal(config.clone())),

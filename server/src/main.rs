@@ -32,6 +32,10 @@ struct Listen {
     /// PostgreSQL wire protocol listen address (default 127.0.0.1:5433).
     #[arg(long)]
     pg_addr: Option<std::net::SocketAddr>,
+    /// The gRPC address others reach this instance at, `host:port` (a DNS
+    /// name or an IP): needed when listening on 0.0.0.0 in a cluster.
+    #[arg(long)]
+    advertise_addr: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -59,9 +63,21 @@ enum Command {
         grpc_addr: std::net::SocketAddr,
         #[arg(long, default_value = "127.0.0.1:5450")]
         http_addr: std::net::SocketAddr,
+        /// The gRPC address other meta processes and the instances reach
+        /// this one at, `host:port` (a DNS name or an IP); defaults to
+        /// --grpc-addr, which must then not be 0.0.0.0.
+        #[arg(long)]
+        advertise_addr: Option<String>,
         /// Start and supervise a local etcd under the data dir.
         #[arg(long, conflicts_with = "etcd")]
         embedded_etcd: bool,
+        /// With --embedded-etcd: the hosts of every meta process, `host,…`,
+        /// whose embedded etcds form one cluster (ports 2379 and 2380 on
+        /// the IP of --grpc-addr); this process's is the host of
+        /// --advertise-addr. Without it the embedded etcd is a single
+        /// member on loopback.
+        #[arg(long, value_delimiter = ',', requires = "embedded_etcd")]
+        etcd_peers: Vec<String>,
         /// External etcd endpoints, `host:port,…`.
         #[arg(long, value_delimiter = ',')]
         etcd: Vec<String>,
@@ -97,6 +113,13 @@ enum Command {
         /// their leaders only for the rows not flushed yet.
         #[arg(long, value_enum, default_value = "data")]
         role: strata_server::bootstrap::Role,
+    },
+    /// Exit 0 when a Strata process's `GET /health` answers 200 (for
+    /// container health checks, which have no curl).
+    Health {
+        /// Its HTTP address (an instance's 5440, meta's 5450).
+        #[arg(default_value = "127.0.0.1:5440")]
+        addr: String,
     },
     /// Administer a cluster through meta's HTTP API.
     Admin {
@@ -288,12 +311,34 @@ mod humantime_serde_opt {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// `strata health`: one `GET /health`, with a 3 s limit.
+async fn health(addr: &str) -> Result<(), String> {
+    match tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        http(addr, "GET", "/health", None),
+    )
+    .await
+    {
+        // An instance that lost acknowledged records answers 200 with
+        // DEGRADED (it serves on); a health check should flag it.
+        Ok(Ok((200, body))) if body.contains("DEGRADED") => {
+            Err(format!("{addr}/health: {}", body.trim()))
+        }
+        Ok(Ok((200, _))) => Ok(()),
+        Ok(Ok((code, body))) => Err(format!("{addr}/health answered {code}: {}", body.trim())),
+        Ok(Err(e)) => Err(e.replace("cannot reach meta at", "cannot reach")),
+        Err(_) => Err(format!("{addr}/health did not answer within 3 s")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn meta(
     config: Option<PathBuf>,
     data_dir: PathBuf,
     grpc_addr: std::net::SocketAddr,
     http_addr: std::net::SocketAddr,
-    embedded_etcd: bool,
+    advertise_addr: Option<String>,
+    embedded_etcd: Option<Vec<String>>,
     etcd: Vec<String>,
     shard_count: Option<u64>,
     replicas: Option<u64>,
@@ -301,7 +346,7 @@ async fn meta(
     startup_grace: Option<std::time::Duration>,
 ) -> Result<(), String> {
     use strata_meta::{
-        server::{EtcdSource, MetaServerConfig},
+        server::{EtcdMembers, EtcdSource, MetaServerConfig},
         service::MetaOptions,
     };
     init_logging("info");
@@ -312,8 +357,49 @@ async fn meta(
         .map_err(|e| format!("{}: {e}", p.display()))?,
         None => MetaFile::default(),
     };
-    let etcd = if embedded_etcd {
-        EtcdSource::Embedded
+    let me = advertise_addr.unwrap_or_else(|| grpc_addr.to_string());
+    let (my_host, _) = strata_server::config::split_host_port(&me)
+        .ok_or_else(|| format!("--advertise-addr {me:?} is not host:port"))?;
+    if my_host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+    {
+        return Err(format!(
+            "meta's address {me} is not one others can reach: give --advertise-addr HOST:PORT"
+        ));
+    }
+    let etcd = if let Some(peers) = embedded_etcd {
+        if peers.is_empty() {
+            EtcdSource::Embedded(None)
+        } else {
+            let mut seen = std::collections::BTreeSet::new();
+            for p in &peers {
+                // Bare hosts: the ports are etcd's 2379 and 2380.
+                let valid = strata_server::config::split_host_port(&format!("{p}:1"))
+                    .is_some_and(|(h, _)| h == *p);
+                if !valid {
+                    return Err(format!(
+                        "--etcd-peers: {p:?} is not a host name or IP (no port: the members use 2379 and 2380)"
+                    ));
+                }
+                if !seen.insert(p.to_ascii_lowercase()) {
+                    return Err(format!("--etcd-peers names {p} twice"));
+                }
+            }
+            if !peers.contains(&my_host) {
+                return Err(format!(
+                    "--etcd-peers {} does not name this process's host {my_host} (from --advertise-addr)",
+                    peers.join(",")
+                ));
+            }
+            EtcdSource::Embedded(Some(EtcdMembers {
+                me: my_host.clone(),
+                peers,
+                listen_ip: grpc_addr.ip(),
+            }))
+        }
     } else if !etcd.is_empty() {
         EtcdSource::External(etcd)
     } else if let Some(e) = file.etcd.clone().filter(|e| !e.is_empty()) {
@@ -321,7 +407,7 @@ async fn meta(
     } else {
         return Err("give --embedded-etcd or --etcd HOST:PORT,…".to_string());
     };
-    let mut options = MetaOptions::new(grpc_addr.to_string());
+    let mut options = MetaOptions::new(me);
     if let Some(n) = shard_count.or(file.shard_count) {
         if n == 0 {
             return Err("--shard-count must be at least 1".to_string());
@@ -657,6 +743,9 @@ fn load_config(
     if let Some(a) = listen.pg_addr {
         cfg.server.pg_addr = a;
     }
+    if let Some(a) = listen.advertise_addr {
+        cfg.server.advertise_addr = Some(a);
+    }
     Ok(cfg)
 }
 
@@ -716,7 +805,9 @@ async fn main() -> ExitCode {
             data_dir,
             grpc_addr,
             http_addr,
+            advertise_addr,
             embedded_etcd,
+            etcd_peers,
             etcd,
             shard_count,
             replicas,
@@ -728,7 +819,8 @@ async fn main() -> ExitCode {
                 data_dir,
                 grpc_addr,
                 http_addr,
-                embedded_etcd,
+                advertise_addr,
+                embedded_etcd.then_some(etcd_peers),
                 etcd,
                 shard_count,
                 replicas,
@@ -744,6 +836,7 @@ async fn main() -> ExitCode {
             listen,
             role,
         } => server(config, meta, data_dir, listen, role).await,
+        Command::Health { addr } => health(&addr).await,
         Command::Admin { meta, command } => admin(meta, command).await,
         Command::Sql {
             endpoint,

@@ -50,8 +50,12 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// PostgreSQL wire protocol listen address.
     pub pg_addr: SocketAddr,
-    /// The address `Route` tells clients to use; defaults to `grpc_addr`.
-    pub advertise_addr: Option<SocketAddr>,
+    /// The gRPC address peers, meta and `Route` answers use for this
+    /// instance, `host:port` (a DNS name or an IP); defaults to `grpc_addr`.
+    /// Needed when listening on all interfaces (`0.0.0.0`), as in a
+    /// container. The HTTP endpoint meta lists is this host with
+    /// `http_addr`'s port.
+    pub advertise_addr: Option<String>,
     /// Where local data lives (WAL and SSTs in standalone mode).
     pub data_dir: PathBuf,
     /// Create a table on the first gRPC write to it.
@@ -87,6 +91,30 @@ pub struct ServerConfig {
 pub const DEFAULT_REQUEST_LIMIT: u64 = 64 << 20;
 
 impl ServerConfig {
+    /// The advertised gRPC address (`advertise_addr`, else the bound gRPC
+    /// address) as `(host, port)`, refused when peers could not reach it:
+    /// an unspecified IP (`0.0.0.0`, `::`) or port 0.
+    pub fn advertised(&self, grpc: SocketAddr) -> Result<(String, u16), String> {
+        let text = self
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| grpc.to_string());
+        let (host, port) = split_host_port(&text)
+            .ok_or_else(|| format!("the advertised address {text:?} is not host:port"))?;
+        let unspecified = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_unspecified());
+        if unspecified || port == 0 {
+            return Err(format!(
+                "the advertised address {text} is not one peers can reach: set server.advertise_addr \
+                 (or --advertise-addr) to this instance's address, or listen on a specific one"
+            ));
+        }
+        Ok((host, port))
+    }
+
     /// [`Self::max_body_size`] as a `usize`.
     pub fn max_body(&self) -> usize {
         usize::try_from(self.max_body_size).unwrap_or(usize::MAX)
@@ -499,10 +527,69 @@ impl Config {
     }
 }
 
+/// Splits `host:port` (`[v6]:port` too); `None` unless the port is a
+/// number and the host is not empty.
+pub fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = text.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    if host.is_empty() || host.contains('/') || host.chars().any(char::is_whitespace) {
+        return None;
+    }
+    // An IPv6 address only in brackets (`[::1]:8831`), as URLs need it.
+    let bracketed = host.starts_with('[') && host.ends_with(']') && host.len() > 2;
+    let inner = if bracketed {
+        &host[1..host.len() - 1]
+    } else {
+        host
+    };
+    if inner.contains(['[', ']']) || (!bracketed && host.contains(':')) {
+        return None;
+    }
+    if bracketed && inner.parse::<std::net::Ipv6Addr>().is_err() {
+        return None;
+    }
+    Some((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_advertised_address_may_be_a_name_but_not_unspecified() {
+        let grpc: SocketAddr = "0.0.0.0:8831".parse().unwrap();
+        let mut c = ServerConfig::default();
+        assert!(c.advertised(grpc).is_err(), "0.0.0.0 cannot be reached");
+        c.advertise_addr = Some("server1.strata.svc:8831".to_string());
+        assert_eq!(
+            c.advertised(grpc).unwrap(),
+            ("server1.strata.svc".to_string(), 8831)
+        );
+        c.advertise_addr = Some("[::1]:9000".to_string());
+        assert_eq!(c.advertised(grpc).unwrap(), ("[::1]".to_string(), 9000));
+        for bad in [
+            "server1",
+            "server1:",
+            ":8831",
+            "a b:1",
+            "x:70000",
+            "[::]:1",
+            "h:0",
+            "::1:8831",
+            "[::1:8831",
+            "[]:1",
+            "[x]:1",
+        ] {
+            c.advertise_addr = Some(bad.to_string());
+            assert!(c.advertised(grpc).is_err(), "{bad} must be refused");
+        }
+        c.advertise_addr = None;
+        assert_eq!(
+            c.advertised("127.0.0.5:1".parse().unwrap()).unwrap(),
+            ("127.0.0.5".to_string(), 1)
+        );
+    }
 
     #[test]
     fn env_overrides_file_and_defaults_fill_the_rest() {

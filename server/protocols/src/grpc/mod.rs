@@ -8,7 +8,7 @@
 
 pub mod write;
 
-use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Instant};
+use std::{pin::Pin, sync::Arc, time::Instant};
 
 use futures::{Stream, StreamExt};
 use strata_engine::{catalog::DEFAULT_DATABASE, Engine, ErrorKind};
@@ -82,15 +82,15 @@ fn database(ctx: &Option<RequestContext>) -> String {
 #[derive(Clone)]
 pub struct StorageServiceImpl {
     query: QueryEngine,
-    /// The address clients are told to use for this node.
-    advertise: SocketAddr,
+    /// The address clients are told to use for this node: host and port.
+    advertise: (String, u16),
     auto_create_table: bool,
     /// The most a request's compressed payload may decode to.
     max_decoded: usize,
 }
 
 impl StorageServiceImpl {
-    pub fn new(query: QueryEngine, advertise: SocketAddr, auto_create_table: bool) -> Self {
+    pub fn new(query: QueryEngine, advertise: (String, u16), auto_create_table: bool) -> Self {
         Self {
             query,
             advertise,
@@ -430,8 +430,8 @@ impl StorageService for StorageServiceImpl {
             .map(|table| Route {
                 table,
                 endpoint: Some(Endpoint {
-                    ip: self.advertise.ip().to_string(),
-                    port: u32::from(self.advertise.port()),
+                    ip: self.advertise.0.clone(),
+                    port: u32::from(self.advertise.1),
                 }),
                 shard_id: strata_engine::STANDALONE_SHARD.0,
                 shard_version: 1,
