@@ -17,14 +17,14 @@ use std::{
     path::PathBuf,
     process::Command,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use strata_client::Client;
-use strata_integration_tests::{http_get, http_request, strata_binary};
+use strata_integration_tests::{http_get, http_request, query, strata_binary};
 
 use crate::cluster::check_exactly_once;
 
@@ -398,15 +398,16 @@ impl Drop for Compose {
     }
 }
 
-/// Writes single rows through every server (whichever answers), one id per
-/// attempt with a timeout; an attempt that fails or times out is not
-/// retried with its id, so a loss or a duplicate shows in the ledger.
+/// Writes single rows through every server at once (a task per server, so
+/// that a dead or cut-off one does not slow the others), one id per attempt
+/// with a timeout; an attempt that fails or times out is not retried with
+/// its id, so a loss or a duplicate shows in the ledger.
 struct LedgerWriter {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<BTreeSet<i64>>>,
     /// Writes acknowledged by each server.
     by_server: Arc<Mutex<Vec<usize>>>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl LedgerWriter {
@@ -415,35 +416,43 @@ impl LedgerWriter {
         let acked = Arc::new(Mutex::new(BTreeSet::new()));
         let servers = clients.lock().unwrap().len();
         let by_server = Arc::new(Mutex::new(vec![0; servers]));
-        let next = Arc::new(AtomicUsize::new(0));
-        let task = {
-            let (stop, acked, by_server) = (stop.clone(), acked.clone(), by_server.clone());
-            tokio::spawn(async move {
-                let mut n = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let i = next.fetch_add(1, Ordering::Relaxed) % servers;
-                    let client = clients.lock().unwrap()[i].clone();
-                    let sql = format!(
-                        "INSERT INTO {table} (n, ts) VALUES ({n}, {})",
-                        1_700_000_000_000i64 + n
-                    );
-                    match tokio::time::timeout(Duration::from_secs(5), client.sql("", &sql)).await {
-                        Ok(Ok(_)) => {
-                            acked.lock().unwrap().insert(n);
-                            by_server.lock().unwrap()[i] += 1;
+        let next = Arc::new(AtomicI64::new(0));
+        let tasks = (0..servers)
+            .map(|i| {
+                let (stop, acked, by_server, clients, next) = (
+                    stop.clone(),
+                    acked.clone(),
+                    by_server.clone(),
+                    clients.clone(),
+                    next.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = next.fetch_add(1, Ordering::Relaxed) + 1;
+                        let client = clients.lock().unwrap()[i].clone();
+                        let sql = format!(
+                            "INSERT INTO {table} (n, ts) VALUES ({n}, {})",
+                            1_700_000_000_000i64 + n
+                        );
+                        match tokio::time::timeout(Duration::from_secs(5), client.sql("", &sql))
+                            .await
+                        {
+                            Ok(Ok(_)) => {
+                                acked.lock().unwrap().insert(n);
+                                by_server.lock().unwrap()[i] += 1;
+                            }
+                            _ => tokio::time::sleep(Duration::from_millis(50)).await,
                         }
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                        tokio::time::sleep(Duration::from_millis(5)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                })
             })
-        };
+            .collect();
         Self {
             stop,
             acked,
             by_server,
-            task,
+            tasks,
         }
     }
 
@@ -466,7 +475,9 @@ impl LedgerWriter {
 
     async fn finish(self) -> BTreeSet<i64> {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
         let acked = self.acked.lock().unwrap().clone();
         acked
     }
@@ -493,6 +504,34 @@ async fn wait_cluster(c: &Compose, servers: usize, timeout: Duration) {
             c.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Drops every table of `public`, and waits until no server lists one
+/// (a drop reaches the other instances' catalogs a moment later).
+async fn empty_public(clients: &[Client], c: &Compose) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut left = Vec::new();
+        for client in clients {
+            for row in query(client, "SHOW TABLES").await {
+                left.push(row[0].clone());
+            }
+        }
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tables not dropped: {left:?}; logs:\n{}",
+            c.logs()
+        );
+        for table in left {
+            let _ = clients[0]
+                .sql("", &format!("DROP TABLE IF EXISTS \"{table}\""))
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -571,8 +610,8 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // The sqllogictest files, each through a different server; the tables
-    // a file creates are dropped first, since files share names.
+    // The sqllogictest files, each through a different server, each on an
+    // empty `public` (the tables of the file before are dropped first).
     let mut clients = Vec::new();
     for s in SERVERS {
         clients.push(
@@ -584,11 +623,7 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
     let mut failures = Vec::new();
     for (i, file) in crate::sqllogic::slt_files().into_iter().enumerate() {
         let client = clients[i % clients.len()].clone();
-        for table in crate::sqllogic::tables_created(&file) {
-            let _ = client
-                .sql("", &format!("DROP TABLE IF EXISTS {table}"))
-                .await;
-        }
+        empty_public(&clients, &c).await;
         failures.extend(
             crate::sqllogic::run_file(&file, client, false, &["cluster"], || c.logs()).await,
         );

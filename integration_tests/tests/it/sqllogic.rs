@@ -51,29 +51,6 @@ pub(crate) async fn run_file(
     }
 }
 
-/// The tables a file creates (`CREATE TABLE [IF NOT EXISTS] name`), for
-/// running several files on one cluster.
-pub(crate) fn tables_created(file: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(file).expect("slt file");
-    let mut names = Vec::new();
-    for line in text.lines() {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-        if upper.len() >= 3 && upper[0] == "CREATE" && upper[1] == "TABLE" {
-            let at = if upper.len() > 5 && upper[2] == "IF" && upper[3] == "NOT" {
-                5
-            } else {
-                2
-            };
-            let name = words[at].split('(').next().unwrap_or("");
-            if !name.is_empty() && !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
-        }
-    }
-    names
-}
-
 fn assert_all_passed(failures: &[String]) {
     assert!(
         failures.is_empty(),
