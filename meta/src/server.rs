@@ -145,10 +145,19 @@ impl EmbeddedEtcd {
         };
         cmd.arg("--data-dir")
             .arg(&dir)
+            // Meta rewrites node records at every heartbeat: without
+            // compaction etcd's history grows until its space quota stops
+            // every write.
+            .arg("--auto-compaction-mode=periodic")
+            .arg("--auto-compaction-retention=1h")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().map_err(io("etcd.log"))?)
             .stderr(log)
             .kill_on_drop(true);
+        if cfg!(target_arch = "aarch64") {
+            // etcd 3.4 (Debian bookworm's) refuses to start on arm64 without it.
+            cmd.env("ETCD_UNSUPPORTED_ARCH", "arm64");
+        }
         let endpoint = match members {
             Some(m) => {
                 cmd.args(m.args());
@@ -309,8 +318,28 @@ pub async fn run(config: MetaServerConfig, shutdown: impl Future<Output = ()>) -
     });
     tracing::info!(grpc = %config.grpc_addr, http = %config.http_addr, etcd = ?endpoints,
         "Strata meta is serving");
-    shutdown.await;
-    tracing::info!("shutting down");
+    // Meta without its embedded etcd would go on answering from the other
+    // members (or not at all) while the member is gone: exit instead, so
+    // that a supervisor restarts both.
+    let mut embedded = embedded;
+    let etcd_exit = async {
+        match embedded.as_mut() {
+            Some(etcd) => etcd.child.wait().await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    let etcd_died = tokio::select! {
+        () = shutdown => None,
+        status = etcd_exit => Some(status),
+    };
+    if let Some(status) = &etcd_died {
+        tracing::error!(
+            ?status,
+            "the embedded etcd exited; stopping (see etcd.log in the data directory)"
+        );
+    } else {
+        tracing::info!("shutting down");
+    }
     leader_loop.abort();
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -321,5 +350,11 @@ pub async fn run(config: MetaServerConfig, shutdown: impl Future<Output = ()>) -
     if let Some(etcd) = embedded {
         etcd.stop(&config.data_dir).await;
     }
-    Ok(())
+    match etcd_died {
+        Some(status) => Err(Error::Invalid(format!(
+            "the embedded etcd exited ({status:?}); see {}",
+            config.data_dir.join("etcd.log").display()
+        ))),
+        None => Ok(()),
+    }
 }

@@ -468,6 +468,42 @@ async fn write_and_count(client: &Client, table: &str, n: i64) -> Result<i64, St
     }
 }
 
+/// Meta exits when its embedded etcd dies (kill -9 of the etcd child), so
+/// that a supervisor (Kubernetes, Docker's restart policy) restarts both,
+/// instead of serving on without its member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meta_exits_when_its_embedded_etcd_dies() {
+    let mut c = TestCluster::start(ClusterOptions {
+        embedded_etcd: true,
+        servers: 1,
+        ..ClusterOptions::default()
+    })
+    .await;
+    let pid = std::fs::read_to_string(c.metas[0].data_dir.join("etcd.pid"))
+        .expect("etcd.pid")
+        .trim()
+        .to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c.metas[0].is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "meta outlived its embedded etcd; its log:\n{}",
+            c.metas[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        c.metas[0].log_count("the embedded etcd exited") > 0,
+        "{}",
+        c.metas[0].log_tail()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_serve_for_60s_without_etcd_and_meta_then_reconcile_and_rebuild() {
     // Meta with its own embedded etcd: stopping it stops etcd too, without
