@@ -125,6 +125,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 {{- end }}
+{{- if and (not (kindIs "invalid" .Values.meta.config.cluster)) (not (regexMatch "^[A-Za-z0-9._-]+$" (toString .Values.meta.config.cluster))) }}
+{{- fail (printf "\n\nstrata: meta.config.cluster is %q: it names the Kafka topics ({kafka.topicPrefix}-{cluster}-shard-{id}) and the S3 paths, so it must be non-empty and use only letters, digits, '.', '_' and '-'." (toString .Values.meta.config.cluster)) }}
+{{- end }}
 {{- if not (has (toString .Values.meta.podAntiAffinity) (list "preferred" "required" "none" "")) }}
 {{- fail "\n\nstrata: meta.podAntiAffinity must be preferred, required or none." }}
 {{- end }}
@@ -299,4 +302,66 @@ securityContext:
 - 0.0.0.0:5440
 - --pg-addr
 - 0.0.0.0:5433
+{{- end }}
+
+{{/*
+The cluster name: meta's etcd key prefix (meta.toml `cluster`) and the
+instances' [engine] cluster (Kafka topics, S3 paths). Null: meta's default.
+*/}}
+{{- define "strata.clusterName" -}}
+{{- if kindIs "invalid" .Values.meta.config.cluster }}strata{{ else }}{{ toString .Values.meta.config.cluster }}{{ end }}
+{{- end }}
+
+{{/*
+A Strata size ("2GB", "512MiB", "1g", bytes; K/M/G are powers of 1024 in
+any spelling) in bytes, or "" when it does not parse.
+*/}}
+{{- define "strata.sizeBytes" -}}
+{{- $s := trim (toString .) }}
+{{- $re := "^([0-9]+(?:\\.[0-9]+)?)\\s*([A-Za-z]*)$" }}
+{{- if regexMatch $re $s }}
+{{- $num := regexReplaceAll $re $s "${1}" }}
+{{- $unit := lower (regexReplaceAll $re $s "${2}") }}
+{{- $mult := dict "" 1 "b" 1 "k" 1024 "kb" 1024 "kib" 1024 "m" 1048576 "mb" 1048576 "mib" 1048576 "g" 1073741824 "gb" 1073741824 "gib" 1073741824 }}
+{{- if hasKey $mult $unit }}{{ printf "%.0f" (mulf (float64 $num) (get $mult $unit)) }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Kubernetes quantity ("20Gi", "20G", bytes) in bytes, or "" when it does
+not parse.
+*/}}
+{{- define "strata.quantityBytes" -}}
+{{- $s := trim (toString .) }}
+{{- $re := "^([0-9]+(?:\\.[0-9]+)?)(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$" }}
+{{- if regexMatch $re $s }}
+{{- $num := regexReplaceAll $re $s "${1}" }}
+{{- $unit := regexReplaceAll $re $s "${2}" }}
+{{- $mult := dict "" 1.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 }}
+{{- printf "%.0f" (mulf (float64 $num) (get $mult $unit)) }}
+{{- end }}
+{{- end }}
+
+{{/* compute.config.cacheDiskSize as set ("" when null or empty). */}}
+{{- define "strata.compute.cacheDiskSize" -}}
+{{- $v := (.Values.compute.config | default dict).cacheDiskSize }}
+{{- if not (kindIs "invalid" $v) }}{{ toString $v }}{{ end }}
+{{- end }}
+
+{{/* Compute checks: the disk cache must fit in the compute emptyDir. */}}
+{{- define "strata.validateCompute" -}}
+{{- $v := .Values.compute }}
+{{- $size := include "strata.compute.cacheDiskSize" . }}
+{{- $from := "compute.config.cacheDiskSize" }}
+{{- if not $size }}
+{{- $size = toString .Values.server.config.cacheDiskSize }}
+{{- $from = "server.config.cacheDiskSize (compute.config.cacheDiskSize is unset)" }}
+{{- end }}
+{{- if $v.cacheSizeLimit }}
+{{- $cache := include "strata.sizeBytes" $size }}
+{{- $limit := include "strata.quantityBytes" $v.cacheSizeLimit }}
+{{- if and $cache $limit (gt (float64 $cache) (float64 $limit)) }}
+{{- fail (printf "\n\nstrata: the compute servers' disk cache, %s = %s (%s bytes; Strata's KB/MB/GB are powers of 1024), exceeds compute.cacheSizeLimit = %s (%s bytes), the size limit of their emptyDir: the kubelet would evict the pods once the cache fills. Lower compute.config.cacheDiskSize or raise compute.cacheSizeLimit." $from $size $cache (toString $v.cacheSizeLimit) $limit) }}
+{{- end }}
+{{- end }}
 {{- end }}
