@@ -23,6 +23,28 @@ const MERGE_TAIL_CHUNKS: usize = 32;
 /// A chunk with fewer rows than this counts as small.
 const SMALL_CHUNK_ROWS: usize = 4096;
 
+/// The bytes a batch's rows occupy, as the memtable and the write buffer
+/// count them.
+///
+/// Not `RecordBatch::get_array_memory_size`: that adds up each buffer's
+/// whole allocation, and the columns of a batch decoded from Arrow IPC (a
+/// write forwarded from another instance) all slice one message body, so it
+/// counted that body once per column. A partition's memtable then reached
+/// its `write_buffer_size` at a twentieth of its real size and flushed tiny
+/// SSTs every second (seen as a 2-instance ingest spending its CPU on
+/// flushes and compactions).
+pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            data.get_slice_memory_size()
+                .unwrap_or_else(|_| c.get_array_memory_size())
+        })
+        .sum()
+}
+
 /// One memtable of one table.
 #[derive(Debug)]
 pub struct Memtable {
@@ -74,7 +96,7 @@ impl Memtable {
                 "memtable insert with a mismatched schema".to_string(),
             ));
         }
-        let size = batch.get_array_memory_size();
+        let size = batch_bytes(&batch);
         let rows = batch.num_rows();
         {
             let mut chunks = self.chunks.lock();
@@ -206,5 +228,65 @@ impl Memtable {
             *kept.first_write.lock() = Some(t);
         }
         Ok((!kept.is_empty()).then_some(kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+
+    use arrow::{
+        array::{Float64Array, Int64Array, StringArray},
+        datatypes::{DataType, Field, Schema},
+        ipc::{reader::StreamReader, writer::StreamWriter},
+    };
+
+    use super::*;
+
+    /// A batch decoded from Arrow IPC counts what its rows occupy, as the
+    /// same batch built in memory does, not its message body once per column.
+    #[test]
+    fn a_batch_decoded_from_ipc_counts_its_rows_once() {
+        let n = 10_000;
+        let mut fields = vec![Field::new("host", DataType::Utf8, false)];
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![Arc::new(StringArray::from(
+            (0..n)
+                .map(|i| format!("host_{}", i % 100))
+                .collect::<Vec<_>>(),
+        ))];
+        for c in 0..20 {
+            fields.push(Field::new(format!("f{c}"), DataType::Float64, false));
+            columns.push(Arc::new(Float64Array::from(
+                (0..n).map(|i| i as f64 * 0.5).collect::<Vec<_>>(),
+            )));
+        }
+        fields.push(Field::new("ts", DataType::Int64, false));
+        columns.push(Arc::new(Int64Array::from(
+            (0..n as i64).collect::<Vec<_>>(),
+        )));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let local = batch_bytes(&batch);
+
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        let decoded: Vec<RecordBatch> = StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap()
+            .map(|b| b.unwrap())
+            .collect();
+        let remote = batch_bytes(&decoded[0]);
+        // 21 columns sharing one body: the old count was ~21x.
+        assert!(
+            decoded[0].get_array_memory_size() > 10 * local,
+            "the decoded columns share one body"
+        );
+        assert!(
+            remote <= local + local / 10 && remote + remote / 10 >= local,
+            "decoded {remote} bytes vs {local} built in memory"
+        );
     }
 }
