@@ -3,12 +3,13 @@
 //! deduplication happen at flush and, for queries, at scan time.
 
 use std::{
+    collections::HashMap,
     sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering},
     time::Instant,
 };
 
 use arrow::{
-    array::AsArray,
+    array::{make_array, ArrayData, AsArray, MutableArrayData},
     compute::concat_batches,
     datatypes::{SchemaRef, TimestampMillisecondType, UInt64Type},
     record_batch::RecordBatch,
@@ -33,7 +34,7 @@ const SMALL_CHUNK_ROWS: usize = 4096;
 /// its `write_buffer_size` at a twentieth of its real size and flushed tiny
 /// SSTs every second (seen as a 2-instance ingest spending its CPU on
 /// flushes and compactions).
-pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
+pub fn batch_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
@@ -43,6 +44,62 @@ pub(crate) fn batch_bytes(batch: &RecordBatch) -> usize {
                 .unwrap_or_else(|_| c.get_array_memory_size())
         })
         .sum()
+}
+
+/// The bytes of memory `batch` keeps alive: each distinct allocation its
+/// buffers (null bitmaps and child arrays included) point into, once.
+/// Usually close to [`batch_bytes`]; much more when the batch slices a larger
+/// allocation, as one decoded from an Arrow IPC body with bytes no column
+/// refers to does.
+pub fn retained_bytes(batch: &RecordBatch) -> usize {
+    fn walk(data: &ArrayData, seen: &mut HashMap<usize, usize>) {
+        for buffer in data.buffers() {
+            let key = buffer.data_ptr().as_ptr() as usize;
+            let size = seen.entry(key).or_default();
+            *size = (*size).max(buffer.capacity());
+        }
+        if let Some(nulls) = data.nulls() {
+            let buffer = nulls.buffer();
+            let size = seen.entry(buffer.data_ptr().as_ptr() as usize).or_default();
+            *size = (*size).max(buffer.capacity());
+        }
+        for child in data.child_data() {
+            walk(child, seen);
+        }
+    }
+    let mut seen = HashMap::new();
+    for column in batch.columns() {
+        walk(&column.to_data(), &mut seen);
+    }
+    seen.values().sum()
+}
+
+/// Memory a batch may keep alive beyond what its rows occupy before the
+/// memtable copies its rows out: twice their size (what a growing builder
+/// leaves) plus this.
+const RETAINED_SLACK: usize = 64 << 10;
+
+/// `batch` with each column copied into buffers of its own, so that it no
+/// longer keeps a larger allocation alive.
+fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let data = c.to_data();
+            let mut copy = MutableArrayData::new(vec![&data], false, data.len());
+            copy.try_extend(0, 0, data.len())
+                .map_err(|source| Error::Arrow {
+                    op: "copying a memtable chunk",
+                    source: Box::new(source),
+                })?;
+            Ok(make_array(copy.freeze()))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(batch.schema(), columns).map_err(|source| Error::Arrow {
+        op: "copying a memtable chunk",
+        source: Box::new(source),
+    })
 }
 
 /// One memtable of one table.
@@ -96,7 +153,17 @@ impl Memtable {
                 "memtable insert with a mismatched schema".to_string(),
             ));
         }
-        let size = batch_bytes(&batch);
+        let mut size = batch_bytes(&batch);
+        // Rows that slice a much larger allocation (a client's IPC body
+        // padded with bytes no column uses, a slice of a large request) are
+        // copied out, so that what the memtable counts is what it holds.
+        let batch = if retained_bytes(&batch) > 2 * size + RETAINED_SLACK {
+            let copy = compact(&batch)?;
+            size = batch_bytes(&copy);
+            copy
+        } else {
+            batch
+        };
         let rows = batch.num_rows();
         {
             let mut chunks = self.chunks.lock();
@@ -237,12 +304,120 @@ mod tests {
     use std::sync::Arc;
 
     use arrow::{
-        array::{Float64Array, Int64Array, StringArray},
+        array::{Float64Array, Int64Array, StringArray, TimestampMillisecondArray, UInt64Array},
         datatypes::{DataType, Field, Schema},
         ipc::{reader::StreamReader, writer::StreamWriter},
     };
 
     use super::*;
+
+    fn two_column_meta() -> Arc<TableMeta> {
+        use crate::{
+            catalog::TableEntry,
+            options::TableOptions,
+            schema::{ColumnSchema, ColumnType, TableSchema},
+        };
+        let columns = [("ts", ColumnType::Timestamp), ("v", ColumnType::Double)]
+            .into_iter()
+            .map(|(name, column_type)| ColumnSchema {
+                name: name.into(),
+                column_type,
+                is_tag: false,
+                nullable: false,
+                comment: String::new(),
+            })
+            .collect();
+        TableMeta::new(TableEntry {
+            id: strata_sst::TableId(1),
+            database: "public".into(),
+            name: "t".into(),
+            schema: TableSchema::try_new(columns, "ts", &[]).unwrap(),
+            options: TableOptions::default(),
+            shard: strata_sst::ShardId(0),
+            created_at_ms: 0,
+            partition: None,
+            partition_of: None,
+            revision: 0,
+            home: None,
+        })
+    }
+
+    /// `rows` rows in `meta`'s storage schema, sent through Arrow IPC (as
+    /// a client's or a forwarding instance's write arrives) and decoded.
+    fn decoded_from_ipc(meta: &TableMeta, rows: usize) -> RecordBatch {
+        let batch = RecordBatch::try_new(
+            meta.storage_schema.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(
+                    (0..rows as i64).collect::<Vec<_>>(),
+                )),
+                Arc::new(Float64Array::from(
+                    (0..rows).map(|i| i as f64).collect::<Vec<_>>(),
+                )),
+                Arc::new(UInt64Array::from(vec![1u64; rows])),
+            ],
+        )
+        .unwrap();
+        let mut ipc = Vec::new();
+        {
+            let mut w = StreamWriter::try_new(&mut ipc, &batch.schema()).unwrap();
+            w.write(&batch).unwrap();
+            w.finish().unwrap();
+        }
+        StreamReader::try_new(std::io::Cursor::new(ipc), None)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    /// A few rows that keep a much larger allocation alive (here a slice
+    /// of a decoded 1M-row IPC body; a client can send a body padded with
+    /// bytes no column refers to) are copied out on insert: the memtable
+    /// counts what it holds, and does not hold 24 MiB for 10 rows.
+    #[test]
+    fn rows_that_slice_a_larger_allocation_are_copied_out() {
+        let meta = two_column_meta();
+        let big = decoded_from_ipc(&meta, 1_000_000);
+        let few = big.slice(500, 10);
+        assert!(
+            retained_bytes(&few) >= 24_000_000,
+            "{}",
+            retained_bytes(&few)
+        );
+        let m = Memtable::new(meta.clone());
+        m.insert(few, 1, TimeRange::new(0, 1_000_000)).unwrap();
+        drop(big);
+        let held: usize = m.snapshot().iter().map(retained_bytes).sum();
+        assert!(held < 4096, "the memtable holds {held} bytes for 10 rows");
+        assert!(
+            m.bytes() <= held && m.bytes() >= 240,
+            "counted {}",
+            m.bytes()
+        );
+        let chunk = &m.snapshot()[0];
+        let v = chunk
+            .column(1)
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(
+            v.values().to_vec(),
+            (500..510).map(f64::from).collect::<Vec<_>>()
+        );
+    }
+
+    /// A whole decoded IPC body is kept as it is, without a copy.
+    #[test]
+    fn a_whole_ipc_body_is_not_copied() {
+        let meta = two_column_meta();
+        let batch = decoded_from_ipc(&meta, 100_000);
+        let ptr = batch.column(1).to_data().buffers()[0].as_ptr();
+        let m = Memtable::new(meta.clone());
+        m.insert(batch, 1, TimeRange::new(0, 100_000)).unwrap();
+        assert_eq!(
+            m.snapshot()[0].column(1).to_data().buffers()[0].as_ptr(),
+            ptr
+        );
+    }
 
     /// A batch decoded from Arrow IPC counts what its rows occupy, as the
     /// same batch built in memory does, not its message body once per column.

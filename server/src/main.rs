@@ -358,18 +358,8 @@ async fn meta(
         None => MetaFile::default(),
     };
     let me = advertise_addr.unwrap_or_else(|| grpc_addr.to_string());
-    let (my_host, _) = strata_server::config::split_host_port(&me)
-        .ok_or_else(|| format!("--advertise-addr {me:?} is not host:port"))?;
-    if my_host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified())
-    {
-        return Err(format!(
-            "meta's address {me} is not one others can reach: give --advertise-addr HOST:PORT"
-        ));
-    }
+    let (my_host, _) = strata_server::config::reachable_host_port(&me)
+        .map_err(|e| format!("meta's advertised address: {e}: give --advertise-addr HOST:PORT"))?;
     let etcd = if let Some(peers) = embedded_etcd {
         if peers.is_empty() {
             EtcdSource::Embedded(None)

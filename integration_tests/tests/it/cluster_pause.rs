@@ -5,106 +5,16 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
     time::{Duration, Instant},
 };
 
 use strata_integration_tests::{
     cluster::{ClusterOptions, TestCluster},
     exec,
+    ledger::LedgerWriter,
 };
 
 use crate::cluster::{ask_move, check_exactly_once, create_append, row, shard_of, wait_moved};
-
-/// Writes single rows with SQL INSERT through whichever instance is not
-/// paused (instances forward to the leader), one id per attempt, each with
-/// a timeout: an attempt that times out or fails is not retried with the
-/// same id, so a duplicate or a loss would show in the ledger.
-struct PauseWriter {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<i64>>>,
-    /// The server index not to send to (paused or killed); usize::MAX: none.
-    avoid: Arc<std::sync::atomic::AtomicUsize>,
-    last_ok: Arc<Mutex<Instant>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PauseWriter {
-    async fn start(c: &TestCluster, table: &'static str) -> Self {
-        let mut clients = Vec::new();
-        for s in &c.servers {
-            clients.push(s.client().await);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let avoid = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
-        let last_ok = Arc::new(Mutex::new(Instant::now()));
-        let task = {
-            let (stop, acked, avoid, last_ok) =
-                (stop.clone(), acked.clone(), avoid.clone(), last_ok.clone());
-            tokio::spawn(async move {
-                let mut n = 0i64;
-                while !stop.load(Ordering::Relaxed) {
-                    n += 1;
-                    let mut i = (n as usize) % clients.len();
-                    if i == avoid.load(Ordering::Relaxed) {
-                        i = (i + 1) % clients.len();
-                    }
-                    let sql = format!(
-                        "INSERT INTO {table} (n, ts) VALUES ({n}, {})",
-                        1_700_000_000_000i64 + n
-                    );
-                    match tokio::time::timeout(Duration::from_secs(5), clients[i].sql("", &sql))
-                        .await
-                    {
-                        Ok(Ok(_)) => {
-                            acked.lock().unwrap().insert(n);
-                            *last_ok.lock().unwrap() = Instant::now();
-                        }
-                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
-        Self {
-            stop,
-            acked,
-            avoid,
-            last_ok,
-            task,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `more` further rows are acknowledged.
-    async fn progress(&self, more: usize, c: &TestCluster, what: &str) {
-        let target = self.acked() + more;
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while self.acked() < target {
-            assert!(
-                Instant::now() < deadline,
-                "writes made no progress ({what}); logs:\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finish(self) -> BTreeSet<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let acked = self.acked.lock().unwrap().clone();
-        let _ = self.last_ok;
-        acked
-    }
-}
 
 /// What the leader is doing when it is paused.
 #[derive(Clone, Copy, Debug)]
@@ -164,13 +74,17 @@ async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, rep
     } else {
         None
     };
-    let writer = PauseWriter::start(&c, "p").await;
-    writer.progress(100, &c, "before the pause").await;
+    let mut clients = Vec::new();
+    for s in &c.servers {
+        clients.push(s.client().await);
+    }
+    let writer = LedgerWriter::start(clients, "p");
+    writer.progress(100, "before the pause", || c.logs()).await;
     if matches!(during, PauseDuring::Compaction) {
         // Something to compact: two more SSTs.
         let leader = c.servers[old].client().await;
         exec(&leader, "FLUSH TABLE p").await;
-        writer.progress(50, &c, "between flushes").await;
+        writer.progress(50, "between flushes", || c.logs()).await;
         exec(&leader, "FLUSH TABLE p").await;
     }
     // Start the flush or compaction on the leader; it stops at its
@@ -196,7 +110,7 @@ async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, rep
         }
     };
 
-    writer.avoid.store(old, Ordering::Relaxed);
+    writer.avoid(Some(old));
     c.servers[old].pause();
     // Past the TTL another instance takes the shard, and writes go on.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -213,7 +127,7 @@ async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, rep
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    writer.progress(100, &c, "on the new leader").await;
+    writer.progress(100, "on the new leader", || c.logs()).await;
     let (_, new) = shard_of(&c, "p").await;
     assert_ne!(new, old);
     if let Some(f) = follower {
@@ -236,7 +150,7 @@ async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, rep
             c.servers[old].log_tail()
         );
     }
-    writer.avoid.store(usize::MAX, Ordering::Relaxed);
+    writer.avoid(None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while c.servers[old].log_count("without a flush") == 0
         && c.servers[old].log_count("a newer owner took this shard over") == 0
@@ -251,24 +165,26 @@ async fn a_paused_leader_with_followers_commits_nothing(during: PauseDuring, rep
 
     // The new owner flushes, compacts and scans for orphans.
     writer
-        .progress(100, &c, "after the old leader resumed")
+        .progress(100, "after the old leader resumed", || c.logs())
         .await;
     let leader = c.servers[new].client().await;
     exec(&leader, "FLUSH TABLE p").await;
     writer
-        .progress(50, &c, "between flushes on the new leader")
+        .progress(50, "between flushes on the new leader", || c.logs())
         .await;
     exec(&leader, "FLUSH TABLE p").await;
     exec(&leader, "COMPACT TABLE p").await;
     // Two orphan scans' worth of time.
     tokio::time::sleep(Duration::from_secs(11)).await;
-    writer.progress(50, &c, "after the orphan scans").await;
+    writer
+        .progress(50, "after the orphan scans", || c.logs())
+        .await;
 
     // Kill the new owner; the shard moves again and replays.
-    writer.avoid.store(new, Ordering::Relaxed);
+    writer.avoid(Some(new));
     c.servers[new].kill9();
     writer
-        .progress(100, &c, "after kill -9 of the new leader")
+        .progress(100, "after kill -9 of the new leader", || c.logs())
         .await;
     let acked = writer.finish().await;
 

@@ -12,19 +12,17 @@
 //! per test; Docker's layer cache makes later runs take seconds).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::Command,
-    sync::{
-        atomic::{AtomicBool, AtomicI64, Ordering},
-        Arc, Mutex,
-    },
     time::{Duration, Instant},
 };
 
 use strata_client::Client;
-use strata_integration_tests::{http_get, http_request, query, strata_binary};
+use strata_integration_tests::{
+    http_get, http_request, ledger::LedgerWriter, query, strata_binary,
+};
 
 use crate::cluster::check_exactly_once;
 
@@ -398,91 +396,6 @@ impl Drop for Compose {
     }
 }
 
-/// Writes single rows through every server at once (a task per server, so
-/// that a dead or cut-off one does not slow the others), one id per attempt
-/// with a timeout; an attempt that fails or times out is not retried with
-/// its id, so a loss or a duplicate shows in the ledger.
-struct LedgerWriter {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<BTreeSet<i64>>>,
-    /// Writes acknowledged by each server.
-    by_server: Arc<Mutex<Vec<usize>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl LedgerWriter {
-    fn start(clients: Arc<Mutex<Vec<Client>>>, table: &'static str) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(BTreeSet::new()));
-        let servers = clients.lock().unwrap().len();
-        let by_server = Arc::new(Mutex::new(vec![0; servers]));
-        let next = Arc::new(AtomicI64::new(0));
-        let tasks = (0..servers)
-            .map(|i| {
-                let (stop, acked, by_server, clients, next) = (
-                    stop.clone(),
-                    acked.clone(),
-                    by_server.clone(),
-                    clients.clone(),
-                    next.clone(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        let n = next.fetch_add(1, Ordering::Relaxed) + 1;
-                        let client = clients.lock().unwrap()[i].clone();
-                        let sql = format!(
-                            "INSERT INTO {table} (n, ts) VALUES ({n}, {})",
-                            1_700_000_000_000i64 + n
-                        );
-                        match tokio::time::timeout(Duration::from_secs(5), client.sql("", &sql))
-                            .await
-                        {
-                            Ok(Ok(_)) => {
-                                acked.lock().unwrap().insert(n);
-                                by_server.lock().unwrap()[i] += 1;
-                            }
-                            _ => tokio::time::sleep(Duration::from_millis(50)).await,
-                        }
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                })
-            })
-            .collect();
-        Self {
-            stop,
-            acked,
-            by_server,
-            tasks,
-        }
-    }
-
-    fn acked(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    async fn progress(&self, more: usize, what: &str, c: &Compose) {
-        let target = self.acked() + more;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while self.acked() < target {
-            assert!(
-                Instant::now() < deadline,
-                "writes made no progress ({what}); logs:\n{}",
-                c.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn finish(self) -> BTreeSet<i64> {
-        self.stop.store(true, Ordering::Relaxed);
-        for task in self.tasks {
-            let _ = task.await;
-        }
-        let acked = self.acked.lock().unwrap().clone();
-        acked
-    }
-}
-
 const SERVERS: [&str; 3] = ["server1", "server2", "server3"];
 
 /// Waits until meta lists every server and every shard is served.
@@ -639,12 +552,11 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
     crate::cluster::create_append(&clients[0], "ledger").await;
     let (victim, _) = c.leader_of("ledger").await.expect("ledger's leader");
     let vi = SERVERS.iter().position(|s| *s == victim).expect("a server");
-    let shared = Arc::new(Mutex::new(clients.clone()));
-    let writer = LedgerWriter::start(shared.clone(), "ledger");
-    writer.progress(100, "before the kill", &c).await;
+    let writer = LedgerWriter::start(clients.clone(), "ledger");
+    writer.progress(100, "before the kill", || c.logs()).await;
     docker(&["kill", &c.container(&victim)]);
     let killed_at = Instant::now();
-    writer.progress(100, "after the kill", &c).await;
+    writer.progress(100, "after the kill", || c.logs()).await;
     let (now, _) = c.leader_of("ledger").await.expect("ledger's leader");
     assert_ne!(now, victim, "the killed leader still leads");
     eprintln!(
@@ -665,8 +577,8 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
         .await
         .expect("connect");
     clients[vi] = again.clone();
-    shared.lock().unwrap()[vi] = again;
-    writer.progress(50, "after the restart", &c).await;
+    writer.set_client(vi, again);
+    writer.progress(50, "after the restart", || c.logs()).await;
 
     // A network partition: the leader of `fenced`'s shard is cut off from
     // meta and etcd (the control network) but keeps Kafka and S3 (the data
@@ -675,8 +587,10 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
     crate::cluster::create_append(&clients[0], "fenced").await;
     let (cut, shard) = c.leader_of("fenced").await.expect("fenced's leader");
     let ci = SERVERS.iter().position(|s| *s == cut).expect("a server");
-    let fenced = LedgerWriter::start(shared.clone(), "fenced");
-    fenced.progress(100, "before the partition", &c).await;
+    let fenced = LedgerWriter::start(clients.clone(), "fenced");
+    fenced
+        .progress(100, "before the partition", || c.logs())
+        .await;
     docker(&[
         "network",
         "disconnect",
@@ -707,11 +621,13 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
     // nothing (each of its appends finds the new leader's fence), while
     // writes through the others go on.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    let acked_by_cut = fenced.by_server.lock().unwrap()[ci];
-    fenced.progress(100, "after the shard moved", &c).await;
+    let acked_by_cut = fenced.acked_by(ci);
+    fenced
+        .progress(100, "after the shard moved", || c.logs())
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        fenced.by_server.lock().unwrap()[ci],
+        fenced.acked_by(ci),
         acked_by_cut,
         "the partitioned instance, replaced, still acknowledged writes"
     );
@@ -735,7 +651,7 @@ async fn the_compose_cluster_serves_fails_over_and_fences_a_partitioned_leader()
     ]);
     wait_cluster(&c, 3, Duration::from_secs(120)).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while fenced.by_server.lock().unwrap()[ci] == acked_by_cut {
+    while fenced.acked_by(ci) == acked_by_cut {
         assert!(
             Instant::now() < deadline,
             "writes through the reconnected instance do not succeed; logs:\n{}",

@@ -87,6 +87,23 @@ pub struct ServerConfig {
     pub cluster_secret: Option<strata_meta::secret::ClusterSecret>,
 }
 
+/// `text` as `(host, port)` when it is an address peers could dial: not an
+/// unspecified IP (`0.0.0.0`, `::`) and not port 0. Instances and meta
+/// check what they advertise with it.
+pub fn reachable_host_port(text: &str) -> Result<(String, u16), String> {
+    let (host, port) =
+        split_host_port(text).ok_or_else(|| format!("the address {text:?} is not host:port"))?;
+    let unspecified = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if unspecified || port == 0 {
+        return Err(format!("the address {text} is not one peers can reach"));
+    }
+    Ok((host, port))
+}
+
 /// The default of each request size limit: 64 MiB.
 pub const DEFAULT_REQUEST_LIMIT: u64 = 64 << 20;
 
@@ -99,20 +116,12 @@ impl ServerConfig {
             .advertise_addr
             .clone()
             .unwrap_or_else(|| grpc.to_string());
-        let (host, port) = split_host_port(&text)
-            .ok_or_else(|| format!("the advertised address {text:?} is not host:port"))?;
-        let unspecified = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_unspecified());
-        if unspecified || port == 0 {
-            return Err(format!(
-                "the advertised address {text} is not one peers can reach: set server.advertise_addr \
-                 (or --advertise-addr) to this instance's address, or listen on a specific one"
-            ));
-        }
-        Ok((host, port))
+        reachable_host_port(&text).map_err(|e| {
+            format!(
+                "{e}: set server.advertise_addr (or --advertise-addr) to this instance's address, \
+                 or listen on a specific one"
+            )
+        })
     }
 
     /// [`Self::max_body_size`] as a `usize`.

@@ -314,11 +314,11 @@ fn all_of(results: Vec<Result<u64>>) -> Result<u64> {
     }
 }
 
-/// `batch` in slices of about `max_bytes` of Arrow memory each (at least
-/// one row per slice).
+/// `batch` in slices of about `max_bytes` of row data each (at least one
+/// row per slice).
 fn split(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
     let rows = batch.num_rows();
-    let bytes = batch.get_array_memory_size().max(1);
+    let bytes = strata_engine::memtable::batch_bytes(batch).max(1);
     if bytes <= max_bytes || rows <= 1 {
         return vec![batch.clone()];
     }
