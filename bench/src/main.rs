@@ -120,6 +120,18 @@ enum Command {
         #[arg(long, default_value_t = 5000)]
         batch: usize,
     },
+    /// Time one SQL statement (read from stdin) over gRPC `SqlQuery`, whose
+    /// answer is Arrow: one warm-up run, then `--runs` timed runs. Prints
+    /// `{"mean_ms", "median_ms", "p99_ms", "rows"}`.
+    Query {
+        /// Strata's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:8831")]
+        endpoint: String,
+        #[arg(long, default_value = "public")]
+        db: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
     /// Send a line-protocol file, or the dataset generated as it is sent
     /// (`--generate`, for runs too large for a file), to a `/write` URL.
     Load {
@@ -746,6 +758,40 @@ fn report(rows: usize, secs: f64, batches: usize, mut latencies: Vec<f64>) {
     );
 }
 
+/// `strata-bench query`: times the statement on stdin over gRPC.
+async fn query(
+    endpoint: String,
+    db: String,
+    runs: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut sql = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut sql)?;
+    let client = strata_client::Client::connect(&endpoint).await?;
+    let once = || async {
+        match client.sql(&db, &sql).await? {
+            strata_client::SqlOutput::Rows(batches) => {
+                Ok::<usize, Box<dyn std::error::Error>>(batches.iter().map(|b| b.num_rows()).sum())
+            }
+            strata_client::SqlOutput::AffectedRows(n) => Ok(n as usize),
+        }
+    };
+    let mut rows = once().await?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        rows = once().await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{{\"mean_ms\": {mean:.2}, \"median_ms\": {:.2}, \"p99_ms\": {:.2}, \"rows\": {rows}}}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -784,6 +830,7 @@ async fn main() -> std::process::ExitCode {
             workers,
             batch,
         } => load_grpc(endpoint, db, file, workers, batch).await,
+        Command::Query { endpoint, db, runs } => query(endpoint, db, runs).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -24,8 +24,8 @@ const MERGE_TAIL_CHUNKS: usize = 32;
 /// A chunk with fewer rows than this counts as small.
 const SMALL_CHUNK_ROWS: usize = 4096;
 
-/// The bytes a batch's rows occupy, as the memtable and the write buffer
-/// count them.
+/// The bytes a batch's rows occupy (the memtable and the write buffer count
+/// this, or [`retained_bytes`] when that is more).
 ///
 /// Not `RecordBatch::get_array_memory_size`: that adds up each buffer's
 /// whole allocation, and the columns of a batch decoded from Arrow IPC (a
@@ -74,10 +74,22 @@ pub fn retained_bytes(batch: &RecordBatch) -> usize {
     seen.values().sum()
 }
 
-/// Memory a batch may keep alive beyond what its rows occupy before the
-/// memtable copies its rows out: twice their size (what a growing builder
-/// leaves) plus this.
+/// Memory a batch may keep alive beyond what its rows occupy before its
+/// rows are copied out: twice their size (what a growing builder leaves)
+/// plus this.
 const RETAINED_SLACK: usize = 64 << 10;
+
+/// `batch`, or, when it keeps alive much more memory than its rows occupy
+/// (a client's Arrow IPC body padded with bytes no column uses, a few rows
+/// sliced from a large request), a copy of its rows in buffers of their
+/// own. Never fails: a batch that cannot be copied is returned as it is
+/// (memtables count what a batch retains, so that stays bounded).
+pub fn compact_if_wasteful(batch: RecordBatch) -> RecordBatch {
+    if retained_bytes(&batch) <= 2 * batch_bytes(&batch) + RETAINED_SLACK {
+        return batch;
+    }
+    compact(&batch).unwrap_or(batch)
+}
 
 /// `batch` with each column copied into buffers of its own, so that it no
 /// longer keeps a larger allocation alive.
@@ -153,17 +165,12 @@ impl Memtable {
                 "memtable insert with a mismatched schema".to_string(),
             ));
         }
-        let mut size = batch_bytes(&batch);
-        // Rows that slice a much larger allocation (a client's IPC body
-        // padded with bytes no column uses, a slice of a large request) are
-        // copied out, so that what the memtable counts is what it holds.
-        let batch = if retained_bytes(&batch) > 2 * size + RETAINED_SLACK {
-            let copy = compact(&batch)?;
-            size = batch_bytes(&copy);
-            copy
-        } else {
-            batch
-        };
+        // `Table::write` has already copied out rows that slice a much
+        // larger allocation; rows replayed or applied by a follower are
+        // checked here. Either way the memtable counts what the rows keep
+        // alive, when that is more than they occupy.
+        let batch = compact_if_wasteful(batch);
+        let size = batch_bytes(&batch).max(retained_bytes(&batch));
         let rows = batch.num_rows();
         {
             let mut chunks = self.chunks.lock();
@@ -403,6 +410,21 @@ mod tests {
             v.values().to_vec(),
             (500..510).map(f64::from).collect::<Vec<_>>()
         );
+    }
+
+    /// A chunk kept without a copy is counted at what it keeps alive: a
+    /// 1-row slice of a buffer just under the copy threshold counts the
+    /// buffer, not its 24 bytes.
+    #[test]
+    fn a_chunk_is_counted_at_what_it_keeps_alive() {
+        let meta = two_column_meta();
+        let big = decoded_from_ipc(&meta, 2_000);
+        let one = big.slice(7, 1);
+        let kept = retained_bytes(&one);
+        assert!(kept <= 2 * batch_bytes(&one) + RETAINED_SLACK, "{kept}");
+        let m = Memtable::new(meta.clone());
+        m.insert(one, 1, TimeRange::new(0, 2_000)).unwrap();
+        assert!(m.bytes() >= kept, "counted {} of {kept}", m.bytes());
     }
 
     /// A whole decoded IPC body is kept as it is, without a copy.

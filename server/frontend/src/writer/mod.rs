@@ -325,7 +325,22 @@ fn split(batch: &RecordBatch, max_bytes: usize) -> Vec<RecordBatch> {
     let per = (rows as u128 * max_bytes as u128 / bytes as u128).max(1) as usize;
     (0..rows)
         .step_by(per)
-        .map(|start| batch.slice(start, per.min(rows - start)))
+        .flat_map(|start| {
+            let piece = batch.slice(start, per.min(rows - start));
+            // Rows are not all the same size: a piece of larger ones is
+            // split again.
+            if piece.num_rows() > 1 && strata_engine::memtable::batch_bytes(&piece) > max_bytes {
+                let half = piece.num_rows() / 2;
+                let mut both = split(&piece.slice(0, half), max_bytes);
+                both.extend(split(
+                    &piece.slice(half, piece.num_rows() - half),
+                    max_bytes,
+                ));
+                both
+            } else {
+                vec![piece]
+            }
+        })
         .collect()
 }
 
@@ -358,5 +373,35 @@ mod tests {
             }
         }
         assert_eq!(next, 10_000);
+    }
+
+    /// Rows of uneven size: every piece is within the bound.
+    #[test]
+    fn split_bounds_pieces_of_uneven_rows() {
+        let values: Vec<String> = (0..1_000)
+            .map(|i| {
+                if i < 100 {
+                    "x".repeat(10_000)
+                } else {
+                    "y".to_string()
+                }
+            })
+            .collect();
+        let batch = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(arrow::array::StringArray::from(values)) as _,
+        )])
+        .unwrap();
+        let max = strata_engine::memtable::batch_bytes(&batch) / 4;
+        let parts = split(&batch, max);
+        assert_eq!(parts.iter().map(|p| p.num_rows()).sum::<usize>(), 1_000);
+        for p in &parts {
+            assert!(
+                strata_engine::memtable::batch_bytes(p) <= max,
+                "a piece of {} rows is {} bytes, over {max}",
+                p.num_rows(),
+                strata_engine::memtable::batch_bytes(p)
+            );
+        }
     }
 }

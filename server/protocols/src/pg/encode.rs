@@ -116,70 +116,198 @@ pub(super) fn encode_batch(
         .iter()
         .map(canonical)
         .collect::<PgWireResult<Vec<_>>>()?;
+    // Each column's type is matched once per batch, not once per value.
+    let typed = cols
+        .iter()
+        .map(|c| Typed::of(c.as_ref()))
+        .collect::<PgWireResult<Vec<_>>>()?;
     let mut encoder = DataRowEncoder::new(schema.clone());
+    rows.reserve(batch.num_rows());
     for r in 0..batch.num_rows() {
-        for col in &cols {
-            encode_value(&mut encoder, col, r)?;
+        for col in &typed {
+            col.encode(&mut encoder, r)?;
         }
         rows.push(Ok(encoder.take_row()));
     }
     Ok(())
 }
 
-pub(super) fn encode_value(enc: &mut DataRowEncoder, col: &ArrayRef, r: usize) -> PgWireResult<()> {
-    let null = col.is_null(r);
-    macro_rules! put {
-        ($v:expr) => {
-            enc.encode_field(&(if null { None } else { Some($v) }))
-        };
+/// A column of one of the types [`canonical`] leaves, downcast.
+enum Typed<'a> {
+    Bool(&'a arrow::array::BooleanArray),
+    I16(&'a arrow::array::PrimitiveArray<Int16Type>),
+    I32(&'a arrow::array::PrimitiveArray<Int32Type>),
+    I64(&'a arrow::array::PrimitiveArray<Int64Type>),
+    U64(&'a arrow::array::PrimitiveArray<UInt64Type>),
+    Decimal(&'a arrow::array::PrimitiveArray<Decimal128Type>, i8),
+    F32(&'a arrow::array::PrimitiveArray<Float32Type>),
+    F64(&'a arrow::array::PrimitiveArray<Float64Type>),
+    Utf8(&'a arrow::array::StringArray),
+    Binary(&'a arrow::array::BinaryArray),
+    Date(&'a arrow::array::PrimitiveArray<Date32Type>),
+    Timestamp(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
+    TimestampTz(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
+}
+
+impl<'a> Typed<'a> {
+    fn of(col: &'a dyn Array) -> PgWireResult<Self> {
+        Ok(match col.data_type() {
+            DataType::Boolean => Self::Bool(col.as_boolean()),
+            DataType::Int16 => Self::I16(col.as_primitive()),
+            DataType::Int32 => Self::I32(col.as_primitive()),
+            DataType::Int64 => Self::I64(col.as_primitive()),
+            DataType::UInt64 => Self::U64(col.as_primitive()),
+            DataType::Decimal128(_, scale) => Self::Decimal(col.as_primitive(), *scale),
+            DataType::Float32 => Self::F32(col.as_primitive()),
+            DataType::Float64 => Self::F64(col.as_primitive()),
+            DataType::Utf8 => Self::Utf8(col.as_string()),
+            DataType::Binary => Self::Binary(col.as_binary()),
+            DataType::Date32 => Self::Date(col.as_primitive()),
+            DataType::Timestamp(_, None) => Self::Timestamp(col.as_primitive()),
+            DataType::Timestamp(_, Some(_)) => Self::TimestampTz(col.as_primitive()),
+            other => {
+                return Err(user_error(
+                    "XX000",
+                    format!("cannot send a column of type {other} over the PostgreSQL protocol"),
+                ))
+            }
+        })
     }
-    match col.data_type() {
-        DataType::Boolean => put!(col.as_boolean().value(r)),
-        DataType::Int16 => put!(col.as_primitive::<Int16Type>().value(r)),
-        DataType::Int32 => put!(col.as_primitive::<Int32Type>().value(r)),
-        DataType::Int64 => put!(col.as_primitive::<Int64Type>().value(r)),
-        DataType::UInt64 => put!(Decimal::from(col.as_primitive::<UInt64Type>().value(r))),
-        DataType::Decimal128(_, scale) => {
-            let v = col.as_primitive::<Decimal128Type>().value(r);
-            let d = Decimal::try_from_i128_with_scale(v, (*scale).max(0) as u32).ok();
-            match d {
-                Some(d) => put!(d),
-                None => {
-                    // Beyond rust_decimal's 28 digits: send the text.
-                    let s = arrow::array::Decimal128Array::from(vec![v])
-                        .with_precision_and_scale(38, *scale)
-                        .map(|a| a.value_as_string(0))
-                        .unwrap_or_default();
-                    enc.encode_field(&(if null { None } else { Some(s) }))
+
+    fn encode(&self, enc: &mut DataRowEncoder, r: usize) -> PgWireResult<()> {
+        macro_rules! put {
+            ($a:expr, $v:expr) => {
+                enc.encode_field(&(if $a.is_null(r) { None } else { Some($v) }))
+            };
+        }
+        match self {
+            Self::Bool(a) => put!(a, a.value(r)),
+            Self::I16(a) => put!(a, a.value(r)),
+            Self::I32(a) => put!(a, a.value(r)),
+            Self::I64(a) => put!(a, a.value(r)),
+            Self::U64(a) => put!(a, Decimal::from(a.value(r))),
+            Self::Decimal(a, scale) => {
+                if a.is_null(r) {
+                    return enc.encode_field(&None::<Decimal>);
+                }
+                let v = a.value(r);
+                match Decimal::try_from_i128_with_scale(v, (*scale).max(0) as u32) {
+                    Ok(d) => enc.encode_field(&d),
+                    Err(_) => {
+                        // Beyond rust_decimal's 28 digits: send the text.
+                        let s = arrow::array::Decimal128Array::from(vec![v])
+                            .with_precision_and_scale(38, *scale)
+                            .map(|a| a.value_as_string(0))
+                            .unwrap_or_default();
+                        enc.encode_field(&s)
+                    }
                 }
             }
+            Self::F32(a) => put!(a, a.value(r)),
+            Self::F64(a) => put!(a, a.value(r)),
+            Self::Utf8(a) => put!(a, a.value(r)),
+            Self::Binary(a) => put!(a, a.value(r)),
+            Self::Date(a) => enc.encode_field(
+                &(if a.is_null(r) {
+                    None
+                } else {
+                    a.value_as_date(r)
+                }),
+            ),
+            Self::Timestamp(a) | Self::TimestampTz(a) => {
+                let tz = matches!(self, Self::TimestampTz(_));
+                enc.encode_field(
+                    &(if a.is_null(r) {
+                        None
+                    } else {
+                        a.value_as_datetime(r)
+                    })
+                    .map(|t| PgTimestamp { t, tz }),
+                )
+            }
         }
-        DataType::Float32 => put!(col.as_primitive::<Float32Type>().value(r)),
-        DataType::Float64 => put!(col.as_primitive::<Float64Type>().value(r)),
-        DataType::Utf8 => put!(col.as_string::<i32>().value(r).to_string()),
-        DataType::Binary => put!(col.as_binary::<i32>().value(r).to_vec()),
-        DataType::Date32 => {
-            let d = col.as_primitive::<Date32Type>().value_as_date(r);
-            enc.encode_field(&(if null { None } else { d }))
-        }
-        DataType::Timestamp(_, None) => {
-            let t = col
-                .as_primitive::<TimestampMicrosecondType>()
-                .value_as_datetime(r);
-            enc.encode_field(&(if null { None } else { t }))
-        }
-        DataType::Timestamp(_, Some(_)) => {
-            let t = col
-                .as_primitive::<TimestampMicrosecondType>()
-                .value_as_datetime(r)
-                .map(|n| n.and_utc());
-            enc.encode_field(&(if null { None } else { t }))
-        }
-        other => Err(user_error(
-            "XX000",
-            format!("cannot send a column of type {other} over the PostgreSQL protocol"),
-        )),
     }
+}
+
+/// A timestamp, sent exactly as pgwire sends a `NaiveDateTime` (`tz`:
+/// a `DateTime<Utc>`), but formatted without parsing a chrono format
+/// string per value when the session's DateStyle is ISO (the default).
+#[derive(Debug)]
+pub(super) struct PgTimestamp {
+    pub(super) t: chrono::NaiveDateTime,
+    pub(super) tz: bool,
+}
+
+impl pgwire::types::ToSqlText for PgTimestamp {
+    fn to_sql_text(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+        format_options: &pgwire::types::format::FormatOptions,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        use chrono::{Datelike, Timelike};
+        let style = format_options
+            .date_style
+            .split_once(", ")
+            .map_or(format_options.date_style.as_str(), |(s, _)| s)
+            .trim();
+        // pgwire reads an unknown style as ISO.
+        let iso = !["sql", "german", "postgres"]
+            .iter()
+            .any(|s| style.eq_ignore_ascii_case(s));
+        let t = self.t;
+        let plain = if self.tz {
+            *ty == Type::TIMESTAMPTZ
+        } else {
+            *ty == Type::TIMESTAMP
+        };
+        if !(iso && plain && (0..=9999).contains(&t.year())) {
+            return if self.tz {
+                t.and_utc().to_sql_text(ty, out, format_options)
+            } else {
+                t.to_sql_text(ty, out, format_options)
+            };
+        }
+        // "%Y-%m-%d %H:%M:%S%.6f", then "+00" for UTC.
+        let micros = t.nanosecond() / 1000;
+        let mut b = *b"0000-00-00 00:00:00.000000+00";
+        let mut put = |at: usize, width: usize, mut v: u32| {
+            for i in (at..at + width).rev() {
+                b[i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, 4, t.year() as u32);
+        put(5, 2, t.month());
+        put(8, 2, t.day());
+        put(11, 2, t.hour());
+        put(14, 2, t.minute());
+        put(17, 2, t.second());
+        put(20, 6, micros);
+        out.extend_from_slice(if self.tz { &b[..] } else { &b[..26] });
+        Ok(postgres_types::IsNull::No)
+    }
+}
+
+impl postgres_types::ToSql for PgTimestamp {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if self.tz {
+            self.t.and_utc().to_sql(ty, out)
+        } else {
+            self.t.to_sql(ty, out)
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <chrono::NaiveDateTime as postgres_types::ToSql>::accepts(ty)
+            || <chrono::DateTime<chrono::Utc> as postgres_types::ToSql>::accepts(ty)
+    }
+
+    postgres_types::to_sql_checked!();
 }
 
 /// Turns an output into a PostgreSQL response.
