@@ -71,12 +71,16 @@ def main():
             print(f"MISMATCH {name}: {len(got)} rows, duckdb {len(ref)}\n{own}", file=sys.stderr)
         extra = {"cpu_ms": cpu_ms} if pids else {}
         if args.grpc_port and args.bench:
-            out = subprocess.run(
+            run = subprocess.run(
                 [args.bench, "query", "--endpoint", f"127.0.0.1:{args.grpc_port}", "--db", args.db,
                  "--runs", str(args.runs)],
-                input=own, capture_output=True, text=True, check=True).stdout
-            g = json.loads(out)
-            if g["rows"] != len(got):
+                input=own, capture_output=True, text=True)
+            g = json.loads(run.stdout) if run.returncode == 0 else {"rows": None, "mean_ms": None,
+                                                                   "median_ms": None}
+            if run.returncode != 0:
+                failures += 1
+                print(f"FAILED {name} over gRPC: {run.stderr.strip()}", file=sys.stderr)
+            elif g["rows"] != len(got):
                 failures += 1
                 print(f"MISMATCH {name} over gRPC: {g['rows']} rows, {len(got)} over pg", file=sys.stderr)
             extra["grpc_mean_ms"] = g["mean_ms"]
