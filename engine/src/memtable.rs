@@ -19,8 +19,8 @@ use strata_sst::TimeRange;
 
 use crate::{table_meta::TableMeta, Error, Result};
 
-/// Small chunks at the tail are merged once this many accumulate.
-const MERGE_TAIL_CHUNKS: usize = 32;
+/// Small chunks are merged once this many accumulate.
+const MERGE_SMALL_CHUNKS: usize = 32;
 /// A chunk with fewer rows than this counts as small.
 const SMALL_CHUNK_ROWS: usize = 4096;
 
@@ -52,6 +52,11 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
 /// allocation, as one decoded from an Arrow IPC body with bytes no column
 /// refers to does.
 pub fn retained_bytes(batch: &RecordBatch) -> usize {
+    retained(batch).0
+}
+
+/// [`retained_bytes`], and how many distinct allocations make it up.
+fn retained(batch: &RecordBatch) -> (usize, usize) {
     fn walk(data: &ArrayData, seen: &mut HashMap<usize, usize>) {
         for buffer in data.buffers() {
             let key = buffer.data_ptr().as_ptr() as usize;
@@ -71,24 +76,32 @@ pub fn retained_bytes(batch: &RecordBatch) -> usize {
     for column in batch.columns() {
         walk(&column.to_data(), &mut seen);
     }
-    seen.values().sum()
+    (seen.values().sum(), seen.len())
 }
 
 /// Memory a batch may keep alive beyond what its rows occupy before its
-/// rows are copied out: twice their size (what a growing builder leaves)
-/// plus this.
-const RETAINED_SLACK: usize = 64 << 10;
+/// rows are copied out: twice their size (what a growing builder leaves),
+/// 64 bytes per allocation (builders round each buffer up to 64), and this.
+const RETAINED_SLACK: usize = 4 << 10;
 
 /// `batch`, or, when it keeps alive much more memory than its rows occupy
 /// (a client's Arrow IPC body padded with bytes no column uses, a few rows
 /// sliced from a large request), a copy of its rows in buffers of their
-/// own. Never fails: a batch that cannot be copied is returned as it is
-/// (memtables count what a batch retains, so that stays bounded).
-pub fn compact_if_wasteful(batch: RecordBatch) -> RecordBatch {
-    if retained_bytes(&batch) <= 2 * batch_bytes(&batch) + RETAINED_SLACK {
-        return batch;
+/// own; and the bytes a memtable counts for it. Never fails: a batch that
+/// cannot be copied is returned as it is, counted at what it keeps alive.
+pub fn compact_if_wasteful(batch: RecordBatch) -> (RecordBatch, usize) {
+    let used = batch_bytes(&batch);
+    let (kept, allocations) = retained(&batch);
+    if kept <= 2 * used + 64 * allocations + RETAINED_SLACK {
+        return (batch, used);
     }
-    compact(&batch).unwrap_or(batch)
+    match compact(&batch) {
+        Ok(copy) => {
+            let used = batch_bytes(&copy);
+            (copy, used)
+        }
+        Err(_) => (batch, kept.max(used)),
+    }
 }
 
 /// `batch` with each column copied into buffers of its own, so that it no
@@ -167,29 +180,30 @@ impl Memtable {
         }
         // `Table::write` has already copied out rows that slice a much
         // larger allocation; rows replayed or applied by a follower are
-        // checked here. Either way the memtable counts what the rows keep
-        // alive, when that is more than they occupy.
-        let batch = compact_if_wasteful(batch);
-        let size = batch_bytes(&batch).max(retained_bytes(&batch));
+        // checked here.
+        let (batch, size) = compact_if_wasteful(batch);
         let rows = batch.num_rows();
         {
             let mut chunks = self.chunks.lock();
             chunks.push(batch);
-            let small_tail = chunks
+            // Small chunks, wherever they are, are merged once there are
+            // enough of them: each may keep a little more alive than it
+            // counts, and that stays bounded. (Rows carry their sequence
+            // numbers; the order of chunks does not matter.) A merge that
+            // fails leaves the chunks as they are: the rows are in already.
+            let small = chunks
                 .iter()
-                .rev()
-                .take_while(|c| c.num_rows() < SMALL_CHUNK_ROWS)
+                .filter(|c| c.num_rows() < SMALL_CHUNK_ROWS)
                 .count();
-            if small_tail >= MERGE_TAIL_CHUNKS {
-                let start = chunks.len() - small_tail;
-                let merged = concat_batches(&self.schema, &chunks[start..]).map_err(|source| {
-                    Error::Arrow {
-                        op: "merging memtable chunks",
-                        source: Box::new(source),
-                    }
-                })?;
-                chunks.truncate(start);
-                chunks.push(merged);
+            if small >= MERGE_SMALL_CHUNKS {
+                let (small, large): (Vec<_>, Vec<_>) = chunks
+                    .drain(..)
+                    .partition(|c| c.num_rows() < SMALL_CHUNK_ROWS);
+                *chunks = large;
+                match concat_batches(&self.schema, &small) {
+                    Ok(merged) => chunks.push(merged),
+                    Err(_) => chunks.extend(small),
+                }
             }
         }
         self.first_write.lock().get_or_insert_with(Instant::now);
@@ -412,19 +426,52 @@ mod tests {
         );
     }
 
-    /// A chunk kept without a copy is counted at what it keeps alive: a
-    /// 1-row slice of a buffer just under the copy threshold counts the
-    /// buffer, not its 24 bytes.
+    /// Small chunks are merged even with large ones between them, so that
+    /// the little each may keep alive beyond what it counts stays bounded;
+    /// no row is lost or duplicated by the merges.
     #[test]
-    fn a_chunk_is_counted_at_what_it_keeps_alive() {
+    fn small_chunks_are_merged_wherever_they_are() {
         let meta = two_column_meta();
-        let big = decoded_from_ipc(&meta, 2_000);
-        let one = big.slice(7, 1);
-        let kept = retained_bytes(&one);
-        assert!(kept <= 2 * batch_bytes(&one) + RETAINED_SLACK, "{kept}");
         let m = Memtable::new(meta.clone());
-        m.insert(one, 1, TimeRange::new(0, 2_000)).unwrap();
-        assert!(m.bytes() >= kept, "counted {} of {kept}", m.bytes());
+        let mut rows = 0;
+        for i in 0..200 {
+            let n = if i % 16 == 15 { SMALL_CHUNK_ROWS } else { 1 };
+            m.insert(decoded_from_ipc(&meta, n), i, TimeRange::new(0, n as i64))
+                .unwrap();
+            rows += n;
+            let small = m
+                .snapshot()
+                .iter()
+                .filter(|c| c.num_rows() < SMALL_CHUNK_ROWS)
+                .count();
+            assert!(small < MERGE_SMALL_CHUNKS, "{small} small chunks");
+        }
+        let total: usize = m.snapshot().iter().map(|c| c.num_rows()).sum();
+        assert_eq!((total, m.rows()), (rows, rows));
+    }
+
+    /// A batch built by builders (buffers rounded up to 64 bytes) is
+    /// counted at what its rows occupy and not copied, however small.
+    #[test]
+    fn a_small_built_batch_is_neither_copied_nor_overcounted() {
+        let meta = two_column_meta();
+        let batch = RecordBatch::try_new(
+            meta.storage_schema.clone(),
+            vec![
+                Arc::new(TimestampMillisecondArray::from(vec![1i64])),
+                Arc::new(Float64Array::from(vec![1.0])),
+                Arc::new(UInt64Array::from(vec![1u64])),
+            ],
+        )
+        .unwrap();
+        let ptr = batch.column(1).to_data().buffers()[0].as_ptr();
+        let m = Memtable::new(meta.clone());
+        m.insert(batch, 1, TimeRange::new(1, 2)).unwrap();
+        assert_eq!(m.bytes(), 24);
+        assert_eq!(
+            m.snapshot()[0].column(1).to_data().buffers()[0].as_ptr(),
+            ptr
+        );
     }
 
     /// A whole decoded IPC body is kept as it is, without a copy.
