@@ -21,8 +21,11 @@ use crate::{table_meta::TableMeta, Error, Result};
 
 /// Small chunks are merged once this many accumulate.
 const MERGE_SMALL_CHUNKS: usize = 32;
-/// A chunk with fewer rows than this counts as small.
+/// A chunk with fewer rows than this, and fewer bytes than
+/// [`SMALL_CHUNK_BYTES`], counts as small.
 const SMALL_CHUNK_ROWS: usize = 4096;
+/// See [`SMALL_CHUNK_ROWS`]; bounds what one merge copies.
+const SMALL_CHUNK_BYTES: usize = 64 << 10;
 
 /// The bytes a batch's rows occupy (the memtable and the write buffer count
 /// this, or [`retained_bytes`] when that is more).
@@ -55,44 +58,43 @@ pub fn retained_bytes(batch: &RecordBatch) -> usize {
     retained(batch).0
 }
 
-/// [`retained_bytes`], and how many distinct allocations make it up.
+/// [`retained_bytes`], and how many buffers (not distinct) the batch has.
 fn retained(batch: &RecordBatch) -> (usize, usize) {
-    fn walk(data: &ArrayData, seen: &mut HashMap<usize, usize>) {
+    fn walk(data: &ArrayData, seen: &mut HashMap<usize, usize>, buffers: &mut usize) {
         for buffer in data.buffers() {
             let key = buffer.data_ptr().as_ptr() as usize;
             let size = seen.entry(key).or_default();
             *size = (*size).max(buffer.capacity());
+            *buffers += 1;
         }
         if let Some(nulls) = data.nulls() {
             let buffer = nulls.buffer();
             let size = seen.entry(buffer.data_ptr().as_ptr() as usize).or_default();
             *size = (*size).max(buffer.capacity());
+            *buffers += 1;
         }
         for child in data.child_data() {
-            walk(child, seen);
+            walk(child, seen, buffers);
         }
     }
-    let mut seen = HashMap::new();
+    let (mut seen, mut buffers) = (HashMap::new(), 0);
     for column in batch.columns() {
-        walk(&column.to_data(), &mut seen);
+        walk(&column.to_data(), &mut seen, &mut buffers);
     }
-    (seen.values().sum(), seen.len())
+    (seen.values().sum(), buffers)
 }
 
-/// Memory a batch may keep alive beyond what its rows occupy before its
-/// rows are copied out: twice their size (what a growing builder leaves),
-/// 64 bytes per allocation (builders round each buffer up to 64), and this.
-const RETAINED_SLACK: usize = 4 << 10;
-
-/// `batch`, or, when it keeps alive much more memory than its rows occupy
-/// (a client's Arrow IPC body padded with bytes no column uses, a few rows
-/// sliced from a large request), a copy of its rows in buffers of their
-/// own; and the bytes a memtable counts for it. Never fails: a batch that
-/// cannot be copied is returned as it is, counted at what it keeps alive.
+/// `batch`, or, when it keeps alive more than three times the memory its
+/// rows occupy plus 64 bytes per buffer (builders round buffers up to 64
+/// bytes and may leave twice what they hold; a client's Arrow IPC body
+/// padded with bytes no column uses, or a few rows sliced from a large
+/// request, keep far more), a copy of its rows in buffers of their own; and
+/// the bytes a memtable counts for it. Never fails: a batch that cannot be
+/// copied is returned as it is, counted at what it keeps alive.
 pub fn compact_if_wasteful(batch: RecordBatch) -> (RecordBatch, usize) {
     let used = batch_bytes(&batch);
-    let (kept, allocations) = retained(&batch);
-    if kept <= 2 * used + 64 * allocations + RETAINED_SLACK {
+    let (kept, buffers) = retained(&batch);
+    if kept <= 3 * used + 64 * buffers {
         return (batch, used);
     }
     match compact(&batch) {
@@ -127,13 +129,53 @@ fn compact(batch: &RecordBatch) -> Result<RecordBatch> {
     })
 }
 
+/// A memtable's chunks: small ones (few rows and bytes, from small writes)
+/// are kept apart and merged once [`MERGE_SMALL_CHUNKS`] accumulate, so that
+/// scans do not walk thousands of one-row chunks, and what small chunks keep
+/// alive beyond what they count stays bounded. Rows carry their sequence
+/// numbers, so the order of chunks does not matter.
+#[derive(Debug, Default)]
+struct Chunks {
+    large: Vec<RecordBatch>,
+    small: Vec<RecordBatch>,
+}
+
+impl Chunks {
+    fn push(&mut self, schema: &SchemaRef, batch: RecordBatch, bytes: usize) {
+        if batch.num_rows() >= SMALL_CHUNK_ROWS || bytes >= SMALL_CHUNK_BYTES {
+            self.large.push(batch);
+            return;
+        }
+        self.small.push(batch);
+        if self.small.len() < MERGE_SMALL_CHUNKS {
+            return;
+        }
+        // At most 32 chunks of under 64 KiB each: a bounded copy. One that
+        // fails leaves the chunks as they are (the rows are in the WAL and
+        // must stay here), moved with the large ones so that it is not
+        // retried at every insert.
+        match concat_batches(schema, &self.small) {
+            Ok(merged) => {
+                self.small.clear();
+                if merged.num_rows() < SMALL_CHUNK_ROWS && batch_bytes(&merged) < SMALL_CHUNK_BYTES
+                {
+                    self.small.push(merged);
+                } else {
+                    self.large.push(merged);
+                }
+            }
+            Err(_) => self.large.append(&mut self.small),
+        }
+    }
+}
+
 /// One memtable of one table.
 #[derive(Debug)]
 pub struct Memtable {
     /// The table definition the rows were written under.
     meta: std::sync::Arc<TableMeta>,
     schema: SchemaRef,
-    chunks: Mutex<Vec<RecordBatch>>,
+    chunks: Mutex<Chunks>,
     bytes: AtomicUsize,
     rows: AtomicUsize,
     min_offset: AtomicU64,
@@ -149,7 +191,7 @@ impl Memtable {
         Self {
             schema: meta.storage_schema.clone(),
             meta,
-            chunks: Mutex::new(Vec::new()),
+            chunks: Mutex::new(Chunks::default()),
             bytes: AtomicUsize::new(0),
             rows: AtomicUsize::new(0),
             min_offset: AtomicU64::new(u64::MAX),
@@ -185,26 +227,7 @@ impl Memtable {
         let rows = batch.num_rows();
         {
             let mut chunks = self.chunks.lock();
-            chunks.push(batch);
-            // Small chunks, wherever they are, are merged once there are
-            // enough of them: each may keep a little more alive than it
-            // counts, and that stays bounded. (Rows carry their sequence
-            // numbers; the order of chunks does not matter.) A merge that
-            // fails leaves the chunks as they are: the rows are in already.
-            let small = chunks
-                .iter()
-                .filter(|c| c.num_rows() < SMALL_CHUNK_ROWS)
-                .count();
-            if small >= MERGE_SMALL_CHUNKS {
-                let (small, large): (Vec<_>, Vec<_>) = chunks
-                    .drain(..)
-                    .partition(|c| c.num_rows() < SMALL_CHUNK_ROWS);
-                *chunks = large;
-                match concat_batches(&self.schema, &small) {
-                    Ok(merged) => chunks.push(merged),
-                    Err(_) => chunks.extend(small),
-                }
-            }
+            chunks.push(&self.schema, batch, size);
         }
         self.first_write.lock().get_or_insert_with(Instant::now);
         self.bytes.fetch_add(size, Ordering::Relaxed);
@@ -219,7 +242,8 @@ impl Memtable {
 
     /// The chunks as they are now; later inserts do not change the result.
     pub fn snapshot(&self) -> Vec<RecordBatch> {
-        self.chunks.lock().clone()
+        let chunks = self.chunks.lock();
+        chunks.large.iter().chain(&chunks.small).cloned().collect()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -439,12 +463,13 @@ mod tests {
             m.insert(decoded_from_ipc(&meta, n), i, TimeRange::new(0, n as i64))
                 .unwrap();
             rows += n;
-            let small = m
-                .snapshot()
-                .iter()
-                .filter(|c| c.num_rows() < SMALL_CHUNK_ROWS)
-                .count();
+            let small = m.chunks.lock().small.len();
             assert!(small < MERGE_SMALL_CHUNKS, "{small} small chunks");
+            let all = m.snapshot().len();
+            assert!(
+                all <= 1 + i as usize / 16 + MERGE_SMALL_CHUNKS,
+                "{all} chunks"
+            );
         }
         let total: usize = m.snapshot().iter().map(|c| c.num_rows()).sum();
         assert_eq!((total, m.rows()), (rows, rows));
