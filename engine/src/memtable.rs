@@ -27,8 +27,8 @@ const SMALL_CHUNK_ROWS: usize = 4096;
 /// See [`SMALL_CHUNK_ROWS`]; bounds what one merge copies.
 const SMALL_CHUNK_BYTES: usize = 64 << 10;
 
-/// The bytes a batch's rows occupy (the memtable and the write buffer count
-/// this, or [`retained_bytes`] when that is more).
+/// The bytes a batch's rows occupy: what the memtable and the write buffer
+/// count (see [`compact_if_wasteful`] for rows that keep more alive).
 ///
 /// Not `RecordBatch::get_array_memory_size`: that adds up each buffer's
 /// whole allocation, and the columns of a batch decoded from Arrow IPC (a
@@ -49,16 +49,11 @@ pub fn batch_bytes(batch: &RecordBatch) -> usize {
         .sum()
 }
 
-/// The bytes of memory `batch` keeps alive: each distinct allocation its
-/// buffers (null bitmaps and child arrays included) point into, once.
-/// Usually close to [`batch_bytes`]; much more when the batch slices a larger
-/// allocation, as one decoded from an Arrow IPC body with bytes no column
-/// refers to does.
-pub fn retained_bytes(batch: &RecordBatch) -> usize {
-    retained(batch).0
-}
-
-/// [`retained_bytes`], and how many buffers (not distinct) the batch has.
+/// The bytes of memory `batch` keeps alive (each distinct allocation its
+/// buffers, null bitmaps and child arrays included, point into, once), and
+/// how many buffers it has. The bytes are usually close to [`batch_bytes`];
+/// much more when the batch slices a larger allocation, as one decoded from
+/// an Arrow IPC body with bytes no column refers to does.
 fn retained(batch: &RecordBatch) -> (usize, usize) {
     fn walk(data: &ArrayData, seen: &mut HashMap<usize, usize>, buffers: &mut usize) {
         for buffer in data.buffers() {
@@ -220,9 +215,9 @@ impl Memtable {
                 "memtable insert with a mismatched schema".to_string(),
             ));
         }
-        // `Table::write` has already copied out rows that slice a much
-        // larger allocation; rows replayed or applied by a follower are
-        // checked here.
+        // Every path (a write, a replay, a follower) inserts here: rows
+        // that slice a much larger allocation are copied out (only their
+        // own bytes), so that what is counted is what is held.
         let (batch, size) = compact_if_wasteful(batch);
         let rows = batch.num_rows();
         {
@@ -357,34 +352,8 @@ mod tests {
     use super::*;
 
     fn two_column_meta() -> Arc<TableMeta> {
-        use crate::{
-            catalog::TableEntry,
-            options::TableOptions,
-            schema::{ColumnSchema, ColumnType, TableSchema},
-        };
-        let columns = [("ts", ColumnType::Timestamp), ("v", ColumnType::Double)]
-            .into_iter()
-            .map(|(name, column_type)| ColumnSchema {
-                name: name.into(),
-                column_type,
-                is_tag: false,
-                nullable: false,
-                comment: String::new(),
-            })
-            .collect();
-        TableMeta::new(TableEntry {
-            id: strata_sst::TableId(1),
-            database: "public".into(),
-            name: "t".into(),
-            schema: TableSchema::try_new(columns, "ts", &[]).unwrap(),
-            options: TableOptions::default(),
-            shard: strata_sst::ShardId(0),
-            created_at_ms: 0,
-            partition: None,
-            partition_of: None,
-            revision: 0,
-            home: None,
-        })
+        use crate::schema::ColumnType;
+        TableMeta::for_test(&[("ts", ColumnType::Timestamp), ("v", ColumnType::Double)])
     }
 
     /// `rows` rows in `meta`'s storage schema, sent through Arrow IPC (as
@@ -414,6 +383,10 @@ mod tests {
             .next()
             .unwrap()
             .unwrap()
+    }
+
+    fn retained_bytes(batch: &RecordBatch) -> usize {
+        retained(batch).0
     }
 
     /// A few rows that keep a much larger allocation alive (here a slice

@@ -35,4 +35,35 @@ impl TableMeta {
     pub fn options(&self) -> &TableOptions {
         &self.entry.options
     }
+
+    /// For unit tests: table 1, `public.t`, on shard 0, with non-null
+    /// field columns of these names and types and timestamp key `ts`.
+    #[cfg(test)]
+    pub(crate) fn for_test(columns: &[(&str, crate::schema::ColumnType)]) -> Arc<Self> {
+        let columns = columns
+            .iter()
+            .map(|(name, column_type)| crate::schema::ColumnSchema {
+                name: (*name).into(),
+                column_type: *column_type,
+                is_tag: false,
+                nullable: false,
+                comment: String::new(),
+            })
+            .collect();
+        #[allow(clippy::unwrap_used)]
+        let schema = TableSchema::try_new(columns, "ts", &[]).unwrap();
+        Self::new(TableEntry {
+            id: strata_sst::TableId(1),
+            database: "public".into(),
+            name: "t".into(),
+            schema,
+            options: TableOptions::default(),
+            shard: strata_sst::ShardId(0),
+            created_at_ms: 0,
+            partition: None,
+            partition_of: None,
+            revision: 0,
+            home: None,
+        })
+    }
 }

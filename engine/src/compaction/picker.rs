@@ -149,40 +149,10 @@ mod tests {
     use strata_sst::{SstId, SstInfo, TimeRange};
 
     use super::*;
-    use crate::{
-        catalog::TableEntry,
-        memtable::Memtable,
-        options::TableOptions,
-        schema::{ColumnSchema, ColumnType, TableSchema},
-        table_meta::TableMeta,
-    };
+    use crate::{memtable::Memtable, schema::ColumnType, table_meta::TableMeta};
 
     fn version(files: &[(i64, u64)]) -> TableVersion {
-        let schema = TableSchema::try_new(
-            vec![ColumnSchema {
-                name: "ts".into(),
-                column_type: ColumnType::Timestamp,
-                is_tag: false,
-                nullable: false,
-                comment: String::new(),
-            }],
-            "ts",
-            &[],
-        )
-        .unwrap();
-        let meta = TableMeta::new(TableEntry {
-            id: strata_sst::TableId(1),
-            database: "d".into(),
-            name: "t".into(),
-            schema,
-            options: TableOptions::default(),
-            shard: strata_sst::ShardId(0),
-            created_at_ms: 0,
-            partition: None,
-            partition_of: None,
-            revision: 0,
-            home: None,
-        });
+        let meta = TableMeta::for_test(&[("ts", ColumnType::Timestamp)]);
         let ssts = files
             .iter()
             .enumerate()

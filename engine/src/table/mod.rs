@@ -600,9 +600,6 @@ impl Table {
         }
         let meta = self.meta();
         let time_range = Self::validate(&meta, &batch)?;
-        // Copied here, off the shard's writer, when the rows slice a much
-        // larger allocation (the memtable would keep it alive).
-        let (batch, _) = crate::memtable::compact_if_wasteful(batch);
         self.ctx.write_buffer.admit(self.name()).await?;
         let payload = codec::encode_write(self.id, meta.entry.schema.version, &batch)?;
         // Counted before the mark is checked: a handover that set the mark

@@ -145,8 +145,11 @@ enum Typed<'a> {
     Utf8(&'a arrow::array::StringArray),
     Binary(&'a arrow::array::BinaryArray),
     Date(&'a arrow::array::PrimitiveArray<Date32Type>),
-    Timestamp(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
-    TimestampTz(&'a arrow::array::PrimitiveArray<TimestampMicrosecondType>),
+    /// With a time zone (`TIMESTAMPTZ`) when `bool`.
+    Timestamp(
+        &'a arrow::array::PrimitiveArray<TimestampMicrosecondType>,
+        bool,
+    ),
 }
 
 impl<'a> Typed<'a> {
@@ -163,8 +166,7 @@ impl<'a> Typed<'a> {
             DataType::Utf8 => Self::Utf8(col.as_string()),
             DataType::Binary => Self::Binary(col.as_binary()),
             DataType::Date32 => Self::Date(col.as_primitive()),
-            DataType::Timestamp(_, None) => Self::Timestamp(col.as_primitive()),
-            DataType::Timestamp(_, Some(_)) => Self::TimestampTz(col.as_primitive()),
+            DataType::Timestamp(_, tz) => Self::Timestamp(col.as_primitive(), tz.is_some()),
             other => {
                 return Err(user_error(
                     "XX000",
@@ -214,8 +216,8 @@ impl<'a> Typed<'a> {
                     a.value_as_date(r)
                 }),
             ),
-            Self::Timestamp(a) | Self::TimestampTz(a) => {
-                let tz = matches!(self, Self::TimestampTz(_));
+            Self::Timestamp(a, tz) => {
+                let tz = *tz;
                 enc.encode_field(
                     &(if a.is_null(r) {
                         None
